@@ -1,0 +1,310 @@
+//! The manifest types as users write them in the config repo.
+//!
+//! These are plain data: every rule that needs more than a type (names, branches, URLs, ports, durations)
+//! lives in `validate.rs`, so that an error can point at the exact `file:line:column` of the bad value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "sdp/v1";
+
+/// What a document declares itself to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum Kind {
+    /// A sandbox that the reconciler deploys.
+    Sandbox,
+    /// A sandbox spec that is never deployed; `sdp new sandbox --from-template` copies it.
+    SandboxTemplate,
+    /// Variables, secret file references and files that services pull in by name.
+    Environment,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Sandbox, Kind::SandboxTemplate, Kind::Environment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "Sandbox",
+            Kind::SandboxTemplate => "SandboxTemplate",
+            Kind::Environment => "Environment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The folder of a config repo where objects of this kind live.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "sandboxes",
+            Kind::SandboxTemplate => "templates",
+            Kind::Environment => "environments",
+        }
+    }
+
+    /// The file name of this kind's JSON Schema under `schemas/`.
+    pub fn schema_file(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "sandbox.json",
+            Kind::SandboxTemplate => "sandboxtemplate.json",
+            Kind::Environment => "environment.json",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Name and bookkeeping of an object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// DNS label of 1 to 40 characters (lowercase letters, digits, `-`): container, network and URL names derive
+    /// from it.
+    pub name: String,
+    /// Who looks after this object. Informational: the audit trail uses the commit author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Free-form notes, and stamps that SDP's CLI writes (such as a restart request).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A `Sandbox` or a `SandboxTemplate`: one document with the same shape for both kinds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sandbox {
+    /// Always `sdp/v1`.
+    pub api_version: String,
+    /// `Sandbox` or `SandboxTemplate`.
+    pub kind: Kind,
+    pub metadata: Metadata,
+    pub spec: SandboxSpec,
+}
+
+/// What a sandbox runs and where its gateway sends each service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// The sandbox's own API gateway (erangel).
+    pub gateway: GatewaySpec,
+    /// The microservices this sandbox runs, by service name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Where this sandbox's gateway sends each service: `sandbox`, `ocp` (the default for any service not
+    /// listed) or an explicit `http(s)://` URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, Route>,
+    /// `true` stops the containers but keeps configuration and ports.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+    /// Idle time before the sandbox is suspended, then removed after the retention period: `90m`, `36h`,
+    /// `14d`, `2w`, or combinations such as `1d12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The gateway of one sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Branch of the gateway repository to run.
+    pub branch: String,
+    /// Host port of the gateway. Allocated from the gateway range when absent, then kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// One microservice of a sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Branch of the service's repository to build and run.
+    pub branch: String,
+    /// Environments merged in order; `env` goes on top.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+    /// Plain environment variables. Secret values never go here: use an Environment's `secrets` with a file
+    /// reference.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Host port of the service. Allocated from the service range when absent, then kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// CPU and memory limits of a container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// CPU limit in cores, such as `0.5` or `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit: bytes, or a number with `Ki`, `Mi`, `Gi` (powers of 1024) or `K`, `M`, `G` (powers of 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// Where a sandbox's gateway sends one service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// To this sandbox's own container of the service.
+    Sandbox,
+    /// To the shared OpenShift environment, at the URL the gateway branch's own config.php holds.
+    Ocp,
+    /// To an explicit URL (checked by validation: plain `http(s)://`, nothing that could leave a PHP string).
+    Url(String),
+}
+
+impl Route {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Route::Sandbox => "sandbox",
+            Route::Ocp => "ocp",
+            Route::Url(url) => url,
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Route {
+    fn from(s: &str) -> Route {
+        match s {
+            "sandbox" => Route::Sandbox,
+            "ocp" => Route::Ocp,
+            url => Route::Url(url.to_string()),
+        }
+    }
+}
+
+impl Serialize for Route {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Route {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Route::from(s.as_str()))
+    }
+}
+
+impl JsonSchema for Route {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Route".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`sandbox`, `ocp`, or a plain http(s) URL without quotes, backslashes, whitespace or `$`",
+            "anyOf": [
+                { "enum": ["sandbox", "ocp"] },
+                { "type": "string", "pattern": "^https?://[^\\s'\"\\\\$]+$" }
+            ]
+        })
+    }
+}
+
+/// Variables, secret file references and files shared by the services that name this environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Environment {
+    /// Always `sdp/v1`.
+    pub api_version: String,
+    /// Always `Environment`.
+    pub kind: Kind,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: EnvironmentSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentSpec {
+    /// Plain environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+    /// Secret environment variables, each a reference to a file on the VM that the agent reads at deploy time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// Files written into the service's worktree, by relative path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+}
+
+/// Where the value of a secret lives on the VM. The value itself never enters the config repo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Absolute path of the file on the VM that holds the value.
+    pub file: String,
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    /// A plain string here is an inline secret value. It is refused with a message that never repeats it.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct FileRef {
+            file: String,
+        }
+
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SecretRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a file reference such as { file: /etc/sdp/secrets/name }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SecretRef, A::Error> {
+                let r = FileRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SecretRef { file: r.file })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The message for a secret written inline. It must never contain the value.
+pub(crate) const INLINE_SECRET: &str = "secret value written inline; secret values never go into the config repo";

@@ -1,0 +1,336 @@
+//! A config repo, or a set of files, read as a whole: every object, and every problem within and across files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::load::{self, MAX_FILE_BYTES, Object, Parsed, Source};
+use crate::locate::Pos;
+use crate::model::{Environment, Kind, Sandbox};
+use crate::problem::{ObjectRef, Problem};
+
+/// One file to read, with the kind its folder is meant for when it comes from a config repo's layout.
+#[derive(Clone, Debug)]
+pub struct InputFile {
+    /// The path shown in problems (relative to where the user stands, when possible).
+    pub label: PathBuf,
+    /// `Some(kind)` when the file sits in that kind's folder of a config repo.
+    pub folder: Option<Kind>,
+    pub text: String,
+}
+
+/// Everything read from a config repo or a set of files.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSet {
+    pub sandboxes: Vec<Object<Sandbox>>,
+    pub templates: Vec<Object<Sandbox>>,
+    pub environments: Vec<Object<Environment>>,
+    pub problems: Vec<Problem>,
+    /// What was not checked, and why (e.g. references, when single files were read).
+    pub notes: Vec<String>,
+}
+
+impl ConfigSet {
+    /// Reads a config repo: every `.yaml`/`.yml` file under `sandboxes/`, `templates/` and `environments/`.
+    /// References between objects are checked, and each object must sit in its kind's folder.
+    pub fn load_repo(root: &Path) -> io::Result<ConfigSet> {
+        let mut inputs = Vec::new();
+        let mut problems = Vec::new();
+        let mut found_any_folder = false;
+        for kind in Kind::ALL {
+            let dir = root.join(kind.folder());
+            if !dir.is_dir() {
+                continue;
+            }
+            found_any_folder = true;
+            let mut files = Vec::new();
+            collect_yaml(&dir, &mut files)?;
+            files.sort();
+            for file in files {
+                let label = display_path(&file);
+                match read_capped(&file) {
+                    Ok(text) => inputs.push(InputFile { label, folder: Some(kind), text }),
+                    Err(message) => problems.push(Problem::new(label, Pos::new(1, 1), message)),
+                }
+            }
+        }
+        if !found_any_folder {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} is not a config repo: it has none of sandboxes/, templates/, environments/",
+                    root.display()
+                ),
+            ));
+        }
+        let mut set = ConfigSet::from_inputs(inputs, true);
+        set.problems.splice(0..0, problems);
+        Ok(set)
+    }
+
+    /// Reads the given paths: a directory that looks like a config repo is read as one; files are read as they
+    /// are, and references to objects outside them are then not checked (a note says so).
+    pub fn load_paths(paths: &[PathBuf]) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        let mut files = Vec::new();
+        for path in paths {
+            if path.is_dir() {
+                match ConfigSet::load_repo(path) {
+                    Ok(sub) => set.merge(sub),
+                    Err(e) => set.problems.push(Problem::new(display_path(path), Pos::new(1, 1), e.to_string())),
+                }
+            } else {
+                let label = display_path(path);
+                match read_capped(path) {
+                    Ok(text) => files.push(InputFile { label, folder: None, text }),
+                    Err(message) => set.problems.push(Problem::new(label, Pos::new(1, 1), message)),
+                }
+            }
+        }
+        if !files.is_empty() {
+            set.merge(ConfigSet::from_inputs(files, false));
+            set.notes.push(
+                "references to environments were not checked for single files: validate the repo root to check them"
+                    .into(),
+            );
+        }
+        set.check_across(paths.iter().all(|p| p.is_dir()));
+        set
+    }
+
+    /// Reads files already in memory. `repo` says whether they form a whole config repo, so that references
+    /// can be checked.
+    pub fn from_inputs(inputs: Vec<InputFile>, repo: bool) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        for input in inputs {
+            let (parsed, problems) = load::parse_str(&input.label, &input.text);
+            set.problems.extend(problems);
+            for item in parsed {
+                if let Some(folder) = input.folder {
+                    let kind = item.object_ref().kind;
+                    if kind != folder {
+                        let p = item
+                            .source()
+                            .problem_at(&["kind"], format!("a {kind} in {}/", folder.folder()))
+                            .hint(format!("move it to {}/", kind.folder()))
+                            .about(Some(item.object_ref()));
+                        set.problems.push(p);
+                        continue;
+                    }
+                }
+                match item {
+                    Parsed::Sandbox(o) => set.sandboxes.push(o),
+                    Parsed::Template(o) => set.templates.push(o),
+                    Parsed::Environment(o) => set.environments.push(o),
+                }
+            }
+        }
+        set.check_across(repo);
+        set
+    }
+
+    fn merge(&mut self, other: ConfigSet) {
+        self.sandboxes.extend(other.sandboxes);
+        self.templates.extend(other.templates);
+        self.environments.extend(other.environments);
+        self.problems.extend(other.problems);
+        self.notes.extend(other.notes);
+    }
+
+    /// No problem anywhere.
+    pub fn is_valid(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The problems that belong to one object.
+    pub fn problems_of<'a>(&'a self, object: &'a ObjectRef) -> impl Iterator<Item = &'a Problem> + 'a {
+        self.problems.iter().filter(move |p| p.object.as_ref() == Some(object))
+    }
+
+    /// Where an object was read from.
+    pub fn source_of(&self, kind: Kind, name: &str) -> Option<&Source> {
+        let sandboxes = match kind {
+            Kind::Sandbox => &self.sandboxes,
+            Kind::SandboxTemplate => &self.templates,
+            Kind::Environment => {
+                return self.environments.iter().find(|o| o.value.metadata.name == name).map(|o| &o.source);
+            }
+        };
+        sandboxes.iter().find(|o| o.value.metadata.name == name).map(|o| &o.source)
+    }
+
+    /// Checks across objects: duplicate names, ports claimed twice, and (for a whole repo) references.
+    /// Objects that fail them are taken out of the lists, as objects that fail their own checks are.
+    fn check_across(&mut self, check_references: bool) {
+        let mut problems = Vec::new();
+        dedupe(&mut self.sandboxes, Kind::Sandbox, &mut problems);
+        dedupe(&mut self.templates, Kind::SandboxTemplate, &mut problems);
+        dedupe(&mut self.environments, Kind::Environment, &mut problems);
+
+        let mut claimed: BTreeMap<u32, (String, Source, Vec<String>)> = BTreeMap::new();
+        let mut refused: Vec<String> = Vec::new();
+        for sb in &self.sandboxes {
+            let name = &sb.value.metadata.name;
+            let spec = &sb.value.spec;
+            let gateway = spec.gateway.port.map(|p| (p, "gateway".to_string(), vec!["spec", "gateway", "port"]));
+            let services = spec.services.iter().filter_map(|(svc, s)| {
+                s.port.map(|p| (p, format!("service {svc}"), vec!["spec", "services", svc.as_str(), "port"]))
+            });
+            for (port, who, path) in gateway.into_iter().chain(services) {
+                let owner = format!("sandbox {name}, {who}");
+                match claimed.get(&port) {
+                    Some((first, first_src, first_path)) => {
+                        let at = first_src.index.value_pos(&first_path.iter().map(String::as_str).collect::<Vec<_>>());
+                        let p = sb
+                            .source
+                            .problem_at(&path, format!("port {port} is already claimed by {first}"))
+                            .hint(format!(
+                                "claimed at {}:{}; pick another port or leave `port` out to have one allocated",
+                                first_src.file.display(),
+                                at.line
+                            ))
+                            .about(Some(ObjectRef { kind: Kind::Sandbox, name: name.clone() }));
+                        problems.push(p);
+                        refused.push(name.clone());
+                    }
+                    None => {
+                        let path = path.iter().map(|s| s.to_string()).collect();
+                        claimed.insert(port, (owner, sb.source.clone(), path));
+                    }
+                }
+            }
+        }
+        self.sandboxes.retain(|o| !refused.contains(&o.value.metadata.name));
+
+        let mut refused_templates = Vec::new();
+        for t in &self.templates {
+            let spec = &t.value.spec;
+            let gateway = spec.gateway.port.map(|_| vec!["spec", "gateway", "port"]);
+            let services = spec
+                .services
+                .iter()
+                .filter(|(_, s)| s.port.is_some())
+                .map(|(svc, _)| vec!["spec", "services", svc.as_str(), "port"]);
+            for path in gateway.into_iter().chain(services) {
+                let p = t
+                    .source
+                    .problem_at(&path, "a template pins a port")
+                    .hint("every sandbox made from this template would claim the same port: leave `port` out")
+                    .about(Some(ObjectRef { kind: Kind::SandboxTemplate, name: t.value.metadata.name.clone() }));
+                problems.push(p);
+                refused_templates.push(t.value.metadata.name.clone());
+            }
+        }
+        self.templates.retain(|o| !refused_templates.contains(&o.value.metadata.name));
+
+        if check_references {
+            let known: Vec<&str> = self.environments.iter().map(|e| e.value.metadata.name.as_str()).collect();
+            let mut broken_refs = Vec::new();
+            for (kind, list) in [(Kind::Sandbox, &self.sandboxes), (Kind::SandboxTemplate, &self.templates)] {
+                for sb in list {
+                    for (svc, s) in &sb.value.spec.services {
+                        for (i, env) in s.environments.iter().enumerate() {
+                            if known.contains(&env.as_str()) {
+                                continue;
+                            }
+                            let i = i.to_string();
+                            let path = ["spec", "services", svc.as_str(), "environments", i.as_str()];
+                            let hint = if known.is_empty() {
+                                "add it under environments/".to_string()
+                            } else {
+                                format!("known environments: {}", known.join(", "))
+                            };
+                            let object = ObjectRef { kind, name: sb.value.metadata.name.clone() };
+                            problems.push(
+                                sb.source
+                                    .problem_at(&path, format!("environment `{env}` does not exist"))
+                                    .hint(hint)
+                                    .about(Some(object.clone())),
+                            );
+                            broken_refs.push(object);
+                        }
+                    }
+                }
+            }
+            let broken = |kind: Kind, o: &Object<Sandbox>| {
+                broken_refs.contains(&ObjectRef { kind, name: o.value.metadata.name.clone() })
+            };
+            self.sandboxes.retain(|o| !broken(Kind::Sandbox, o));
+            self.templates.retain(|o| !broken(Kind::SandboxTemplate, o));
+        }
+        self.problems.extend(problems);
+    }
+}
+
+trait Named {
+    fn name(&self) -> &str;
+}
+
+impl Named for Sandbox {
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+impl Named for Environment {
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+/// Keeps the first object of each name and reports every later one.
+fn dedupe<T: Named>(list: &mut Vec<Object<T>>, kind: Kind, problems: &mut Vec<Problem>) {
+    let mut first: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+    list.retain(|o| {
+        let name = o.value.name().to_string();
+        match first.get(&name) {
+            Some((file, pos)) => {
+                let p = o
+                    .source
+                    .problem_at(&["metadata", "name"], format!("{kind} `{name}` is defined twice"))
+                    .hint(format!("first defined at {}:{}:{}", file.display(), pos.line, pos.column))
+                    .about(Some(ObjectRef { kind, name: name.clone() }));
+                problems.push(p);
+                false
+            }
+            None => {
+                first.insert(name, (o.source.file.clone(), o.source.pos(&["metadata", "name"])));
+                true
+            }
+        }
+    });
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // Symlinks are not followed: a config repo holds its manifests itself.
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if kind.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads a manifest file, refusing one over the size limit before reading it.
+pub fn read_capped(path: &Path) -> Result<String, String> {
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(format!("file is {} bytes, over the limit of {MAX_FILE_BYTES} bytes for a manifest", meta.len()));
+    }
+    let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()))
+}
+
+fn display_path(path: &Path) -> PathBuf {
+    path.strip_prefix("./").unwrap_or(path).to_path_buf()
+}

@@ -1,0 +1,334 @@
+//! The rules that a single value must follow, as pure predicates. Each returns what is wrong and a hint.
+
+/// What is wrong with a value, and what to do instead.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Broken {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn broken(message: impl Into<String>, hint: impl Into<String>) -> Broken {
+    Broken { message: message.into(), hint: Some(hint.into()) }
+}
+
+pub const MAX_NAME_LEN: usize = 40;
+pub const MIN_PORT: u32 = 1024;
+pub const MAX_PORT: u32 = 65535;
+/// Docker refuses memory limits under 6 MB.
+const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Object names: DNS labels of at most 40 characters, since container, network and URL names derive from them.
+pub fn object_name(what: &str, name: &str) -> Result<(), Broken> {
+    if is_dns_label(name) && name.len() <= MAX_NAME_LEN {
+        return Ok(());
+    }
+    let suggestion = suggest_label(name);
+    let hint = match suggestion {
+        Some(s) if s != name => format!("use lowercase letters, digits and '-', e.g. `{s}`"),
+        _ => "use 1 to 40 lowercase letters, digits and '-', starting and ending with a letter or digit".into(),
+    };
+    Err(broken(format!("{what} `{name}` is not a DNS label of at most {MAX_NAME_LEN} characters"), hint))
+}
+
+/// Service names: DNS labels of at most 30 characters (they become `sandbox-{sandbox}-{service}` and the
+/// gateway's `{service}_url` key); `gateway` is the sandbox's own gateway container.
+pub fn service_name(name: &str) -> Result<(), Broken> {
+    if name == "gateway" {
+        return Err(broken(
+            "`gateway` cannot be a service name: it is the sandbox's own gateway container",
+            "the gateway is configured under spec.gateway",
+        ));
+    }
+    if is_dns_label(name) && name.len() <= 30 {
+        return Ok(());
+    }
+    Err(broken(
+        format!("service name `{name}` is not a DNS label of at most 30 characters"),
+        "use lowercase letters, digits and '-', as in the gateway's `<service>_url` keys",
+    ))
+}
+
+fn suggest_label(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.chars() {
+        match c {
+            'a'..='z' | '0'..='9' => out.push(c),
+            'A'..='Z' => out.push(c.to_ascii_lowercase()),
+            _ if !out.ends_with('-') && !out.is_empty() => out.push('-'),
+            _ => {}
+        }
+    }
+    let out: String = out.trim_matches('-').chars().take(MAX_NAME_LEN).collect();
+    let out = out.trim_end_matches('-').to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+/// Branch names as `git check-ref-format --branch` accepts them, and never starting with `-` (it would read
+/// as an option on a git command line).
+pub fn branch(name: &str) -> Result<(), Broken> {
+    let hint = "use a branch name git accepts, such as `feature/login-error`";
+    let why = if name.is_empty() {
+        Some("is empty")
+    } else if name.starts_with('-') {
+        Some("starts with '-'")
+    } else if name.chars().any(|c| c.is_ascii_control() || c == ' ' || c == '\u{7f}') {
+        Some("contains whitespace or a control character")
+    } else if name.chars().any(|c| matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')) {
+        Some("contains one of ~ ^ : ? * [ \\")
+    } else if name.contains("..") {
+        Some("contains '..'")
+    } else if name.contains("@{") || name == "@" {
+        Some("contains '@{' or is '@'")
+    } else if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        Some("has an empty path component")
+    } else if name.ends_with('.') || name.ends_with(".lock") {
+        Some("ends with '.' or '.lock'")
+    } else if name.split('/').any(|part| part.starts_with('.') || part.ends_with(".lock")) {
+        Some("has a path component starting with '.' or ending with '.lock'")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(broken(format!("branch `{name}` {why}"), hint)),
+    }
+}
+
+/// Explicit host ports.
+pub fn port(port: u32) -> Result<(), Broken> {
+    if (MIN_PORT..=MAX_PORT).contains(&port) {
+        return Ok(());
+    }
+    Err(broken(
+        format!("port {port} is out of range {MIN_PORT}-{MAX_PORT}"),
+        "leave `port` out to have one allocated, or pick an unprivileged port",
+    ))
+}
+
+/// Route URLs end up inside a single-quoted PHP string in config.php: only plain http(s) URLs with nothing
+/// that could leave the string or be interpolated.
+pub fn route_url(url: &str) -> Result<(), Broken> {
+    let hint = "write `sandbox`, `ocp`, or a plain URL such as http://172.18.136.92:9105";
+    if let Some(c) = url.chars().find(|c| matches!(c, '\'' | '"' | '\\' | '$' | '`') || c.is_whitespace() || c.is_control()) {
+        return Err(broken(format!("route URL `{}` contains {:?}, which is not allowed", url.escape_debug(), c), hint));
+    }
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        return Err(broken(format!("route `{url}` is neither `sandbox`, `ocp` nor an http(s) URL"), hint));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(broken(format!("route URL `{url}` carries credentials"), "credentials never go into routes"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    if !host_ok {
+        return Err(broken(format!("route URL `{url}` has no valid host"), hint));
+    }
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(broken(format!("route URL `{url}` has an invalid port `{p}`"), hint));
+    }
+    Ok(())
+}
+
+/// Environment variable names as POSIX shells accept them.
+pub fn env_var_name(name: &str) -> Result<(), Broken> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    Err(broken(
+        format!("`{name}` is not a valid environment variable name"),
+        "use letters, digits and '_', not starting with a digit",
+    ))
+}
+
+/// A plain variable whose name says it holds a secret. Its value would sit in git, in clear.
+pub fn plain_variable_not_secret(name: &str) -> Result<(), Broken> {
+    let upper = name.to_ascii_uppercase();
+    let secretish = ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY"];
+    if secretish.iter().any(|s| upper == *s || upper.ends_with(&format!("_{s}"))) {
+        return Err(broken(
+            format!("`{name}` looks like a secret, written as a plain value in the config repo"),
+            "put it under an Environment's `secrets` as `{ file: /etc/sdp/secrets/<name> }` on the VM",
+        ));
+    }
+    Ok(())
+}
+
+/// Secret files are read by the agent on the VM: an absolute path.
+pub fn secret_file(path: &str) -> Result<(), Broken> {
+    if path.starts_with('/') && !path.contains("/../") && !path.ends_with("/..") && !path.chars().any(char::is_control) {
+        return Ok(());
+    }
+    Err(broken(
+        format!("secret file `{path}` is not an absolute path"),
+        "write the absolute path of the file on the VM, e.g. /etc/sdp/secrets/account-db-password",
+    ))
+}
+
+/// Files that an Environment writes into a worktree: relative paths that stay inside it.
+pub fn relative_file(path: &str) -> Result<(), Broken> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && !path.chars().any(char::is_control)
+        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        return Ok(());
+    }
+    Err(broken(
+        format!("file path `{path}` is not a plain relative path inside the worktree"),
+        "write a relative path without `..`, e.g. config/app.yaml",
+    ))
+}
+
+/// Durations such as `90m`, `36h`, `14d`, `2w` or `1d12h`, in seconds.
+pub fn duration_secs(text: &str) -> Result<u64, Broken> {
+    let bad = || {
+        broken(
+            format!("`{text}` is not a duration"),
+            "write a number with a unit, s m h d w, such as 14d or 1d12h",
+        )
+    };
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Memory quantities such as `512Mi`, `1Gi`, `500M` or plain bytes, in bytes.
+pub fn memory_bytes(text: &str) -> Result<u64, Broken> {
+    let hint = "write bytes or a number with Ki, Mi, Gi (or K, M, G), such as 512Mi";
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1000,
+        "M" => 1000_u64.pow(2),
+        "G" => 1000_u64.pow(3),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(broken(format!("`{text}` is not a memory quantity"), hint)),
+    };
+    let bytes = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| broken(format!("`{text}` is not a memory quantity"), hint))?;
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(broken(format!("memory `{text}` is below Docker's minimum of 6 MiB"), hint));
+    }
+    Ok(bytes)
+}
+
+/// CPU limits in cores.
+pub fn cpus(cpus: f64) -> Result<(), Broken> {
+    if cpus.is_finite() && cpus >= 0.01 && cpus <= 256.0 {
+        return Ok(());
+    }
+    Err(broken(format!("cpus {cpus} is out of range"), "write a number of cores between 0.01 and 256, e.g. 0.5"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_short_lowercase_dns_labels() {
+        assert!(object_name("sandbox", "qa-login-error").is_ok());
+        assert!(object_name("sandbox", "a").is_ok());
+        for bad in ["", "../x", "QA", "-a", "a-", "a_b", &"a".repeat(41)] {
+            assert!(object_name("sandbox", bad).is_err(), "{bad:?} accepted");
+        }
+        let hint = object_name("sandbox", "QA_Login").unwrap_err().hint.unwrap();
+        assert!(hint.contains("`qa-login`"), "{hint}");
+    }
+
+    #[test]
+    fn branches_follow_git_rules() {
+        for ok in ["develop", "feature/login-error", "release-1.2", "a/b/c", "fix@x"] {
+            assert!(branch(ok).is_ok(), "{ok} refused");
+        }
+        for bad in ["", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b", "a.", "a~1"] {
+            assert!(branch(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn route_urls_cannot_leave_a_php_string() {
+        assert!(route_url("http://172.18.136.92:9105").is_ok());
+        assert!(route_url("https://account.ocp.example/api/v1").is_ok());
+        for bad in [
+            "http://x'.die()",
+            "http://x\\",
+            "http://$x",
+            "http://a b",
+            "ftp://x",
+            "http://",
+            "http://u:p@host",
+            "http://host:99999",
+            "sandbx",
+        ] {
+            assert!(route_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_and_quantities_parse() {
+        assert_eq!(duration_secs("14d").unwrap(), 14 * 86_400);
+        assert_eq!(duration_secs("1d12h").unwrap(), 36 * 3600);
+        for bad in ["", "14", "d", "1x", "0d", "99999999999999999999w"] {
+            assert!(duration_secs(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(memory_bytes("512Mi").unwrap(), 512 << 20);
+        assert_eq!(memory_bytes("1G").unwrap(), 1_000_000_000);
+        for bad in ["", "Mi", "12XB", "1Ki", "-5Mi"] {
+            assert!(memory_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn secretish_variable_names_are_refused() {
+        assert!(plain_variable_not_secret("DB_PASSWORD").is_err());
+        assert!(plain_variable_not_secret("api_token").is_err());
+        assert!(plain_variable_not_secret("TOKEN_TTL").is_ok());
+        assert!(plain_variable_not_secret("LOG_LEVEL").is_ok());
+    }
+}
