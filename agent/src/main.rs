@@ -7,9 +7,15 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--version" || a == "-V") {
-        println!("sdp-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), sdp_protocol::PROTOCOL_VERSION);
+        println!(
+            "sdp-agent {} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            sdp_protocol::PROTOCOL_VERSION
+        );
         return ExitCode::SUCCESS;
     }
-    eprintln!("sdp-agent: the agent is not implemented yet in this build (see issue 4); only --version works");
+    eprintln!(
+        "sdp-agent: the agent is not implemented yet in this build (see issue 4); only --version works"
+    );
     ExitCode::from(2)
 }

@@ -68,7 +68,10 @@ impl Parsed {
             Parsed::Template(o) => (Kind::SandboxTemplate, &o.value.metadata.name),
             Parsed::Environment(o) => (Kind::Environment, &o.value.metadata.name),
         };
-        ObjectRef { kind, name: name.clone() }
+        ObjectRef {
+            kind,
+            name: name.clone(),
+        }
     }
 
     pub fn source(&self) -> &Source {
@@ -89,7 +92,8 @@ pub struct DocSpan {
 }
 
 fn is_marker(line: &str, marker: &str) -> bool {
-    line.strip_prefix(marker).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '#']))
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '#']))
 }
 
 /// Splits a file into its documents. In YAML a `---` or `...` at the start of a line is always a marker, even
@@ -105,10 +109,18 @@ pub fn split_documents(text: &str) -> Vec<DocSpan> {
         if start_marker && let Some(done) = current.take() {
             docs.push(done);
         }
-        let doc = current.get_or_insert(DocSpan { lines: n..n, bytes: offset..offset, has_content: false });
+        let doc = current.get_or_insert(DocSpan {
+            lines: n..n,
+            bytes: offset..offset,
+            has_content: false,
+        });
         doc.lines.end = n + 1;
         doc.bytes.end = offset + line.len();
-        let content = if start_marker { bare[3..].trim() } else { bare.trim() };
+        let content = if start_marker {
+            bare[3..].trim()
+        } else {
+            bare.trim()
+        };
         if !content.is_empty() && !content.starts_with('#') && !is_marker(bare, "...") {
             doc.has_content = true;
         }
@@ -125,7 +137,13 @@ fn blank_outside(text: &str, keep: &Range<usize>) -> String {
     let bytes: Vec<u8> = text
         .bytes()
         .enumerate()
-        .map(|(i, b)| if keep.contains(&i) || b == b'\n' { b } else { b' ' })
+        .map(|(i, b)| {
+            if keep.contains(&i) || b == b'\n' {
+                b
+            } else {
+                b' '
+            }
+        })
         .collect();
     // Only whole bytes of other documents were replaced by ASCII spaces, and document boundaries fall on line
     // starts, so the result is valid UTF-8.
@@ -158,18 +176,25 @@ fn options() -> serde_saphyr::Options {
 /// A serde or parser error as a problem. Its text never carries a scalar's value (snippets are off), so an
 /// inline secret is not repeated.
 fn yaml_problem(file: &Path, text: &str, err: &serde_saphyr::Error) -> Problem {
-    let pos = err.location().map(|l| Pos::new(l.line().max(1), l.column().max(1))).unwrap_or(Pos::new(1, 1));
+    let pos = err
+        .location()
+        .map(|l| Pos::new(l.line().max(1), l.column().max(1)))
+        .unwrap_or(Pos::new(1, 1));
     let mut message = err.to_string();
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
     let mut problem = Problem::new(file, pos, message.clone());
     if message.contains(INLINE_SECRET) {
-        problem = problem.hint("write `{ file: /etc/sdp/secrets/<name> }` and put the value in that file on the VM");
+        problem = problem.hint(
+            "write `{ file: /etc/sdp/secrets/<name> }` and put the value in that file on the VM",
+        );
     } else if message.starts_with("unknown field") {
         problem = problem.hint("check the spelling; schemas/ lists every field of each kind");
-    } else if message.contains("budget") || message.contains("alias") || message.contains("Budget") {
-        problem.message = format!("{message}: the document is too large or expands too many aliases");
+    } else if message.contains("budget") || message.contains("alias") || message.contains("Budget")
+    {
+        problem.message =
+            format!("{message}: the document is too large or expands too many aliases");
     } else if message.contains("tab") {
         problem = problem.hint("YAML indents with spaces, never tabs");
     }
@@ -186,15 +211,20 @@ fn tab_problems(file: &Path, text: &str, lines: &Range<u64>) -> Vec<Problem> {
             let indent_end = line.find(|c| c != ' ' && c != '\t').unwrap_or(line.len());
             let col = line[..indent_end].find('\t')?;
             Some(
-                Problem::new(file, Pos::new(n, col as u64 + 1), "tab character in indentation")
-                    .hint("YAML indents with spaces, never tabs"),
+                Problem::new(
+                    file,
+                    Pos::new(n, col as u64 + 1),
+                    "tab character in indentation",
+                )
+                .hint("YAML indents with spaces, never tabs"),
             )
         })
         .collect()
 }
 
 fn deserialize<T: DeserializeOwned>(file: &Path, blanked: &str) -> Result<T, Problem> {
-    serde_saphyr::from_str_with_options(blanked, options()).map_err(|e| yaml_problem(file, blanked, &e))
+    serde_saphyr::from_str_with_options(blanked, options())
+        .map_err(|e| yaml_problem(file, blanked, &e))
 }
 
 fn header_str<'a>(header: &'a serde_json::Value, key: &str) -> Option<&'a str> {
@@ -207,13 +237,22 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
     let mut parsed = Vec::new();
     let mut problems = Vec::new();
     if text.len() > MAX_FILE_BYTES {
-        let message = format!("file is {} bytes, over the limit of {MAX_FILE_BYTES} bytes for a manifest", text.len());
+        let message = format!(
+            "file is {} bytes, over the limit of {MAX_FILE_BYTES} bytes for a manifest",
+            text.len()
+        );
         problems.push(Problem::new(file, Pos::new(1, 1), message));
         return (parsed, problems);
     }
-    let docs: Vec<DocSpan> = split_documents(text).into_iter().filter(|d| d.has_content).collect();
+    let docs: Vec<DocSpan> = split_documents(text)
+        .into_iter()
+        .filter(|d| d.has_content)
+        .collect();
     if docs.len() > 64 {
-        let message = format!("file holds {} documents; at most 64 are read from one file", docs.len());
+        let message = format!(
+            "file holds {} documents; at most 64 are read from one file",
+            docs.len()
+        );
         problems.push(Problem::new(file, Pos::new(1, 1), message));
         return (parsed, problems);
     }
@@ -246,36 +285,54 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
             );
             continue;
         }
-        let name = header.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str());
+        let name = header
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str());
         let kind = match header_str(&header, "kind") {
             None => {
                 problems.push(
                     source
                         .problem_at(&["kind"], "missing or non-text `kind`")
-                        .hint("write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`"),
+                        .hint(
+                            "write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`",
+                        ),
                 );
                 continue;
             }
-            Some(k) => match Kind::parse(k) {
-                Some(kind) => kind,
-                None => {
-                    let close = Kind::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(k));
-                    let hint = match close {
+            Some(k) => {
+                match Kind::parse(k) {
+                    Some(kind) => kind,
+                    None => {
+                        let close = Kind::ALL
+                            .into_iter()
+                            .find(|c| c.as_str().eq_ignore_ascii_case(k));
+                        let hint = match close {
                         Some(c) => format!("did you mean `{c}`? (kinds are case-sensitive)"),
                         None => "write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`".into(),
                     };
-                    problems.push(source.problem_at(&["kind"], format!("unknown kind `{k}`")).hint(hint));
-                    continue;
+                        problems.push(
+                            source
+                                .problem_at(&["kind"], format!("unknown kind `{k}`"))
+                                .hint(hint),
+                        );
+                        continue;
+                    }
                 }
-            },
+            }
         };
-        let object = name.map(|n| ObjectRef { kind, name: n.to_string() });
+        let object = name.map(|n| ObjectRef {
+            kind,
+            name: n.to_string(),
+        });
         match header_str(&header, "apiVersion") {
             Some(API_VERSION) => {}
             Some(other) => problems.push(
                 source
                     .problem_at(&["apiVersion"], format!("unsupported apiVersion `{other}`"))
-                    .hint(format!("this version of SDP reads `apiVersion: {API_VERSION}`"))
+                    .hint(format!(
+                        "this version of SDP reads `apiVersion: {API_VERSION}`"
+                    ))
                     .about(object.clone()),
             ),
             None => problems.push(
@@ -291,7 +348,11 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
                 Ok(value) => {
                     validate::sandbox(&value, &source, &mut problems);
                     let obj = Object { value, source };
-                    Some(if kind == Kind::Sandbox { Parsed::Sandbox(obj) } else { Parsed::Template(obj) })
+                    Some(if kind == Kind::Sandbox {
+                        Parsed::Sandbox(obj)
+                    } else {
+                        Parsed::Template(obj)
+                    })
                 }
                 Err(p) => {
                     problems.push(p);

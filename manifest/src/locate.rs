@@ -39,8 +39,14 @@ pub struct Index {
 }
 
 enum Frame {
-    Map { path: Vec<String>, key: Option<(String, Pos)> },
-    Seq { path: Vec<String>, next: usize },
+    Map {
+        path: Vec<String>,
+        key: Option<(String, Pos)>,
+    },
+    Seq {
+        path: Vec<String>,
+        next: usize,
+    },
 }
 
 impl Index {
@@ -77,9 +83,15 @@ impl Index {
                 if let Some(open_map) = opens {
                     // A complex key: its children are not addressable, but the stack must stay balanced.
                     stack.push(if open_map {
-                        Frame::Map { path: vec!["?".into()], key: None }
+                        Frame::Map {
+                            path: vec!["?".into()],
+                            key: None,
+                        }
                     } else {
-                        Frame::Seq { path: vec!["?".into()], next: 0 }
+                        Frame::Seq {
+                            path: vec!["?".into()],
+                            next: 0,
+                        }
                     });
                 }
                 continue;
@@ -102,7 +114,11 @@ impl Index {
                     (p, None)
                 }
             };
-            places.entry(path.clone()).or_insert(Place { key: key_pos, value: pos, value_bytes: bytes });
+            places.entry(path.clone()).or_insert(Place {
+                key: key_pos,
+                value: pos,
+                value_bytes: bytes,
+            });
             match opens {
                 Some(true) => stack.push(Frame::Map { path, key: None }),
                 Some(false) => stack.push(Frame::Seq { path, next: 0 }),
@@ -158,7 +174,10 @@ mod tests {
     #[test]
     fn missing_paths_fall_back_to_the_nearest_ancestor() {
         let index = Index::build("\n\nspec:\n  gateway: {}\n");
-        assert_eq!(index.value_pos(&["spec", "gateway", "branch"]), Pos::new(4, 12));
+        assert_eq!(
+            index.value_pos(&["spec", "gateway", "branch"]),
+            Pos::new(4, 12)
+        );
         assert_eq!(index.value_pos(&["nothing"]), Pos::new(3, 1));
     }
 }

@@ -50,7 +50,11 @@ impl ConfigSet {
             for file in files {
                 let label = display_path(&file);
                 match read_capped(&file) {
-                    Ok(text) => inputs.push(InputFile { label, folder: Some(kind), text }),
+                    Ok(text) => inputs.push(InputFile {
+                        label,
+                        folder: Some(kind),
+                        text,
+                    }),
                     Err(message) => problems.push(Problem::new(label, Pos::new(1, 1), message)),
                 }
             }
@@ -78,13 +82,23 @@ impl ConfigSet {
             if path.is_dir() {
                 match ConfigSet::load_repo(path) {
                     Ok(sub) => set.merge(sub),
-                    Err(e) => set.problems.push(Problem::new(display_path(path), Pos::new(1, 1), e.to_string())),
+                    Err(e) => set.problems.push(Problem::new(
+                        display_path(path),
+                        Pos::new(1, 1),
+                        e.to_string(),
+                    )),
                 }
             } else {
                 let label = display_path(path);
                 match read_capped(path) {
-                    Ok(text) => files.push(InputFile { label, folder: None, text }),
-                    Err(message) => set.problems.push(Problem::new(label, Pos::new(1, 1), message)),
+                    Ok(text) => files.push(InputFile {
+                        label,
+                        folder: None,
+                        text,
+                    }),
+                    Err(message) => set
+                        .problems
+                        .push(Problem::new(label, Pos::new(1, 1), message)),
                 }
             }
         }
@@ -144,8 +158,13 @@ impl ConfigSet {
     }
 
     /// The problems that belong to one object.
-    pub fn problems_of<'a>(&'a self, object: &'a ObjectRef) -> impl Iterator<Item = &'a Problem> + 'a {
-        self.problems.iter().filter(move |p| p.object.as_ref() == Some(object))
+    pub fn problems_of<'a>(
+        &'a self,
+        object: &'a ObjectRef,
+    ) -> impl Iterator<Item = &'a Problem> + 'a {
+        self.problems
+            .iter()
+            .filter(move |p| p.object.as_ref() == Some(object))
     }
 
     /// Where an object was read from.
@@ -154,10 +173,17 @@ impl ConfigSet {
             Kind::Sandbox => &self.sandboxes,
             Kind::SandboxTemplate => &self.templates,
             Kind::Environment => {
-                return self.environments.iter().find(|o| o.value.metadata.name == name).map(|o| &o.source);
+                return self
+                    .environments
+                    .iter()
+                    .find(|o| o.value.metadata.name == name)
+                    .map(|o| &o.source);
             }
         };
-        sandboxes.iter().find(|o| o.value.metadata.name == name).map(|o| &o.source)
+        sandboxes
+            .iter()
+            .find(|o| o.value.metadata.name == name)
+            .map(|o| &o.source)
     }
 
     /// Checks across objects: duplicate names, ports claimed twice, and (for a whole repo) references.
@@ -173,15 +199,26 @@ impl ConfigSet {
         for sb in &self.sandboxes {
             let name = &sb.value.metadata.name;
             let spec = &sb.value.spec;
-            let gateway = spec.gateway.port.map(|p| (p, "gateway".to_string(), vec!["spec", "gateway", "port"]));
+            let gateway = spec
+                .gateway
+                .port
+                .map(|p| (p, "gateway".to_string(), vec!["spec", "gateway", "port"]));
             let services = spec.services.iter().filter_map(|(svc, s)| {
-                s.port.map(|p| (p, format!("service {svc}"), vec!["spec", "services", svc.as_str(), "port"]))
+                s.port.map(|p| {
+                    (
+                        p,
+                        format!("service {svc}"),
+                        vec!["spec", "services", svc.as_str(), "port"],
+                    )
+                })
             });
             for (port, who, path) in gateway.into_iter().chain(services) {
                 let owner = format!("sandbox {name}, {who}");
                 match claimed.get(&port) {
                     Some((first, first_src, first_path)) => {
-                        let at = first_src.index.value_pos(&first_path.iter().map(String::as_str).collect::<Vec<_>>());
+                        let at = first_src
+                            .index
+                            .value_pos(&first_path.iter().map(String::as_str).collect::<Vec<_>>());
                         let p = sb
                             .source
                             .problem_at(&path, format!("port {port} is already claimed by {first}"))
@@ -201,7 +238,8 @@ impl ConfigSet {
                 }
             }
         }
-        self.sandboxes.retain(|o| !refused.contains(&o.value.metadata.name));
+        self.sandboxes
+            .retain(|o| !refused.contains(&o.value.metadata.name));
 
         let mut refused_templates = Vec::new();
         for t in &self.templates {
@@ -222,12 +260,20 @@ impl ConfigSet {
                 refused_templates.push(t.value.metadata.name.clone());
             }
         }
-        self.templates.retain(|o| !refused_templates.contains(&o.value.metadata.name));
+        self.templates
+            .retain(|o| !refused_templates.contains(&o.value.metadata.name));
 
         if check_references {
-            let known: Vec<&str> = self.environments.iter().map(|e| e.value.metadata.name.as_str()).collect();
+            let known: Vec<&str> = self
+                .environments
+                .iter()
+                .map(|e| e.value.metadata.name.as_str())
+                .collect();
             let mut broken_refs = Vec::new();
-            for (kind, list) in [(Kind::Sandbox, &self.sandboxes), (Kind::SandboxTemplate, &self.templates)] {
+            for (kind, list) in [
+                (Kind::Sandbox, &self.sandboxes),
+                (Kind::SandboxTemplate, &self.templates),
+            ] {
                 for sb in list {
                     for (svc, s) in &sb.value.spec.services {
                         for (i, env) in s.environments.iter().enumerate() {
@@ -235,16 +281,23 @@ impl ConfigSet {
                                 continue;
                             }
                             let i = i.to_string();
-                            let path = ["spec", "services", svc.as_str(), "environments", i.as_str()];
+                            let path =
+                                ["spec", "services", svc.as_str(), "environments", i.as_str()];
                             let hint = if known.is_empty() {
                                 "add it under environments/".to_string()
                             } else {
                                 format!("known environments: {}", known.join(", "))
                             };
-                            let object = ObjectRef { kind, name: sb.value.metadata.name.clone() };
+                            let object = ObjectRef {
+                                kind,
+                                name: sb.value.metadata.name.clone(),
+                            };
                             problems.push(
                                 sb.source
-                                    .problem_at(&path, format!("environment `{env}` does not exist"))
+                                    .problem_at(
+                                        &path,
+                                        format!("environment `{env}` does not exist"),
+                                    )
                                     .hint(hint)
                                     .about(Some(object.clone())),
                             );
@@ -254,7 +307,10 @@ impl ConfigSet {
                 }
             }
             let broken = |kind: Kind, o: &Object<Sandbox>| {
-                broken_refs.contains(&ObjectRef { kind, name: o.value.metadata.name.clone() })
+                broken_refs.contains(&ObjectRef {
+                    kind,
+                    name: o.value.metadata.name.clone(),
+                })
             };
             self.sandboxes.retain(|o| !broken(Kind::Sandbox, o));
             self.templates.retain(|o| !broken(Kind::SandboxTemplate, o));
@@ -288,14 +344,28 @@ fn dedupe<T: Named>(list: &mut Vec<Object<T>>, kind: Kind, problems: &mut Vec<Pr
             Some((file, pos)) => {
                 let p = o
                     .source
-                    .problem_at(&["metadata", "name"], format!("{kind} `{name}` is defined twice"))
-                    .hint(format!("first defined at {}:{}:{}", file.display(), pos.line, pos.column))
-                    .about(Some(ObjectRef { kind, name: name.clone() }));
+                    .problem_at(
+                        &["metadata", "name"],
+                        format!("{kind} `{name}` is defined twice"),
+                    )
+                    .hint(format!(
+                        "first defined at {}:{}:{}",
+                        file.display(),
+                        pos.line,
+                        pos.column
+                    ))
+                    .about(Some(ObjectRef {
+                        kind,
+                        name: name.clone(),
+                    }));
                 problems.push(p);
                 false
             }
             None => {
-                first.insert(name, (o.source.file.clone(), o.source.pos(&["metadata", "name"])));
+                first.insert(
+                    name,
+                    (o.source.file.clone(), o.source.pos(&["metadata", "name"])),
+                );
                 true
             }
         }
@@ -314,7 +384,12 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
         let path = entry.path();
         if kind.is_dir() {
             collect_yaml(&path, out)?;
-        } else if kind.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if kind.is_file()
+            && matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            )
+        {
             out.push(path);
         }
     }
@@ -325,10 +400,18 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 pub fn read_capped(path: &Path) -> Result<String, String> {
     let meta = fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > MAX_FILE_BYTES as u64 {
-        return Err(format!("file is {} bytes, over the limit of {MAX_FILE_BYTES} bytes for a manifest", meta.len()));
+        return Err(format!(
+            "file is {} bytes, over the limit of {MAX_FILE_BYTES} bytes for a manifest",
+            meta.len()
+        ));
     }
     let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "file is not UTF-8 (first bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn display_path(path: &Path) -> PathBuf {

@@ -8,7 +8,10 @@ pub struct Broken {
 }
 
 fn broken(message: impl Into<String>, hint: impl Into<String>) -> Broken {
-    Broken { message: message.into(), hint: Some(hint.into()) }
+    Broken {
+        message: message.into(),
+        hint: Some(hint.into()),
+    }
 }
 
 pub const MAX_NAME_LEN: usize = 40;
@@ -20,7 +23,8 @@ const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -35,7 +39,10 @@ pub fn object_name(what: &str, name: &str) -> Result<(), Broken> {
         Some(s) if s != name => format!("use lowercase letters, digits and '-', e.g. `{s}`"),
         _ => "use 1 to 40 lowercase letters, digits and '-', starting and ending with a letter or digit".into(),
     };
-    Err(broken(format!("{what} `{name}` is not a DNS label of at most {MAX_NAME_LEN} characters"), hint))
+    Err(broken(
+        format!("{what} `{name}` is not a DNS label of at most {MAX_NAME_LEN} characters"),
+        hint,
+    ))
 }
 
 /// Service names: DNS labels of at most 30 characters (they become `sandbox-{sandbox}-{service}` and the
@@ -79,9 +86,15 @@ pub fn branch(name: &str) -> Result<(), Broken> {
         Some("is empty")
     } else if name.starts_with('-') {
         Some("starts with '-'")
-    } else if name.chars().any(|c| c.is_ascii_control() || c == ' ' || c == '\u{7f}') {
+    } else if name
+        .chars()
+        .any(|c| c.is_ascii_control() || c == ' ' || c == '\u{7f}')
+    {
         Some("contains whitespace or a control character")
-    } else if name.chars().any(|c| matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')) {
+    } else if name
+        .chars()
+        .any(|c| matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+    {
         Some("contains one of ~ ^ : ? * [ \\")
     } else if name.contains("..") {
         Some("contains '..'")
@@ -91,7 +104,10 @@ pub fn branch(name: &str) -> Result<(), Broken> {
         Some("has an empty path component")
     } else if name.ends_with('.') || name.ends_with(".lock") {
         Some("ends with '.' or '.lock'")
-    } else if name.split('/').any(|part| part.starts_with('.') || part.ends_with(".lock")) {
+    } else if name
+        .split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+    {
         Some("has a path component starting with '.' or ending with '.lock'")
     } else {
         None
@@ -117,30 +133,53 @@ pub fn port(port: u32) -> Result<(), Broken> {
 /// that could leave the string or be interpolated.
 pub fn route_url(url: &str) -> Result<(), Broken> {
     let hint = "write `sandbox`, `ocp`, or a plain URL such as http://172.18.136.92:9105";
-    if let Some(c) = url.chars().find(|c| matches!(c, '\'' | '"' | '\\' | '$' | '`') || c.is_whitespace() || c.is_control()) {
-        return Err(broken(format!("route URL `{}` contains {:?}, which is not allowed", url.escape_debug(), c), hint));
+    if let Some(c) = url
+        .chars()
+        .find(|c| matches!(c, '\'' | '"' | '\\' | '$' | '`') || c.is_whitespace() || c.is_control())
+    {
+        let shown: String = url
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        return Err(broken(
+            format!("route URL `{shown}` contains {c:?}, which is not allowed"),
+            hint,
+        ));
     }
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     let Some(rest) = rest else {
-        return Err(broken(format!("route `{url}` is neither `sandbox`, `ocp` nor an http(s) URL"), hint));
+        return Err(broken(
+            format!("route `{url}` is neither `sandbox`, `ocp` nor an http(s) URL"),
+            hint,
+        ));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
-        return Err(broken(format!("route URL `{url}` carries credentials"), "credentials never go into routes"));
+        return Err(broken(
+            format!("route URL `{url}` carries credentials"),
+            "credentials never go into routes",
+        ));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
         _ => (authority, None),
     };
     let host_ok = !host.is_empty()
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
     if !host_ok {
         return Err(broken(format!("route URL `{url}` has no valid host"), hint));
     }
     if let Some(p) = port
         && !p.parse::<u16>().is_ok_and(|p| p > 0)
     {
-        return Err(broken(format!("route URL `{url}` has an invalid port `{p}`"), hint));
+        return Err(broken(
+            format!("route URL `{url}` has an invalid port `{p}`"),
+            hint,
+        ));
     }
     Ok(())
 }
@@ -148,7 +187,9 @@ pub fn route_url(url: &str) -> Result<(), Broken> {
 /// Environment variable names as POSIX shells accept them.
 pub fn env_var_name(name: &str) -> Result<(), Broken> {
     let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         return Ok(());
@@ -162,8 +203,18 @@ pub fn env_var_name(name: &str) -> Result<(), Broken> {
 /// A plain variable whose name says it holds a secret. Its value would sit in git, in clear.
 pub fn plain_variable_not_secret(name: &str) -> Result<(), Broken> {
     let upper = name.to_ascii_uppercase();
-    let secretish = ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY"];
-    if secretish.iter().any(|s| upper == *s || upper.ends_with(&format!("_{s}"))) {
+    let secretish = [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "PRIVATE_KEY",
+        "API_KEY",
+    ];
+    if secretish
+        .iter()
+        .any(|s| upper == *s || upper.ends_with(&format!("_{s}")))
+    {
         return Err(broken(
             format!("`{name}` looks like a secret, written as a plain value in the config repo"),
             "put it under an Environment's `secrets` as `{ file: /etc/sdp/secrets/<name> }` on the VM",
@@ -174,7 +225,11 @@ pub fn plain_variable_not_secret(name: &str) -> Result<(), Broken> {
 
 /// Secret files are read by the agent on the VM: an absolute path.
 pub fn secret_file(path: &str) -> Result<(), Broken> {
-    if path.starts_with('/') && !path.contains("/../") && !path.ends_with("/..") && !path.chars().any(char::is_control) {
+    if path.starts_with('/')
+        && !path.contains("/../")
+        && !path.ends_with("/..")
+        && !path.chars().any(char::is_control)
+    {
         return Ok(());
     }
     Err(broken(
@@ -189,7 +244,9 @@ pub fn relative_file(path: &str) -> Result<(), Broken> {
         && !path.starts_with('/')
         && !path.contains('\\')
         && !path.chars().any(char::is_control)
-        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
     if ok {
         return Ok(());
     }
@@ -223,7 +280,10 @@ pub fn duration_secs(text: &str) -> Result<u64, Broken> {
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
         digits.clear();
     }
     if !digits.is_empty() || total == 0 {
@@ -235,7 +295,9 @@ pub fn duration_secs(text: &str) -> Result<u64, Broken> {
 /// Memory quantities such as `512Mi`, `1Gi`, `500M` or plain bytes, in bytes.
 pub fn memory_bytes(text: &str) -> Result<u64, Broken> {
     let hint = "write bytes or a number with Ki, Mi, Gi (or K, M, G), such as 512Mi";
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let factor: u64 = match unit {
         "" => 1,
@@ -253,7 +315,10 @@ pub fn memory_bytes(text: &str) -> Result<u64, Broken> {
         .and_then(|n| n.checked_mul(factor))
         .ok_or_else(|| broken(format!("`{text}` is not a memory quantity"), hint))?;
     if bytes < MIN_MEMORY_BYTES {
-        return Err(broken(format!("memory `{text}` is below Docker's minimum of 6 MiB"), hint));
+        return Err(broken(
+            format!("memory `{text}` is below Docker's minimum of 6 MiB"),
+            hint,
+        ));
     }
     Ok(bytes)
 }
@@ -263,7 +328,10 @@ pub fn cpus(cpus: f64) -> Result<(), Broken> {
     if cpus.is_finite() && cpus >= 0.01 && cpus <= 256.0 {
         return Ok(());
     }
-    Err(broken(format!("cpus {cpus} is out of range"), "write a number of cores between 0.01 and 256, e.g. 0.5"))
+    Err(broken(
+        format!("cpus {cpus} is out of range"),
+        "write a number of cores between 0.01 and 256, e.g. 0.5",
+    ))
 }
 
 #[cfg(test)]
@@ -277,16 +345,28 @@ mod tests {
         for bad in ["", "../x", "QA", "-a", "a-", "a_b", &"a".repeat(41)] {
             assert!(object_name("sandbox", bad).is_err(), "{bad:?} accepted");
         }
-        let hint = object_name("sandbox", "QA_Login").unwrap_err().hint.unwrap();
+        let hint = object_name("sandbox", "QA_Login")
+            .unwrap_err()
+            .hint
+            .unwrap();
         assert!(hint.contains("`qa-login`"), "{hint}");
     }
 
     #[test]
     fn branches_follow_git_rules() {
-        for ok in ["develop", "feature/login-error", "release-1.2", "a/b/c", "fix@x"] {
+        for ok in [
+            "develop",
+            "feature/login-error",
+            "release-1.2",
+            "a/b/c",
+            "fix@x",
+        ] {
             assert!(branch(ok).is_ok(), "{ok} refused");
         }
-        for bad in ["", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b", "a.", "a~1"] {
+        for bad in [
+            "", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b",
+            "a.", "a~1",
+        ] {
             assert!(branch(bad).is_err(), "{bad:?} accepted");
         }
     }

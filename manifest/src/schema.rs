@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use crate::model::{API_VERSION, Environment, Kind, Sandbox};
 
 fn for_type<T: JsonSchema>(kind: Kind) -> Schema {
-    let mut schema = schemars::generate::SchemaSettings::draft07().into_generator().into_root_schema_for::<T>();
+    let mut schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<T>();
     let title = match kind {
         Kind::Sandbox => "SDP Sandbox",
         Kind::SandboxTemplate => "SDP SandboxTemplate",

@@ -5,33 +5,83 @@ use crate::model::{Environment, Route, Sandbox};
 use crate::problem::Problem;
 use crate::rules::{self, Broken};
 
-fn push(out: &mut Vec<Problem>, source: &Source, path: &[&str], key: bool, result: Result<(), Broken>) {
+fn push(
+    out: &mut Vec<Problem>,
+    source: &Source,
+    path: &[&str],
+    key: bool,
+    result: Result<(), Broken>,
+) {
     if let Err(b) = result {
-        let p = if key { source.problem_at_key(path, b.message) } else { source.problem_at(path, b.message) };
+        let p = if key {
+            source.problem_at_key(path, b.message)
+        } else {
+            source.problem_at(path, b.message)
+        };
         out.push(Problem { hint: b.hint, ..p });
     }
 }
 
 /// Checks of a Sandbox or SandboxTemplate that need nothing but the object itself.
 pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
-    let what = if sb.kind == crate::Kind::Sandbox { "sandbox name" } else { "template name" };
-    push(out, src, &["metadata", "name"], false, rules::object_name(what, &sb.metadata.name));
+    let what = if sb.kind == crate::Kind::Sandbox {
+        "sandbox name"
+    } else {
+        "template name"
+    };
+    push(
+        out,
+        src,
+        &["metadata", "name"],
+        false,
+        rules::object_name(what, &sb.metadata.name),
+    );
     let spec = &sb.spec;
-    push(out, src, &["spec", "gateway", "branch"], false, rules::branch(&spec.gateway.branch));
+    push(
+        out,
+        src,
+        &["spec", "gateway", "branch"],
+        false,
+        rules::branch(&spec.gateway.branch),
+    );
     if let Some(port) = spec.gateway.port {
-        push(out, src, &["spec", "gateway", "port"], false, rules::port(port));
+        push(
+            out,
+            src,
+            &["spec", "gateway", "port"],
+            false,
+            rules::port(port),
+        );
     }
     for (name, svc) in &spec.services {
         let at = |field: &'static str| ["spec", "services", name.as_str(), field];
-        push(out, src, &["spec", "services", name], true, rules::service_name(name));
+        push(
+            out,
+            src,
+            &["spec", "services", name],
+            true,
+            rules::service_name(name),
+        );
         push(out, src, &at("branch"), false, rules::branch(&svc.branch));
         if let Some(port) = svc.port {
             push(out, src, &at("port"), false, rules::port(port));
         }
         for (i, env) in svc.environments.iter().enumerate() {
             let i = i.to_string();
-            let path = ["spec", "services", name.as_str(), "environments", i.as_str()];
-            push(out, src, &path, false, rules::object_name("environment name", env));
+            let path = [
+                "spec",
+                "services",
+                name.as_str(),
+                "environments",
+                i.as_str(),
+            ];
+            push(
+                out,
+                src,
+                &path,
+                false,
+                rules::object_name("environment name", env),
+            );
         }
         for var in svc.env.keys() {
             let path = ["spec", "services", name.as_str(), "env", var.as_str()];
@@ -55,8 +105,15 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
         match route {
             Route::Sandbox if !spec.services.contains_key(name) => {
                 let p = src
-                    .problem_at(&path, format!("route `{name}: sandbox` points at a service this sandbox does not run"))
-                    .hint(format!("add `{name}` under spec.services, or route it to `ocp`"));
+                    .problem_at(
+                        &path,
+                        format!(
+                            "route `{name}: sandbox` points at a service this sandbox does not run"
+                        ),
+                    )
+                    .hint(format!(
+                        "add `{name}` under spec.services, or route it to `ocp`"
+                    ));
                 out.push(p);
             }
             Route::Url(url) => push(out, src, &path, false, rules::route_url(url)),
@@ -64,13 +121,25 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
         }
     }
     if let Some(expire) = &spec.expire_after {
-        push(out, src, &["spec", "expireAfter"], false, rules::duration_secs(expire).map(drop));
+        push(
+            out,
+            src,
+            &["spec", "expireAfter"],
+            false,
+            rules::duration_secs(expire).map(drop),
+        );
     }
 }
 
 /// Checks of an Environment that need nothing but the object itself.
 pub(crate) fn environment(env: &Environment, src: &Source, out: &mut Vec<Problem>) {
-    push(out, src, &["metadata", "name"], false, rules::object_name("environment name", &env.metadata.name));
+    push(
+        out,
+        src,
+        &["metadata", "name"],
+        false,
+        rules::object_name("environment name", &env.metadata.name),
+    );
     let spec = &env.spec;
     for var in spec.variables.keys() {
         let path = ["spec", "variables", var.as_str()];
@@ -78,16 +147,37 @@ pub(crate) fn environment(env: &Environment, src: &Source, out: &mut Vec<Problem
         push(out, src, &path, true, rules::plain_variable_not_secret(var));
     }
     for (var, secret) in &spec.secrets {
-        push(out, src, &["spec", "secrets", var], true, rules::env_var_name(var));
-        push(out, src, &["spec", "secrets", var, "file"], false, rules::secret_file(&secret.file));
+        push(
+            out,
+            src,
+            &["spec", "secrets", var],
+            true,
+            rules::env_var_name(var),
+        );
+        push(
+            out,
+            src,
+            &["spec", "secrets", var, "file"],
+            false,
+            rules::secret_file(&secret.file),
+        );
         if spec.variables.contains_key(var) {
             let p = src
-                .problem_at_key(&["spec", "secrets", var], format!("`{var}` is both a variable and a secret"))
+                .problem_at_key(
+                    &["spec", "secrets", var],
+                    format!("`{var}` is both a variable and a secret"),
+                )
                 .hint("keep one of them");
             out.push(p);
         }
     }
     for file in spec.files.keys() {
-        push(out, src, &["spec", "files", file], true, rules::relative_file(file));
+        push(
+            out,
+            src,
+            &["spec", "files", file],
+            true,
+            rules::relative_file(file),
+        );
     }
 }

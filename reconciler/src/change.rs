@@ -1,0 +1,484 @@
+//! What `sdp apply`, `sdp diff` and `sdp delete` do to the config repo's files, as pure functions: where an
+//! object goes, the files' text before and after, a unified diff and a short summary in the domain's words.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use sdp_manifest::{ConfigSet, Environment, InputFile, Kind, ObjectRef, Parsed, Sandbox};
+
+/// One file of the config repo, relative to its root, before and after a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChange {
+    pub path: PathBuf,
+    /// `None`: the file does not exist yet.
+    pub before: Option<String>,
+    /// `None`: the file is removed.
+    pub after: Option<String>,
+}
+
+impl FileChange {
+    pub fn is_noop(&self) -> bool {
+        self.before == self.after
+    }
+
+    /// A unified diff with `a/` and `b/` headers, as git shows it.
+    pub fn unified_diff(&self) -> String {
+        let before = self.before.as_deref().unwrap_or("");
+        let after = self.after.as_deref().unwrap_or("");
+        let path = self.path.display();
+        let a = if self.before.is_some() {
+            format!("a/{path}")
+        } else {
+            "/dev/null".into()
+        };
+        let b = if self.after.is_some() {
+            format!("b/{path}")
+        } else {
+            "/dev/null".into()
+        };
+        similar::TextDiff::from_lines(before, after)
+            .unified_diff()
+            .context_radius(3)
+            .header(&a, &b)
+            .to_string()
+    }
+}
+
+/// The repo as the change finds it: its files by path relative to the root, and what they hold.
+pub struct RepoState {
+    pub files: BTreeMap<PathBuf, String>,
+    pub set: ConfigSet,
+}
+
+impl RepoState {
+    /// Reads files given relative to the repo root. Labels in problems are `label_root` joined with the path.
+    pub fn new(files: BTreeMap<PathBuf, String>, label_root: &Path) -> RepoState {
+        let set = ConfigSet::from_inputs(inputs(&files, label_root, &BTreeMap::new()), true);
+        RepoState { files, set }
+    }
+
+    /// The set of objects after `changes`, with problems labelled with the paths users know: a file that the
+    /// change replaces whole by the user's file keeps the user's file name, so lines match what they wrote.
+    pub fn after(
+        &self,
+        changes: &[FileChange],
+        label_root: &Path,
+        user_labels: &BTreeMap<PathBuf, PathBuf>,
+    ) -> ConfigSet {
+        let mut files = self.files.clone();
+        for c in changes {
+            match &c.after {
+                Some(text) => files.insert(c.path.clone(), text.clone()),
+                None => files.remove(&c.path),
+            };
+        }
+        // Changed files are read last, so that a name or port they claim twice is reported in them, not in the
+        // object that had it first.
+        let (changed, unchanged): (Vec<InputFile>, Vec<InputFile>) =
+            inputs(&files, label_root, user_labels)
+                .into_iter()
+                .partition(|i| {
+                    changes.iter().any(|c| {
+                        label_root.join(&c.path) == i.label
+                            || user_labels.get(&c.path) == Some(&i.label)
+                    })
+                });
+        ConfigSet::from_inputs(unchanged.into_iter().chain(changed).collect(), true)
+    }
+
+    /// Where an object currently lives: its file and its document's byte range there.
+    fn locate(&self, object: &ObjectRef, label_root: &Path) -> Option<(PathBuf, Range<usize>)> {
+        let source = self.set.source_of(object.kind, &object.name)?;
+        let rel = source
+            .file
+            .strip_prefix(label_root)
+            .unwrap_or(&source.file)
+            .to_path_buf();
+        Some((rel, source.bytes.clone()))
+    }
+}
+
+fn inputs(
+    files: &BTreeMap<PathBuf, String>,
+    label_root: &Path,
+    user_labels: &BTreeMap<PathBuf, PathBuf>,
+) -> Vec<InputFile> {
+    files
+        .iter()
+        .filter_map(|(rel, text)| {
+            let folder = Kind::ALL
+                .into_iter()
+                .find(|k| rel.starts_with(k.folder()))?;
+            let label = user_labels
+                .get(rel)
+                .cloned()
+                .unwrap_or_else(|| label_root.join(rel));
+            Some(InputFile {
+                label,
+                folder: Some(folder),
+                text: text.clone(),
+            })
+        })
+        .collect()
+}
+
+fn with_final_newline(mut s: String) -> String {
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// How many documents with content a text holds.
+fn document_count(text: &str) -> usize {
+    sdp_manifest::split_documents(text)
+        .iter()
+        .filter(|d| d.has_content)
+        .count()
+}
+
+/// The file changes that put `incoming` (the objects read from the user's file `incoming_text`) into the repo.
+/// An object that exists is replaced where it is; a new one goes to `<folder>/<name>.yaml`. A file that held
+/// only the object takes the user's document as written, comments included.
+pub fn apply_changes(
+    repo: &RepoState,
+    label_root: &Path,
+    incoming: &[Parsed],
+    incoming_text: &str,
+) -> Vec<FileChange> {
+    let whole_file = incoming.len() == 1;
+    let mut edits: BTreeMap<PathBuf, Vec<(Option<Range<usize>>, String)>> = BTreeMap::new();
+    for item in incoming {
+        let object = item.object_ref();
+        let doc_text = if whole_file {
+            incoming_text.to_string()
+        } else {
+            item.source().text.clone()
+        };
+        let doc_text = with_final_newline(doc_text);
+        let (path, range) = match repo.locate(&object, label_root) {
+            Some((path, range)) => (path, Some(range)),
+            None => (
+                PathBuf::from(object.kind.folder()).join(format!("{}.yaml", object.name)),
+                None,
+            ),
+        };
+        edits.entry(path).or_default().push((range, doc_text));
+    }
+    edits
+        .into_iter()
+        .map(|(path, edits)| edit_file(repo.files.get(&path).cloned(), path, edits))
+        .collect()
+}
+
+fn edit_file(
+    before: Option<String>,
+    path: PathBuf,
+    mut edits: Vec<(Option<Range<usize>>, String)>,
+) -> FileChange {
+    let Some(original) = before.clone() else {
+        let docs: Vec<String> = edits.into_iter().map(|(_, t)| t).collect();
+        return FileChange {
+            path,
+            before,
+            after: Some(join_documents(docs)),
+        };
+    };
+    // A file that holds only this object is replaced whole by what the user wrote.
+    if document_count(&original) == 1 && edits.len() == 1 && edits[0].0.is_some() {
+        let after = edits.pop().map(|(_, t)| t);
+        return FileChange {
+            path,
+            before,
+            after,
+        };
+    }
+    let mut text = original;
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.as_ref().map(|r| r.start)));
+    let mut appended = Vec::new();
+    for (range, doc) in edits {
+        match range {
+            Some(r) => {
+                let marker = text[r.clone()].starts_with("---");
+                let doc = if marker && !doc.starts_with("---") {
+                    format!("---\n{doc}")
+                } else {
+                    doc
+                };
+                text.replace_range(r, &doc);
+            }
+            None => appended.push(doc),
+        }
+    }
+    for doc in appended {
+        text = with_final_newline(text);
+        text.push_str(if doc.starts_with("---") { "" } else { "---\n" });
+        text.push_str(&doc);
+    }
+    FileChange {
+        path,
+        before,
+        after: Some(text),
+    }
+}
+
+fn join_documents(docs: Vec<String>) -> String {
+    let mut out = String::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        if i > 0 && !doc.starts_with("---") {
+            out.push_str("---\n");
+        }
+        out.push_str(&doc);
+    }
+    out
+}
+
+/// The file change that removes an object from the repo: its whole file, or its document in a shared file.
+pub fn delete_change(
+    repo: &RepoState,
+    label_root: &Path,
+    object: &ObjectRef,
+) -> Option<FileChange> {
+    let (path, range) = repo.locate(object, label_root)?;
+    let before = repo.files.get(&path)?.clone();
+    if document_count(&before) == 1 {
+        return Some(FileChange {
+            path,
+            before: Some(before),
+            after: None,
+        });
+    }
+    let mut after = before.clone();
+    after.replace_range(range, "");
+    Some(FileChange {
+        path,
+        before: Some(before),
+        after: Some(after),
+    })
+}
+
+/// What changes for users, in a few lines: services added, removed or moved to another branch, routes changed.
+pub fn summarize(before: &ConfigSet, after: &ConfigSet, objects: &[ObjectRef]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for object in objects {
+        match object.kind {
+            Kind::Sandbox | Kind::SandboxTemplate => {
+                let find = |set: &ConfigSet| {
+                    let list = if object.kind == Kind::Sandbox {
+                        &set.sandboxes
+                    } else {
+                        &set.templates
+                    };
+                    list.iter()
+                        .find(|o| o.value.metadata.name == object.name)
+                        .map(|o| o.value.clone())
+                };
+                sandbox_summary(
+                    object,
+                    find(before).as_ref(),
+                    find(after).as_ref(),
+                    &mut lines,
+                );
+            }
+            Kind::Environment => {
+                let find = |set: &ConfigSet| {
+                    set.environments
+                        .iter()
+                        .find(|o| o.value.metadata.name == object.name)
+                        .map(|o| o.value.clone())
+                };
+                environment_summary(
+                    object,
+                    find(before).as_ref(),
+                    find(after).as_ref(),
+                    &mut lines,
+                );
+            }
+        }
+    }
+    lines
+}
+
+fn sandbox_summary(
+    object: &ObjectRef,
+    before: Option<&Sandbox>,
+    after: Option<&Sandbox>,
+    out: &mut Vec<String>,
+) {
+    let (b, a) = match (before, after) {
+        (None, None) => return,
+        (None, Some(a)) => {
+            let services: Vec<&str> = a.spec.services.keys().map(String::as_str).collect();
+            out.push(format!(
+                "{object}: created, gateway on {}, services: {}",
+                a.spec.gateway.branch,
+                list(&services)
+            ));
+            return;
+        }
+        (Some(_), None) => {
+            out.push(format!(
+                "{object}: deleted; its containers, network and worktrees will be removed"
+            ));
+            return;
+        }
+        (Some(b), Some(a)) => (&b.spec, &a.spec),
+    };
+    let start = out.len();
+    if b.gateway.branch != a.gateway.branch {
+        out.push(format!(
+            "{object}: gateway moves from {} to {}",
+            b.gateway.branch, a.gateway.branch
+        ));
+    }
+    if b.gateway.port != a.gateway.port {
+        out.push(format!(
+            "{object}: gateway port {} -> {}",
+            port(b.gateway.port),
+            port(a.gateway.port)
+        ));
+    }
+    for (name, svc) in &a.services {
+        match b.services.get(name) {
+            None => out.push(format!("{object}: service {name} added on {}", svc.branch)),
+            Some(old) if old.branch != svc.branch => out.push(format!(
+                "{object}: service {name} moves from {} to {}",
+                old.branch, svc.branch
+            )),
+            Some(old) if old != svc => {
+                out.push(format!("{object}: service {name} settings changed"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in b.services.keys().filter(|n| !a.services.contains_key(*n)) {
+        out.push(format!("{object}: service {name} removed"));
+    }
+    let names: std::collections::BTreeSet<&String> =
+        b.routes.keys().chain(a.routes.keys()).collect();
+    for name in names {
+        let old = b.routes.get(name).map(|r| r.as_str()).unwrap_or("ocp");
+        let new = a.routes.get(name).map(|r| r.as_str()).unwrap_or("ocp");
+        if old != new {
+            out.push(format!("{object}: route {name} {old} -> {new}"));
+        }
+    }
+    if b.suspend != a.suspend {
+        out.push(format!(
+            "{object}: {}",
+            if a.suspend { "suspended" } else { "resumed" }
+        ));
+    }
+    if b.expire_after != a.expire_after {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
+        out.push(format!(
+            "{object}: expireAfter {} -> {}",
+            show(&b.expire_after),
+            show(&a.expire_after)
+        ));
+    }
+    if out.len() == start && before != after {
+        out.push(format!("{object}: metadata or comments changed"));
+    }
+}
+
+fn environment_summary(
+    object: &ObjectRef,
+    before: Option<&Environment>,
+    after: Option<&Environment>,
+    out: &mut Vec<String>,
+) {
+    match (before, after) {
+        (None, Some(_)) => out.push(format!("{object}: created")),
+        (Some(_), None) => out.push(format!("{object}: deleted")),
+        (Some(b), Some(a)) => {
+            // Names only: values of variables are plain, but secrets are only ever named.
+            let keys = |m: &std::collections::BTreeMap<String, String>| {
+                m.keys().cloned().collect::<Vec<_>>()
+            };
+            let changed =
+                |what: &str, old: Vec<String>, new: Vec<String>, out: &mut Vec<String>| {
+                    let added: Vec<&str> = new
+                        .iter()
+                        .filter(|k| !old.contains(k))
+                        .map(String::as_str)
+                        .collect();
+                    let removed: Vec<&str> = old
+                        .iter()
+                        .filter(|k| !new.contains(k))
+                        .map(String::as_str)
+                        .collect();
+                    if !added.is_empty() {
+                        out.push(format!("{object}: {what} added: {}", list(&added)));
+                    }
+                    if !removed.is_empty() {
+                        out.push(format!("{object}: {what} removed: {}", list(&removed)));
+                    }
+                };
+            changed(
+                "variables",
+                keys(&b.spec.variables),
+                keys(&a.spec.variables),
+                out,
+            );
+            let secrets = |e: &Environment| e.spec.secrets.keys().cloned().collect::<Vec<_>>();
+            changed("secrets", secrets(b), secrets(a), out);
+            let edited: Vec<&str> = a
+                .spec
+                .variables
+                .iter()
+                .filter(|(k, v)| b.spec.variables.get(*k).is_some_and(|old| old != *v))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if !edited.is_empty() {
+                out.push(format!("{object}: variables changed: {}", list(&edited)));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn port(p: Option<u32>) -> String {
+    p.map(|p| p.to_string())
+        .unwrap_or_else(|| "allocated".into())
+}
+
+/// The text of a new Sandbox made from a template's document: `kind` and `metadata.name` replaced where they
+/// stand, the schema comment pointed at the Sandbox schema, every other byte kept.
+pub fn from_template(template: &sdp_manifest::Source, name: &str) -> Option<String> {
+    let base = template.bytes.start;
+    let kind = template.index.get(&["kind"])?.value_bytes.clone();
+    let old_name = template
+        .index
+        .get(&["metadata", "name"])?
+        .value_bytes
+        .clone();
+    let mut edits = [(kind, "Sandbox"), (old_name, name)];
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut text = template.text.clone();
+    for (range, new) in edits {
+        let local = range.start.checked_sub(base)?..range.end.checked_sub(base)?;
+        text.get(local.clone())?;
+        text.replace_range(local, new);
+    }
+    let lines: Vec<String> = text
+        .split_inclusive('\n')
+        .map(|line| {
+            if line.trim_start().starts_with("# yaml-language-server:") {
+                line.replace("sandboxtemplate.json", "sandbox.json")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    Some(lines.concat())
+}

@@ -1,0 +1,155 @@
+//! The command line: one module per family of commands.
+
+mod gitops;
+mod new;
+mod schema;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "sdp",
+    version,
+    about = "SDP, the Sandbox Deployment Platform: sandboxes as YAML in a git config repo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check manifests: a config repo root (cross-file checks included) or single files. Exit 1 on any problem.
+    Validate {
+        /// Config repo roots or manifest files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write the JSON Schema of each kind into DIR.
+    Schema {
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+    },
+    /// Create a manifest from a template by copying its file (comments included).
+    New {
+        #[command(subcommand)]
+        what: NewWhat,
+    },
+    /// Show how FILE differs from what the config repo's HEAD holds. Exit 0: no difference, 1: differences.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Validate the repo with FILE in place, show the diff, write FILE's objects to their places and commit.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Commit message (default: "apply <kind> <name>").
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Push the commit to the upstream with your own git credentials.
+        #[arg(long)]
+        push: bool,
+    },
+    /// Remove an object from the config repo and commit the removal.
+    Delete {
+        #[arg(value_enum)]
+        kind: KindArg,
+        name: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        #[arg(long)]
+        push: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NewWhat {
+    /// Write sandboxes/NAME.yaml from a template, with kind and name changed and everything else kept.
+    Sandbox {
+        name: String,
+        #[arg(long = "from-template")]
+        from_template: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Sandbox,
+    Template,
+    Environment,
+}
+
+impl KindArg {
+    fn kind(self) -> sdp_manifest::Kind {
+        match self {
+            KindArg::Sandbox => sdp_manifest::Kind::Sandbox,
+            KindArg::Template => sdp_manifest::Kind::SandboxTemplate,
+            KindArg::Environment => sdp_manifest::Kind::Environment,
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { paths, format } => validate::run(&paths, format == Format::Json),
+        Command::Schema { out } => schema::run(&out),
+        Command::New {
+            what:
+                NewWhat::Sandbox {
+                    name,
+                    from_template,
+                    repo,
+                },
+        } => new::run(&repo, &name, &from_template),
+        Command::Diff { file, repo } => gitops::diff(&repo, &file),
+        Command::Apply {
+            file,
+            repo,
+            message,
+            push,
+        } => gitops::apply(&repo, &file, message.as_deref(), push),
+        Command::Delete {
+            kind,
+            name,
+            repo,
+            message,
+            push,
+        } => gitops::delete(&repo, kind.kind(), &name, message.as_deref(), push),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints problems the way compilers do, one per entry, hint below.
+fn print_problems(problems: &[sdp_manifest::Problem]) {
+    for p in problems {
+        eprintln!("{p}");
+    }
+}

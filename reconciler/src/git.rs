@@ -1,0 +1,189 @@
+//! The user's own git, for the commands that write the config repo (`sdp apply`, `delete`, `new`).
+//!
+//! These run the `git` CLI on purpose: a commit must carry the user's identity and a push must use the user's
+//! credential helpers, SSH keys and hooks, exactly as if they had typed the commands themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// A git work tree.
+pub struct Git {
+    root: PathBuf,
+}
+
+impl Git {
+    /// The config repo at `dir`, which must be inside a git work tree.
+    pub fn open(dir: &Path) -> Result<Git> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "--show-toplevel"])
+            .output()
+            .context("cannot run git: is it installed and on PATH?")?;
+        if !out.status.success() {
+            bail!(
+                "{} is not inside a git repository: the config repo must be a git clone",
+                dir.display()
+            );
+        }
+        // Commands run from `dir` itself, so paths are relative to the config repo even when it is a folder of a
+        // larger git repository (as `examples/` is in SDP's own).
+        Ok(Git {
+            root: dir.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.arg("-C").arg(&self.root);
+        cmd
+    }
+
+    /// Runs git and returns its standard output; a failure carries git's own message.
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .context("cannot run git")?;
+        if !out.status.success() {
+            bail!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Whether HEAD points at a commit (a new repository has none).
+    pub fn has_head(&self) -> bool {
+        self.run(&["rev-parse", "--verify", "-q", "HEAD"]).is_ok()
+    }
+
+    /// The files under `dirs` in HEAD, with their content, as paths relative to the work tree.
+    pub fn head_files(&self, dirs: &[&str]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+        if !self.has_head() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["ls-tree", "-r", "-z", "HEAD", "--"];
+        args.extend(dirs);
+        let listing = self.run(&args)?;
+        let mut files = Vec::new();
+        for entry in listing.split('\0').filter(|e| !e.is_empty()) {
+            // "<mode> <type> <object>\t<path>"; only regular files count, as on disk.
+            let Some((meta, path)) = entry.split_once('\t') else {
+                continue;
+            };
+            let mut parts = meta.split(' ');
+            let (mode, kind, object) = (parts.next(), parts.next(), parts.next());
+            if kind != Some("blob") || !matches!(mode, Some("100644" | "100755")) {
+                continue;
+            }
+            let Some(object) = object else { continue };
+            let out = self
+                .command()
+                .args(["cat-file", "blob", object])
+                .output()
+                .context("cannot run git")?;
+            if !out.status.success() {
+                bail!(
+                    "git cat-file {object} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            files.push((PathBuf::from(path), out.stdout));
+        }
+        Ok(files)
+    }
+
+    /// Whether `rel` differs from HEAD in the index or the work tree (untracked counts).
+    pub fn is_dirty(&self, rel: &Path) -> Result<bool> {
+        let rel = rel.to_string_lossy();
+        let out = self.run(&["status", "--porcelain", "--untracked-files=all", "--", &rel])?;
+        Ok(!out.trim().is_empty())
+    }
+
+    /// The identity a commit would carry, or a clear error when git has none.
+    pub fn identity(&self) -> Result<String> {
+        let ident = self.run(&["var", "GIT_AUTHOR_IDENT"]).map_err(|_| {
+            anyhow::anyhow!(
+                "git has no identity to commit with; set yours once with:\n  git config --global user.name \"Your Name\"\n  git config --global user.email you@example.com"
+            )
+        })?;
+        // "Name <email> 1700000000 +0000": the time is not part of who.
+        let who = ident
+            .trim()
+            .rsplitn(3, ' ')
+            .nth(2)
+            .unwrap_or(ident.trim())
+            .to_string();
+        Ok(who)
+    }
+
+    /// Commits exactly `paths` (their work-tree state, additions and removals), nothing else the user staged.
+    pub fn commit_paths(&self, paths: &[PathBuf], message: &str) -> Result<String> {
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let mut add = vec!["add", "-A", "--"];
+        add.extend(names.iter().map(String::as_str));
+        self.run(&add)?;
+        let mut commit = vec!["commit", "-q", "-m", message, "--only", "--"];
+        commit.extend(names.iter().map(String::as_str));
+        if let Err(e) = self.run(&commit) {
+            // Leave the index as it was for these paths.
+            let mut reset = vec!["reset", "-q", "--"];
+            reset.extend(names.iter().map(String::as_str));
+            let _ = self.run(&reset);
+            return Err(e);
+        }
+        Ok(self
+            .run(&["rev-parse", "--short", "HEAD"])?
+            .trim()
+            .to_string())
+    }
+
+    /// The upstream of the current branch, such as `origin/main`.
+    pub fn upstream(&self) -> Result<String> {
+        self.run(&["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"])
+            .map(|s| s.trim().to_string())
+            .map_err(|_| anyhow::anyhow!("the current branch has no upstream to push to; set one with: git push -u origin <branch>"))
+    }
+
+    /// Fetches the upstream and says how many commits the local branch is behind it.
+    pub fn behind_upstream(&self) -> Result<usize> {
+        self.interactive(&["fetch", "--quiet"])
+            .context("cannot fetch the upstream before pushing")?;
+        let count = self.run(&["rev-list", "--count", "HEAD..@{upstream}"])?;
+        Ok(count.trim().parse().unwrap_or(0))
+    }
+
+    /// Pushes the current branch to its upstream with the user's own credentials.
+    pub fn push(&self) -> Result<()> {
+        self.interactive(&["push", "--quiet"])
+    }
+
+    /// Runs git with the terminal attached, so credential prompts reach the user; the output is theirs to see.
+    fn interactive(&self, args: &[&str]) -> Result<()> {
+        let status = self
+            .command()
+            .args(args)
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .context("cannot run git")?;
+        if !status.success() {
+            bail!("git {} failed (its message is above)", args.join(" "));
+        }
+        Ok(())
+    }
+}
