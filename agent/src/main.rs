@@ -14,8 +14,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    eprintln!(
-        "sdp-agent: the agent is not implemented yet in this build (see issue 4); only --version works"
-    );
+    eprintln!("sdp-agent: the agent is not implemented yet in this build (see issue 4); only --version works");
     ExitCode::from(2)
 }

@@ -116,11 +116,7 @@ pub fn split_documents(text: &str) -> Vec<DocSpan> {
         });
         doc.lines.end = n + 1;
         doc.bytes.end = offset + line.len();
-        let content = if start_marker {
-            bare[3..].trim()
-        } else {
-            bare.trim()
-        };
+        let content = if start_marker { bare[3..].trim() } else { bare.trim() };
         if !content.is_empty() && !content.starts_with('#') && !is_marker(bare, "...") {
             doc.has_content = true;
         }
@@ -137,13 +133,7 @@ fn blank_outside(text: &str, keep: &Range<usize>) -> String {
     let bytes: Vec<u8> = text
         .bytes()
         .enumerate()
-        .map(|(i, b)| {
-            if keep.contains(&i) || b == b'\n' {
-                b
-            } else {
-                b' '
-            }
-        })
+        .map(|(i, b)| if keep.contains(&i) || b == b'\n' { b } else { b' ' })
         .collect();
     // Only whole bytes of other documents were replaced by ASCII spaces, and document boundaries fall on line
     // starts, so the result is valid UTF-8.
@@ -186,15 +176,12 @@ fn yaml_problem(file: &Path, text: &str, err: &serde_saphyr::Error) -> Problem {
     }
     let mut problem = Problem::new(file, pos, message.clone());
     if message.contains(INLINE_SECRET) {
-        problem = problem.hint(
-            "write `{ file: /etc/sdp/secrets/<name> }` and put the value in that file on the VM",
-        );
+        problem = problem.hint("write `{ file: /etc/sdp/secrets/<name> }` and put the value in that file on the VM");
     } else if message.starts_with("unknown field") {
         problem = problem.hint("check the spelling; schemas/ lists every field of each kind");
-    } else if message.contains("budget") || message.contains("alias") || message.contains("Budget")
-    {
-        problem.message =
-            format!("{message}: the document is too large or expands too many aliases");
+    } else if message.contains("budget breached") || message.contains("replay") {
+        problem.message = "the document is too large or expands too many aliases (a YAML bomb is refused)".into();
+        problem = problem.hint("write the values out; a manifest needs few or no anchors");
     } else if message.contains("tab") {
         problem = problem.hint("YAML indents with spaces, never tabs");
     }
@@ -211,20 +198,15 @@ fn tab_problems(file: &Path, text: &str, lines: &Range<u64>) -> Vec<Problem> {
             let indent_end = line.find(|c| c != ' ' && c != '\t').unwrap_or(line.len());
             let col = line[..indent_end].find('\t')?;
             Some(
-                Problem::new(
-                    file,
-                    Pos::new(n, col as u64 + 1),
-                    "tab character in indentation",
-                )
-                .hint("YAML indents with spaces, never tabs"),
+                Problem::new(file, Pos::new(n, col as u64 + 1), "tab character in indentation")
+                    .hint("YAML indents with spaces, never tabs"),
             )
         })
         .collect()
 }
 
 fn deserialize<T: DeserializeOwned>(file: &Path, blanked: &str) -> Result<T, Problem> {
-    serde_saphyr::from_str_with_options(blanked, options())
-        .map_err(|e| yaml_problem(file, blanked, &e))
+    serde_saphyr::from_str_with_options(blanked, options()).map_err(|e| yaml_problem(file, blanked, &e))
 }
 
 fn header_str<'a>(header: &'a serde_json::Value, key: &str) -> Option<&'a str> {
@@ -244,15 +226,9 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
         problems.push(Problem::new(file, Pos::new(1, 1), message));
         return (parsed, problems);
     }
-    let docs: Vec<DocSpan> = split_documents(text)
-        .into_iter()
-        .filter(|d| d.has_content)
-        .collect();
+    let docs: Vec<DocSpan> = split_documents(text).into_iter().filter(|d| d.has_content).collect();
     if docs.len() > 64 {
-        let message = format!(
-            "file holds {} documents; at most 64 are read from one file",
-            docs.len()
-        );
+        let message = format!("file holds {} documents; at most 64 are read from one file", docs.len());
         problems.push(Problem::new(file, Pos::new(1, 1), message));
         return (parsed, problems);
     }
@@ -294,45 +270,34 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
                 problems.push(
                     source
                         .problem_at(&["kind"], "missing or non-text `kind`")
-                        .hint(
-                            "write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`",
-                        ),
+                        .hint("write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`"),
                 );
                 continue;
             }
-            Some(k) => {
-                match Kind::parse(k) {
-                    Some(kind) => kind,
-                    None => {
-                        let close = Kind::ALL
-                            .into_iter()
-                            .find(|c| c.as_str().eq_ignore_ascii_case(k));
-                        let hint = match close {
+            Some(k) => match Kind::parse(k) {
+                Some(kind) => kind,
+                None => {
+                    let close = Kind::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(k));
+                    let hint = match close {
                         Some(c) => format!("did you mean `{c}`? (kinds are case-sensitive)"),
                         None => "write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`".into(),
                     };
-                        problems.push(
-                            source
-                                .problem_at(&["kind"], format!("unknown kind `{k}`"))
-                                .hint(hint),
-                        );
-                        continue;
-                    }
+                    problems.push(source.problem_at(&["kind"], format!("unknown kind `{k}`")).hint(hint));
+                    continue;
                 }
-            }
+            },
         };
         let object = name.map(|n| ObjectRef {
             kind,
             name: n.to_string(),
         });
+        let before = problems.len();
         match header_str(&header, "apiVersion") {
             Some(API_VERSION) => {}
             Some(other) => problems.push(
                 source
                     .problem_at(&["apiVersion"], format!("unsupported apiVersion `{other}`"))
-                    .hint(format!(
-                        "this version of SDP reads `apiVersion: {API_VERSION}`"
-                    ))
+                    .hint(format!("this version of SDP reads `apiVersion: {API_VERSION}`"))
                     .about(object.clone()),
             ),
             None => problems.push(
@@ -342,7 +307,6 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
                     .about(object.clone()),
             ),
         }
-        let before = problems.len();
         let item = match kind {
             Kind::Sandbox | Kind::SandboxTemplate => match deserialize::<Sandbox>(file, &blanked) {
                 Ok(value) => {

@@ -174,10 +174,7 @@ mod tests {
     #[test]
     fn missing_paths_fall_back_to_the_nearest_ancestor() {
         let index = Index::build("\n\nspec:\n  gateway: {}\n");
-        assert_eq!(
-            index.value_pos(&["spec", "gateway", "branch"]),
-            Pos::new(4, 12)
-        );
+        assert_eq!(index.value_pos(&["spec", "gateway", "branch"]), Pos::new(4, 12));
         assert_eq!(index.value_pos(&["nothing"]), Pos::new(3, 1));
     }
 }

@@ -13,9 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const API_VERSION: &str = "sdp/v1";
 
 /// What a document declares itself to be.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub enum Kind {
     /// A sandbox that the reconciler deploys.
     Sandbox,
@@ -299,10 +297,7 @@ impl<'de> Deserialize<'de> for SecretRef {
                 Err(E::custom(INLINE_SECRET))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<SecretRef, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SecretRef, A::Error> {
                 let r = FileRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 Ok(SecretRef { file: r.file })
             }
@@ -312,5 +307,4 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 /// The message for a secret written inline. It must never contain the value.
-pub(crate) const INLINE_SECRET: &str =
-    "secret value written inline; secret values never go into the config repo";
+pub(crate) const INLINE_SECRET: &str = "secret value written inline; secret values never go into the config repo";

@@ -82,11 +82,9 @@ impl ConfigSet {
             if path.is_dir() {
                 match ConfigSet::load_repo(path) {
                     Ok(sub) => set.merge(sub),
-                    Err(e) => set.problems.push(Problem::new(
-                        display_path(path),
-                        Pos::new(1, 1),
-                        e.to_string(),
-                    )),
+                    Err(e) => set
+                        .problems
+                        .push(Problem::new(display_path(path), Pos::new(1, 1), e.to_string())),
                 }
             } else {
                 let label = display_path(path);
@@ -96,9 +94,7 @@ impl ConfigSet {
                         folder: None,
                         text,
                     }),
-                    Err(message) => set
-                        .problems
-                        .push(Problem::new(label, Pos::new(1, 1), message)),
+                    Err(message) => set.problems.push(Problem::new(label, Pos::new(1, 1), message)),
                 }
             }
         }
@@ -158,13 +154,8 @@ impl ConfigSet {
     }
 
     /// The problems that belong to one object.
-    pub fn problems_of<'a>(
-        &'a self,
-        object: &'a ObjectRef,
-    ) -> impl Iterator<Item = &'a Problem> + 'a {
-        self.problems
-            .iter()
-            .filter(move |p| p.object.as_ref() == Some(object))
+    pub fn problems_of<'a>(&'a self, object: &'a ObjectRef) -> impl Iterator<Item = &'a Problem> + 'a {
+        self.problems.iter().filter(move |p| p.object.as_ref() == Some(object))
     }
 
     /// Where an object was read from.
@@ -227,7 +218,10 @@ impl ConfigSet {
                                 first_src.file.display(),
                                 at.line
                             ))
-                            .about(Some(ObjectRef { kind: Kind::Sandbox, name: name.clone() }));
+                            .about(Some(ObjectRef {
+                                kind: Kind::Sandbox,
+                                name: name.clone(),
+                            }));
                         problems.push(p);
                         refused.push(name.clone());
                     }
@@ -238,8 +232,7 @@ impl ConfigSet {
                 }
             }
         }
-        self.sandboxes
-            .retain(|o| !refused.contains(&o.value.metadata.name));
+        self.sandboxes.retain(|o| !refused.contains(&o.value.metadata.name));
 
         let mut refused_templates = Vec::new();
         for t in &self.templates {
@@ -255,7 +248,10 @@ impl ConfigSet {
                     .source
                     .problem_at(&path, "a template pins a port")
                     .hint("every sandbox made from this template would claim the same port: leave `port` out")
-                    .about(Some(ObjectRef { kind: Kind::SandboxTemplate, name: t.value.metadata.name.clone() }));
+                    .about(Some(ObjectRef {
+                        kind: Kind::SandboxTemplate,
+                        name: t.value.metadata.name.clone(),
+                    }));
                 problems.push(p);
                 refused_templates.push(t.value.metadata.name.clone());
             }
@@ -281,8 +277,7 @@ impl ConfigSet {
                                 continue;
                             }
                             let i = i.to_string();
-                            let path =
-                                ["spec", "services", svc.as_str(), "environments", i.as_str()];
+                            let path = ["spec", "services", svc.as_str(), "environments", i.as_str()];
                             let hint = if known.is_empty() {
                                 "add it under environments/".to_string()
                             } else {
@@ -294,10 +289,7 @@ impl ConfigSet {
                             };
                             problems.push(
                                 sb.source
-                                    .problem_at(
-                                        &path,
-                                        format!("environment `{env}` does not exist"),
-                                    )
+                                    .problem_at(&path, format!("environment `{env}` does not exist"))
                                     .hint(hint)
                                     .about(Some(object.clone())),
                             );
@@ -344,10 +336,7 @@ fn dedupe<T: Named>(list: &mut Vec<Object<T>>, kind: Kind, problems: &mut Vec<Pr
             Some((file, pos)) => {
                 let p = o
                     .source
-                    .problem_at(
-                        &["metadata", "name"],
-                        format!("{kind} `{name}` is defined twice"),
-                    )
+                    .problem_at(&["metadata", "name"], format!("{kind} `{name}` is defined twice"))
                     .hint(format!(
                         "first defined at {}:{}:{}",
                         file.display(),
@@ -362,10 +351,7 @@ fn dedupe<T: Named>(list: &mut Vec<Object<T>>, kind: Kind, problems: &mut Vec<Pr
                 false
             }
             None => {
-                first.insert(
-                    name,
-                    (o.source.file.clone(), o.source.pos(&["metadata", "name"])),
-                );
+                first.insert(name, (o.source.file.clone(), o.source.pos(&["metadata", "name"])));
                 true
             }
         }
@@ -384,12 +370,7 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
         let path = entry.path();
         if kind.is_dir() {
             collect_yaml(&path, out)?;
-        } else if kind.is_file()
-            && matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            )
-        {
+        } else if kind.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             out.push(path);
         }
     }

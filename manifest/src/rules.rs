@@ -86,10 +86,7 @@ pub fn branch(name: &str) -> Result<(), Broken> {
         Some("is empty")
     } else if name.starts_with('-') {
         Some("starts with '-'")
-    } else if name
-        .chars()
-        .any(|c| c.is_ascii_control() || c == ' ' || c == '\u{7f}')
-    {
+    } else if name.chars().any(|c| c.is_ascii_control() || c == ' ' || c == '\u{7f}') {
         Some("contains whitespace or a control character")
     } else if name
         .chars()
@@ -137,18 +134,13 @@ pub fn route_url(url: &str) -> Result<(), Broken> {
         .chars()
         .find(|c| matches!(c, '\'' | '"' | '\\' | '$' | '`') || c.is_whitespace() || c.is_control())
     {
-        let shown: String = url
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
+        let shown: String = url.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
         return Err(broken(
             format!("route URL `{shown}` contains {c:?}, which is not allowed"),
             hint,
         ));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     let Some(rest) = rest else {
         return Err(broken(
             format!("route `{url}` is neither `sandbox`, `ocp` nor an http(s) URL"),
@@ -176,10 +168,7 @@ pub fn route_url(url: &str) -> Result<(), Broken> {
     if let Some(p) = port
         && !p.parse::<u16>().is_ok_and(|p| p > 0)
     {
-        return Err(broken(
-            format!("route URL `{url}` has an invalid port `{p}`"),
-            hint,
-        ));
+        return Err(broken(format!("route URL `{url}` has an invalid port `{p}`"), hint));
     }
     Ok(())
 }
@@ -187,9 +176,7 @@ pub fn route_url(url: &str) -> Result<(), Broken> {
 /// Environment variable names as POSIX shells accept them.
 pub fn env_var_name(name: &str) -> Result<(), Broken> {
     let mut chars = name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         return Ok(());
@@ -203,14 +190,7 @@ pub fn env_var_name(name: &str) -> Result<(), Broken> {
 /// A plain variable whose name says it holds a secret. Its value would sit in git, in clear.
 pub fn plain_variable_not_secret(name: &str) -> Result<(), Broken> {
     let upper = name.to_ascii_uppercase();
-    let secretish = [
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "PRIVATE_KEY",
-        "API_KEY",
-    ];
+    let secretish = ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY"];
     if secretish
         .iter()
         .any(|s| upper == *s || upper.ends_with(&format!("_{s}")))
@@ -225,10 +205,7 @@ pub fn plain_variable_not_secret(name: &str) -> Result<(), Broken> {
 
 /// Secret files are read by the agent on the VM: an absolute path.
 pub fn secret_file(path: &str) -> Result<(), Broken> {
-    if path.starts_with('/')
-        && !path.contains("/../")
-        && !path.ends_with("/..")
-        && !path.chars().any(char::is_control)
+    if path.starts_with('/') && !path.contains("/../") && !path.ends_with("/..") && !path.chars().any(char::is_control)
     {
         return Ok(());
     }
@@ -280,10 +257,7 @@ pub fn duration_secs(text: &str) -> Result<u64, Broken> {
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
         digits.clear();
     }
     if !digits.is_empty() || total == 0 {
@@ -295,9 +269,7 @@ pub fn duration_secs(text: &str) -> Result<u64, Broken> {
 /// Memory quantities such as `512Mi`, `1Gi`, `500M` or plain bytes, in bytes.
 pub fn memory_bytes(text: &str) -> Result<u64, Broken> {
     let hint = "write bytes or a number with Ki, Mi, Gi (or K, M, G), such as 512Mi";
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let factor: u64 = match unit {
         "" => 1,
@@ -345,27 +317,17 @@ mod tests {
         for bad in ["", "../x", "QA", "-a", "a-", "a_b", &"a".repeat(41)] {
             assert!(object_name("sandbox", bad).is_err(), "{bad:?} accepted");
         }
-        let hint = object_name("sandbox", "QA_Login")
-            .unwrap_err()
-            .hint
-            .unwrap();
+        let hint = object_name("sandbox", "QA_Login").unwrap_err().hint.unwrap();
         assert!(hint.contains("`qa-login`"), "{hint}");
     }
 
     #[test]
     fn branches_follow_git_rules() {
-        for ok in [
-            "develop",
-            "feature/login-error",
-            "release-1.2",
-            "a/b/c",
-            "fix@x",
-        ] {
+        for ok in ["develop", "feature/login-error", "release-1.2", "a/b/c", "fix@x"] {
             assert!(branch(ok).is_ok(), "{ok} refused");
         }
         for bad in [
-            "", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b",
-            "a.", "a~1",
+            "", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b", "a.", "a~1",
         ] {
             assert!(branch(bad).is_err(), "{bad:?} accepted");
         }

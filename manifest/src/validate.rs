@@ -5,13 +5,7 @@ use crate::model::{Environment, Route, Sandbox};
 use crate::problem::Problem;
 use crate::rules::{self, Broken};
 
-fn push(
-    out: &mut Vec<Problem>,
-    source: &Source,
-    path: &[&str],
-    key: bool,
-    result: Result<(), Broken>,
-) {
+fn push(out: &mut Vec<Problem>, source: &Source, path: &[&str], key: bool, result: Result<(), Broken>) {
     if let Err(b) = result {
         let p = if key {
             source.problem_at_key(path, b.message)
@@ -45,43 +39,19 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
         rules::branch(&spec.gateway.branch),
     );
     if let Some(port) = spec.gateway.port {
-        push(
-            out,
-            src,
-            &["spec", "gateway", "port"],
-            false,
-            rules::port(port),
-        );
+        push(out, src, &["spec", "gateway", "port"], false, rules::port(port));
     }
     for (name, svc) in &spec.services {
         let at = |field: &'static str| ["spec", "services", name.as_str(), field];
-        push(
-            out,
-            src,
-            &["spec", "services", name],
-            true,
-            rules::service_name(name),
-        );
+        push(out, src, &["spec", "services", name], true, rules::service_name(name));
         push(out, src, &at("branch"), false, rules::branch(&svc.branch));
         if let Some(port) = svc.port {
             push(out, src, &at("port"), false, rules::port(port));
         }
         for (i, env) in svc.environments.iter().enumerate() {
             let i = i.to_string();
-            let path = [
-                "spec",
-                "services",
-                name.as_str(),
-                "environments",
-                i.as_str(),
-            ];
-            push(
-                out,
-                src,
-                &path,
-                false,
-                rules::object_name("environment name", env),
-            );
+            let path = ["spec", "services", name.as_str(), "environments", i.as_str()];
+            push(out, src, &path, false, rules::object_name("environment name", env));
         }
         for var in svc.env.keys() {
             let path = ["spec", "services", name.as_str(), "env", var.as_str()];
@@ -107,13 +77,9 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
                 let p = src
                     .problem_at(
                         &path,
-                        format!(
-                            "route `{name}: sandbox` points at a service this sandbox does not run"
-                        ),
+                        format!("route `{name}: sandbox` points at a service this sandbox does not run"),
                     )
-                    .hint(format!(
-                        "add `{name}` under spec.services, or route it to `ocp`"
-                    ));
+                    .hint(format!("add `{name}` under spec.services, or route it to `ocp`"));
                 out.push(p);
             }
             Route::Url(url) => push(out, src, &path, false, rules::route_url(url)),
@@ -147,13 +113,7 @@ pub(crate) fn environment(env: &Environment, src: &Source, out: &mut Vec<Problem
         push(out, src, &path, true, rules::plain_variable_not_secret(var));
     }
     for (var, secret) in &spec.secrets {
-        push(
-            out,
-            src,
-            &["spec", "secrets", var],
-            true,
-            rules::env_var_name(var),
-        );
+        push(out, src, &["spec", "secrets", var], true, rules::env_var_name(var));
         push(
             out,
             src,
@@ -172,12 +132,6 @@ pub(crate) fn environment(env: &Environment, src: &Source, out: &mut Vec<Problem
         }
     }
     for file in spec.files.keys() {
-        push(
-            out,
-            src,
-            &["spec", "files", file],
-            true,
-            rules::relative_file(file),
-        );
+        push(out, src, &["spec", "files", file], true, rules::relative_file(file));
     }
 }

@@ -76,14 +76,11 @@ impl RepoState {
         // Changed files are read last, so that a name or port they claim twice is reported in them, not in the
         // object that had it first.
         let (changed, unchanged): (Vec<InputFile>, Vec<InputFile>) =
-            inputs(&files, label_root, user_labels)
-                .into_iter()
-                .partition(|i| {
-                    changes.iter().any(|c| {
-                        label_root.join(&c.path) == i.label
-                            || user_labels.get(&c.path) == Some(&i.label)
-                    })
-                });
+            inputs(&files, label_root, user_labels).into_iter().partition(|i| {
+                changes
+                    .iter()
+                    .any(|c| label_root.join(&c.path) == i.label || user_labels.get(&c.path) == Some(&i.label))
+            });
         ConfigSet::from_inputs(unchanged.into_iter().chain(changed).collect(), true)
     }
 
@@ -107,13 +104,8 @@ fn inputs(
     files
         .iter()
         .filter_map(|(rel, text)| {
-            let folder = Kind::ALL
-                .into_iter()
-                .find(|k| rel.starts_with(k.folder()))?;
-            let label = user_labels
-                .get(rel)
-                .cloned()
-                .unwrap_or_else(|| label_root.join(rel));
+            let folder = Kind::ALL.into_iter().find(|k| rel.starts_with(k.folder()))?;
+            let label = user_labels.get(rel).cloned().unwrap_or_else(|| label_root.join(rel));
             Some(InputFile {
                 label,
                 folder: Some(folder),
@@ -141,12 +133,7 @@ fn document_count(text: &str) -> usize {
 /// The file changes that put `incoming` (the objects read from the user's file `incoming_text`) into the repo.
 /// An object that exists is replaced where it is; a new one goes to `<folder>/<name>.yaml`. A file that held
 /// only the object takes the user's document as written, comments included.
-pub fn apply_changes(
-    repo: &RepoState,
-    label_root: &Path,
-    incoming: &[Parsed],
-    incoming_text: &str,
-) -> Vec<FileChange> {
+pub fn apply_changes(repo: &RepoState, label_root: &Path, incoming: &[Parsed], incoming_text: &str) -> Vec<FileChange> {
     let whole_file = incoming.len() == 1;
     let mut edits: BTreeMap<PathBuf, Vec<(Option<Range<usize>>, String)>> = BTreeMap::new();
     for item in incoming {
@@ -172,11 +159,7 @@ pub fn apply_changes(
         .collect()
 }
 
-fn edit_file(
-    before: Option<String>,
-    path: PathBuf,
-    mut edits: Vec<(Option<Range<usize>>, String)>,
-) -> FileChange {
+fn edit_file(before: Option<String>, path: PathBuf, mut edits: Vec<(Option<Range<usize>>, String)>) -> FileChange {
     let Some(original) = before.clone() else {
         let docs: Vec<String> = edits.into_iter().map(|(_, t)| t).collect();
         return FileChange {
@@ -188,11 +171,7 @@ fn edit_file(
     // A file that holds only this object is replaced whole by what the user wrote.
     if document_count(&original) == 1 && edits.len() == 1 && edits[0].0.is_some() {
         let after = edits.pop().map(|(_, t)| t);
-        return FileChange {
-            path,
-            before,
-            after,
-        };
+        return FileChange { path, before, after };
     }
     let mut text = original;
     edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.as_ref().map(|r| r.start)));
@@ -235,11 +214,7 @@ fn join_documents(docs: Vec<String>) -> String {
 }
 
 /// The file change that removes an object from the repo: its whole file, or its document in a shared file.
-pub fn delete_change(
-    repo: &RepoState,
-    label_root: &Path,
-    object: &ObjectRef,
-) -> Option<FileChange> {
+pub fn delete_change(repo: &RepoState, label_root: &Path, object: &ObjectRef) -> Option<FileChange> {
     let (path, range) = repo.locate(object, label_root)?;
     let before = repo.files.get(&path)?.clone();
     if document_count(&before) == 1 {
@@ -274,12 +249,7 @@ pub fn summarize(before: &ConfigSet, after: &ConfigSet, objects: &[ObjectRef]) -
                         .find(|o| o.value.metadata.name == object.name)
                         .map(|o| o.value.clone())
                 };
-                sandbox_summary(
-                    object,
-                    find(before).as_ref(),
-                    find(after).as_ref(),
-                    &mut lines,
-                );
+                sandbox_summary(object, find(before).as_ref(), find(after).as_ref(), &mut lines);
             }
             Kind::Environment => {
                 let find = |set: &ConfigSet| {
@@ -288,24 +258,14 @@ pub fn summarize(before: &ConfigSet, after: &ConfigSet, objects: &[ObjectRef]) -
                         .find(|o| o.value.metadata.name == object.name)
                         .map(|o| o.value.clone())
                 };
-                environment_summary(
-                    object,
-                    find(before).as_ref(),
-                    find(after).as_ref(),
-                    &mut lines,
-                );
+                environment_summary(object, find(before).as_ref(), find(after).as_ref(), &mut lines);
             }
         }
     }
     lines
 }
 
-fn sandbox_summary(
-    object: &ObjectRef,
-    before: Option<&Sandbox>,
-    after: Option<&Sandbox>,
-    out: &mut Vec<String>,
-) {
+fn sandbox_summary(object: &ObjectRef, before: Option<&Sandbox>, after: Option<&Sandbox>, out: &mut Vec<String>) {
     let (b, a) = match (before, after) {
         (None, None) => return,
         (None, Some(a)) => {
@@ -346,17 +306,14 @@ fn sandbox_summary(
                 "{object}: service {name} moves from {} to {}",
                 old.branch, svc.branch
             )),
-            Some(old) if old != svc => {
-                out.push(format!("{object}: service {name} settings changed"))
-            }
+            Some(old) if old != svc => out.push(format!("{object}: service {name} settings changed")),
             Some(_) => {}
         }
     }
     for name in b.services.keys().filter(|n| !a.services.contains_key(*n)) {
         out.push(format!("{object}: service {name} removed"));
     }
-    let names: std::collections::BTreeSet<&String> =
-        b.routes.keys().chain(a.routes.keys()).collect();
+    let names: std::collections::BTreeSet<&String> = b.routes.keys().chain(a.routes.keys()).collect();
     for name in names {
         let old = b.routes.get(name).map(|r| r.as_str()).unwrap_or("ocp");
         let new = a.routes.get(name).map(|r| r.as_str()).unwrap_or("ocp");
@@ -365,10 +322,7 @@ fn sandbox_summary(
         }
     }
     if b.suspend != a.suspend {
-        out.push(format!(
-            "{object}: {}",
-            if a.suspend { "suspended" } else { "resumed" }
-        ));
+        out.push(format!("{object}: {}", if a.suspend { "suspended" } else { "resumed" }));
     }
     if b.expire_after != a.expire_after {
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
@@ -394,34 +348,18 @@ fn environment_summary(
         (Some(_), None) => out.push(format!("{object}: deleted")),
         (Some(b), Some(a)) => {
             // Names only: values of variables are plain, but secrets are only ever named.
-            let keys = |m: &std::collections::BTreeMap<String, String>| {
-                m.keys().cloned().collect::<Vec<_>>()
+            let keys = |m: &std::collections::BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
+            let changed = |what: &str, old: Vec<String>, new: Vec<String>, out: &mut Vec<String>| {
+                let added: Vec<&str> = new.iter().filter(|k| !old.contains(k)).map(String::as_str).collect();
+                let removed: Vec<&str> = old.iter().filter(|k| !new.contains(k)).map(String::as_str).collect();
+                if !added.is_empty() {
+                    out.push(format!("{object}: {what} added: {}", list(&added)));
+                }
+                if !removed.is_empty() {
+                    out.push(format!("{object}: {what} removed: {}", list(&removed)));
+                }
             };
-            let changed =
-                |what: &str, old: Vec<String>, new: Vec<String>, out: &mut Vec<String>| {
-                    let added: Vec<&str> = new
-                        .iter()
-                        .filter(|k| !old.contains(k))
-                        .map(String::as_str)
-                        .collect();
-                    let removed: Vec<&str> = old
-                        .iter()
-                        .filter(|k| !new.contains(k))
-                        .map(String::as_str)
-                        .collect();
-                    if !added.is_empty() {
-                        out.push(format!("{object}: {what} added: {}", list(&added)));
-                    }
-                    if !removed.is_empty() {
-                        out.push(format!("{object}: {what} removed: {}", list(&removed)));
-                    }
-                };
-            changed(
-                "variables",
-                keys(&b.spec.variables),
-                keys(&a.spec.variables),
-                out,
-            );
+            changed("variables", keys(&b.spec.variables), keys(&a.spec.variables), out);
             let secrets = |e: &Environment| e.spec.secrets.keys().cloned().collect::<Vec<_>>();
             changed("secrets", secrets(b), secrets(a), out);
             let edited: Vec<&str> = a
@@ -448,8 +386,7 @@ fn list(items: &[&str]) -> String {
 }
 
 fn port(p: Option<u32>) -> String {
-    p.map(|p| p.to_string())
-        .unwrap_or_else(|| "allocated".into())
+    p.map(|p| p.to_string()).unwrap_or_else(|| "allocated".into())
 }
 
 /// The text of a new Sandbox made from a template's document: `kind` and `metadata.name` replaced where they
@@ -457,11 +394,7 @@ fn port(p: Option<u32>) -> String {
 pub fn from_template(template: &sdp_manifest::Source, name: &str) -> Option<String> {
     let base = template.bytes.start;
     let kind = template.index.get(&["kind"])?.value_bytes.clone();
-    let old_name = template
-        .index
-        .get(&["metadata", "name"])?
-        .value_bytes
-        .clone();
+    let old_name = template.index.get(&["metadata", "name"])?.value_bytes.clone();
     let mut edits = [(kind, "Sandbox"), (old_name, name)];
     edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
     let mut text = template.text.clone();

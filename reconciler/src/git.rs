@@ -47,11 +47,7 @@ impl Git {
 
     /// Runs git and returns its standard output; a failure carries git's own message.
     fn run(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .context("cannot run git")?;
+        let out = self.command().args(args).output().context("cannot run git")?;
         if !out.status.success() {
             bail!(
                 "git {} failed: {}",
@@ -118,21 +114,13 @@ impl Git {
             )
         })?;
         // "Name <email> 1700000000 +0000": the time is not part of who.
-        let who = ident
-            .trim()
-            .rsplitn(3, ' ')
-            .nth(2)
-            .unwrap_or(ident.trim())
-            .to_string();
+        let who = ident.trim().rsplitn(3, ' ').nth(2).unwrap_or(ident.trim()).to_string();
         Ok(who)
     }
 
     /// Commits exactly `paths` (their work-tree state, additions and removals), nothing else the user staged.
     pub fn commit_paths(&self, paths: &[PathBuf], message: &str) -> Result<String> {
-        let names: Vec<String> = paths
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         let mut add = vec!["add", "-A", "--"];
         add.extend(names.iter().map(String::as_str));
         self.run(&add)?;
@@ -145,17 +133,18 @@ impl Git {
             let _ = self.run(&reset);
             return Err(e);
         }
-        Ok(self
-            .run(&["rev-parse", "--short", "HEAD"])?
-            .trim()
-            .to_string())
+        Ok(self.run(&["rev-parse", "--short", "HEAD"])?.trim().to_string())
     }
 
     /// The upstream of the current branch, such as `origin/main`.
     pub fn upstream(&self) -> Result<String> {
         self.run(&["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"])
             .map(|s| s.trim().to_string())
-            .map_err(|_| anyhow::anyhow!("the current branch has no upstream to push to; set one with: git push -u origin <branch>"))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the current branch has no upstream to push to; set one with: git push -u origin <branch>"
+                )
+            })
     }
 
     /// Fetches the upstream and says how many commits the local branch is behind it.

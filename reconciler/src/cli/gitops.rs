@@ -29,10 +29,7 @@ fn open(dir: &Path) -> Result<Repo> {
     let folders: Vec<&str> = Kind::ALL.iter().map(|k| k.folder()).collect();
     let mut files = BTreeMap::new();
     for (rel, bytes) in git.head_files(&folders)? {
-        let is_yaml = matches!(
-            rel.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
+        let is_yaml = matches!(rel.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
         if is_yaml {
             files.insert(rel, String::from_utf8_lossy(&bytes).into_owned());
         }
@@ -49,25 +46,16 @@ fn open(dir: &Path) -> Result<Repo> {
         dir.to_path_buf()
     };
     let state = RepoState::new(files, &label_root);
-    Ok(Repo {
-        git,
-        label_root,
-        state,
-    })
+    Ok(Repo { git, label_root, state })
 }
 
 /// The objects of the user's file, or its problems printed and `None`.
 fn read_incoming(file: &Path) -> Result<Option<(String, Vec<Parsed>)>> {
-    let text =
-        sdp_manifest::read_capped(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let text = sdp_manifest::read_capped(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let (parsed, problems) = sdp_manifest::parse_str(file, &text);
     if !problems.is_empty() {
         super::print_problems(&problems);
-        eprintln!(
-            "{}: {} problem(s); nothing was changed",
-            file.display(),
-            problems.len()
-        );
+        eprintln!("{}: {} problem(s); nothing was changed", file.display(), problems.len());
         return Ok(None);
     }
     if parsed.is_empty() {
@@ -107,17 +95,14 @@ struct Plan {
 }
 
 fn plan_apply(repo: &Repo, file: &Path, text: &str, incoming: &[Parsed]) -> Plan {
-    let changes: Vec<FileChange> =
-        change::apply_changes(&repo.state, &repo.label_root, incoming, text)
-            .into_iter()
-            .filter(|c| !c.is_noop())
-            .collect();
+    let changes: Vec<FileChange> = change::apply_changes(&repo.state, &repo.label_root, incoming, text)
+        .into_iter()
+        .filter(|c| !c.is_noop())
+        .collect();
     let objects: Vec<ObjectRef> = incoming.iter().map(Parsed::object_ref).collect();
-    let after = repo.state.after(
-        &changes,
-        &repo.label_root,
-        &user_labels(&changes, file, text),
-    );
+    let after = repo
+        .state
+        .after(&changes, &repo.label_root, &user_labels(&changes, file, text));
     let problems = new_problems(&repo.state.set, &after);
     let summary = change::summarize(&repo.state.set, &after, &objects);
     Plan {
@@ -182,22 +167,10 @@ pub fn apply(repo_dir: &Path, file: &Path, message: Option<&str>, push: bool) ->
     }
     show(&plan);
     let default = format!("apply {}", describe(&plan.objects));
-    commit(
-        &repo,
-        &plan.changes,
-        message.unwrap_or(&default),
-        push,
-        Some(file),
-    )
+    commit(&repo, &plan.changes, message.unwrap_or(&default), push, Some(file))
 }
 
-pub fn delete(
-    repo_dir: &Path,
-    kind: Kind,
-    name: &str,
-    message: Option<&str>,
-    push: bool,
-) -> Result<ExitCode> {
+pub fn delete(repo_dir: &Path, kind: Kind, name: &str, message: Option<&str>, push: bool) -> Result<ExitCode> {
     let repo = open(repo_dir)?;
     let object = ObjectRef {
         kind,
@@ -207,9 +180,7 @@ pub fn delete(
         bail!("{object} is not in the config repo's HEAD");
     };
     let changes = vec![change];
-    let after = repo
-        .state
-        .after(&changes, &repo.label_root, &BTreeMap::new());
+    let after = repo.state.after(&changes, &repo.label_root, &BTreeMap::new());
     let problems = new_problems(&repo.state.set, &after);
     if !problems.is_empty() {
         super::print_problems(&problems);
@@ -227,13 +198,7 @@ pub fn delete(
     };
     show(&plan);
     let default = format!("delete {}", describe(&plan.objects));
-    commit(
-        &repo,
-        &plan.changes,
-        message.unwrap_or(&default),
-        push,
-        None,
-    )
+    commit(&repo, &plan.changes, message.unwrap_or(&default), push, None)
 }
 
 fn describe(objects: &[ObjectRef]) -> String {
@@ -306,9 +271,7 @@ fn commit(
     if push {
         if let Err(e) = repo.git.push() {
             eprintln!("error: {e:#}");
-            eprintln!(
-                "the commit {id} is kept locally; push it with `git push` once the cause above is fixed"
-            );
+            eprintln!("the commit {id} is kept locally; push it with `git push` once the cause above is fixed");
             return Ok(ExitCode::from(1));
         }
         println!("pushed {id}");
@@ -326,12 +289,9 @@ fn write_change(root: &Path, change: &FileChange) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.sdp-tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("manifest")
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("manifest")
     ));
-    let mut f =
-        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -11,19 +11,11 @@ use crate::change;
 
 pub fn run(repo: &Path, name: &str, template: &str) -> Result<ExitCode> {
     if let Err(b) = rules::object_name("sandbox name", name) {
-        bail!(
-            "{}{}",
-            b.message,
-            b.hint.map(|h| format!("; {h}")).unwrap_or_default()
-        );
+        bail!("{}{}", b.message, b.hint.map(|h| format!("; {h}")).unwrap_or_default());
     }
-    let set = ConfigSet::load_repo(repo)
-        .with_context(|| format!("cannot read the config repo at {}", repo.display()))?;
-    let Some(tpl) = set
-        .templates
-        .iter()
-        .find(|t| t.value.metadata.name == template)
-    else {
+    let set =
+        ConfigSet::load_repo(repo).with_context(|| format!("cannot read the config repo at {}", repo.display()))?;
+    let Some(tpl) = set.templates.iter().find(|t| t.value.metadata.name == template) else {
         let reasons: Vec<String> = set
             .problems
             .iter()
@@ -35,16 +27,9 @@ pub fn run(repo: &Path, name: &str, template: &str) -> Result<ExitCode> {
             .map(|p| p.to_string())
             .collect();
         if !reasons.is_empty() {
-            bail!(
-                "template `{template}` has problems:\n{}",
-                reasons.join("\n")
-            );
+            bail!("template `{template}` has problems:\n{}", reasons.join("\n"));
         }
-        let known: Vec<&str> = set
-            .templates
-            .iter()
-            .map(|t| t.value.metadata.name.as_str())
-            .collect();
+        let known: Vec<&str> = set.templates.iter().map(|t| t.value.metadata.name.as_str()).collect();
         bail!(
             "no template `{template}` in {}/templates (known: {})",
             repo.display(),
@@ -52,14 +37,9 @@ pub fn run(repo: &Path, name: &str, template: &str) -> Result<ExitCode> {
         );
     };
     if let Some(existing) = set.source_of(Kind::Sandbox, name) {
-        bail!(
-            "sandbox `{name}` already exists in {}",
-            existing.file.display()
-        );
+        bail!("sandbox `{name}` already exists in {}", existing.file.display());
     }
-    let target = repo
-        .join(Kind::Sandbox.folder())
-        .join(format!("{name}.yaml"));
+    let target = repo.join(Kind::Sandbox.folder()).join(format!("{name}.yaml"));
     if target.exists() {
         bail!("{} already exists", target.display());
     }
@@ -79,9 +59,6 @@ pub fn run(repo: &Path, name: &str, template: &str) -> Result<ExitCode> {
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
         .with_context(|| format!("cannot write {}", target.display()))?;
     println!("wrote {} from template {template}", target.display());
-    println!(
-        "edit it, then commit it with: sdp apply -f {}",
-        target.display()
-    );
+    println!("edit it, then commit it with: sdp apply -f {}", target.display());
     Ok(ExitCode::SUCCESS)
 }

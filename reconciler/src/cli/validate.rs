@@ -36,11 +36,7 @@ pub fn run(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
             let mut files: Vec<_> = set.problems.iter().map(|p| &p.file).collect();
             files.sort();
             files.dedup();
-            eprintln!(
-                "{} problem(s) in {} file(s)",
-                set.problems.len(),
-                files.len()
-            );
+            eprintln!("{} problem(s) in {} file(s)", set.problems.len(), files.len());
         }
     }
     Ok(if set.is_valid() {
