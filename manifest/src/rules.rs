@@ -297,7 +297,7 @@ pub fn memory_bytes(text: &str) -> Result<u64, Broken> {
 
 /// CPU limits in cores.
 pub fn cpus(cpus: f64) -> Result<(), Broken> {
-    if cpus.is_finite() && cpus >= 0.01 && cpus <= 256.0 {
+    if (0.01..=256.0).contains(&cpus) {
         return Ok(());
     }
     Err(broken(

@@ -130,12 +130,15 @@ fn document_count(text: &str) -> usize {
         .count()
 }
 
+/// A document to put into a file: the byte range it replaces (`None`: it is added), and its text.
+type DocEdit = (Option<Range<usize>>, String);
+
 /// The file changes that put `incoming` (the objects read from the user's file `incoming_text`) into the repo.
 /// An object that exists is replaced where it is; a new one goes to `<folder>/<name>.yaml`. A file that held
 /// only the object takes the user's document as written, comments included.
 pub fn apply_changes(repo: &RepoState, label_root: &Path, incoming: &[Parsed], incoming_text: &str) -> Vec<FileChange> {
     let whole_file = incoming.len() == 1;
-    let mut edits: BTreeMap<PathBuf, Vec<(Option<Range<usize>>, String)>> = BTreeMap::new();
+    let mut edits: BTreeMap<PathBuf, Vec<DocEdit>> = BTreeMap::new();
     for item in incoming {
         let object = item.object_ref();
         let doc_text = if whole_file {
@@ -159,7 +162,7 @@ pub fn apply_changes(repo: &RepoState, label_root: &Path, incoming: &[Parsed], i
         .collect()
 }
 
-fn edit_file(before: Option<String>, path: PathBuf, mut edits: Vec<(Option<Range<usize>>, String)>) -> FileChange {
+fn edit_file(before: Option<String>, path: PathBuf, mut edits: Vec<DocEdit>) -> FileChange {
     let Some(original) = before.clone() else {
         let docs: Vec<String> = edits.into_iter().map(|(_, t)| t).collect();
         return FileChange {

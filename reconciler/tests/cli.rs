@@ -297,11 +297,8 @@ fn delete_commits_the_removal_and_refuses_to_break_references() {
         repo.git(&["log", "-1", "--format=%an|%s"]).trim(),
         "Ann Tester|delete sandbox qa-login-error"
     );
-    assert_eq!(
-        repo.git(&["show", "--stat", "--format=", "HEAD"])
-            .contains("sandboxes/qa-login-error.yaml"),
-        true
-    );
+    let stat = repo.git(&["show", "--stat", "--format=", "HEAD"]);
+    assert!(stat.contains("sandboxes/qa-login-error.yaml"), "{stat}");
     assert_eq!(repo.status(), "");
 }
 
