@@ -418,3 +418,121 @@ pub fn from_template(template: &sdp_manifest::Source, name: &str) -> Option<Stri
         .collect();
     Some(lines.concat())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "apiVersion: sdp/v1\nkind: Sandbox\nmetadata: {name: a}\nspec: {gateway: {branch: main}}\n";
+    const ENV: &str = "# shared\napiVersion: sdp/v1\nkind: Environment\nmetadata: {name: e}\n";
+
+    fn repo(files: &[(&str, &str)]) -> RepoState {
+        let files = files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+        RepoState::new(files, Path::new(""))
+    }
+
+    fn incoming(text: &str) -> Vec<Parsed> {
+        let (parsed, problems) = sdp_manifest::parse_str(Path::new("in.yaml"), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        parsed
+    }
+
+    #[test]
+    fn an_object_in_a_shared_file_is_replaced_in_place_and_its_neighbours_keep_every_byte() {
+        let shared = format!(
+            "# two sandboxes\n{A}---\n# b's comment\n{}",
+            A.replace("name: a", "name: b")
+        );
+        let state = repo(&[("sandboxes/both.yaml", &shared)]);
+        let new_b = A.replace("name: a", "name: b").replace("main", "develop");
+        let changes = apply_changes(&state, Path::new(""), &incoming(&new_b), &new_b);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].path, PathBuf::from("sandboxes/both.yaml"));
+        let expected = format!("# two sandboxes\n{A}---\n{new_b}");
+        assert_eq!(changes[0].after.as_deref(), Some(expected.as_str()));
+    }
+
+    #[test]
+    fn several_objects_go_to_their_own_places_by_kind() {
+        let state = repo(&[("environments/e.yaml", ENV)]);
+        let text = format!(
+            "{}---\n{}",
+            A,
+            ENV.replace("# shared\n", "").replace("name: e}", "name: e, owner: x}")
+        );
+        let changes = apply_changes(&state, Path::new(""), &incoming(&text), &text);
+        let paths: Vec<_> = changes.iter().map(|c| c.path.display().to_string()).collect();
+        assert_eq!(paths, ["environments/e.yaml", "sandboxes/a.yaml"]);
+        assert!(changes[0].after.as_deref().unwrap().contains("owner: x"));
+        assert_eq!(changes[1].before, None);
+        assert!(
+            changes[1]
+                .after
+                .as_deref()
+                .unwrap()
+                .starts_with("apiVersion: sdp/v1\nkind: Sandbox")
+        );
+    }
+
+    #[test]
+    fn deleting_from_a_shared_file_keeps_the_rest_and_a_lone_object_removes_its_file() {
+        let shared = format!("{A}---\n{}", A.replace("name: a", "name: b"));
+        let state = repo(&[
+            ("sandboxes/both.yaml", &shared),
+            ("sandboxes/c.yaml", &A.replace("name: a", "name: c")),
+        ]);
+        let b = ObjectRef {
+            kind: Kind::Sandbox,
+            name: "b".into(),
+        };
+        let change = delete_change(&state, Path::new(""), &b).unwrap();
+        assert_eq!(change.after.as_deref(), Some(A));
+        let c = ObjectRef {
+            kind: Kind::Sandbox,
+            name: "c".into(),
+        };
+        assert_eq!(delete_change(&state, Path::new(""), &c).unwrap().after, None);
+        let missing = ObjectRef {
+            kind: Kind::Sandbox,
+            name: "zz".into(),
+        };
+        assert!(delete_change(&state, Path::new(""), &missing).is_none());
+    }
+
+    #[test]
+    fn a_template_becomes_a_sandbox_with_only_kind_name_and_schema_changed() {
+        let template = "# yaml-language-server: $schema=../schemas/sandboxtemplate.json\n# keep me\napiVersion: sdp/v1\nkind: SandboxTemplate   # the kind\nmetadata:\n  name: \"qa-default\"\nspec:\n  gateway: {branch: develop}  # gw\n";
+        let (parsed, problems) = sdp_manifest::parse_str(Path::new("t.yaml"), template);
+        assert!(problems.is_empty(), "{problems:?}");
+        let text = from_template(parsed[0].source(), "my-box").unwrap();
+        let expected = "# yaml-language-server: $schema=../schemas/sandbox.json\n# keep me\napiVersion: sdp/v1\nkind: Sandbox   # the kind\nmetadata:\n  name: my-box\nspec:\n  gateway: {branch: develop}  # gw\n";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn the_summary_speaks_of_services_branches_and_routes() {
+        let before = repo(&[(
+            "sandboxes/a.yaml",
+            "apiVersion: sdp/v1\nkind: Sandbox\nmetadata: {name: a}\nspec:\n  gateway: {branch: main}\n  services:\n    x: {branch: one}\n    y: {branch: one}\n  routes: {x: sandbox}\n",
+        )]);
+        let after = repo(&[(
+            "sandboxes/a.yaml",
+            "apiVersion: sdp/v1\nkind: Sandbox\nmetadata: {name: a}\nspec:\n  gateway: {branch: main}\n  services:\n    x: {branch: two}\n    z: {branch: one}\n  routes: {x: ocp}\n  suspend: true\n",
+        )]);
+        let a = ObjectRef {
+            kind: Kind::Sandbox,
+            name: "a".into(),
+        };
+        let lines = summarize(&before.set, &after.set, &[a]);
+        assert_eq!(
+            lines,
+            [
+                "Sandbox a: service x moves from one to two",
+                "Sandbox a: service z added on one",
+                "Sandbox a: service y removed",
+                "Sandbox a: route x sandbox -> ocp",
+                "Sandbox a: suspended",
+            ]
+        );
+    }
+}
