@@ -1,6 +1,423 @@
-//! Frames between the reconciler and its agents (Hello, ActualState, Action, ActionResult, Progress, LogLine).
+//! Frames between the reconciler and its agents, as JSON text messages over the agent's WebSocket.
 //!
-//! Only the version lives here so far; the frames come with the reconciler core (issue 3).
+//! An agent opens with `Hello`; the reconciler answers `Welcome` or `Refused` (a version mismatch names both
+//! versions). From then on the agent reports `ActualState` and streams `Progress` and `LogLine`; the reconciler
+//! sends `Action`s, each with a request id that its `ActionResult` carries back. No I/O here: types, encoding and
+//! the version rule only.
 
-/// The protocol version both sides announce; a mismatch is refused with both versions named.
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version both sides announce. Frames change only with a new version.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What an agent sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum AgentFrame {
+    Hello(Hello),
+    ActualState(ActualState),
+    ActionResult(ActionResult),
+    Progress(Progress),
+    LogLine(LogLine),
+}
+
+/// What the reconciler sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ReconcilerFrame {
+    /// The agent's Hello was accepted.
+    Welcome {
+        protocol_version: u32,
+    },
+    /// The agent's Hello was refused; the connection closes after this frame.
+    Refused {
+        reason: String,
+    },
+    Action(ActionRequest),
+}
+
+/// The role an agent plays, from its config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Runs the Go microservices.
+    Micro,
+    /// Runs the PHP gateway and owns its config.php.
+    Gateway,
+}
+
+/// The first frame of an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub node: String,
+    pub role: Role,
+    pub protocol_version: u32,
+    pub agent_version: String,
+    /// Repositories the agent serves, by service name (`gateway` for the gateway's).
+    pub repos: Vec<String>,
+    /// Runtime images present on the node, as `name:tag`.
+    pub images: Vec<String>,
+}
+
+/// What is really on a node: only objects SDP manages.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActualState {
+    pub containers: Vec<Container>,
+    /// Networks labelled `sdp.managed=true`, by name.
+    pub networks: Vec<String>,
+    pub worktrees: Vec<Worktree>,
+    /// The gateway's live `<service>_url` map per sandbox, as read back from config.php.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, BTreeMap<String, String>>,
+    /// Heads of the remote branches that the desired state tracks.
+    pub heads: Vec<BranchHead>,
+}
+
+/// A container labelled `sdp.managed=true`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+    /// Published host ports.
+    pub ports: Vec<u16>,
+    pub restart_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Restarting,
+    Paused,
+    Exited,
+    Dead,
+    /// A state this version does not know (a newer Docker): kept, never guessed.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A worktree of one service (or the gateway) of one sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Worktree {
+    pub sandbox: String,
+    pub service: String,
+    pub branch: String,
+    pub commit: String,
+}
+
+/// Where a remote branch points.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchHead {
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+}
+
+/// An action with the id its result carries back, and the deployment it belongs to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRequest {
+    pub request_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    pub action: Action,
+}
+
+/// What the reconciler asks an agent to do. Agents decide nothing: each action says exactly what to make true.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Action {
+    EnsureNetwork {
+        sandbox: String,
+    },
+    DeployService(Box<Deploy>),
+    DeployGateway(Box<Deploy>),
+    /// Set the gateway's `<service>_url` entries of one sandbox; services not listed go back to their OCP value.
+    SetRoutes {
+        sandbox: String,
+        routes: BTreeMap<String, String>,
+    },
+    Stop {
+        container: String,
+    },
+    RemoveContainer {
+        container: String,
+    },
+    RemoveNetwork {
+        sandbox: String,
+    },
+    RemoveWorktree {
+        sandbox: String,
+        service: String,
+    },
+}
+
+/// Everything an agent needs to run one container of a sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deploy {
+    pub sandbox: String,
+    /// The service name, or `gateway`.
+    pub service: String,
+    pub branch: String,
+    /// The exact commit to check out, when the reconciler knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub container: String,
+    pub host_port: u16,
+    pub env: BTreeMap<String, String>,
+    /// Secret variables as file paths on the node: the agent reads the values at deploy time and sends them
+    /// nowhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_files: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The answer to one action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionResult {
+    pub request_id: u64,
+    /// `None` on success; what went wrong, in words a user can act on, otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A stage of a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Stage {
+    Fetch,
+    Checkout,
+    Build,
+    Composer,
+    Start,
+    Routes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StageState {
+    Started,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub deployment_id: String,
+    pub stage: Stage,
+    pub state: StageState,
+    /// Time spent in the stage so far, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// One line of output: of a build (with a deployment id) or of a running container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Per-source sequence number, so a reader sees gaps.
+    pub seq: u64,
+    pub line: String,
+    /// Lines dropped under pressure just before this one: counted, never silently lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_before: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Two sides that speak different protocol versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionMismatch {
+    pub ours: u32,
+    pub theirs: u32,
+}
+
+impl fmt::Display for VersionMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "protocol version mismatch: this side speaks version {}, the other side version {}; \
+             run the same SDP release on the reconciler and every agent",
+            self.ours, self.theirs
+        )
+    }
+}
+
+impl std::error::Error for VersionMismatch {}
+
+/// The version rule, the same on both sides: exact match.
+pub fn check_version(theirs: u32) -> Result<(), VersionMismatch> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
+    }
+}
+
+/// Encodes a frame as one WebSocket text message.
+pub fn encode<T: Serialize>(frame: &T) -> String {
+    // Frames hold only strings, numbers and maps with string keys: serialising cannot fail.
+    serde_json::to_string(frame).unwrap_or_default()
+}
+
+/// Decodes one WebSocket text message.
+pub fn decode<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy() -> Deploy {
+        Deploy {
+            sandbox: "qa-login-error".into(),
+            service: "account".into(),
+            branch: "feature/login-error".into(),
+            commit: Some("0123abc".into()),
+            container: "sandbox-qa-login-error-account".into(),
+            host_port: 9001,
+            env: [("LOG_LEVEL".to_string(), "debug".to_string())].into(),
+            secret_files: [("DB_PASSWORD".to_string(), "/etc/sdp/secrets/db".to_string())].into(),
+            files: BTreeMap::new(),
+            cpus: Some(0.5),
+            memory_bytes: Some(512 << 20),
+            labels: [("sdp.managed".to_string(), "true".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn every_frame_survives_encoding() {
+        let agent = [
+            AgentFrame::Hello(Hello {
+                node: "micro-92".into(),
+                role: Role::Micro,
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "0.1.0".into(),
+                repos: vec!["account".into()],
+                images: vec!["alpine:3.20".into()],
+            }),
+            AgentFrame::ActualState(ActualState {
+                containers: vec![Container {
+                    name: "sandbox-a-account".into(),
+                    id: "f00".into(),
+                    labels: BTreeMap::new(),
+                    state: ContainerState::Running,
+                    ports: vec![9001],
+                    restart_count: 2,
+                    exit_code: None,
+                }],
+                networks: vec!["sandbox-a".into()],
+                worktrees: vec![],
+                routes: [(
+                    "a".to_string(),
+                    [("account".to_string(), "http://x:9001".to_string())].into(),
+                )]
+                .into(),
+                heads: vec![],
+            }),
+            AgentFrame::ActionResult(ActionResult {
+                request_id: 7,
+                error: Some("image alpine:3.20 is not loaded".into()),
+            }),
+            AgentFrame::Progress(Progress {
+                deployment_id: "d1".into(),
+                stage: Stage::Build,
+                state: StageState::Succeeded,
+                elapsed_ms: 1200,
+            }),
+            AgentFrame::LogLine(LogLine {
+                deployment_id: None,
+                container: Some("c".into()),
+                seq: 9,
+                line: "hello".into(),
+                dropped_before: 3,
+            }),
+        ];
+        for frame in agent {
+            assert_eq!(decode::<AgentFrame>(&encode(&frame)).unwrap(), frame);
+        }
+        let actions = [
+            Action::EnsureNetwork { sandbox: "a".into() },
+            Action::DeployService(Box::new(deploy())),
+            Action::DeployGateway(Box::new(deploy())),
+            Action::SetRoutes {
+                sandbox: "a".into(),
+                routes: BTreeMap::new(),
+            },
+            Action::Stop { container: "c".into() },
+            Action::RemoveContainer { container: "c".into() },
+            Action::RemoveNetwork { sandbox: "a".into() },
+            Action::RemoveWorktree {
+                sandbox: "a".into(),
+                service: "s".into(),
+            },
+        ];
+        for (i, action) in actions.into_iter().enumerate() {
+            let frame = ReconcilerFrame::Action(ActionRequest {
+                request_id: i as u64,
+                deployment_id: None,
+                action,
+            });
+            assert_eq!(decode::<ReconcilerFrame>(&encode(&frame)).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn the_wire_format_is_tagged_and_camel_cased() {
+        let text = encode(&ReconcilerFrame::Welcome { protocol_version: 1 });
+        assert_eq!(text, r#"{"type":"welcome","protocolVersion":1}"#);
+        let remove = encode(&Action::RemoveWorktree {
+            sandbox: "a".into(),
+            service: "s".into(),
+        });
+        assert_eq!(remove, r#"{"kind":"removeWorktree","sandbox":"a","service":"s"}"#);
+        let unknown: AgentFrame = decode(
+            r#"{"type":"actualState","containers":[{"name":"n","id":"i","labels":{},"state":"removing","ports":[],"restartCount":0}],"networks":[],"worktrees":[],"heads":[]}"#,
+        )
+        .unwrap();
+        let AgentFrame::ActualState(state) = unknown else {
+            panic!("not an ActualState")
+        };
+        assert_eq!(state.containers[0].state, ContainerState::Unknown);
+    }
+
+    #[test]
+    fn a_version_mismatch_names_both_versions() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        let err = check_version(PROTOCOL_VERSION + 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("version {PROTOCOL_VERSION}")), "{err}");
+        assert!(err.contains(&format!("version {}", PROTOCOL_VERSION + 1)), "{err}");
+    }
+}
