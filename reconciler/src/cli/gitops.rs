@@ -122,9 +122,18 @@ fn show(plan: &Plan) {
     }
 }
 
-pub fn diff(repo_dir: &Path, file: &Path) -> Result<ExitCode> {
+/// What the user's file would do to the repo.
+enum Prepared {
+    /// The file itself has problems (printed).
+    Broken,
+    /// Every object is already as written (said).
+    Unchanged,
+    Changes(Box<(Repo, Plan)>),
+}
+
+fn prepare(repo_dir: &Path, file: &Path) -> Result<Prepared> {
     let Some((text, incoming)) = read_incoming(file)? else {
-        return Ok(ExitCode::from(2));
+        return Ok(Prepared::Broken);
     };
     let repo = open(repo_dir)?;
     let plan = plan_apply(&repo, file, &text, &incoming);
@@ -132,37 +141,36 @@ pub fn diff(repo_dir: &Path, file: &Path) -> Result<ExitCode> {
         for o in &plan.objects {
             println!("{o}: unchanged");
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Prepared::Unchanged);
     }
+    Ok(Prepared::Changes(Box::new((repo, plan))))
+}
+
+pub fn diff(repo_dir: &Path, file: &Path) -> Result<ExitCode> {
+    let plan = match prepare(repo_dir, file)? {
+        Prepared::Broken => return Ok(ExitCode::from(2)),
+        Prepared::Unchanged => return Ok(ExitCode::SUCCESS),
+        Prepared::Changes(prepared) => prepared.1,
+    };
     show(&plan);
     if !plan.problems.is_empty() {
         super::print_problems(&plan.problems);
-        eprintln!(
-            "apply would refuse this: {} problem(s) with the file in place",
-            plan.problems.len()
-        );
+        let n = plan.problems.len();
+        eprintln!("apply would refuse this: {n} problem(s) with the file in place");
     }
     Ok(ExitCode::from(1))
 }
 
 pub fn apply(repo_dir: &Path, file: &Path, message: Option<&str>, push: bool) -> Result<ExitCode> {
-    let Some((text, incoming)) = read_incoming(file)? else {
-        return Ok(ExitCode::from(1));
+    let (repo, plan) = match prepare(repo_dir, file)? {
+        Prepared::Broken => return Ok(ExitCode::from(1)),
+        Prepared::Unchanged => return Ok(ExitCode::SUCCESS),
+        Prepared::Changes(prepared) => *prepared,
     };
-    let repo = open(repo_dir)?;
-    let plan = plan_apply(&repo, file, &text, &incoming);
-    if plan.changes.is_empty() {
-        for o in &plan.objects {
-            println!("{o}: unchanged");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     if !plan.problems.is_empty() {
         super::print_problems(&plan.problems);
-        eprintln!(
-            "apply refused: {} problem(s) with the file in place; nothing was changed",
-            plan.problems.len()
-        );
+        let n = plan.problems.len();
+        eprintln!("apply refused: {n} problem(s) with the file in place; nothing was changed");
         return Ok(ExitCode::from(1));
     }
     show(&plan);
