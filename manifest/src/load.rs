@@ -165,7 +165,7 @@ fn options() -> serde_saphyr::Options {
 
 /// A serde or parser error as a problem. Its text never carries a scalar's value (snippets are off), so an
 /// inline secret is not repeated.
-fn yaml_problem(file: &Path, text: &str, err: &serde_saphyr::Error) -> Problem {
+fn yaml_problem(file: &Path, err: &serde_saphyr::Error) -> Problem {
     let pos = err
         .location()
         .map(|l| Pos::new(l.line().max(1), l.column().max(1)))
@@ -185,7 +185,6 @@ fn yaml_problem(file: &Path, text: &str, err: &serde_saphyr::Error) -> Problem {
     } else if message.contains("tab") {
         problem = problem.hint("YAML indents with spaces, never tabs");
     }
-    let _ = text;
     problem
 }
 
@@ -206,7 +205,7 @@ fn tab_problems(file: &Path, text: &str, lines: &Range<u64>) -> Vec<Problem> {
 }
 
 fn deserialize<T: DeserializeOwned>(file: &Path, blanked: &str) -> Result<T, Problem> {
-    serde_saphyr::from_str_with_options(blanked, options()).map_err(|e| yaml_problem(file, blanked, &e))
+    serde_saphyr::from_str_with_options(blanked, options()).map_err(|e| yaml_problem(file, &e))
 }
 
 fn header_str<'a>(header: &'a serde_json::Value, key: &str) -> Option<&'a str> {

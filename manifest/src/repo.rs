@@ -35,77 +35,49 @@ impl ConfigSet {
     /// Reads a config repo: every `.yaml`/`.yml` file under `sandboxes/`, `templates/` and `environments/`.
     /// References between objects are checked, and each object must sit in its kind's folder.
     pub fn load_repo(root: &Path) -> io::Result<ConfigSet> {
-        let mut inputs = Vec::new();
-        let mut problems = Vec::new();
-        let mut found_any_folder = false;
-        for kind in Kind::ALL {
-            let dir = root.join(kind.folder());
-            if !dir.is_dir() {
-                continue;
-            }
-            found_any_folder = true;
-            let mut files = Vec::new();
-            collect_yaml(&dir, &mut files)?;
-            files.sort();
-            for file in files {
-                let label = display_path(&file);
-                match read_capped(&file) {
-                    Ok(text) => inputs.push(InputFile {
-                        label,
-                        folder: Some(kind),
-                        text,
-                    }),
-                    Err(message) => problems.push(Problem::new(label, Pos::new(1, 1), message)),
-                }
-            }
-        }
-        if !found_any_folder {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{} is not a config repo: it has none of sandboxes/, templates/, environments/",
-                    root.display()
-                ),
-            ));
-        }
+        let (inputs, unreadable) = repo_inputs(root)?;
         let mut set = ConfigSet::from_inputs(inputs, true);
-        set.problems.splice(0..0, problems);
+        set.problems.splice(0..0, unreadable);
         Ok(set)
     }
 
     /// Reads the given paths: a directory that looks like a config repo is read as one; files are read as they
-    /// are, and references to objects outside them are then not checked (a note says so).
+    /// are, and references to objects outside them are then not checked (a note says so). Everything is checked
+    /// across objects once, as one set.
     pub fn load_paths(paths: &[PathBuf]) -> ConfigSet {
-        let mut set = ConfigSet::default();
-        let mut files = Vec::new();
+        let mut inputs = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut single_files = false;
         for path in paths {
             if path.is_dir() {
-                match ConfigSet::load_repo(path) {
-                    Ok(sub) => set.merge(sub),
-                    Err(e) => set
-                        .problems
-                        .push(Problem::new(display_path(path), Pos::new(1, 1), e.to_string())),
+                match repo_inputs(path) {
+                    Ok((found, problems)) => {
+                        inputs.extend(found);
+                        unreadable.extend(problems);
+                    }
+                    Err(e) => unreadable.push(Problem::new(display_path(path), Pos::new(1, 1), e.to_string())),
                 }
             } else {
+                single_files = true;
                 let label = display_path(path);
                 match read_capped(path) {
-                    Ok(text) => files.push(InputFile {
+                    Ok(text) => inputs.push(InputFile {
                         label,
                         folder: None,
                         text,
                     }),
-                    Err(message) => set.problems.push(Problem::new(label, Pos::new(1, 1), message)),
+                    Err(message) => unreadable.push(Problem::new(label, Pos::new(1, 1), message)),
                 }
             }
         }
-        if !files.is_empty() {
-            set.merge(ConfigSet::from_inputs(files, false));
+        let mut set = ConfigSet::from_inputs(inputs, !single_files);
+        set.problems.splice(0..0, unreadable);
+        if single_files {
             set.notes.push(
                 "references to environments were not checked for single files: validate the repo root to check them"
                     .into(),
             );
         }
-        set.check_across(paths.iter().all(|p| p.is_dir()));
         set
     }
 
@@ -138,14 +110,6 @@ impl ConfigSet {
         }
         set.check_across(repo);
         set
-    }
-
-    fn merge(&mut self, other: ConfigSet) {
-        self.sandboxes.extend(other.sandboxes);
-        self.templates.extend(other.templates);
-        self.environments.extend(other.environments);
-        self.problems.extend(other.problems);
-        self.notes.extend(other.notes);
     }
 
     /// No problem anywhere.
@@ -185,7 +149,8 @@ impl ConfigSet {
         dedupe(&mut self.templates, Kind::SandboxTemplate, &mut problems);
         dedupe(&mut self.environments, Kind::Environment, &mut problems);
 
-        let mut claimed: BTreeMap<u32, (String, Source, Vec<String>)> = BTreeMap::new();
+        // Each port's first claim: who, and where it is written.
+        let mut claimed: BTreeMap<u32, (String, PathBuf, Pos)> = BTreeMap::new();
         let mut refused: Vec<String> = Vec::new();
         for sb in &self.sandboxes {
             let name = &sb.value.metadata.name;
@@ -204,19 +169,15 @@ impl ConfigSet {
                 })
             });
             for (port, who, path) in gateway.into_iter().chain(services) {
-                let owner = format!("sandbox {name}, {who}");
                 match claimed.get(&port) {
-                    Some((first, first_src, first_path)) => {
-                        let at = first_src
-                            .index
-                            .value_pos(&first_path.iter().map(String::as_str).collect::<Vec<_>>());
+                    Some((first, first_file, first_at)) => {
                         let p = sb
                             .source
                             .problem_at(&path, format!("port {port} is already claimed by {first}"))
                             .hint(format!(
                                 "claimed at {}:{}; pick another port or leave `port` out to have one allocated",
-                                first_src.file.display(),
-                                at.line
+                                first_file.display(),
+                                first_at.line
                             ))
                             .about(Some(ObjectRef {
                                 kind: Kind::Sandbox,
@@ -226,8 +187,8 @@ impl ConfigSet {
                         refused.push(name.clone());
                     }
                     None => {
-                        let path = path.iter().map(|s| s.to_string()).collect();
-                        claimed.insert(port, (owner, sb.source.clone(), path));
+                        let owner = format!("sandbox {name}, {who}");
+                        claimed.insert(port, (owner, sb.source.file.clone(), sb.source.pos(&path)));
                     }
                 }
             }
@@ -356,6 +317,44 @@ fn dedupe<T: Named>(list: &mut Vec<Object<T>>, kind: Kind, problems: &mut Vec<Pr
             }
         }
     });
+}
+
+/// The manifest files of a config repo, and a problem for each one that cannot be read.
+fn repo_inputs(root: &Path) -> io::Result<(Vec<InputFile>, Vec<Problem>)> {
+    let mut inputs = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut found_any_folder = false;
+    for kind in Kind::ALL {
+        let dir = root.join(kind.folder());
+        if !dir.is_dir() {
+            continue;
+        }
+        found_any_folder = true;
+        let mut files = Vec::new();
+        collect_yaml(&dir, &mut files)?;
+        files.sort();
+        for file in files {
+            let label = display_path(&file);
+            match read_capped(&file) {
+                Ok(text) => inputs.push(InputFile {
+                    label,
+                    folder: Some(kind),
+                    text,
+                }),
+                Err(message) => unreadable.push(Problem::new(label, Pos::new(1, 1), message)),
+            }
+        }
+    }
+    if !found_any_folder {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is not a config repo: it has none of sandboxes/, templates/, environments/",
+                root.display()
+            ),
+        ));
+    }
+    Ok((inputs, unreadable))
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
