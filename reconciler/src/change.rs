@@ -115,7 +115,7 @@ fn inputs(
         .collect()
 }
 
-fn with_final_newline(mut s: String) -> String {
+pub fn with_final_newline(mut s: String) -> String {
     if !s.ends_with('\n') {
         s.push('\n');
     }

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use sdp_manifest::{ConfigSet, Kind, ObjectRef, Parsed, Problem};
 
+use super::CommitArgs;
 use crate::change::{self, FileChange, RepoState};
 use crate::git::Git;
 
@@ -76,10 +77,7 @@ fn new_problems(before: &ConfigSet, after: &ConfigSet) -> Vec<Problem> {
 
 /// A file that the change replaces whole by the user's own file keeps the user's name in problems.
 fn user_labels(changes: &[FileChange], file: &Path, text: &str) -> BTreeMap<PathBuf, PathBuf> {
-    let mut own = text.to_string();
-    if !own.ends_with('\n') {
-        own.push('\n');
-    }
+    let own = change::with_final_newline(text.to_string());
     changes
         .iter()
         .filter(|c| c.after.as_deref() == Some(own.as_str()))
@@ -161,8 +159,8 @@ pub fn diff(repo_dir: &Path, file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-pub fn apply(repo_dir: &Path, file: &Path, message: Option<&str>, push: bool) -> Result<ExitCode> {
-    let (repo, plan) = match prepare(repo_dir, file)? {
+pub fn apply(file: &Path, args: &CommitArgs) -> Result<ExitCode> {
+    let (repo, plan) = match prepare(&args.repo, file)? {
         Prepared::Broken => return Ok(ExitCode::from(1)),
         Prepared::Unchanged => return Ok(ExitCode::SUCCESS),
         Prepared::Changes(prepared) => *prepared,
@@ -175,11 +173,12 @@ pub fn apply(repo_dir: &Path, file: &Path, message: Option<&str>, push: bool) ->
     }
     show(&plan);
     let default = format!("apply {}", describe(&plan.objects));
-    commit(&repo, &plan.changes, message.unwrap_or(&default), push, Some(file))
+    let message = args.message.as_deref().unwrap_or(&default);
+    commit(&repo, &plan.changes, message, args.push, Some(file))
 }
 
-pub fn delete(repo_dir: &Path, kind: Kind, name: &str, message: Option<&str>, push: bool) -> Result<ExitCode> {
-    let repo = open(repo_dir)?;
+pub fn delete(kind: Kind, name: &str, args: &CommitArgs) -> Result<ExitCode> {
+    let repo = open(&args.repo)?;
     let object = ObjectRef {
         kind,
         name: name.to_string(),
@@ -206,7 +205,8 @@ pub fn delete(repo_dir: &Path, kind: Kind, name: &str, message: Option<&str>, pu
     };
     show(&plan);
     let default = format!("delete {}", describe(&plan.objects));
-    commit(&repo, &plan.changes, message.unwrap_or(&default), push, None)
+    let message = args.message.as_deref().unwrap_or(&default);
+    commit(&repo, &plan.changes, message, args.push, None)
 }
 
 fn describe(objects: &[ObjectRef]) -> String {

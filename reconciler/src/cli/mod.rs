@@ -8,7 +8,7 @@ mod validate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -52,27 +52,30 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        /// Commit message (default: "apply <kind> <name>").
-        #[arg(short = 'm', long)]
-        message: Option<String>,
-        /// Push the commit to the upstream with your own git credentials.
-        #[arg(long)]
-        push: bool,
+        #[command(flatten)]
+        commit: CommitArgs,
     },
     /// Remove an object from the config repo and commit the removal.
     Delete {
         #[arg(value_enum)]
         kind: KindArg,
         name: String,
-        #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        #[arg(short = 'm', long)]
-        message: Option<String>,
-        #[arg(long)]
-        push: bool,
+        #[command(flatten)]
+        commit: CommitArgs,
     },
+}
+
+/// Where and how `apply` and `delete` commit.
+#[derive(Args)]
+struct CommitArgs {
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Commit message (default: "apply <kind> <name>" or "delete <kind> <name>").
+    #[arg(short = 'm', long)]
+    message: Option<String>,
+    /// Push the commit to the upstream with your own git credentials.
+    #[arg(long)]
+    push: bool,
 }
 
 #[derive(Subcommand)]
@@ -124,19 +127,8 @@ pub fn main() -> ExitCode {
                 },
         } => new::run(&repo, &name, &from_template),
         Command::Diff { file, repo } => gitops::diff(&repo, &file),
-        Command::Apply {
-            file,
-            repo,
-            message,
-            push,
-        } => gitops::apply(&repo, &file, message.as_deref(), push),
-        Command::Delete {
-            kind,
-            name,
-            repo,
-            message,
-            push,
-        } => gitops::delete(&repo, kind.kind(), &name, message.as_deref(), push),
+        Command::Apply { file, commit } => gitops::apply(&file, &commit),
+        Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
     };
     match result {
         Ok(code) => code,
