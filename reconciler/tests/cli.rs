@@ -92,6 +92,12 @@ impl Repo {
     }
 }
 
+/// The command exited with `code` and said `needle` (on stdout or stderr).
+fn says(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(text(out).contains(needle), "expected {needle:?} in:\n{}", text(out));
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -167,11 +173,10 @@ fn a_refused_apply_changes_nothing() {
     );
     let file = repo.write("../clash.yaml", &clash);
     let out = repo.sdp(&["apply", "-f", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("clash.yaml:14:13: port 9001 is already claimed by sandbox qa-login-error"),
-        "{}",
-        text(&out)
+    says(
+        &out,
+        1,
+        "clash.yaml:14:13: port 9001 is already claimed by sandbox qa-login-error",
     );
     assert_eq!(repo.head(), head);
     assert_eq!(repo.status(), "");
@@ -179,12 +184,7 @@ fn a_refused_apply_changes_nothing() {
     // A broken file is refused before the repo is even read.
     let broken = repo.write("../broken.yaml", &NEW_BOX.replace("branch: develop", "branch: -x"));
     let out = repo.sdp(&["apply", "-f", broken.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("broken.yaml:9:13: branch `-x` starts with '-'"),
-        "{}",
-        text(&out)
-    );
+    says(&out, 1, "broken.yaml:9:13: branch `-x` starts with '-'");
     assert_eq!(repo.head(), head);
     assert_eq!(repo.status(), "");
 }
@@ -200,8 +200,7 @@ fn apply_never_overwrites_uncommitted_work_nor_commits_what_the_user_staged() {
     let file = repo.write("../edited.yaml", &edited);
     let head = repo.head();
     let out = repo.sdp(&["apply", "-f", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("uncommitted changes"), "{}", text(&out));
+    says(&out, 2, "uncommitted changes");
     assert_eq!(
         fs::read_to_string(repo.dir.join("sandboxes/qa-login-error.yaml")).unwrap(),
         "# half-edited\n"
@@ -240,8 +239,7 @@ fn apply_in_place_after_new_from_template_keeps_the_comments() {
 
     // Refuses to clobber.
     let again = repo.sdp(&["new", "sandbox", "qa-new", "--from-template", "account-testing"]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    says(&again, 2, "already exists");
     let unknown = repo.sdp(&["new", "sandbox", "other", "--from-template", "nope"]);
     assert!(
         text(&unknown).contains("known: account-testing, qa-default"),
@@ -268,12 +266,7 @@ fn diff_shows_the_change_and_exits_one_only_when_there_is_one() {
             .replace("  routes:\n", "    user:\n      branch: feature/u\n  routes:\n"),
     );
     let out = repo.sdp(&["diff", "-f", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("--- a/sandboxes/qa-login-error.yaml"),
-        "{}",
-        text(&out)
-    );
+    says(&out, 1, "--- a/sandboxes/qa-login-error.yaml");
     assert!(text(&out).contains("service user added on feature/u"), "{}", text(&out));
     assert_eq!(repo.status(), "");
 }
@@ -282,12 +275,7 @@ fn diff_shows_the_change_and_exits_one_only_when_there_is_one() {
 fn delete_commits_the_removal_and_refuses_to_break_references() {
     let repo = Repo::new();
     let out = repo.sdp(&["delete", "environment", "account-dev"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("environment `account-dev` does not exist"),
-        "{}",
-        text(&out)
-    );
+    says(&out, 1, "environment `account-dev` does not exist");
     assert!(repo.dir.join("environments/account-dev.yaml").exists());
 
     let out = repo.sdp(&["delete", "sandbox", "qa-login-error"]);
