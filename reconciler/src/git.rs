@@ -3,6 +3,7 @@
 //! These run the `git` CLI on purpose: a commit must carry the user's identity and a push must use the user's
 //! credential helpers, SSH keys and hooks, exactly as if they had typed the commands themselves.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -71,7 +72,7 @@ impl Git {
         let mut args = vec!["ls-tree", "-r", "-z", "HEAD", "--"];
         args.extend(dirs);
         let listing = self.run(&args)?;
-        let mut files = Vec::new();
+        let mut wanted = Vec::new();
         for entry in listing.split('\0').filter(|e| !e.is_empty()) {
             // "<mode> <type> <object>\t<path>"; only regular files count, as on disk.
             let Some((meta, path)) = entry.split_once('\t') else {
@@ -82,19 +83,49 @@ impl Git {
             if kind != Some("blob") || !matches!(mode, Some("100644" | "100755")) {
                 continue;
             }
-            let Some(object) = object else { continue };
-            let out = self
-                .command()
-                .args(["cat-file", "blob", object])
-                .output()
-                .context("cannot run git")?;
-            if !out.status.success() {
-                bail!(
-                    "git cat-file {object} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+            if let Some(object) = object {
+                wanted.push((PathBuf::from(path), object.to_string()));
             }
-            files.push((PathBuf::from(path), out.stdout));
+        }
+        // One `cat-file --batch` for all blobs, not one process per file.
+        let mut child = self
+            .command()
+            .args(["cat-file", "--batch"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run git")?;
+        let request: String = wanted.iter().map(|(_, object)| format!("{object}\n")).collect();
+        let mut stdin = child.stdin.take().context("git cat-file has no stdin")?;
+        // Written from a thread: git may fill its output pipe before it has read all of the request.
+        let writer = std::thread::spawn(move || stdin.write_all(request.as_bytes()));
+        let out = child.wait_with_output().context("cannot run git")?;
+        let _ = writer.join();
+        if !out.status.success() {
+            bail!(
+                "git cat-file --batch failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut files = Vec::new();
+        let mut rest = out.stdout.as_slice();
+        for (path, object) in wanted {
+            // "<object> blob <size>\n<content>\n"
+            let header_end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .context("short answer from git cat-file")?;
+            let header = String::from_utf8_lossy(&rest[..header_end]).into_owned();
+            let size: usize = match header.split(' ').collect::<Vec<_>>().as_slice() {
+                [id, "blob", size] if *id == object => size.parse().context("bad size from git cat-file")?,
+                _ => bail!("unexpected answer from git cat-file for {}: {header}", path.display()),
+            };
+            let body = rest
+                .get(header_end + 1..header_end + 1 + size)
+                .context("short answer from git cat-file")?;
+            files.push((path, body.to_vec()));
+            rest = rest.get(header_end + 2 + size..).unwrap_or_default();
         }
         Ok(files)
     }
