@@ -40,7 +40,7 @@ pub enum ReconcilerFrame {
 }
 
 /// The role an agent plays, from its config file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Role {
     /// Runs the Go microservices.
@@ -57,6 +57,8 @@ pub struct Hello {
     pub role: Role,
     pub protocol_version: u32,
     pub agent_version: String,
+    /// The address other machines reach this node's published ports at (its configured advertised address).
+    pub address: String,
     /// Repositories the agent serves, by service name (`gateway` for the gateway's).
     pub repos: Vec<String>,
     /// Runtime images present on the node, as `name:tag`.
@@ -74,6 +76,10 @@ pub struct ActualState {
     /// The gateway's live `<service>_url` map per sandbox, as read back from config.php.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per sandbox, the OCP value of each `<service>_url` key: what the gateway branch's own config.php held
+    /// before any patch. A route to `ocp` means this value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_defaults: BTreeMap<String, BTreeMap<String, String>>,
     /// Heads of the remote branches that the desired state tracks.
     pub heads: Vec<BranchHead>,
 }
@@ -190,6 +196,43 @@ pub struct Deploy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     pub labels: BTreeMap<String, String>,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Micro => "micro",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Labels every object SDP creates carries; only objects with `sdp.managed=true` are ever removed.
+pub mod labels {
+    pub const MANAGED: &str = "sdp.managed";
+    pub const SANDBOX: &str = "sdp.sandbox";
+    pub const SERVICE: &str = "sdp.service";
+    pub const COMMIT: &str = "sdp.commit";
+    pub const SPEC_HASH: &str = "sdp.spec-hash";
+}
+
+/// The service name of a sandbox's gateway in names, labels, worktrees and repos.
+pub const GATEWAY: &str = "gateway";
+
+/// `sandbox-{sandbox}-{service}`: a container's name on its VM.
+pub fn container_name(sandbox: &str, service: &str) -> String {
+    format!("sandbox-{sandbox}-{service}")
+}
+
+/// `sandbox-{sandbox}`: a sandbox's Docker network on each VM.
+pub fn network_name(sandbox: &str) -> String {
+    format!("sandbox-{sandbox}")
 }
 
 /// The answer to one action.
@@ -325,6 +368,7 @@ mod tests {
                 role: Role::Micro,
                 protocol_version: PROTOCOL_VERSION,
                 agent_version: "0.1.0".into(),
+                address: "172.18.136.92".into(),
                 repos: vec!["account".into()],
                 images: vec!["alpine:3.20".into()],
             }),
@@ -345,6 +389,7 @@ mod tests {
                     [("account".to_string(), "http://x:9001".to_string())].into(),
                 )]
                 .into(),
+                route_defaults: BTreeMap::new(),
                 heads: vec![],
             }),
             AgentFrame::ActionResult(ActionResult {

@@ -1,0 +1,175 @@
+//! compile + plan for 1,000 sandboxes of 10 services each (DESIGN.md: under 20 ms), in the two cases that
+//! matter: the steady state (everything converged, nothing to do) and a cold start (nothing on the VMs yet).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sdp_manifest::{
+    Environment, EnvironmentSpec, GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec,
+};
+use sdp_protocol::{Action, Container, ContainerState, Worktree, labels, network_name};
+use sdp_reconciler::desired::{Allocations, Clock, Desired, Settings, compile};
+use sdp_reconciler::plan::{Actual, Step, plan};
+
+const SANDBOXES: usize = 1000;
+const SERVICES: usize = 10;
+
+fn config() -> (Vec<Sandbox>, Vec<Environment>) {
+    let env = Environment {
+        api_version: "sdp/v1".into(),
+        kind: Kind::Environment,
+        metadata: Metadata {
+            name: "shared-dev".into(),
+            owner: None,
+            annotations: BTreeMap::new(),
+        },
+        spec: EnvironmentSpec {
+            variables: (0..10).map(|i| (format!("VAR_{i}"), format!("value-{i}"))).collect(),
+            ..EnvironmentSpec::default()
+        },
+    };
+    let sandboxes = (0..SANDBOXES)
+        .map(|i| Sandbox {
+            api_version: "sdp/v1".into(),
+            kind: Kind::Sandbox,
+            metadata: Metadata {
+                name: format!("sb-{i:04}"),
+                owner: Some("qa".into()),
+                annotations: BTreeMap::new(),
+            },
+            spec: SandboxSpec {
+                gateway: GatewaySpec {
+                    branch: "develop".into(),
+                    port: None,
+                },
+                services: (0..SERVICES)
+                    .map(|s| {
+                        let spec = ServiceSpec {
+                            branch: format!("feature/f-{}", (i + s) % 7),
+                            environments: vec!["shared-dev".into()],
+                            env: [("LOG_LEVEL".to_string(), "debug".to_string())].into(),
+                            port: None,
+                            resources: None,
+                        };
+                        (format!("svc-{s}"), spec)
+                    })
+                    .collect(),
+                routes: (0..SERVICES).map(|s| (format!("svc-{s}"), Route::Sandbox)).collect(),
+                suspend: false,
+                expire_after: None,
+            },
+        })
+        .collect();
+    (sandboxes, vec![env])
+}
+
+fn settings() -> Settings {
+    // 1,000 gateways and 10,000 services need wider ranges than the defaults.
+    Settings {
+        gateway_ports: 20000..=21999,
+        service_ports: 30000..=45000,
+        ..Settings::default()
+    }
+}
+
+fn plan_everything(desired: &Desired, actual: &Actual) -> Vec<Step> {
+    let views = actual.views();
+    let empty = actual.empty_view();
+    let mut steps = Vec::new();
+    for (name, d) in &desired.sandboxes {
+        steps.extend(plan(name, Some(d), views.get(name.as_str()).unwrap_or(&empty)));
+    }
+    steps
+}
+
+/// What the agents report once everything has been deployed.
+fn converged(desired: &Desired) -> Actual {
+    let mut actual = Actual::default();
+    for step in plan_everything(desired, &Actual::default()) {
+        let state = actual.of_mut(step.role);
+        match step.action {
+            Action::EnsureNetwork { sandbox } => state.networks.push(network_name(&sandbox)),
+            Action::DeployService(d) | Action::DeployGateway(d) => {
+                let mut l = d.labels.clone();
+                l.insert(labels::COMMIT.into(), "c0ffee".into());
+                state.worktrees.push(Worktree {
+                    sandbox: d.sandbox.clone(),
+                    service: d.service.clone(),
+                    branch: d.branch.clone(),
+                    commit: "c0ffee".into(),
+                });
+                state.containers.push(Container {
+                    name: d.container.clone(),
+                    id: d.container.clone(),
+                    labels: l,
+                    state: ContainerState::Running,
+                    ports: vec![d.host_port],
+                    restart_count: 0,
+                    exit_code: None,
+                });
+            }
+            Action::SetRoutes { sandbox, routes } => {
+                state.routes.insert(sandbox, routes);
+            }
+            _ => {}
+        }
+    }
+    actual
+}
+
+fn bench(c: &mut Criterion) {
+    let (sandboxes, envs) = config();
+    let first = compile(
+        &sandboxes,
+        &envs,
+        &Allocations::default(),
+        &settings(),
+        &Clock::default(),
+    );
+    assert_eq!(first.sandboxes.len(), SANDBOXES, "held: {:?}", first.held.iter().next());
+    let actual = converged(&first);
+    assert!(
+        plan_everything(&first, &actual).is_empty(),
+        "the steady state must plan nothing"
+    );
+
+    let mut group = c.benchmark_group("plan");
+    group.sample_size(20);
+    group.bench_function("compile+plan 1000x10, converged", |b| {
+        b.iter(|| {
+            let desired = compile(&sandboxes, &envs, &first.allocations, &settings(), &Clock::default());
+            black_box(plan_everything(&desired, &actual))
+        })
+    });
+    group.bench_function("compile+plan 1000x10, empty VMs", |b| {
+        b.iter(|| {
+            let desired = compile(
+                &sandboxes,
+                &envs,
+                &Allocations::default(),
+                &settings(),
+                &Clock::default(),
+            );
+            black_box(plan_everything(&desired, &Actual::default()))
+        })
+    });
+    group.bench_function("compile only", |b| {
+        b.iter(|| {
+            black_box(compile(
+                &sandboxes,
+                &envs,
+                &first.allocations,
+                &settings(),
+                &Clock::default(),
+            ))
+        })
+    });
+    group.bench_function("cut reports by sandbox only", |b| {
+        b.iter(|| black_box(actual.views().len()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

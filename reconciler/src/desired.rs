@@ -1,0 +1,486 @@
+//! The desired state: what the config repo says should run, compiled into the exact deploys, routes and ports that
+//! the agents are asked for. `compile` is pure: the same snapshot, allocations and settings give the same answer.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use sdp_manifest::rules;
+use sdp_manifest::{Environment, Resources, Route, Sandbox};
+use sdp_protocol::{Deploy, GATEWAY, container_name, labels};
+use serde::{Deserialize, Serialize};
+
+/// Annotation that `sdp restart SANDBOX` writes: a change of its value replaces every container of the sandbox.
+pub const RESTART_ANNOTATION: &str = "sdp/restartedAt";
+/// Prefix of the annotation that `sdp restart SANDBOX/SERVICE` writes (`sdp/restartedAt.account`).
+pub const RESTART_SERVICE_PREFIX: &str = "sdp/restartedAt.";
+
+/// The knobs of compilation, from the reconciler's config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub gateway_ports: RangeInclusive<u16>,
+    pub service_ports: RangeInclusive<u16>,
+    /// How the gateway reaches the micro VM's published ports (the micro agent's advertised address).
+    pub micro_address: String,
+    /// How long an expired sandbox stays suspended before it is removed.
+    pub retention_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            gateway_ports: 8080..=8099,
+            service_ports: 9001..=9099,
+            micro_address: "127.0.0.1".into(),
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Host ports by (sandbox, service), the gateway under the service name `gateway`. Stored, so ports stay stable
+/// across restarts of the reconciler; an entry goes when its sandbox or service goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocations {
+    pub ports: BTreeMap<(String, String), u16>,
+}
+
+/// What compile reads besides the manifests: when each sandbox last changed or deployed, and now (unix seconds).
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    pub now: u64,
+    pub last_activity: BTreeMap<String, u64>,
+}
+
+/// Why a sandbox runs nothing although it is in git.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "reason")]
+pub enum Mode {
+    Active,
+    /// Containers stopped, ports kept: `suspend: true`, or idle past `expireAfter`.
+    Suspended(String),
+}
+
+/// Variables, secret file references and files of a service: its environments merged in order, then its inline
+/// env. Shared between the services that name the same environments with the same inline env.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergedEnv {
+    pub env: BTreeMap<String, String>,
+    /// Secret variables as file paths on the VM: references, never values.
+    pub secret_files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, String>,
+    /// A digest of the three maps, computed once for every service that shares them.
+    #[serde(skip)]
+    pub digest: u64,
+}
+
+/// One container as it should be.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredContainer {
+    pub sandbox: Arc<str>,
+    /// The service name, or `gateway`.
+    pub service: String,
+    pub container: String,
+    pub branch: String,
+    pub host_port: u16,
+    pub env: Arc<MergedEnv>,
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    /// A digest of everything above but the commit: label `sdp.spec-hash`, as 16 hex digits.
+    pub spec_hash: u64,
+}
+
+impl DesiredContainer {
+    /// The value of label `sdp.spec-hash`.
+    pub fn spec_hash_label(&self) -> String {
+        format!("{:016x}", self.spec_hash)
+    }
+
+    /// Whether a container's `sdp.spec-hash` label is this spec's, without allocating.
+    pub fn has_spec(&self, label: Option<&String>) -> bool {
+        label.is_some_and(|l| l.len() == 16 && u64::from_str_radix(l, 16) == Ok(self.spec_hash))
+    }
+
+    /// The deploy an agent is sent: the container at `commit` (when known), with the labels of DESIGN.md.
+    pub fn deploy(&self, commit: Option<String>) -> Deploy {
+        let labels = [
+            (labels::MANAGED, "true".to_string()),
+            (labels::SANDBOX, self.sandbox.to_string()),
+            (labels::SERVICE, self.service.clone()),
+            (labels::SPEC_HASH, self.spec_hash_label()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Deploy {
+            sandbox: self.sandbox.to_string(),
+            service: self.service.clone(),
+            branch: self.branch.clone(),
+            commit,
+            container: self.container.clone(),
+            host_port: self.host_port,
+            env: self.env.env.clone(),
+            secret_files: self.env.secret_files.clone(),
+            files: self.env.files.clone(),
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            labels,
+        }
+    }
+}
+
+/// One sandbox as it should be on the VMs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredSandbox {
+    pub name: String,
+    pub owner: Option<String>,
+    pub mode: Mode,
+    /// The Go services by service name, for the micro agent.
+    pub services: BTreeMap<String, DesiredContainer>,
+    /// The sandbox's gateway, for the gateway agent.
+    pub gateway: DesiredContainer,
+    /// The gateway's `<service>_url` values that differ from OCP: `sandbox` and explicit URLs, resolved.
+    pub routes: BTreeMap<String, String>,
+}
+
+/// The whole desired state.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub sandboxes: BTreeMap<String, DesiredSandbox>,
+    /// Sandboxes that cannot be compiled (no free port, a port taken, an environment gone), with the reason.
+    /// Nothing is done to them: what runs keeps running.
+    pub held: BTreeMap<String, String>,
+    /// Sandboxes removed after their retention: in git, but nothing of them may run.
+    pub expired: Vec<String>,
+    pub allocations: Allocations,
+}
+
+/// Compiles the valid sandboxes into deploys. `previous` are the stored allocations; the answer's allocations
+/// are the ones to store.
+pub fn compile(
+    sandboxes: &[Sandbox],
+    environments: &[Environment],
+    previous: &Allocations,
+    settings: &Settings,
+    clock: &Clock,
+) -> Desired {
+    let envs: BTreeMap<&str, &Environment> = environments.iter().map(|e| (e.metadata.name.as_str(), e)).collect();
+    let mut out = Desired::default();
+
+    // Which sandboxes take part, and in which mode.
+    let mut live: Vec<(&Sandbox, Mode)> = Vec::new();
+    for sb in sandboxes {
+        let name = &sb.metadata.name;
+        let expire = sb
+            .spec
+            .expire_after
+            .as_deref()
+            .and_then(|e| rules::duration_secs(e).ok());
+        let idle = clock
+            .last_activity
+            .get(name)
+            .map(|at| clock.now.saturating_sub(*at))
+            .unwrap_or(0);
+        match expire {
+            Some(limit) if idle >= limit.saturating_add(settings.retention_secs) => {
+                out.expired.push(name.clone());
+                continue;
+            }
+            Some(limit) if idle >= limit => live.push((
+                sb,
+                Mode::Suspended(format!("idle for {} (expireAfter {})", human(idle), human(limit))),
+            )),
+            _ if sb.spec.suspend => live.push((sb, Mode::Suspended("suspend: true".into()))),
+            _ => live.push((sb, Mode::Active)),
+        }
+    }
+
+    // Ports: keep what each (sandbox, service) had, honour explicit ports, then fill from the ranges.
+    let wanted: BTreeMap<(&str, &str), Option<u16>> = live
+        .iter()
+        .flat_map(|(sb, _)| {
+            let name = sb.metadata.name.as_str();
+            let gateway = ((name, GATEWAY), sb.spec.gateway.port.map(|p| p as u16));
+            let services = sb
+                .spec
+                .services
+                .iter()
+                .map(move |(svc, s)| ((name, svc.as_str()), s.port.map(|p| p as u16)));
+            std::iter::once(gateway).chain(services)
+        })
+        .collect();
+    let mut ports: BTreeMap<(&str, &str), u16> = previous
+        .ports
+        .iter()
+        .map(|((sb, svc), p)| ((sb.as_str(), svc.as_str()), *p))
+        .filter(|(k, _)| wanted.contains_key(k))
+        .collect();
+    // Who holds each port, kept up to date as ports are given out.
+    let mut holders: BTreeMap<u16, (&str, &str)> = ports.iter().map(|(k, p)| (*p, *k)).collect();
+    for (key, explicit) in &wanted {
+        let Some(port) = explicit else { continue };
+        if ports.get(key) == Some(port) {
+            continue;
+        }
+        match holders.get(port) {
+            Some(other) if other != key => {
+                let reason = format!(
+                    "port {port} of {} is in use by sandbox {}, {}: pick another port or leave `port` out",
+                    key.1, other.0, other.1
+                );
+                out.held.entry(key.0.to_string()).or_insert(reason);
+            }
+            _ => {
+                if let Some(old) = ports.insert(*key, *port) {
+                    holders.remove(&old);
+                }
+                holders.insert(*port, *key);
+            }
+        }
+    }
+    // The lowest free port of each range, searched from where the last search stopped.
+    let mut next_gateway = *settings.gateway_ports.start();
+    let mut next_service = *settings.service_ports.start();
+    for (key, explicit) in &wanted {
+        if explicit.is_some() || ports.contains_key(key) || out.held.contains_key(key.0) {
+            continue;
+        }
+        let (range, next) = if key.1 == GATEWAY {
+            (&settings.gateway_ports, &mut next_gateway)
+        } else {
+            (&settings.service_ports, &mut next_service)
+        };
+        match (*next..=*range.end()).find(|p| !holders.contains_key(p)) {
+            Some(port) => {
+                ports.insert(*key, port);
+                holders.insert(port, *key);
+                *next = port.saturating_add(1);
+            }
+            None => {
+                *next = range.end().saturating_add(1);
+                let reason = format!(
+                    "no free port for {} in {}-{}: every port of the range is allocated",
+                    key.1,
+                    range.start(),
+                    range.end()
+                );
+                out.held.entry(key.0.to_string()).or_insert(reason);
+            }
+        }
+    }
+
+    let mut merged = EnvCache::default();
+    for (sb, mode) in live {
+        let name = &sb.metadata.name;
+        if out.held.contains_key(name) {
+            continue;
+        }
+        match compile_one(sb, mode, &envs, &ports, &mut merged, settings) {
+            Ok(d) => {
+                out.sandboxes.insert(name.clone(), d);
+            }
+            Err(reason) => {
+                out.held.insert(name.clone(), reason);
+            }
+        }
+    }
+    // A held sandbox keeps the ports it had, so that it comes back where it was, and takes no new ones.
+    ports.retain(|k, _| !out.held.contains_key(k.0));
+    for ((sb, svc), port) in &previous.ports {
+        if out.held.contains_key(sb) {
+            ports.insert((sb, svc), *port);
+        }
+    }
+    out.allocations = Allocations {
+        ports: ports
+            .into_iter()
+            .map(|((sb, svc), p)| ((sb.to_string(), svc.to_string()), p))
+            .collect(),
+    };
+    out
+}
+
+/// Merged environments by (environment names, inline env): most services of a repo share a few combinations.
+#[derive(Default)]
+struct EnvCache<'a> {
+    merged: BTreeMap<EnvKey<'a>, Arc<MergedEnv>>,
+}
+
+/// A service's environment names and inline env.
+type EnvKey<'a> = (&'a [String], &'a BTreeMap<String, String>);
+
+impl<'a> EnvCache<'a> {
+    fn get(
+        &mut self,
+        names: &'a [String],
+        inline: &'a BTreeMap<String, String>,
+        envs: &BTreeMap<&str, &Environment>,
+    ) -> Result<Arc<MergedEnv>, String> {
+        if let Some(m) = self.merged.get(&(names, inline)) {
+            return Ok(m.clone());
+        }
+        let mut m = MergedEnv::default();
+        for env_name in names {
+            let Some(e) = envs.get(env_name.as_str()) else {
+                return Err(format!("environment {env_name} is not in the config repo"));
+            };
+            // Later wins, whether plain or secret: a name is either a variable or a secret file, never both.
+            for (k, v) in &e.spec.variables {
+                m.secret_files.remove(k);
+                m.env.insert(k.clone(), v.clone());
+            }
+            for (k, v) in &e.spec.secrets {
+                m.env.remove(k);
+                m.secret_files.insert(k.clone(), v.file.clone());
+            }
+            m.files.extend(e.spec.files.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (k, v) in inline {
+            m.secret_files.remove(k);
+            m.env.insert(k.clone(), v.clone());
+        }
+        let mut h = Fnv::new();
+        h.map(&m.env);
+        h.map(&m.secret_files);
+        h.map(&m.files);
+        m.digest = h.0;
+        let m = Arc::new(m);
+        self.merged.insert((names, inline), m.clone());
+        Ok(m)
+    }
+}
+
+fn compile_one<'a>(
+    sb: &'a Sandbox,
+    mode: Mode,
+    envs: &BTreeMap<&str, &Environment>,
+    ports: &BTreeMap<(&str, &str), u16>,
+    merged: &mut EnvCache<'a>,
+    settings: &Settings,
+) -> Result<DesiredSandbox, String> {
+    let name = &sb.metadata.name;
+    let shared_name: Arc<str> = Arc::from(name.as_str());
+    let restart_all = sb.metadata.annotations.get(RESTART_ANNOTATION).map(String::as_str);
+    let container = |service: &str, branch: &str, env: Arc<MergedEnv>, resources: Option<&Resources>| {
+        let host_port = *ports
+            .get(&(name.as_str(), service))
+            .ok_or_else(|| format!("no port allocated for {service}"))?;
+        let restart_one = sb
+            .metadata
+            .annotations
+            .iter()
+            .find(|(k, _)| k.strip_prefix(RESTART_SERVICE_PREFIX) == Some(service))
+            .map(|(_, v)| v.as_str());
+        let mut c = DesiredContainer {
+            sandbox: shared_name.clone(),
+            service: service.to_string(),
+            container: container_name(name, service),
+            branch: branch.to_string(),
+            host_port,
+            env,
+            cpus: resources.and_then(|r| r.cpus),
+            memory_bytes: resources
+                .and_then(|r| r.memory.as_deref())
+                .and_then(|m| rules::memory_bytes(m).ok()),
+            spec_hash: 0,
+        };
+        c.spec_hash = spec_hash(&c, &[restart_all, restart_one]);
+        Ok::<_, String>(c)
+    };
+
+    let mut services = BTreeMap::new();
+    for (svc, spec) in &sb.spec.services {
+        let env = merged
+            .get(&spec.environments, &spec.env, envs)
+            .map_err(|e| format!("service {svc}: {e}"))?;
+        services.insert(svc.clone(), container(svc, &spec.branch, env, spec.resources.as_ref())?);
+    }
+    let gateway = container(GATEWAY, &sb.spec.gateway.branch, Arc::default(), None)?;
+
+    let mut routes = BTreeMap::new();
+    for (svc, route) in &sb.spec.routes {
+        match route {
+            Route::Ocp => {}
+            Route::Url(url) => {
+                routes.insert(svc.clone(), url.clone());
+            }
+            Route::Sandbox => {
+                let target = services
+                    .get(svc)
+                    .ok_or_else(|| format!("route {svc}: sandbox needs a service {svc}"))?;
+                routes.insert(
+                    svc.clone(),
+                    format!("http://{}:{}", settings.micro_address, target.host_port),
+                );
+            }
+        }
+    }
+
+    Ok(DesiredSandbox {
+        name: name.clone(),
+        owner: sb.metadata.owner.clone(),
+        mode,
+        services,
+        gateway,
+        routes,
+    })
+}
+
+/// FNV-1a, 64 bits, over every field in a fixed order with lengths, so that no two specs share a byte stream.
+/// Written out here rather than taken from std, whose hasher may change between Rust releases: the hash is stored
+/// in container labels and must mean the same thing after an upgrade.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    fn map(&mut self, map: &BTreeMap<String, String>) {
+        self.bytes(&(map.len() as u64).to_le_bytes());
+        for (k, v) in map {
+            self.str(k);
+            self.str(v);
+        }
+    }
+}
+
+/// Everything that makes the container what it is, except the commit (a moved branch is its own reason).
+fn spec_hash(c: &DesiredContainer, restart: &[Option<&str>]) -> u64 {
+    let mut h = Fnv::new();
+    for field in [&*c.sandbox, &c.service, &c.branch, &c.container] {
+        h.str(field);
+    }
+    h.bytes(&c.host_port.to_le_bytes());
+    h.bytes(&c.env.digest.to_le_bytes());
+    h.bytes(&c.cpus.map_or(u64::MAX, f64::to_bits).to_le_bytes());
+    h.bytes(&c.memory_bytes.unwrap_or(u64::MAX).to_le_bytes());
+    for stamp in restart {
+        h.str(stamp.unwrap_or(""));
+    }
+    h.0
+}
+
+/// `14d`, `3h`, `25m`, `40s`: the largest whole unit.
+pub fn human(secs: u64) -> String {
+    match secs {
+        s if s >= 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s >= 86400 => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

@@ -1,0 +1,8 @@
+//! SDP's reconciler: the config-repo source, the pure compile and plan steps, the controller loop, the agent hub,
+//! the redb store and the HTTP API; and `sdp`, the CLI around them.
+
+pub mod change;
+pub mod cli;
+pub mod desired;
+pub mod git;
+pub mod plan;

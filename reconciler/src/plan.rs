@@ -1,0 +1,395 @@
+//! The plan: the ordered actions that make one sandbox's actual state what its desired state says, each with the
+//! reason it exists. `plan` is pure; a converged sandbox gives an empty plan.
+//!
+//! Order: networks, services, gateway, routes; removals last. Only objects labelled `sdp.managed=true` are
+//! removed, whatever an agent reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use sdp_protocol::{
+    Action, ActualState, BranchHead, Container, ContainerState, GATEWAY, Role, Worktree, container_name, labels,
+    network_name,
+};
+use serde::Serialize;
+
+use crate::desired::{DesiredContainer, DesiredSandbox, Mode};
+
+/// Why a step is in the plan, in words a user reads on the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Reason {
+    Missing,
+    SpecChanged,
+    BranchMoved { commit: String },
+    ContainerNotRunning { state: String },
+    RoutesDiffer { services: Vec<String> },
+    RoutesUnknown,
+    GatewayRedeployed,
+    Suspended,
+    NotDesired,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Missing => f.write_str("missing"),
+            Reason::SpecChanged => f.write_str("spec changed"),
+            Reason::BranchMoved { commit } => write!(f, "branch moved to commit {}", short(commit)),
+            Reason::ContainerNotRunning { state } => write!(f, "container {state}"),
+            Reason::RoutesDiffer { services } => write!(f, "routes differ: {}", services.join(", ")),
+            Reason::RoutesUnknown => f.write_str("routes not reported yet"),
+            Reason::GatewayRedeployed => f.write_str("gateway redeployed: its config.php starts from the branch"),
+            Reason::Suspended => f.write_str("sandbox suspended"),
+            Reason::NotDesired => f.write_str("not desired"),
+        }
+    }
+}
+
+/// One action for one agent role.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub role: Role,
+    /// The thing the action changes (`sandbox-x-account`, `network sandbox-x`, `routes`), for backoff and display.
+    pub resource: String,
+    pub action: Action,
+    pub reason: Reason,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} on {} ({})",
+            verb(&self.action),
+            self.resource,
+            self.role,
+            self.reason
+        )
+    }
+}
+
+fn verb(action: &Action) -> &'static str {
+    match action {
+        Action::EnsureNetwork { .. } => "create",
+        Action::DeployService(_) | Action::DeployGateway(_) => "deploy",
+        Action::SetRoutes { .. } => "set",
+        Action::Stop { .. } => "stop",
+        Action::RemoveContainer { .. } | Action::RemoveNetwork { .. } | Action::RemoveWorktree { .. } => "remove",
+    }
+}
+
+/// What the agents report, by role. A role whose agent has not reported counts as empty: its deploys are
+/// planned (and fail at dispatch with "no agent"), nothing of it is removed.
+#[derive(Clone, Debug, Default)]
+pub struct Actual {
+    pub micro: ActualState,
+    pub gateway: ActualState,
+}
+
+/// One sandbox's part of one agent's report, borrowed.
+#[derive(Clone, Debug, Default)]
+pub struct RoleView<'a> {
+    pub containers: Vec<&'a Container>,
+    pub networks: Vec<&'a str>,
+    pub worktrees: Vec<&'a Worktree>,
+    pub routes: Option<&'a BTreeMap<String, String>>,
+    pub route_defaults: Option<&'a BTreeMap<String, String>>,
+    /// Heads of tracked branches: shared by every sandbox.
+    pub heads: &'a [BranchHead],
+}
+
+/// One sandbox's part of the reports: what `plan` reads.
+#[derive(Clone, Debug, Default)]
+pub struct View<'a> {
+    pub micro: RoleView<'a>,
+    pub gateway: RoleView<'a>,
+}
+
+impl<'a> View<'a> {
+    pub fn of(&self, role: Role) -> &RoleView<'a> {
+        match role {
+            Role::Micro => &self.micro,
+            Role::Gateway => &self.gateway,
+        }
+    }
+}
+
+impl Actual {
+    pub fn of(&self, role: Role) -> &ActualState {
+        match role {
+            Role::Micro => &self.micro,
+            Role::Gateway => &self.gateway,
+        }
+    }
+
+    pub fn of_mut(&mut self, role: Role) -> &mut ActualState {
+        match role {
+            Role::Micro => &mut self.micro,
+            Role::Gateway => &mut self.gateway,
+        }
+    }
+
+    /// A view with no objects, only the branch heads: for a sandbox nothing of which is on the VMs yet.
+    pub fn empty_view(&self) -> View<'_> {
+        View {
+            micro: RoleView {
+                heads: &self.micro.heads,
+                ..RoleView::default()
+            },
+            gateway: RoleView {
+                heads: &self.gateway.heads,
+                ..RoleView::default()
+            },
+        }
+    }
+
+    /// The reports cut by sandbox in one walk, so that planning a sandbox reads only its own objects.
+    pub fn views(&self) -> BTreeMap<&str, View<'_>> {
+        let mut out: BTreeMap<&str, View<'_>> = BTreeMap::new();
+        for role in [Role::Micro, Role::Gateway] {
+            let state = self.of(role);
+            for c in &state.containers {
+                if let Some(sb) = c.labels.get(labels::SANDBOX) {
+                    self.entry(&mut out, sb, role).containers.push(c);
+                }
+            }
+            for n in &state.networks {
+                if let Some(sb) = n.strip_prefix("sandbox-") {
+                    self.entry(&mut out, sb, role).networks.push(n);
+                }
+            }
+            for w in &state.worktrees {
+                self.entry(&mut out, &w.sandbox, role).worktrees.push(w);
+            }
+            for (sb, map) in &state.routes {
+                self.entry(&mut out, sb, role).routes = Some(map);
+            }
+            for (sb, map) in &state.route_defaults {
+                self.entry(&mut out, sb, role).route_defaults = Some(map);
+            }
+        }
+        out
+    }
+
+    fn entry<'a, 'm>(
+        &'a self,
+        out: &'m mut BTreeMap<&'a str, View<'a>>,
+        name: &'a str,
+        role: Role,
+    ) -> &'m mut RoleView<'a> {
+        let view = out.entry(name).or_insert_with(|| self.empty_view());
+        match role {
+            Role::Micro => &mut view.micro,
+            Role::Gateway => &mut view.gateway,
+        }
+    }
+
+    /// One sandbox's view (a walk over everything: for tests and single lookups).
+    pub fn view(&self, name: &str) -> View<'_> {
+        self.views()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| self.empty_view())
+    }
+
+    /// Every sandbox that has anything managed on a VM.
+    pub fn sandboxes(&self) -> BTreeSet<String> {
+        self.views().into_keys().map(str::to_string).collect()
+    }
+}
+
+/// The steps that bring sandbox `name` from `actual` to `desired` (`None`: it should not exist).
+pub fn plan(name: &str, desired: Option<&DesiredSandbox>, actual: &View) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut removals = Vec::new();
+    let network = network_name(name);
+
+    if let Some(d) = desired {
+        let active = d.mode == Mode::Active;
+        // Networks first, on each VM that runs something of the sandbox.
+        for role in [Role::Micro, Role::Gateway] {
+            if role == Role::Micro && d.services.is_empty() {
+                continue;
+            }
+            if !actual.of(role).networks.contains(&network.as_str()) {
+                steps.push(Step {
+                    role,
+                    resource: format!("network {network}"),
+                    action: Action::EnsureNetwork { sandbox: name.into() },
+                    reason: Reason::Missing,
+                });
+            }
+        }
+        for deploy in d.services.values() {
+            container_steps(Role::Micro, deploy, active, actual, &mut steps);
+        }
+        let gateway_deployed = container_steps(Role::Gateway, &d.gateway, active, actual, &mut steps);
+        if active {
+            route_steps(d, gateway_deployed, &actual.gateway, &mut steps);
+        }
+    }
+
+    // Removals: managed containers, worktrees and networks of this sandbox that are not desired.
+    let wanted = |role: Role, service: &str| -> bool {
+        desired.is_some_and(|d| match role {
+            Role::Micro => d.services.contains_key(service),
+            Role::Gateway => service == GATEWAY,
+        })
+    };
+    for role in [Role::Micro, Role::Gateway] {
+        let state = actual.of(role);
+        for c in state.containers.iter().copied() {
+            if !is_managed(c) || c.labels.get(labels::SANDBOX).map(String::as_str) != Some(name) {
+                continue;
+            }
+            let service = c.labels.get(labels::SERVICE).map(String::as_str).unwrap_or("");
+            if !wanted(role, service) || c.name != container_name(name, service) {
+                removals.push(Step {
+                    role,
+                    resource: c.name.clone(),
+                    action: Action::RemoveContainer {
+                        container: c.name.clone(),
+                    },
+                    reason: Reason::NotDesired,
+                });
+            }
+        }
+        for w in state.worktrees.iter().copied() {
+            if w.sandbox == name && !wanted(role, &w.service) {
+                removals.push(Step {
+                    role,
+                    resource: format!("worktree {}/{}", w.sandbox, w.service),
+                    action: Action::RemoveWorktree {
+                        sandbox: w.sandbox.clone(),
+                        service: w.service.clone(),
+                    },
+                    reason: Reason::NotDesired,
+                });
+            }
+        }
+        let network_wanted = desired.is_some_and(|d| role == Role::Gateway || !d.services.is_empty());
+        if !network_wanted && state.networks.contains(&network.as_str()) {
+            removals.push(Step {
+                role,
+                resource: format!("network {network}"),
+                action: Action::RemoveNetwork { sandbox: name.into() },
+                reason: Reason::NotDesired,
+            });
+        }
+    }
+    // Containers before worktrees before networks: a network in use cannot be removed.
+    removals.sort_by_key(|s| match s.action {
+        Action::RemoveContainer { .. } => 0,
+        Action::RemoveWorktree { .. } => 1,
+        _ => 2,
+    });
+    steps.extend(removals);
+    steps
+}
+
+fn is_managed(c: &Container) -> bool {
+    c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
+}
+
+/// Steps for one desired container; says whether it plans a deploy.
+fn container_steps(role: Role, want: &DesiredContainer, active: bool, actual: &View, steps: &mut Vec<Step>) -> bool {
+    let state = actual.of(role);
+    let current = state
+        .containers
+        .iter()
+        .copied()
+        .find(|c| c.name == want.container && is_managed(c));
+    if !active {
+        if let Some(c) = current
+            && matches!(c.state, ContainerState::Running | ContainerState::Restarting)
+        {
+            steps.push(Step {
+                role,
+                resource: c.name.clone(),
+                action: Action::Stop {
+                    container: c.name.clone(),
+                },
+                reason: Reason::Suspended,
+            });
+        }
+        return false;
+    }
+    let head = state
+        .heads
+        .iter()
+        .find(|h| h.repo == want.service && h.branch == want.branch)
+        .map(|h| h.commit.as_str());
+    let reason = match current {
+        None => Some(Reason::Missing),
+        Some(c) if !want.has_spec(c.labels.get(labels::SPEC_HASH)) => Some(Reason::SpecChanged),
+        Some(c) if head.is_some() && c.labels.get(labels::COMMIT).map(String::as_str) != head => {
+            Some(Reason::BranchMoved {
+                commit: head.unwrap_or_default().to_string(),
+            })
+        }
+        Some(c) if c.state != ContainerState::Running => Some(Reason::ContainerNotRunning {
+            state: format!("{:?}", c.state).to_lowercase(),
+        }),
+        Some(_) => None,
+    };
+    let Some(reason) = reason else { return false };
+    let deploy = Box::new(want.deploy(head.map(str::to_string)));
+    let action = match role {
+        Role::Micro => Action::DeployService(deploy),
+        Role::Gateway => Action::DeployGateway(deploy),
+    };
+    steps.push(Step {
+        role,
+        resource: want.container.clone(),
+        action,
+        reason,
+    });
+    true
+}
+
+/// The gateway's `<service>_url` map this sandbox should have: the branch's OCP values, with the sandbox's
+/// routes on top.
+pub fn expected_routes(d: &DesiredSandbox, defaults: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    let mut map = defaults.cloned().unwrap_or_default();
+    map.extend(d.routes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    map
+}
+
+fn route_steps(d: &DesiredSandbox, gateway_deployed: bool, gateway: &RoleView, steps: &mut Vec<Step>) {
+    let live = gateway.routes;
+    let reason = if gateway_deployed {
+        Some(Reason::GatewayRedeployed)
+    } else {
+        match live {
+            None => Some(Reason::RoutesUnknown),
+            Some(live) => {
+                let expected = expected_routes(d, gateway.route_defaults);
+                let differ: Vec<String> = expected
+                    .iter()
+                    .filter(|(k, v)| live.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                (!differ.is_empty()).then_some(Reason::RoutesDiffer { services: differ })
+            }
+        }
+    };
+    if let Some(reason) = reason {
+        steps.push(Step {
+            role: Role::Gateway,
+            resource: format!("routes of {}", d.name),
+            action: Action::SetRoutes {
+                sandbox: d.name.clone(),
+                routes: d.routes.clone(),
+            },
+            reason,
+        });
+    }
+}
+
+/// The first 12 characters of a commit id.
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}

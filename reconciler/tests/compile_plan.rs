@@ -1,0 +1,424 @@
+//! compile and plan as pure functions, over the examples and over hand-made drift.
+
+mod common;
+
+use std::path::Path;
+
+use sdp_manifest::{ConfigSet, Environment, InputFile, Kind, Sandbox};
+use sdp_protocol::{Action, BranchHead, Container, ContainerState, GATEWAY, Role, labels};
+use sdp_reconciler::desired::{Allocations, Clock, Desired, Mode, RESTART_SERVICE_PREFIX, Settings, compile};
+use sdp_reconciler::plan::{Actual, Reason, Step, plan};
+
+fn examples() -> (Vec<Sandbox>, Vec<Environment>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let set = ConfigSet::load_repo(&root).unwrap();
+    assert!(set.is_valid(), "{:?}", set.problems);
+    values(set)
+}
+
+fn values(set: ConfigSet) -> (Vec<Sandbox>, Vec<Environment>) {
+    (
+        set.sandboxes.into_iter().map(|o| o.value).collect(),
+        set.environments.into_iter().map(|o| o.value).collect(),
+    )
+}
+
+/// Sandboxes from YAML text, with the examples' environments.
+fn sandboxes(yaml: &str) -> (Vec<Sandbox>, Vec<Environment>) {
+    let (_, envs) = examples();
+    let set = ConfigSet::from_inputs(
+        vec![InputFile {
+            label: "sandboxes/test.yaml".into(),
+            folder: Some(Kind::Sandbox),
+            text: yaml.to_string(),
+        }],
+        false,
+    );
+    assert!(set.is_valid(), "{:?}", set.problems);
+    (values(set).0, envs)
+}
+
+fn settings() -> Settings {
+    Settings {
+        micro_address: "172.18.136.92".into(),
+        ..Settings::default()
+    }
+}
+
+fn compile_now(sb: &[Sandbox], envs: &[Environment], previous: &Allocations) -> Desired {
+    compile(sb, envs, previous, &settings(), &Clock::default())
+}
+
+/// Applies plans with the model until nothing is left; fails if that takes more than a few rounds.
+fn converge(desired: &Desired, actual: &mut Actual) -> usize {
+    let names: Vec<String> = desired.sandboxes.keys().cloned().chain(actual.sandboxes()).collect();
+    let mut total = 0;
+    for _ in 0..3 {
+        let mut steps = 0;
+        for name in &names {
+            for step in plan(name, desired.sandboxes.get(name), &actual.view(name)) {
+                common::apply(&step, actual);
+                steps += 1;
+            }
+        }
+        if steps == 0 {
+            return total;
+        }
+        total += steps;
+    }
+    panic!("no convergence after 3 rounds");
+}
+
+fn sandbox_yaml(name: &str, services: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n"
+    );
+    if !services.is_empty() {
+        s.push_str("  services:\n");
+        for (svc, branch) in services {
+            s.push_str(&format!("    {svc}:\n      branch: {branch}\n"));
+        }
+        s.push_str("  routes:\n");
+        for (svc, _) in services {
+            s.push_str(&format!("    {svc}: sandbox\n"));
+        }
+    }
+    s
+}
+
+fn kinds(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| {
+            let json = serde_json::to_value(&s.action).unwrap();
+            format!("{}:{}", s.role, json["kind"].as_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_example_compiles_to_the_deploys_and_routes_it_describes() {
+    let (sb, envs) = examples();
+    let desired = compile_now(&sb, &envs, &Allocations::default());
+    assert!(desired.held.is_empty(), "{:?}", desired.held);
+    let d = &desired.sandboxes["qa-login-error"];
+    assert_eq!(d.mode, Mode::Active);
+    assert_eq!(d.gateway.host_port, 8081);
+    assert_eq!(d.gateway.container, "sandbox-qa-login-error-gateway");
+    let account = &d.services["account"];
+    assert_eq!(account.container, "sandbox-qa-login-error-account");
+    assert_eq!(account.host_port, 9001);
+    assert_eq!(account.branch, "feature/login-error");
+    // shared-dev, then account-dev, then inline env.
+    assert_eq!(account.env.env["APP_ENV"], "sandbox");
+    assert_eq!(account.env.env["DB_HOST"], "172.18.136.93");
+    assert_eq!(account.env.env["LOG_LEVEL"], "debug");
+    assert!(!account.env.env.contains_key("DB_PASSWORD"));
+    assert_eq!(
+        account.env.secret_files["DB_PASSWORD"],
+        "/etc/sdp/secrets/account-db-password"
+    );
+    assert_eq!(account.cpus, Some(0.5));
+    assert_eq!(account.memory_bytes, Some(512 << 20));
+    let deploy = account.deploy(None);
+    assert_eq!(deploy.labels[labels::MANAGED], "true");
+    assert_eq!(deploy.labels[labels::SANDBOX], "qa-login-error");
+    assert_eq!(deploy.labels[labels::SERVICE], "account");
+    assert_eq!(deploy.labels[labels::SPEC_HASH], format!("{:016x}", account.spec_hash));
+    // account goes to the sandbox's container, user to its URL; payment is OCP, i.e. no override.
+    let routes: Vec<(&str, &str)> = d.routes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        routes,
+        [
+            ("account", "http://172.18.136.92:9001"),
+            ("user", "http://172.18.136.92:9105")
+        ]
+    );
+    assert_eq!(desired.allocations.ports.len(), 2);
+}
+
+#[test]
+fn a_fresh_sandbox_is_planned_in_order_and_a_converged_one_plans_nothing() {
+    let (sb, envs) = examples();
+    let desired = compile_now(&sb, &envs, &Allocations::default());
+    let mut actual = Actual::default();
+    let steps = plan(
+        "qa-login-error",
+        desired.sandboxes.get("qa-login-error"),
+        &actual.view("qa-login-error"),
+    );
+    assert_eq!(
+        kinds(&steps),
+        [
+            "micro:ensureNetwork",
+            "gateway:ensureNetwork",
+            "micro:deployService",
+            "gateway:deployGateway",
+            "gateway:setRoutes"
+        ]
+    );
+    assert!(steps.iter().take(4).all(|s| s.reason == Reason::Missing));
+    assert_eq!(steps[4].reason, Reason::GatewayRedeployed);
+    for s in &steps {
+        common::apply(s, &mut actual);
+    }
+    assert_eq!(
+        plan(
+            "qa-login-error",
+            desired.sandboxes.get("qa-login-error"),
+            &actual.view("qa-login-error")
+        ),
+        []
+    );
+    // And compiling again from the stored allocations changes nothing.
+    let again = compile_now(&sb, &envs, &desired.allocations);
+    assert_eq!(again.sandboxes, desired.sandboxes);
+}
+
+fn converged_example() -> (Desired, Actual) {
+    let (sb, envs) = examples();
+    let desired = compile_now(&sb, &envs, &Allocations::default());
+    let mut actual = Actual::default();
+    converge(&desired, &mut actual);
+    (desired, actual)
+}
+
+fn only_step(desired: &Desired, actual: &Actual) -> Step {
+    let steps = plan(
+        "qa-login-error",
+        desired.sandboxes.get("qa-login-error"),
+        &actual.view("qa-login-error"),
+    );
+    assert_eq!(steps.len(), 1, "{steps:#?}");
+    steps.into_iter().next().unwrap()
+}
+
+#[test]
+fn drift_is_planned_with_its_reason() {
+    let (desired, actual) = converged_example();
+
+    let mut exited = actual.clone();
+    exited.micro.containers[0].state = ContainerState::Exited;
+    let step = only_step(&desired, &exited);
+    assert_eq!(step.reason, Reason::ContainerNotRunning { state: "exited".into() });
+    assert!(matches!(step.action, Action::DeployService(_)));
+
+    let mut removed = actual.clone();
+    removed.micro.containers.clear();
+    assert_eq!(only_step(&desired, &removed).reason, Reason::Missing);
+
+    let mut moved = actual.clone();
+    moved.micro.heads.push(BranchHead {
+        repo: "account".into(),
+        branch: "feature/login-error".into(),
+        commit: "c0ffee1234567890".into(),
+    });
+    let step = only_step(&desired, &moved);
+    assert_eq!(step.reason.to_string(), "branch moved to commit c0ffee123456");
+    let Action::DeployService(d) = &step.action else {
+        panic!("{step:?}")
+    };
+    assert_eq!(
+        d.commit.as_deref(),
+        Some("c0ffee1234567890"),
+        "the deploy pins the new head"
+    );
+
+    let mut edited = actual.clone();
+    edited
+        .gateway
+        .routes
+        .get_mut("qa-login-error")
+        .unwrap()
+        .insert("account".into(), "http://someone-else:1".into());
+    let step = only_step(&desired, &edited);
+    assert_eq!(
+        step.reason,
+        Reason::RoutesDiffer {
+            services: vec!["account".into()]
+        }
+    );
+    assert_eq!(step.role, Role::Gateway);
+}
+
+#[test]
+fn a_changed_spec_replaces_only_the_changed_container() {
+    let (desired, actual) = converged_example();
+    let (sb, envs) = examples();
+    let mut sb = sb;
+    sb[0]
+        .spec
+        .services
+        .get_mut("account")
+        .unwrap()
+        .env
+        .insert("LOG_LEVEL".into(), "info".into());
+    let changed = compile_now(&sb, &envs, &desired.allocations);
+    let step = only_step(&changed, &actual);
+    assert_eq!(step.reason, Reason::SpecChanged);
+    assert_eq!(step.resource, "sandbox-qa-login-error-account");
+
+    // A restart stamp for one service changes that service's hash only.
+    let (mut sb, _) = examples();
+    sb[0].metadata.annotations.insert(
+        format!("{RESTART_SERVICE_PREFIX}account"),
+        "2026-11-25T10:00:00Z".into(),
+    );
+    let restarted = compile_now(&sb, &envs, &desired.allocations);
+    let step = only_step(&restarted, &actual);
+    assert_eq!(
+        (step.resource.as_str(), step.reason),
+        ("sandbox-qa-login-error-account", Reason::SpecChanged)
+    );
+}
+
+#[test]
+fn a_deleted_sandbox_is_removed_containers_first_and_unmanaged_containers_are_left_alone() {
+    let (_, mut actual) = converged_example();
+    // A container someone made by hand with a sandbox label but no sdp.managed: never SDP's to remove.
+    actual.micro.containers.push(Container {
+        name: "sandbox-qa-login-error-debug".into(),
+        id: "hand-made".into(),
+        labels: [(labels::SANDBOX.to_string(), "qa-login-error".to_string())].into(),
+        state: ContainerState::Running,
+        ports: vec![],
+        restart_count: 0,
+        exit_code: None,
+    });
+    let steps = plan("qa-login-error", None, &actual.view("qa-login-error"));
+    assert_eq!(
+        kinds(&steps),
+        [
+            "micro:removeContainer",
+            "gateway:removeContainer",
+            "micro:removeWorktree",
+            "gateway:removeWorktree",
+            "micro:removeNetwork",
+            "gateway:removeNetwork"
+        ]
+    );
+    assert!(steps.iter().all(|s| s.reason == Reason::NotDesired));
+    assert!(steps.iter().all(|s| s.resource != "sandbox-qa-login-error-debug"));
+    let first_network = steps
+        .iter()
+        .position(|s| matches!(s.action, Action::RemoveNetwork { .. }))
+        .unwrap();
+    let last_container = steps
+        .iter()
+        .rposition(|s| matches!(s.action, Action::RemoveContainer { .. }))
+        .unwrap();
+    assert!(last_container < first_network, "{steps:#?}");
+    for s in &steps {
+        common::apply(s, &mut actual);
+    }
+    assert_eq!(plan("qa-login-error", None, &actual.view("qa-login-error")), []);
+    assert_eq!(
+        actual.micro.containers.len(),
+        1,
+        "the hand-made container is still there"
+    );
+}
+
+#[test]
+fn suspend_stops_containers_and_keeps_ports_and_expiry_suspends_then_removes() {
+    let (desired, actual) = converged_example();
+    let (mut sb, envs) = examples();
+    sb[0].spec.suspend = true;
+    let suspended = compile_now(&sb, &envs, &desired.allocations);
+    let d = &suspended.sandboxes["qa-login-error"];
+    assert_eq!(d.mode, Mode::Suspended("suspend: true".into()));
+    assert_eq!(suspended.allocations, desired.allocations, "ports are kept");
+    let steps = plan("qa-login-error", Some(d), &actual.view("qa-login-error"));
+    assert_eq!(kinds(&steps), ["micro:stop", "gateway:stop"]);
+    assert!(steps.iter().all(|s| s.reason == Reason::Suspended));
+    let mut stopped = actual.clone();
+    for s in &steps {
+        common::apply(s, &mut stopped);
+    }
+    assert_eq!(plan("qa-login-error", Some(d), &stopped.view("qa-login-error")), []);
+    // Resumed: the same containers come back on the same ports.
+    let (sb, _) = examples();
+    let resumed = compile_now(&sb, &envs, &suspended.allocations);
+    let steps = plan(
+        "qa-login-error",
+        resumed.sandboxes.get("qa-login-error"),
+        &stopped.view("qa-login-error"),
+    );
+    assert_eq!(
+        kinds(&steps),
+        ["micro:deployService", "gateway:deployGateway", "gateway:setRoutes"]
+    );
+
+    // expireAfter: 14d. Idle 15 days: suspended; idle 14 + 7 (retention) days: gone, its ports released.
+    let day = 86400;
+    let clock = |idle_days: u64| Clock {
+        now: 100 * day,
+        last_activity: [("qa-login-error".to_string(), (100 - idle_days) * day)].into(),
+    };
+    let idle = compile(&sb, &envs, &desired.allocations, &settings(), &clock(15));
+    assert!(matches!(&idle.sandboxes["qa-login-error"].mode, Mode::Suspended(r) if r.contains("idle for 15d")));
+    let gone = compile(&sb, &envs, &desired.allocations, &settings(), &clock(21));
+    assert!(gone.sandboxes.is_empty());
+    assert_eq!(gone.expired, ["qa-login-error"]);
+    assert!(gone.allocations.ports.is_empty());
+}
+
+#[test]
+fn allocated_ports_stay_stable_and_are_released_on_delete() {
+    let (a, envs) = sandboxes(&sandbox_yaml("alpha", &[("account", "main"), ("user", "main")]));
+    let first = compile_now(&a, &envs, &Allocations::default());
+    let ports = |d: &Desired, sb: &str, svc: &str| d.allocations.ports[&(sb.to_string(), svc.to_string())];
+    assert_eq!(ports(&first, "alpha", GATEWAY), 8080);
+    assert_eq!(ports(&first, "alpha", "account"), 9001);
+    assert_eq!(ports(&first, "alpha", "user"), 9002);
+
+    // A second sandbox, read first in order, does not move alpha's ports.
+    let (mut both, _) = sandboxes(&sandbox_yaml("aaa", &[("account", "x")]));
+    both.extend(a.clone());
+    let second = compile_now(&both, &envs, &first.allocations);
+    assert_eq!(ports(&second, "alpha", "account"), 9001);
+    assert_eq!(ports(&second, "aaa", "account"), 9003);
+    assert_eq!(ports(&second, "aaa", GATEWAY), 8081);
+
+    // alpha deleted: its ports are free again and the next sandbox gets the lowest.
+    let (aaa, _) = sandboxes(&sandbox_yaml("aaa", &[("account", "x")]));
+    let third = compile_now(&aaa, &envs, &second.allocations);
+    assert_eq!(third.allocations.ports.len(), 2);
+    let (mut next, _) = sandboxes(&sandbox_yaml("beta", &[("user", "x")]));
+    next.extend(aaa);
+    let fourth = compile_now(&next, &envs, &third.allocations);
+    assert_eq!(ports(&fourth, "beta", "user"), 9001);
+    assert_eq!(ports(&fourth, "beta", GATEWAY), 8080);
+
+    // An explicit port already allocated to someone else holds the newcomer, and moves nobody.
+    let mut claim = sandbox_yaml("gamma", &[("user", "x")]);
+    claim = claim.replace("      branch: x\n", "      branch: x\n      port: 9001\n");
+    let (mut with_claim, _) = sandboxes(&claim);
+    with_claim.extend(next.clone());
+    let fifth = compile_now(&with_claim, &envs, &fourth.allocations);
+    assert!(
+        fifth.held["gamma"].contains("port 9001 of user is in use by sandbox beta, user"),
+        "{:?}",
+        fifth.held
+    );
+    assert!(!fifth.sandboxes.contains_key("gamma"));
+    assert_eq!(ports(&fifth, "beta", "user"), 9001);
+    assert!(!fifth.allocations.ports.keys().any(|k| k.0 == "gamma"));
+}
+
+#[test]
+fn an_exhausted_range_holds_the_sandbox_that_does_not_fit() {
+    let (mut all, envs) = sandboxes(&sandbox_yaml("one", &[("account", "x")]));
+    all.extend(sandboxes(&sandbox_yaml("two", &[("account", "x")])).0);
+    let tiny = Settings {
+        service_ports: 9001..=9001,
+        ..settings()
+    };
+    let desired = compile(&all, &envs, &Allocations::default(), &tiny, &Clock::default());
+    assert!(desired.sandboxes.contains_key("one"));
+    assert!(
+        desired.held["two"].contains("no free port for account in 9001-9001"),
+        "{:?}",
+        desired.held
+    );
+}

@@ -1,0 +1,347 @@
+//! Property: whatever the agents report, applying the plan with a pure model of the actions reaches the desired
+//! state in one go, and planning again gives nothing. Unmanaged containers survive every plan.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use sdp_manifest::{GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec};
+use sdp_protocol::{BranchHead, Container, ContainerState, GATEWAY, labels};
+use sdp_reconciler::desired::{Allocations, Clock, Desired, Settings, compile};
+use sdp_reconciler::plan::{Actual, plan};
+
+const SANDBOXES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+const SERVICES: [&str; 3] = ["account", "payment", "user"];
+const BRANCHES: [&str; 3] = ["main", "develop", "feature/x"];
+
+fn sandbox_strategy() -> impl Strategy<Value = Option<Sandbox>> {
+    let service = (0..3usize, 0..3usize).prop_map(|(branch, level)| ServiceSpec {
+        branch: BRANCHES[branch].into(),
+        environments: vec![],
+        env: [("LOG_LEVEL".to_string(), ["debug", "info", "warn"][level].to_string())].into(),
+        port: None,
+        resources: None,
+    });
+    let services = proptest::collection::btree_map(0..3usize, service, 0..=3);
+    let routes = proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3);
+    proptest::option::weighted(
+        0.8,
+        (
+            0..3usize,
+            services,
+            routes,
+            any::<bool>(),
+            proptest::option::of("[a-z0-9]{1,4}"),
+        ),
+    )
+    .prop_map(|o| o.map(|(gw, services, routes, suspend, restart)| build(gw, services, routes, suspend, restart)))
+}
+
+fn build(
+    gw: usize,
+    services: BTreeMap<usize, ServiceSpec>,
+    routes: BTreeMap<usize, usize>,
+    suspend: bool,
+    restart: Option<String>,
+) -> Sandbox {
+    let services: BTreeMap<String, ServiceSpec> = services
+        .into_iter()
+        .map(|(i, s)| (SERVICES[i].to_string(), s))
+        .collect();
+    let routes = routes
+        .into_iter()
+        .map(|(i, r)| {
+            let svc = SERVICES[i].to_string();
+            let route = match r {
+                0 if services.contains_key(&svc) => Route::Sandbox,
+                2 => Route::Url(format!("http://10.0.0.{i}:80")),
+                _ => Route::Ocp,
+            };
+            (svc, route)
+        })
+        .collect();
+    Sandbox {
+        api_version: "sdp/v1".into(),
+        kind: Kind::Sandbox,
+        metadata: Metadata {
+            name: String::new(),
+            owner: None,
+            annotations: restart
+                .map(|r| ("sdp/restartedAt".to_string(), r))
+                .into_iter()
+                .collect(),
+        },
+        spec: SandboxSpec {
+            gateway: GatewaySpec {
+                branch: BRANCHES[gw].into(),
+                port: None,
+            },
+            services,
+            routes,
+            suspend,
+            expire_after: None,
+        },
+    }
+}
+
+fn config_strategy() -> impl Strategy<Value = Vec<Sandbox>> {
+    proptest::collection::vec(sandbox_strategy(), 4).prop_map(|all| {
+        all.into_iter()
+            .zip(SANDBOXES)
+            .filter_map(|(sb, name)| {
+                sb.map(|mut sb| {
+                    sb.metadata.name = name.into();
+                    sb
+                })
+            })
+            .collect()
+    })
+}
+
+/// Something that happens on a VM behind SDP's back.
+#[derive(Clone, Debug)]
+enum Drift {
+    RemoveContainer(usize),
+    SetState(usize, u8),
+    ChangeHash(usize),
+    RemoveNetwork(usize),
+    EditRoute(usize, usize),
+    MoveHead(usize, usize),
+    StrayManaged(usize, usize),
+    Unmanaged(usize),
+}
+
+fn drift_strategy() -> impl Strategy<Value = Vec<(bool, Drift)>> {
+    let one = prop_oneof![
+        any::<usize>().prop_map(Drift::RemoveContainer),
+        (any::<usize>(), 0..5u8).prop_map(|(i, s)| Drift::SetState(i, s)),
+        any::<usize>().prop_map(Drift::ChangeHash),
+        any::<usize>().prop_map(Drift::RemoveNetwork),
+        (any::<usize>(), 0..3usize).prop_map(|(i, s)| Drift::EditRoute(i, s)),
+        (0..3usize, 0..3usize).prop_map(|(s, b)| Drift::MoveHead(s, b)),
+        (0..4usize, 0..4usize).prop_map(|(sb, svc)| Drift::StrayManaged(sb, svc)),
+        (0..4usize).prop_map(Drift::Unmanaged),
+    ];
+    proptest::collection::vec((any::<bool>(), one), 0..8)
+}
+
+fn container(name: String, sandbox: &str, service: &str, managed: bool) -> Container {
+    let mut labels: BTreeMap<String, String> = [
+        (labels::SANDBOX.to_string(), sandbox.to_string()),
+        (labels::SERVICE.to_string(), service.to_string()),
+        (labels::SPEC_HASH.to_string(), "stale".to_string()),
+    ]
+    .into();
+    if managed {
+        labels.insert(labels::MANAGED.into(), "true".into());
+    }
+    Container {
+        name,
+        id: "x".into(),
+        labels,
+        state: ContainerState::Running,
+        ports: vec![],
+        restart_count: 0,
+        exit_code: None,
+    }
+}
+
+fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
+    for (gateway, change) in changes {
+        let state = if *gateway {
+            &mut actual.gateway
+        } else {
+            &mut actual.micro
+        };
+        let n = state.containers.len().max(1);
+        match change {
+            Drift::RemoveContainer(i) if !state.containers.is_empty() => {
+                state.containers.remove(i % n);
+            }
+            Drift::SetState(i, s) if !state.containers.is_empty() => {
+                state.containers[i % n].state = [
+                    ContainerState::Exited,
+                    ContainerState::Dead,
+                    ContainerState::Created,
+                    ContainerState::Restarting,
+                    ContainerState::Unknown,
+                ][*s as usize];
+            }
+            Drift::ChangeHash(i) if !state.containers.is_empty() => {
+                state.containers[i % n]
+                    .labels
+                    .insert(labels::SPEC_HASH.into(), "edited".into());
+            }
+            Drift::RemoveNetwork(i) if !state.networks.is_empty() => {
+                let n = state.networks.len();
+                state.networks.remove(i % n);
+            }
+            Drift::EditRoute(i, svc) if !state.routes.is_empty() => {
+                let key = state.routes.keys().nth(i % state.routes.len()).cloned().unwrap();
+                state
+                    .routes
+                    .get_mut(&key)
+                    .unwrap()
+                    .insert(SERVICES[*svc].into(), "http://by-hand:1".into());
+            }
+            Drift::MoveHead(svc, branch) => {
+                let repo = if *gateway { GATEWAY } else { SERVICES[*svc] };
+                state
+                    .heads
+                    .retain(|h| !(h.repo == repo && h.branch == BRANCHES[*branch]));
+                state.heads.push(BranchHead {
+                    repo: repo.into(),
+                    branch: BRANCHES[*branch].into(),
+                    commit: format!("moved-{svc}-{branch}"),
+                });
+            }
+            Drift::StrayManaged(sb, svc) => {
+                let service = ["account", "payment", "user", "old"][*svc];
+                let name = format!("sandbox-{}-{service}-stray", SANDBOXES[*sb]);
+                state.containers.push(container(name, SANDBOXES[*sb], service, true));
+            }
+            Drift::Unmanaged(sb) => {
+                let name = format!("hand-made-{sb}-{}", state.containers.len());
+                state.containers.push(container(name, SANDBOXES[*sb], "account", false));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn desired(sandboxes: &[Sandbox]) -> Desired {
+    compile(
+        sandboxes,
+        &[],
+        &Allocations::default(),
+        &Settings::default(),
+        &Clock::default(),
+    )
+}
+
+fn plan_all(desired: &Desired, actual: &Actual) -> Vec<sdp_reconciler::plan::Step> {
+    let mut names: Vec<String> = desired.sandboxes.keys().cloned().collect();
+    names.extend(actual.sandboxes());
+    names.sort();
+    names.dedup();
+    names
+        .iter()
+        .flat_map(|n| plan(n, desired.sandboxes.get(n), &actual.view(n)))
+        .collect()
+}
+
+fn unmanaged(actual: &Actual) -> Vec<String> {
+    let mut out: Vec<String> = [&actual.micro, &actual.gateway]
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| !c.labels.contains_key(labels::MANAGED))
+        .map(|c| c.name.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// What differs between the VMs and the desired state, judged without the planner: running containers with the
+/// desired spec hash and the branch's head, stopped ones when suspended, networks, the gateway's routes, and
+/// nothing managed that is not desired.
+fn violations(desired: &Desired, actual: &Actual) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut expected = std::collections::BTreeSet::new();
+    for d in desired.sandboxes.values() {
+        let active = d.mode == sdp_reconciler::desired::Mode::Active;
+        let deploys = d
+            .services
+            .values()
+            .map(|s| (&actual.micro, s))
+            .chain([(&actual.gateway, &d.gateway)]);
+        for (state, deploy) in deploys {
+            expected.insert(deploy.container.clone());
+            let found = state.containers.iter().find(|c| c.name == deploy.container);
+            let head = state
+                .heads
+                .iter()
+                .find(|h| h.repo == deploy.service && h.branch == deploy.branch);
+            match found {
+                None if active => out.push(format!("{} missing", deploy.container)),
+                None => {}
+                Some(c) if !active && c.state == ContainerState::Running => {
+                    out.push(format!("{} runs in a suspended sandbox", c.name))
+                }
+                Some(_) if !active => {}
+                Some(c) => {
+                    if c.state != ContainerState::Running {
+                        out.push(format!("{} is {:?}", c.name, c.state));
+                    }
+                    if c.labels.get(labels::SPEC_HASH) != Some(&deploy.spec_hash_label()) {
+                        out.push(format!("{} has an old spec", c.name));
+                    }
+                    if head.is_some_and(|h| c.labels.get(labels::COMMIT) != Some(&h.commit)) {
+                        out.push(format!("{} is not at its branch head", c.name));
+                    }
+                }
+            }
+        }
+        let network = sdp_protocol::network_name(&d.name);
+        if !actual.gateway.networks.contains(&network)
+            || (!d.services.is_empty() && !actual.micro.networks.contains(&network))
+        {
+            out.push(format!("{network} missing"));
+        }
+        if active {
+            let want = sdp_reconciler::plan::expected_routes(d, actual.gateway.route_defaults.get(&d.name));
+            let live = actual.gateway.routes.get(&d.name).cloned().unwrap_or_default();
+            if want.iter().any(|(k, v)| live.get(k) != Some(v)) {
+                out.push(format!("routes of {} are {live:?}, not {want:?}", d.name));
+            }
+        }
+    }
+    for state in [&actual.micro, &actual.gateway] {
+        for c in &state.containers {
+            if c.labels.contains_key(labels::MANAGED) && !expected.contains(&c.name) {
+                out.push(format!("{} is managed but not desired", c.name));
+            }
+        }
+        for n in &state.networks {
+            let sandbox = n.trim_start_matches("sandbox-");
+            if !desired.sandboxes.contains_key(sandbox) {
+                out.push(format!("network {n} is not desired"));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_plan_converges_and_the_next_is_empty(
+        before in config_strategy(),
+        other in config_strategy(),
+        unchanged in any::<bool>(),
+        changes in drift_strategy(),
+    ) {
+        // Half the cases keep the repo as it was, so that only drift is healed.
+        let after = if unchanged { before.clone() } else { other };
+        // The VMs as SDP left them for `before`, then drifted.
+        let mut actual = Actual::default();
+        for step in plan_all(&desired(&before), &actual) {
+            common::apply(&step, &mut actual);
+        }
+        prop_assert!(plan_all(&desired(&before), &actual).is_empty());
+        drift(&mut actual, &changes);
+        let hand_made = unmanaged(&actual);
+
+        // Now the repo says `after`.
+        let target = desired(&after);
+        for step in plan_all(&target, &actual) {
+            common::apply(&step, &mut actual);
+        }
+        let again = plan_all(&target, &actual);
+        prop_assert!(again.is_empty(), "still planned after one pass: {:#?}", again);
+        let wrong = violations(&target, &actual);
+        prop_assert!(wrong.is_empty(), "the plan left the VMs wrong: {:#?}", wrong);
+        prop_assert_eq!(unmanaged(&actual), hand_made);
+    }
+}
