@@ -3,14 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sdp_manifest::{
     Environment, EnvironmentSpec, GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec,
 };
 use sdp_protocol::{Action, Container, ContainerState, Worktree, labels, network_name};
-use sdp_reconciler::desired::{Allocations, Clock, Desired, Settings, compile};
+use sdp_reconciler::desired::{Clock, Desired, Settings, compile};
 use sdp_reconciler::plan::{Actual, Step, plan};
+
+/// The allocator `sdp` runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SANDBOXES: usize = 1000;
 const SERVICES: usize = 10;
@@ -120,13 +125,7 @@ fn converged(desired: &Desired) -> Actual {
 
 fn bench(c: &mut Criterion) {
     let (sandboxes, envs) = config();
-    let first = compile(
-        &sandboxes,
-        &envs,
-        &Allocations::default(),
-        &settings(),
-        &Clock::default(),
-    );
+    let first = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
     assert_eq!(first.sandboxes.len(), SANDBOXES, "held: {:?}", first.held.iter().next());
     let actual = converged(&first);
     assert!(
@@ -144,13 +143,7 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("compile+plan 1000x10, empty VMs", |b| {
         b.iter(|| {
-            let desired = compile(
-                &sandboxes,
-                &envs,
-                &Allocations::default(),
-                &settings(),
-                &Clock::default(),
-            );
+            let desired = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
             black_box(plan_everything(&desired, &Actual::default()))
         })
     });

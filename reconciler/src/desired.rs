@@ -154,7 +154,8 @@ pub struct Desired {
     pub held: BTreeMap<String, String>,
     /// Sandboxes removed after their retention: in git, but nothing of them may run.
     pub expired: Vec<String>,
-    pub allocations: Allocations,
+    /// The allocations to store: the same `Arc` as `previous` when nothing changed.
+    pub allocations: Arc<Allocations>,
 }
 
 /// Compiles the valid sandboxes into deploys. `previous` are the stored allocations; the answer's allocations
@@ -162,7 +163,7 @@ pub struct Desired {
 pub fn compile(
     sandboxes: &[Sandbox],
     environments: &[Environment],
-    previous: &Allocations,
+    previous: &Arc<Allocations>,
     settings: &Settings,
     clock: &Clock,
 ) -> Desired {
@@ -293,11 +294,20 @@ pub fn compile(
             ports.insert((sb, svc), *port);
         }
     }
-    out.allocations = Allocations {
-        ports: ports
-            .into_iter()
-            .map(|((sb, svc), p)| ((sb.to_string(), svc.to_string()), p))
-            .collect(),
+    let unchanged = ports.len() == previous.ports.len()
+        && ports
+            .iter()
+            .zip(&previous.ports)
+            .all(|((k, p), ((sb, svc), q))| k.0 == sb && k.1 == svc && p == q);
+    out.allocations = if unchanged {
+        previous.clone()
+    } else {
+        Arc::new(Allocations {
+            ports: ports
+                .into_iter()
+                .map(|((sb, svc), p)| ((sb.to_string(), svc.to_string()), p))
+                .collect(),
+        })
     };
     out
 }

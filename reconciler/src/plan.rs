@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use sdp_protocol::{
-    Action, ActualState, BranchHead, Container, ContainerState, GATEWAY, Role, Worktree, container_name, labels,
-    network_name,
+    Action, ActualState, BranchHead, Container, ContainerState, GATEWAY, Role, Worktree, labels, network_name,
 };
 use serde::Serialize;
 
@@ -246,7 +245,7 @@ pub fn plan(name: &str, desired: Option<&DesiredSandbox>, actual: &View) -> Vec<
                 continue;
             }
             let service = c.labels.get(labels::SERVICE).map(String::as_str).unwrap_or("");
-            if !wanted(role, service) || c.name != container_name(name, service) {
+            if !wanted(role, service) || !is_container_name(&c.name, name, service) {
                 removals.push(Step {
                     role,
                     resource: c.name.clone(),
@@ -288,6 +287,14 @@ pub fn plan(name: &str, desired: Option<&DesiredSandbox>, actual: &View) -> Vec<
     });
     steps.extend(removals);
     steps
+}
+
+/// `name == container_name(sandbox, service)`, without building the name: this runs for every container.
+fn is_container_name(name: &str, sandbox: &str, service: &str) -> bool {
+    name.strip_prefix("sandbox-")
+        .and_then(|rest| rest.strip_prefix(sandbox))
+        .and_then(|rest| rest.strip_prefix('-'))
+        == Some(service)
 }
 
 fn is_managed(c: &Container) -> bool {
@@ -366,12 +373,18 @@ fn route_steps(d: &DesiredSandbox, gateway_deployed: bool, gateway: &RoleView, s
         match live {
             None => Some(Reason::RoutesUnknown),
             Some(live) => {
-                let expected = expected_routes(d, gateway.route_defaults);
-                let differ: Vec<String> = expected
+                // The sandbox's own routes, then the OCP values of every other key: compared in place, since
+                // this runs for every sandbox on every pass.
+                let defaults = gateway.route_defaults.into_iter().flatten();
+                let expected = d
+                    .routes
                     .iter()
+                    .chain(defaults.filter(|(k, _)| !d.routes.contains_key(*k)));
+                let mut differ: Vec<String> = expected
                     .filter(|(k, v)| live.get(*k) != Some(*v))
                     .map(|(k, _)| k.clone())
                     .collect();
+                differ.sort();
                 (!differ.is_empty()).then_some(Reason::RoutesDiffer { services: differ })
             }
         }

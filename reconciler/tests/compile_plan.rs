@@ -3,6 +3,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sdp_manifest::{ConfigSet, Environment, InputFile, Kind, Sandbox};
 use sdp_protocol::{Action, BranchHead, Container, ContainerState, GATEWAY, Role, labels};
@@ -45,7 +46,7 @@ fn settings() -> Settings {
     }
 }
 
-fn compile_now(sb: &[Sandbox], envs: &[Environment], previous: &Allocations) -> Desired {
+fn compile_now(sb: &[Sandbox], envs: &[Environment], previous: &Arc<Allocations>) -> Desired {
     compile(sb, envs, previous, &settings(), &Clock::default())
 }
 
@@ -99,7 +100,7 @@ fn kinds(steps: &[Step]) -> Vec<String> {
 #[test]
 fn the_example_compiles_to_the_deploys_and_routes_it_describes() {
     let (sb, envs) = examples();
-    let desired = compile_now(&sb, &envs, &Allocations::default());
+    let desired = compile_now(&sb, &envs, &Arc::default());
     assert!(desired.held.is_empty(), "{:?}", desired.held);
     let d = &desired.sandboxes["qa-login-error"];
     assert_eq!(d.mode, Mode::Active);
@@ -140,7 +141,7 @@ fn the_example_compiles_to_the_deploys_and_routes_it_describes() {
 #[test]
 fn a_fresh_sandbox_is_planned_in_order_and_a_converged_one_plans_nothing() {
     let (sb, envs) = examples();
-    let desired = compile_now(&sb, &envs, &Allocations::default());
+    let desired = compile_now(&sb, &envs, &Arc::default());
     let mut actual = Actual::default();
     let steps = plan(
         "qa-login-error",
@@ -177,7 +178,7 @@ fn a_fresh_sandbox_is_planned_in_order_and_a_converged_one_plans_nothing() {
 
 fn converged_example() -> (Desired, Actual) {
     let (sb, envs) = examples();
-    let desired = compile_now(&sb, &envs, &Allocations::default());
+    let desired = compile_now(&sb, &envs, &Arc::default());
     let mut actual = Actual::default();
     converge(&desired, &mut actual);
     (desired, actual)
@@ -366,7 +367,7 @@ fn suspend_stops_containers_and_keeps_ports_and_expiry_suspends_then_removes() {
 #[test]
 fn allocated_ports_stay_stable_and_are_released_on_delete() {
     let (a, envs) = sandboxes(&sandbox_yaml("alpha", &[("account", "main"), ("user", "main")]));
-    let first = compile_now(&a, &envs, &Allocations::default());
+    let first = compile_now(&a, &envs, &Arc::default());
     let ports = |d: &Desired, sb: &str, svc: &str| d.allocations.ports[&(sb.to_string(), svc.to_string())];
     assert_eq!(ports(&first, "alpha", GATEWAY), 8080);
     assert_eq!(ports(&first, "alpha", "account"), 9001);
@@ -414,7 +415,7 @@ fn an_exhausted_range_holds_the_sandbox_that_does_not_fit() {
         service_ports: 9001..=9001,
         ..settings()
     };
-    let desired = compile(&all, &envs, &Allocations::default(), &tiny, &Clock::default());
+    let desired = compile(&all, &envs, &Arc::default(), &tiny, &Clock::default());
     assert!(desired.sandboxes.contains_key("one"));
     assert!(
         desired.held["two"].contains("no free port for account in 9001-9001"),

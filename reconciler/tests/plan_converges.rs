@@ -4,11 +4,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use sdp_manifest::{GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec};
 use sdp_protocol::{BranchHead, Container, ContainerState, GATEWAY, labels};
-use sdp_reconciler::desired::{Allocations, Clock, Desired, Settings, compile};
+use sdp_reconciler::desired::{Clock, Desired, Settings, compile};
 use sdp_reconciler::plan::{Actual, plan};
 
 const SANDBOXES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
@@ -211,13 +212,7 @@ fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
 }
 
 fn desired(sandboxes: &[Sandbox]) -> Desired {
-    compile(
-        sandboxes,
-        &[],
-        &Allocations::default(),
-        &Settings::default(),
-        &Clock::default(),
-    )
+    compile(sandboxes, &[], &Arc::default(), &Settings::default(), &Clock::default())
 }
 
 fn plan_all(desired: &Desired, actual: &Actual) -> Vec<sdp_reconciler::plan::Step> {
