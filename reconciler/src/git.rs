@@ -36,6 +36,63 @@ impl Git {
         })
     }
 
+    /// A repository at `dir` without checks: a bare mirror the reconciler keeps of a remote config repo.
+    pub fn at(dir: &Path) -> Git {
+        Git {
+            root: dir.to_path_buf(),
+        }
+    }
+
+    /// Makes or refreshes a bare mirror of `url` at `dir`: every branch of the remote, HEAD following the
+    /// remote's default branch. Credentials come from the operator's git configuration (a credential helper or
+    /// `~/.git-credentials`), never from SDP's command line.
+    pub fn mirror(url: &str, dir: &Path) -> Result<Git> {
+        if !dir.join("HEAD").is_file() {
+            let out = Command::new("git")
+                .args(["clone", "--bare", "--quiet", "--", url])
+                .arg(dir)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .output()
+                .context("cannot run git: is it installed and on PATH?")?;
+            if !out.status.success() {
+                bail!(
+                    "cannot clone the config repo: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        let git = Git::at(dir);
+        git.command()
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .args(["fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*"])
+            .output()
+            .context("cannot run git")
+            .and_then(|out| {
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    bail!(
+                        "cannot fetch the config repo: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                }
+            })?;
+        Ok(git)
+    }
+
+    /// HEAD's commit id, author (`Name <email>`) and commit time (unix seconds); `None` before the first commit.
+    pub fn head_commit(&self) -> Result<Option<(String, String, u64)>> {
+        if !self.has_head() {
+            return Ok(None);
+        }
+        let out = self.run(&["log", "-1", "--format=%H%x00%an <%ae>%x00%ct", "HEAD"])?;
+        let mut parts = out.trim_end().split('\0');
+        let (Some(id), Some(author), Some(time)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("unexpected answer from git log: {out}");
+        };
+        Ok(Some((id.to_string(), author.to_string(), time.parse().unwrap_or(0))))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

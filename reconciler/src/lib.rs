@@ -6,3 +6,5 @@ pub mod cli;
 pub mod desired;
 pub mod git;
 pub mod plan;
+pub mod source;
+pub mod store;

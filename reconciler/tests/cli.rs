@@ -1,110 +1,12 @@
 //! The `sdp` binary against real git repositories in temp dirs: what apply, diff, delete and new do to a config
 //! repo, read back with git itself.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-struct Repo {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-impl Repo {
-    /// A config repo made from `examples/`, committed once, with its own user identity.
-    fn new() -> Repo {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("config");
-        let home = tmp.path().join("home");
-        fs::create_dir_all(&home).unwrap();
-        copy_dir(&examples(), &dir);
-        let repo = Repo { _tmp: tmp, dir, home };
-        repo.git(&["init", "-q", "-b", "main"]);
-        repo.git(&["config", "user.name", "Ann Tester"]);
-        repo.git(&["config", "user.email", "ann@example.com"]);
-        repo.git(&["add", "-A"]);
-        repo.git(&["commit", "-qm", "examples"]);
-        repo
-    }
-
-    fn env(&self, cmd: &mut Command) {
-        cmd.env("HOME", &self.home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE");
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("git");
-        cmd.current_dir(&self.dir).args(args);
-        self.env(&mut cmd);
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn sdp(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdp"));
-        cmd.current_dir(&self.dir).args(args);
-        self.env(&mut cmd);
-        cmd.output().unwrap()
-    }
-
-    fn head(&self) -> String {
-        self.git(&["rev-parse", "HEAD"]).trim().to_string()
-    }
-
-    fn commits(&self) -> usize {
-        self.git(&["rev-list", "--count", "HEAD"]).trim().parse().unwrap()
-    }
-
-    fn status(&self) -> String {
-        self.git(&["status", "--porcelain", "--untracked-files=all"])
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-/// The command exited with `code` and said `needle` (on stdout or stderr).
-fn says(out: &Output, code: i32, needle: &str) {
-    assert_eq!(out.status.code(), Some(code), "{}", text(out));
-    assert!(text(out).contains(needle), "expected {needle:?} in:\n{}", text(out));
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::repo::{Repo, examples, says, text};
 
 const NEW_BOX: &str = "# my box, kept as written\napiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: my-box\n  owner: ann\nspec:\n  gateway:\n    branch: develop\n  services:\n    payment:\n      branch: feature/refund  # the fix under test\n      environments: [shared-dev]\n  routes:\n    payment: sandbox\n";
 

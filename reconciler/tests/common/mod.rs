@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod repo;
+
 use std::collections::BTreeMap;
 
 use sdp_protocol::{Action, Container, ContainerState, GATEWAY, Role, Worktree, labels, network_name};

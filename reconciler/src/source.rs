@@ -1,0 +1,220 @@
+//! The config repo as the reconciler sees it: the committed content at HEAD, read into a snapshot.
+//!
+//! A local path is read in place (only what is committed counts: work-tree edits are ignored); a URL is mirrored
+//! into the data dir and fetched. When a sandbox's file becomes invalid, the sandbox keeps its last valid spec and
+//! carries the error, so a typo never takes a running sandbox down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use sdp_manifest::{Environment, Kind, Problem, Sandbox};
+
+use crate::change::RepoState;
+use crate::git::Git;
+
+/// Where the config repo is.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    Local(PathBuf),
+    /// A remote URL and the bare mirror kept of it.
+    Remote {
+        url: String,
+        mirror: PathBuf,
+    },
+}
+
+impl Origin {
+    /// `PATH_OR_URL` as given to `sdp serve --repo`.
+    pub fn parse(repo: &str, data: &Path) -> Origin {
+        let is_url = repo.contains("://") || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists());
+        if is_url {
+            Origin::Remote {
+                url: repo.to_string(),
+                mirror: data.join("config.git"),
+            }
+        } else {
+            Origin::Local(PathBuf::from(repo))
+        }
+    }
+
+    /// What to show users: a URL without any credentials in it.
+    pub fn display(&self) -> String {
+        match self {
+            Origin::Local(p) => p.display().to_string(),
+            Origin::Remote { url, .. } => redact_url(url),
+        }
+    }
+}
+
+/// `https://user:secret@host/x` → `https://user:***@host/x`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let sep = if path.is_empty() && !rest.contains('/') {
+                ""
+            } else {
+                "/"
+            };
+            format!("{scheme}://{user}:***@{host}{sep}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The config repo at one commit.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub commit: String,
+    pub author: String,
+    /// Commit time, unix seconds.
+    pub time: u64,
+    /// The sandboxes to run: the valid ones, and the broken ones at their last valid spec.
+    pub sandboxes: Vec<Sandbox>,
+    pub environments: Vec<Environment>,
+    /// Each sandbox's document as committed (its last valid one when it is broken now).
+    pub manifests: BTreeMap<String, String>,
+    /// Problems of each sandbox, as `file:line:column: message`. A sandbox listed here and in `sandboxes` runs
+    /// its last valid spec; one listed only here never had a valid one.
+    pub errors: BTreeMap<String, Vec<String>>,
+    /// Every problem in the repo.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads snapshots, remembering the last valid spec of every object.
+pub struct Source {
+    origin: Origin,
+    last: Option<Snapshot>,
+    /// File each sandbox and environment was last read from, to tell a broken file from a deleted object.
+    files_of: BTreeMap<(Kind, String), PathBuf>,
+}
+
+impl Source {
+    pub fn new(origin: Origin) -> Source {
+        Source {
+            origin,
+            last: None,
+            files_of: BTreeMap::new(),
+        }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Fetches (for a remote) and reads HEAD. `None` when HEAD has not moved since the last snapshot. Blocking:
+    /// run it off the async threads.
+    pub fn refresh(&mut self) -> Result<Option<Snapshot>> {
+        let git = match &self.origin {
+            Origin::Local(path) => Git::open(path)?,
+            Origin::Remote { url, mirror } => Git::mirror(url, mirror).map_err(|e| {
+                // git may echo the URL; never show its password.
+                anyhow::anyhow!("{}", e.to_string().replace(url.as_str(), &redact_url(url)))
+            })?,
+        };
+        let (commit, author, time) = git.head_commit()?.unwrap_or_default();
+        if self.last.as_ref().is_some_and(|l| l.commit == commit) {
+            return Ok(None);
+        }
+        let folders: Vec<&str> = Kind::ALL.iter().map(|k| k.folder()).collect();
+        let files: BTreeMap<PathBuf, String> = git
+            .head_files(&folders)?
+            .into_iter()
+            .filter(|(rel, _)| matches!(rel.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .map(|(rel, bytes)| (rel, String::from_utf8_lossy(&bytes).into_owned()))
+            .collect();
+        let snapshot = self.read(commit, author, time, files);
+        self.last = Some(snapshot.clone());
+        Ok(Some(snapshot))
+    }
+
+    /// Builds a snapshot from files at a commit; pure apart from what it remembers of the previous one.
+    pub fn read(&mut self, commit: String, author: String, time: u64, files: BTreeMap<PathBuf, String>) -> Snapshot {
+        let state = RepoState::new(files, Path::new(""));
+        let set = &state.set;
+        let mut snap = Snapshot {
+            commit,
+            author,
+            time,
+            problems: set.problems.clone(),
+            ..Snapshot::default()
+        };
+        let previous = self.last.take().unwrap_or_default();
+
+        // Problems by the object they belong to, and by file for those that belong to none (a YAML error).
+        let mut by_object: BTreeMap<(Kind, String), Vec<String>> = BTreeMap::new();
+        let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for p in &set.problems {
+            let text = p.to_string().lines().next().unwrap_or_default().to_string();
+            match &p.object {
+                Some(o) => by_object.entry((o.kind, o.name.clone())).or_default().push(text),
+                None => by_file.entry(p.file.clone()).or_default().push(text),
+            }
+        }
+        let broken = |kind: Kind, name: &str, files_of: &BTreeMap<(Kind, String), PathBuf>| -> Vec<String> {
+            let mut out = by_object.get(&(kind, name.to_string())).cloned().unwrap_or_default();
+            if let Some(file) = files_of.get(&(kind, name.to_string())) {
+                out.extend(by_file.get(file).cloned().unwrap_or_default());
+            }
+            out
+        };
+
+        let mut files_of = BTreeMap::new();
+        for o in &set.sandboxes {
+            let name = o.value.metadata.name.clone();
+            files_of.insert((Kind::Sandbox, name.clone()), o.source.file.clone());
+            snap.manifests.insert(name, o.source.text.clone());
+            snap.sandboxes.push(o.value.clone());
+        }
+        for o in &set.environments {
+            files_of.insert(
+                (Kind::Environment, o.value.metadata.name.clone()),
+                o.source.file.clone(),
+            );
+            snap.environments.push(o.value.clone());
+        }
+        // Sandboxes and environments that were valid and are broken now keep their last valid spec.
+        for sb in &previous.sandboxes {
+            let name = &sb.metadata.name;
+            if files_of.contains_key(&(Kind::Sandbox, name.clone())) {
+                continue;
+            }
+            let errors = broken(Kind::Sandbox, name, &self.files_of);
+            if !errors.is_empty() {
+                if let Some(file) = self.files_of.get(&(Kind::Sandbox, name.clone())) {
+                    files_of.insert((Kind::Sandbox, name.clone()), file.clone());
+                }
+                if let Some(text) = previous.manifests.get(name) {
+                    snap.manifests.insert(name.clone(), text.clone());
+                }
+                snap.sandboxes.push(sb.clone());
+                snap.errors.insert(name.clone(), errors);
+            }
+        }
+        for env in &previous.environments {
+            let name = &env.metadata.name;
+            if files_of.contains_key(&(Kind::Environment, name.clone())) {
+                continue;
+            }
+            if !broken(Kind::Environment, name, &self.files_of).is_empty() {
+                if let Some(file) = self.files_of.get(&(Kind::Environment, name.clone())) {
+                    files_of.insert((Kind::Environment, name.clone()), file.clone());
+                }
+                snap.environments.push(env.clone());
+            }
+        }
+        // Sandboxes that never had a valid spec still show their problems.
+        for ((kind, name), errors) in &by_object {
+            if *kind == Kind::Sandbox && !snap.errors.contains_key(name) {
+                snap.errors.insert(name.clone(), errors.clone());
+            }
+        }
+        self.files_of = files_of;
+        snap
+    }
+}

@@ -1,0 +1,110 @@
+//! The config-repo source on real git repositories: only committed content counts, a broken file keeps its
+//! sandbox at the last valid spec with the error, a deleted one goes, and a remote is mirrored and fetched.
+
+mod common;
+
+use std::fs;
+
+use common::repo::Repo;
+use sdp_reconciler::source::{Origin, Source, redact_url};
+
+fn names(s: &sdp_reconciler::source::Snapshot) -> Vec<String> {
+    s.sandboxes.iter().map(|sb| sb.metadata.name.clone()).collect()
+}
+
+#[test]
+fn only_committed_content_counts_and_a_broken_file_keeps_the_last_valid_spec() {
+    let repo = Repo::new();
+    let mut source = Source::new(Origin::Local(repo.dir.clone()));
+    let first = source.refresh().unwrap().expect("a first snapshot");
+    assert_eq!(first.commit, repo.head());
+    assert_eq!(first.author, "Ann Tester <ann@example.com>");
+    assert_eq!(names(&first), ["qa-login-error"]);
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert_eq!(first.environments.len(), 2);
+    assert!(first.manifests["qa-login-error"].contains("feature/login-error"));
+
+    // Unchanged HEAD: nothing new, even with an uncommitted edit in the work tree.
+    let path = "sandboxes/qa-login-error.yaml";
+    let good = fs::read_to_string(repo.dir.join(path)).unwrap();
+    repo.write(path, &good.replace("feature/login-error", "feature/uncommitted"));
+    assert!(source.refresh().unwrap().is_none());
+
+    // A committed typo: the sandbox stays, at its last valid spec, with the error and where it is.
+    repo.write(path, &good.replace("  gateway:\n", "  gateway:\n    brnch: develop\n"));
+    repo.git(&["commit", "-qam", "typo"]);
+    let broken = source.refresh().unwrap().expect("a new commit");
+    assert_eq!(names(&broken), ["qa-login-error"]);
+    let spec = &broken.sandboxes[0].spec;
+    assert_eq!(spec.services["account"].branch, "feature/login-error");
+    let errors = &broken.errors["qa-login-error"];
+    assert!(errors[0].starts_with("sandboxes/qa-login-error.yaml:"), "{errors:?}");
+    assert!(errors[0].contains("brnch"), "{errors:?}");
+    assert!(broken.manifests["qa-login-error"].contains("feature/login-error"));
+
+    // Broken YAML (no object can be read at all) keeps it too.
+    repo.write(path, "apiVersion: sdp/v1\nkind: Sandbox\nmetadata: [unclosed\n");
+    repo.git(&["commit", "-qam", "worse"]);
+    let worse = source.refresh().unwrap().unwrap();
+    assert_eq!(names(&worse), ["qa-login-error"]);
+    assert!(!worse.errors["qa-login-error"].is_empty());
+
+    // Fixed: the new spec runs and the error is gone.
+    repo.write(path, &good.replace("feature/login-error", "feature/fixed"));
+    repo.git(&["commit", "-qam", "fix"]);
+    let fixed = source.refresh().unwrap().unwrap();
+    assert_eq!(fixed.sandboxes[0].spec.services["account"].branch, "feature/fixed");
+    assert!(fixed.errors.is_empty());
+
+    // Deleted: gone.
+    repo.git(&["rm", "-q", path]);
+    repo.git(&["commit", "-qm", "delete"]);
+    let deleted = source.refresh().unwrap().unwrap();
+    assert!(deleted.sandboxes.is_empty());
+    assert!(deleted.errors.is_empty());
+}
+
+#[test]
+fn a_new_sandbox_that_never_was_valid_shows_its_error_and_does_not_run() {
+    let repo = Repo::new();
+    let mut source = Source::new(Origin::Local(repo.dir.clone()));
+    source.refresh().unwrap();
+    repo.write(
+        "sandboxes/new-box.yaml",
+        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: new-box\nspec:\n  gateway:\n    branch: develop\n    port: 80\n",
+    );
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "new box"]);
+    let snap = source.refresh().unwrap().unwrap();
+    assert_eq!(names(&snap), ["qa-login-error"]);
+    assert!(snap.errors["new-box"][0].contains("port"), "{:?}", snap.errors);
+}
+
+#[test]
+fn a_remote_config_repo_is_mirrored_and_fetched() {
+    let repo = Repo::new();
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", repo.dir.display());
+    let origin = Origin::parse(&url, data.path());
+    assert!(matches!(origin, Origin::Remote { .. }));
+    let mut source = Source::new(origin);
+    let first = source.refresh().unwrap().unwrap();
+    assert_eq!(first.commit, repo.head());
+    repo.git(&["rm", "-q", "sandboxes/qa-login-error.yaml"]);
+    repo.git(&["commit", "-qm", "delete"]);
+    let second = source.refresh().unwrap().unwrap();
+    assert_eq!(second.commit, repo.head());
+    assert!(second.sandboxes.is_empty());
+}
+
+#[test]
+fn urls_are_shown_without_their_password() {
+    assert_eq!(
+        redact_url("https://bot:s3cret@bitbucket.example/scm/cc/config.git"),
+        "https://bot:***@bitbucket.example/scm/cc/config.git"
+    );
+    assert_eq!(
+        redact_url("https://bitbucket.example/x.git"),
+        "https://bitbucket.example/x.git"
+    );
+}
