@@ -1,19 +1,123 @@
-//! `sdp-agent`: git worktrees, Go builds, Docker and the gateway's config.php on one VM (issue 4).
-//!
-//! Not built yet: this binary only says so, so that nobody mistakes it for a working agent.
+//! `sdp-agent`: the only part of SDP that touches a VM: git worktrees, Go builds, Docker and the gateway's
+//! config.php. One binary, two roles (micro and gateway) chosen in its config file.
 
+mod config;
+mod connection;
+mod docker;
+mod executor;
+mod git;
+mod routes;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sdp-agent",
+    version,
+    about = "SDP's agent: runs sandboxes on this VM for the reconciler"
+)]
+struct Cli {
+    /// The agent's config file.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the reconciler and do what it asks (the default).
+    Run,
+    /// Read or patch the `<service>_url` entries of a gateway config.php.
+    Routes {
+        #[command(subcommand)]
+        what: RoutesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// Print the routes as JSON, keyed by service name.
+    Show {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Set SERVICE=URL entries in place; every other byte of the file stays as it is.
+    Set {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(required = true)]
+        routes: Vec<String>,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version" || a == "-V") {
-        println!(
-            "sdp-agent {} (protocol {})",
-            env!("CARGO_PKG_VERSION"),
-            sdp_protocol::PROTOCOL_VERSION
-        );
-        return ExitCode::SUCCESS;
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Routes { what } => routes_command(what),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
-    eprintln!("sdp-agent: the agent is not implemented yet in this build (see issue 4); only --version works");
-    ExitCode::from(2)
+}
+
+fn routes_command(what: RoutesCommand) -> Result<ExitCode> {
+    match what {
+        RoutesCommand::Show { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            println!("{}", serde_json::to_string_pretty(&routes::routes(&text))?);
+        }
+        RoutesCommand::Set { file, routes: pairs } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut wanted = std::collections::BTreeMap::new();
+            for pair in pairs {
+                let (service, url) = pair
+                    .split_once('=')
+                    .with_context(|| format!("`{pair}` is not SERVICE=URL"))?;
+                wanted.insert(service.to_string(), url.to_string());
+            }
+            let patched = routes::patch(&text, &wanted).map_err(anyhow::Error::msg)?;
+            executor::write_atomically(&file, patched.as_bytes())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(config_path: &std::path::Path) -> Result<ExitCode> {
+    let config = Arc::new(config::AgentConfig::load(config_path)?);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let engine = docker::Engine::connect().await?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        tracing::info!(node = %config.node, role = %config.role, "sdp-agent {} starting", env!("CARGO_PKG_VERSION"));
+        let executor = Arc::new(executor::Executor::new(config, engine));
+        let attempts = Arc::default();
+        tokio::select! {
+            _ = connection::run(executor, attempts) => {},
+            _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

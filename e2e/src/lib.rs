@@ -1,1 +1,232 @@
-//! End-to-end scenarios against the real Docker engine, git and Go (issue 5). Nothing is here yet.
+//! A harness for end-to-end tests against the real Docker engine, git and Go: temp config repos and service
+//! repos, the `sdp` and `sdp-agent` binaries as processes, the reconciler's API, and cleanup of everything a test
+//! made (by its sandbox's labels, so nothing else on the engine is touched).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The image tests run services on: a static busybox, imported offline.
+pub const RUNTIME_IMAGE: &str = "sdp-test/busybox:latest";
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Ann Tester")
+        .env("GIT_AUTHOR_EMAIL", "ann@example.com")
+        .env("GIT_COMMITTER_NAME", "Ann Tester")
+        .env("GIT_COMMITTER_EMAIL", "ann@example.com"))
+}
+
+/// The workspace's `target/debug` (or whichever profile the tests run in), with `sdp` and `sdp-agent` built.
+pub fn binaries() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps")
+            .to_path_buf();
+        if !dir.join("sdp").exists() || !dir.join("sdp-agent").exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(cargo).args(["build", "-q", "-p", "sdp-reconciler", "-p", "sdp-agent", "--bins"]));
+        }
+        dir
+    })
+}
+
+/// Makes the runtime image once per machine.
+pub fn runtime_image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let present = Command::new("docker")
+            .args(["image", "inspect", RUNTIME_IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/busybox.sh");
+            run(Command::new("bash").arg(script).arg(RUNTIME_IMAGE));
+        }
+    });
+    RUNTIME_IMAGE
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests use it at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A short random suffix for names, so that runs never collide.
+pub fn suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}
+
+/// Polls `check` until it gives `Some`, at most `limit`; panics with `what` and the last state otherwise.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match check() {
+            Ok(v) => return v,
+            Err(state) => last = state,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {limit:?} waiting for {what}; last: {last}");
+}
+
+/// A Go service's repository: a bare origin with one branch, and the clone an agent is configured with.
+pub struct ServiceRepo {
+    pub origin: PathBuf,
+    pub clone: PathBuf,
+}
+
+/// The source of a tiny Go HTTP service that says who and which branch and commit it is.
+pub const GO_SERVICE: &str = r#"package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s %s %s\n", NAME, os.Getenv("SDP_SANDBOX"), os.Getenv("SDP_BRANCH"), os.Getenv("SDP_COMMIT"))
+	})
+	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+}
+"#;
+
+impl ServiceRepo {
+    /// `name`'s repo under `dir` with `branch` holding the Go service.
+    pub fn new(dir: &Path, name: &str, branch: &str) -> ServiceRepo {
+        let work = dir.join(format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", branch]);
+        std::fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n")).unwrap();
+        std::fs::write(work.join("main.go"), GO_SERVICE).unwrap();
+        std::fs::write(
+            work.join("name.go"),
+            format!("package main\n\nconst NAME = \"{name}\"\n"),
+        )
+        .unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "service"]);
+        let origin = dir.join(format!("{name}.git"));
+        run(Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&work)
+            .arg(&origin));
+        let clone = dir.join(format!("{name}-agent"));
+        run(Command::new("git").args(["clone", "-q"]).arg(&origin).arg(&clone));
+        ServiceRepo { origin, clone }
+    }
+
+    /// Commits a change to `branch` of the origin (as a developer's push); returns the new commit.
+    pub fn push(&self, branch: &str, file: &str, text: &str) -> String {
+        let work = self.origin.with_extension("push");
+        if !work.exists() {
+            run(Command::new("git").args(["clone", "-q"]).arg(&self.origin).arg(&work));
+        }
+        git(&work, &["fetch", "-q", "origin"]);
+        git(&work, &["checkout", "-q", "-B", branch, &format!("origin/{branch}")]);
+        std::fs::write(work.join(file), text).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "change"]);
+        git(&work, &["push", "-q", "origin", branch]);
+        git(&work, &["rev-parse", "HEAD"])
+    }
+}
+
+/// A child process killed when dropped, its output kept in a file for failure messages.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET `url` as JSON.
+pub fn get_json(url: &str) -> Result<serde_json::Value, String> {
+    let mut response = ureq::get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("GET {url}: {e}: {text}"))
+}
+
+/// GET `url` as text.
+pub fn get_text(url: &str) -> Result<String, String> {
+    let mut response = ureq::get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    response.body_mut().read_to_string().map_err(|e| e.to_string())
+}
+
+/// Removes every container and network labelled with `sandbox` (SDP's own labels), whatever a test left.
+pub struct DockerCleanup {
+    pub sandbox: String,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let filter = format!("label=sdp.sandbox={}", self.sandbox);
+        let ids = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output();
+        if let Ok(out) = ids {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("sandbox-{}", self.sandbox)])
+            .output();
+    }
+}

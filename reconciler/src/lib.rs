@@ -1,10 +1,14 @@
 //! SDP's reconciler: the config-repo source, the pure compile and plan steps, the controller loop, the agent hub,
 //! the redb store and the HTTP API; and `sdp`, the CLI around them.
 
+pub mod api;
 pub mod change;
 pub mod cli;
+pub mod controller;
 pub mod desired;
 pub mod git;
+pub mod hub;
 pub mod plan;
+pub mod serve;
 pub mod source;
 pub mod store;

@@ -3,6 +3,7 @@
 mod gitops;
 mod new;
 mod schema;
+mod serve;
 mod validate;
 
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Command {
         #[command(flatten)]
         commit: CommitArgs,
     },
+    /// Run the reconciler: read the config repo, accept agents, reconcile, serve the API and dashboard.
+    Serve(serve::ServeArgs),
     /// Remove an object from the config repo and commit the removal.
     Delete {
         #[arg(value_enum)]
@@ -129,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Diff { file, repo } => gitops::diff(&repo, &file),
         Command::Apply { file, commit } => gitops::apply(&file, &commit),
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
@@ -144,4 +148,15 @@ fn print_problems(problems: &[sdp_manifest::Problem]) {
     for p in problems {
         eprintln!("{p}");
     }
+}
+
+/// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

@@ -1,0 +1,142 @@
+//! The agent's config file (`/etc/sdp/agent.yaml` by default). A bad file is refused at start with the file,
+//! line and field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sdp_protocol::Role;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/sdp/agent.yaml";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's name, as the dashboard shows it.
+    pub node: String,
+    pub role: Role,
+    /// The reconciler's WebSocket, e.g. `ws://172.18.136.90:3452/ws/agent`.
+    pub reconciler: String,
+    /// File with the token shared with the reconciler.
+    pub token_file: PathBuf,
+    /// The address other machines reach this node's published ports at.
+    pub address: String,
+    /// Repositories by service name (`gateway` for the gateway's), each a local clone configured by hand.
+    #[serde(default)]
+    pub repos: BTreeMap<String, PathBuf>,
+    /// The pre-loaded runtime image containers run on (`alpine:3.20` for micro, `php:8.3-apache` for gateway).
+    pub image: String,
+    /// Worktrees, builds and state live here.
+    pub data_dir: PathBuf,
+    /// A file with `user:password` for fetching over HTTP(S); never logged, never on a command line.
+    #[serde(default)]
+    pub git_credentials: Option<PathBuf>,
+    #[serde(default = "default_go")]
+    pub go: PathBuf,
+    #[serde(default = "default_composer")]
+    pub composer: PathBuf,
+    /// The gateway's config.php, relative to its repository.
+    #[serde(default = "default_config_php")]
+    pub config_php: PathBuf,
+    /// The command that reloads the gateway gracefully inside its container.
+    #[serde(default = "default_reload")]
+    pub reload: Vec<String>,
+    /// Where the worktree is mounted in the container (`/src` for micro; the repo's production path for
+    /// the gateway).
+    #[serde(default)]
+    pub mount: Option<PathBuf>,
+    /// The port the service listens on inside its container (the published host port maps to it).
+    #[serde(default = "default_container_port")]
+    pub container_port: u16,
+    /// How the container is started; `{binary}` is replaced by the built binary's path in the container.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Seconds between fetches of the repositories with deployed branches, so that a push is seen.
+    #[serde(default = "default_fetch_secs")]
+    pub fetch_secs: u64,
+}
+
+fn default_fetch_secs() -> u64 {
+    30
+}
+
+fn default_go() -> PathBuf {
+    PathBuf::from("go")
+}
+fn default_composer() -> PathBuf {
+    PathBuf::from("composer")
+}
+fn default_config_php() -> PathBuf {
+    PathBuf::from("application/config/production/config.php")
+}
+fn default_reload() -> Vec<String> {
+    vec!["apachectl".into(), "-k".into(), "graceful".into()]
+}
+fn default_container_port() -> u16 {
+    8080
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        AgentConfig::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig> {
+        let config: AgentConfig =
+            serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if !(config.reconciler.starts_with("ws://") || config.reconciler.starts_with("wss://")) {
+            bail!(
+                "{}: reconciler: `{}` is not a WebSocket URL; write ws://HOST:3452/ws/agent",
+                path.display(),
+                config.reconciler
+            );
+        }
+        if config.node.trim().is_empty() {
+            bail!("{}: node: must not be empty", path.display());
+        }
+        Ok(config)
+    }
+
+    pub fn token(&self) -> Result<String> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("cannot read the token file {}", self.token_file.display()))?;
+        Ok(token.trim().to_string())
+    }
+
+    /// Where a sandbox's worktree of a service lives.
+    pub fn worktree(&self, sandbox: &str, service: &str) -> PathBuf {
+        self.data_dir.join("worktrees").join(sandbox).join(service)
+    }
+
+    /// Where the container sees the worktree.
+    pub fn mount_point(&self) -> PathBuf {
+        self.mount.clone().unwrap_or_else(|| match self.role {
+            Role::Micro => PathBuf::from("/src"),
+            Role::Gateway => PathBuf::from("/var/www/html"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_field_is_refused_with_file_line_and_name() {
+        let text = "node: micro-92\nrole: micro\nreconciler: ws://127.0.0.1:3452/ws/agent\ntokenFile: /t\naddress: 127.0.0.1\nimage: alpine:3.20\ndataDir: /d\nrepoz: {}\n";
+        let err = AgentConfig::parse(Path::new("/etc/sdp/agent.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/sdp/agent.yaml:"), "{err}");
+        assert!(err.contains("repoz"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+        let http = text.replace("ws://", "http://").replace("repoz: {}\n", "");
+        let err = AgentConfig::parse(Path::new("a.yaml"), &http).unwrap_err().to_string();
+        assert!(err.contains("not a WebSocket URL"), "{err}");
+        let ok = AgentConfig::parse(Path::new("a.yaml"), &text.replace("repoz: {}\n", "")).unwrap();
+        assert_eq!(ok.role, Role::Micro);
+        assert_eq!(ok.mount_point(), PathBuf::from("/src"));
+    }
+}

@@ -1,0 +1,303 @@
+//! Docker through the Engine API (bollard, with the API version negotiated: its default is newer than Docker
+//! 28's). Only objects labelled `sdp.managed=true` are listed, stopped or removed; nothing is ever pulled.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use sdp_protocol::{Container, ContainerState, labels, network_name};
+
+/// The engine, connected and negotiated.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// A container to create.
+pub struct Spec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `host:container[:ro]`
+    pub binds: Vec<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub network: String,
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub working_dir: Option<String>,
+}
+
+fn managed_filter() -> HashMap<String, Vec<String>> {
+    [("label".to_string(), vec![format!("{}=true", labels::MANAGED)])].into()
+}
+
+impl Engine {
+    pub async fn connect() -> Result<Engine> {
+        let docker = Docker::connect_with_local_defaults()
+            .context("cannot reach the Docker engine: is dockerd running, and may this user use its socket?")?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .context("cannot reach the Docker engine: is dockerd running, and may this user use its socket?")?;
+        Ok(Engine { docker })
+    }
+
+    /// Managed containers, with their restart counts.
+    pub async fn containers(&self) -> Result<Vec<Container>> {
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&managed_filter())
+            .build();
+        let list = self.docker.list_containers(Some(options)).await?;
+        let mut out = Vec::new();
+        for c in list {
+            let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
+            if labels.get(labels::MANAGED).map(String::as_str) != Some("true") {
+                continue;
+            }
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let id = c.id.unwrap_or_default();
+            let (restart_count, exit_code) = match self.docker.inspect_container(&id, None).await {
+                Ok(i) => (
+                    i.restart_count.unwrap_or(0).max(0) as u32,
+                    i.state.and_then(|s| s.exit_code),
+                ),
+                Err(_) => (0, None),
+            };
+            let mut ports: Vec<u16> = c
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.public_port)
+                .collect();
+            ports.sort();
+            ports.dedup();
+            let state = match c.state {
+                Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+                Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+                Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
+                Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
+                Some(ContainerSummaryStateEnum::EXITED) => ContainerState::Exited,
+                Some(ContainerSummaryStateEnum::DEAD) => ContainerState::Dead,
+                _ => ContainerState::Unknown,
+            };
+            out.push(Container {
+                name,
+                id,
+                labels,
+                state,
+                ports,
+                restart_count,
+                exit_code: if state == ContainerState::Running {
+                    None
+                } else {
+                    exit_code
+                },
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Managed networks, by name.
+    pub async fn networks(&self) -> Result<Vec<String>> {
+        let options = ListNetworksOptionsBuilder::new().filters(&managed_filter()).build();
+        let mut names: Vec<String> = self
+            .docker
+            .list_networks(Some(options))
+            .await?
+            .into_iter()
+            .filter(|n| {
+                n.labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::MANAGED))
+                    .map(String::as_str)
+                    == Some("true")
+            })
+            .filter_map(|n| n.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub async fn images(&self) -> Result<Vec<String>> {
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptionsBuilder::new().build()))
+            .await?;
+        let mut tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    pub async fn has_image(&self, image: &str) -> Result<bool> {
+        Ok(self.docker.inspect_image(image).await.is_ok())
+    }
+
+    /// Creates the sandbox's network unless it exists. A network of that name that SDP does not own is refused.
+    pub async fn ensure_network(&self, sandbox: &str) -> Result<()> {
+        let name = network_name(sandbox);
+        if let Ok(existing) = self.docker.inspect_network(&name, None).await {
+            let owned = existing
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::MANAGED))
+                .map(String::as_str)
+                == Some("true");
+            if owned {
+                return Ok(());
+            }
+            bail!("a network named {name} exists and SDP does not own it (no sdp.managed label): rename or remove it");
+        }
+        let labels: HashMap<String, String> = [
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::SANDBOX.to_string(), sandbox.to_string()),
+        ]
+        .into();
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create network {name}"))?;
+        Ok(())
+    }
+
+    pub async fn remove_network(&self, sandbox: &str) -> Result<()> {
+        let name = network_name(sandbox);
+        match self.docker.inspect_network(&name, None).await {
+            Ok(n)
+                if n.labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::MANAGED))
+                    .map(String::as_str)
+                    == Some("true") =>
+            {
+                self.docker
+                    .remove_network(&name)
+                    .await
+                    .with_context(|| format!("cannot remove network {name}"))
+            }
+            Ok(_) => bail!("network {name} is not SDP's (no sdp.managed label): left alone"),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Whether a container of this name exists, and whether SDP owns it.
+    async fn owner(&self, name: &str) -> Option<bool> {
+        let c = self.docker.inspect_container(name, None).await.ok()?;
+        let managed = c
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(labels::MANAGED).cloned());
+        Some(managed.as_deref() == Some("true"))
+    }
+
+    /// Replaces the managed container `spec.name` by a new one from `spec`, and starts it.
+    pub async fn replace(&self, spec: Spec) -> Result<String> {
+        if !self.has_image(&spec.image).await? {
+            bail!(
+                "image {} is not loaded on this node and SDP never pulls: load it with `docker load -i <file>.tar` \
+                 (or `docker import`)",
+                spec.image
+            );
+        }
+        match self.owner(&spec.name).await {
+            Some(false) => bail!(
+                "a container named {} exists and SDP does not own it (no sdp.managed label): rename or remove it \
+                 yourself",
+                spec.name
+            ),
+            Some(true) => self.remove(&spec.name).await?,
+            None => {}
+        }
+        let port_key = format!("{}/tcp", spec.container_port);
+        let bindings: HashMap<String, Option<Vec<PortBinding>>> = [(
+            port_key.clone(),
+            Some(vec![PortBinding {
+                host_ip: None,
+                host_port: Some(spec.host_port.to_string()),
+            }]),
+        )]
+        .into();
+        let host = HostConfig {
+            binds: Some(spec.binds.clone()),
+            port_bindings: Some(bindings),
+            network_mode: Some(spec.network.clone()),
+            memory: spec.memory_bytes.map(|m| m as i64),
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.cmd.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            exposed_ports: Some(vec![port_key]),
+            working_dir: spec.working_dir.clone(),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("cannot create container {}", spec.name))?;
+        self.docker
+            .start_container(&spec.name, None)
+            .await
+            .with_context(|| format!("cannot start container {}", spec.name))?;
+        Ok(created.id)
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<()> {
+        match self.owner(name).await {
+            Some(true) => {
+                let options = StopContainerOptionsBuilder::new().t(10).build();
+                self.docker
+                    .stop_container(name, Some(options))
+                    .await
+                    .with_context(|| format!("cannot stop {name}"))
+            }
+            Some(false) => bail!("container {name} is not SDP's (no sdp.managed label): left alone"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        match self.owner(name).await {
+            Some(true) => {
+                let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                self.docker
+                    .remove_container(name, Some(options))
+                    .await
+                    .with_context(|| format!("cannot remove {name}"))
+            }
+            Some(false) => bail!("container {name} is not SDP's (no sdp.managed label): left alone"),
+            None => Ok(()),
+        }
+    }
+}

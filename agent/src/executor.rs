@@ -1,0 +1,615 @@
+//! What the agent does for each action, and what it reports of its node. It decides nothing: each action says
+//! exactly what to make true. Every deploy reports its stages (fetch, checkout, build or composer, start) with
+//! timings, streams build output as log lines, and is followed by a fresh report before its result.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sdp_protocol::{
+    Action, ActualState, AgentFrame, BranchHead, Deploy, GATEWAY, LogLine, Progress, Role, Stage, StageState, Worktree,
+    labels, network_name,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::config::AgentConfig;
+use crate::docker::{Engine, Spec};
+use crate::git::Repo;
+use crate::routes;
+
+/// What the agent remembers of a worktree (beside it, not inside it: the worktree holds only the commit).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    branch: String,
+    commit: String,
+    /// The commit whose binary is built (micro).
+    built: Option<String>,
+}
+
+/// Frames to the reconciler, with lines dropped under pressure counted and reported on the next line that fits.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<AgentFrame>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::Sender<AgentFrame>) -> Outbox {
+        Outbox {
+            tx,
+            dropped: Arc::default(),
+            seq: Arc::default(),
+        }
+    }
+
+    /// Frames that must arrive (reports, progress, results): waits for room.
+    pub async fn send(&self, frame: AgentFrame) {
+        let _ = self.tx.send(frame).await;
+    }
+
+    /// A log line: never waits; when the buffer is full the line is dropped and counted.
+    pub fn log(&self, deployment_id: Option<String>, container: Option<String>, line: String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seq = self.seq.fetch_add(1, Relaxed) + 1;
+        let dropped_before = self.dropped.swap(0, Relaxed);
+        let frame = AgentFrame::LogLine(LogLine {
+            deployment_id,
+            container,
+            seq,
+            line,
+            dropped_before,
+        });
+        if self.tx.try_send(frame).is_err() {
+            self.dropped.fetch_add(dropped_before + 1, Relaxed);
+        }
+    }
+}
+
+pub struct Executor {
+    pub config: Arc<AgentConfig>,
+    pub engine: Engine,
+    /// One git operation at a time per repository (worktree add/remove lock the repository).
+    repo_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Executor {
+    pub fn new(config: Arc<AgentConfig>, engine: Engine) -> Executor {
+        Executor {
+            config,
+            engine,
+            repo_locks: Mutex::default(),
+        }
+    }
+
+    fn repo(&self, service: &str) -> Result<Repo> {
+        let path = self.config.repos.get(service).with_context(|| {
+            format!(
+                "no repository for {service} is configured on node {}: add it under `repos:` in the agent's config",
+                self.config.node
+            )
+        })?;
+        Ok(Repo {
+            path: path.clone(),
+            credentials: self.config.git_credentials.clone(),
+        })
+    }
+
+    async fn repo_lock(&self, service: &str) -> Arc<Mutex<()>> {
+        self.repo_locks
+            .lock()
+            .await
+            .entry(service.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn meta_path(&self, sandbox: &str, service: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("meta")
+            .join(sandbox)
+            .join(format!("{service}.json"))
+    }
+
+    fn meta(&self, sandbox: &str, service: &str) -> Option<Meta> {
+        let text = std::fs::read_to_string(self.meta_path(sandbox, service)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn set_meta(&self, sandbox: &str, service: &str, meta: &Meta) -> Result<()> {
+        let path = self.meta_path(sandbox, service);
+        std::fs::create_dir_all(path.parent().expect("meta paths have a parent"))?;
+        write_atomically(&path, serde_json::to_string(meta)?.as_bytes())
+    }
+
+    fn binary_dir(&self, sandbox: &str, service: &str) -> PathBuf {
+        self.config.data_dir.join("bin").join(sandbox).join(service)
+    }
+
+    fn defaults_path(&self, branch: &str) -> PathBuf {
+        let safe: String = branch
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.config.data_dir.join("route-defaults").join(format!("{safe}.json"))
+    }
+
+    /// Everything SDP manages on this node, as the reconciler should see it.
+    pub async fn report(&self) -> Result<ActualState> {
+        let containers = self.engine.containers().await?;
+        let networks = self.engine.networks().await?;
+        let mut worktrees = Vec::new();
+        let mut routes = BTreeMap::new();
+        let mut route_defaults = BTreeMap::new();
+        let meta_root = self.config.data_dir.join("meta");
+        for sandbox in read_dir_names(&meta_root) {
+            for file in read_dir_names(&meta_root.join(&sandbox)) {
+                let Some(service) = file.strip_suffix(".json") else {
+                    continue;
+                };
+                let Some(meta) = self.meta(&sandbox, service) else {
+                    continue;
+                };
+                if !self.config.worktree(&sandbox, service).exists() {
+                    continue;
+                }
+                if self.config.role == Role::Gateway && service == GATEWAY {
+                    let php = self.config.worktree(&sandbox, service).join(&self.config.config_php);
+                    if let Ok(text) = std::fs::read_to_string(&php) {
+                        routes.insert(sandbox.clone(), routes::routes(&text));
+                    }
+                    if let Ok(text) = std::fs::read_to_string(self.defaults_path(&meta.branch))
+                        && let Ok(map) = serde_json::from_str(&text)
+                    {
+                        route_defaults.insert(sandbox.clone(), map);
+                    }
+                }
+                worktrees.push(Worktree {
+                    sandbox: sandbox.clone(),
+                    service: service.to_string(),
+                    branch: meta.branch,
+                    commit: meta.commit,
+                });
+            }
+        }
+        let heads = self.heads(&worktrees);
+        Ok(ActualState {
+            containers,
+            networks,
+            worktrees,
+            routes,
+            route_defaults,
+            heads,
+        })
+    }
+
+    /// Heads of the branches deployed here, as of the last fetch.
+    fn heads(&self, worktrees: &[Worktree]) -> Vec<BranchHead> {
+        let tracked: BTreeSet<(&str, &str)> = worktrees
+            .iter()
+            .map(|w| (w.service.as_str(), w.branch.as_str()))
+            .collect();
+        tracked
+            .into_iter()
+            .filter_map(|(service, branch)| {
+                let commit = self.repo(service).ok()?.head(branch).ok()?;
+                Some(BranchHead {
+                    repo: service.to_string(),
+                    branch: branch.to_string(),
+                    commit,
+                })
+            })
+            .collect()
+    }
+
+    /// Fetches every repository with a deployed branch, so that a push shows as a moved head.
+    pub async fn fetch_tracked(&self) {
+        let services: BTreeSet<String> = self
+            .report_worktrees()
+            .into_iter()
+            .map(|(_, service)| service)
+            .collect();
+        for service in services {
+            let Ok(repo) = self.repo(&service) else { continue };
+            let lock = self.repo_lock(&service).await;
+            let _guard = lock.lock().await;
+            if let Err(e) = tokio::task::spawn_blocking(move || repo.fetch())
+                .await
+                .unwrap_or_else(|e| Err(e.into()))
+            {
+                tracing::warn!("cannot fetch {service}: {e:#}");
+            }
+        }
+    }
+
+    fn report_worktrees(&self) -> Vec<(String, String)> {
+        let meta_root = self.config.data_dir.join("meta");
+        read_dir_names(&meta_root)
+            .into_iter()
+            .flat_map(|sb| {
+                read_dir_names(&meta_root.join(&sb))
+                    .into_iter()
+                    .filter_map(move |f| f.strip_suffix(".json").map(|s| (sb.clone(), s.to_string())))
+            })
+            .collect()
+    }
+
+    /// Runs one action.
+    pub async fn run(&self, action: Action, deployment: Option<String>, out: &Outbox) -> Result<()> {
+        match action {
+            Action::EnsureNetwork { sandbox } => self.engine.ensure_network(&sandbox).await,
+            Action::DeployService(d) | Action::DeployGateway(d) => self.deploy(&d, deployment, out).await,
+            Action::SetRoutes { sandbox, routes } => self.set_routes(&sandbox, &routes).await,
+            Action::Stop { container } => self.engine.stop(&container).await,
+            Action::RemoveContainer { container } => self.engine.remove(&container).await,
+            Action::RemoveNetwork { sandbox } => self.engine.remove_network(&sandbox).await,
+            Action::RemoveWorktree { sandbox, service } => {
+                let repo = self.repo(&service)?;
+                let dir = self.config.worktree(&sandbox, &service);
+                let lock = self.repo_lock(&service).await;
+                let _guard = lock.lock().await;
+                tokio::task::spawn_blocking(move || repo.remove_worktree(&dir)).await??;
+                let _ = std::fs::remove_file(self.meta_path(&sandbox, &service));
+                let _ = std::fs::remove_dir_all(self.binary_dir(&sandbox, &service));
+                Ok(())
+            }
+        }
+    }
+
+    async fn deploy(&self, d: &Deploy, deployment: Option<String>, out: &Outbox) -> Result<()> {
+        let id = deployment.clone().unwrap_or_default();
+        let stage = StageClock {
+            out: out.clone(),
+            id: id.clone(),
+        };
+        let repo = self.repo(&d.service)?;
+        let dir = self.config.worktree(&d.sandbox, &d.service);
+        let lock = self.repo_lock(&d.service).await;
+
+        // Fetch and check out the exact commit.
+        let commit = {
+            let _guard = lock.lock().await;
+            let started = stage.start(Stage::Fetch).await;
+            let (r, branch, wanted) = (repo.clone(), d.branch.clone(), d.commit.clone());
+            let fetched = tokio::task::spawn_blocking(move || -> Result<String> {
+                r.fetch()?;
+                match wanted {
+                    Some(c) => Ok(c),
+                    None => r.head(&branch),
+                }
+            })
+            .await?;
+            let commit = stage.end(Stage::Fetch, started, fetched).await?;
+            let started = stage.start(Stage::Checkout).await;
+            let (r, dir2, c2) = (repo.clone(), dir.clone(), commit.clone());
+            let checked = tokio::task::spawn_blocking(move || r.checkout(&dir2, &c2)).await?;
+            stage.end(Stage::Checkout, started, checked).await?;
+            commit
+        };
+        let mut meta = self.meta(&d.sandbox, &d.service).unwrap_or_default();
+        meta.branch = d.branch.clone();
+        meta.commit = commit.clone();
+        self.set_meta(&d.sandbox, &d.service, &meta)?;
+
+        let mut binds = vec![format!("{}:{}", dir.display(), self.config.mount_point().display())];
+        let cmd;
+        match self.config.role {
+            Role::Micro => {
+                let bin_dir = self.binary_dir(&d.sandbox, &d.service);
+                let binary = bin_dir.join("app");
+                if meta.built.as_deref() == Some(commit.as_str()) && binary.exists() {
+                    stage.skip(Stage::Build, "already built at this commit").await;
+                } else {
+                    let started = stage.start(Stage::Build).await;
+                    let built = self.go_build(&dir, &binary, &id, out).await;
+                    stage.end(Stage::Build, started, built).await?;
+                    meta.built = Some(commit.clone());
+                    self.set_meta(&d.sandbox, &d.service, &meta)?;
+                }
+                binds.push(format!("{}:/sdp-bin:ro", bin_dir.display()));
+                cmd = Some(match &self.config.command {
+                    Some(c) => c.iter().map(|a| a.replace("{binary}", "/sdp-bin/app")).collect(),
+                    None => vec!["/sdp-bin/app".to_string()],
+                });
+            }
+            Role::Gateway => {
+                let started = stage.start(Stage::Composer).await;
+                let composed = self.composer(&dir, &id, out).await;
+                match composed {
+                    Ok(true) => stage.end(Stage::Composer, started, Ok(())).await?,
+                    Ok(false) => {
+                        stage
+                            .skip(Stage::Composer, "no composer.json, or composer is not installed")
+                            .await
+                    }
+                    Err(e) => stage.end(Stage::Composer, started, Err(e)).await?,
+                }
+                // The OCP values: what this commit's own config.php holds, before any patch.
+                let pristine = repo.show(&commit, &self.config.config_php).unwrap_or_default();
+                let defaults = routes::routes(&pristine);
+                let path = self.defaults_path(&d.branch);
+                std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+                write_atomically(&path, serde_json::to_string(&defaults)?.as_bytes())?;
+                cmd = self.config.command.clone();
+            }
+        }
+
+        let started = stage.start(Stage::Start).await;
+        let mut env: Vec<String> = d.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("PORT={}", self.config.container_port));
+        env.push(format!("SDP_SANDBOX={}", d.sandbox));
+        env.push(format!("SDP_BRANCH={}", d.branch));
+        env.push(format!("SDP_COMMIT={commit}"));
+        for (name, file) in &d.secret_files {
+            // Read now, sent nowhere but into the container.
+            let value = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the secret {name} from {file} on node {}", self.config.node));
+            match value {
+                Ok(v) => env.push(format!("{name}={}", v.trim_end_matches(['\n', '\r']))),
+                Err(e) => return stage.end(Stage::Start, started, Err(e)).await,
+            }
+        }
+        let mut labels = d.labels.clone();
+        labels.insert(labels::COMMIT.into(), commit.clone());
+        let spec = Spec {
+            name: d.container.clone(),
+            image: self.config.image.clone(),
+            cmd,
+            env,
+            labels,
+            binds,
+            host_port: d.host_port,
+            container_port: self.config.container_port,
+            network: network_name(&d.sandbox),
+            cpus: d.cpus,
+            memory_bytes: d.memory_bytes,
+            working_dir: Some(self.config.mount_point().display().to_string()),
+        };
+        let result = self.engine.replace(spec).await.map(|_| ());
+        stage.end(Stage::Start, started, result).await
+    }
+
+    async fn go_build(&self, dir: &Path, binary: &Path, id: &str, out: &Outbox) -> Result<()> {
+        std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
+        let data = &self.config.data_dir;
+        let mut cmd = tokio::process::Command::new(&self.config.go);
+        cmd.current_dir(dir)
+            .args(["build", "-trimpath", "-buildvcs=false", "-o"])
+            .arg(binary)
+            .arg(".")
+            .env("CGO_ENABLED", "0")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOCACHE", data.join("go-cache"))
+            .env("GOPATH", data.join("go"))
+            .env("HOME", data);
+        run_streamed(cmd, "go build", id, out).await
+    }
+
+    /// `composer install` when composer and composer.json are there: Ok(false) when skipped.
+    async fn composer(&self, dir: &Path, id: &str, out: &Outbox) -> Result<bool> {
+        if !dir.join("composer.json").exists() || which(&self.config.composer).is_none() {
+            return Ok(false);
+        }
+        let mut cmd = tokio::process::Command::new(&self.config.composer);
+        cmd.current_dir(dir)
+            .args(["install", "--no-dev", "--no-interaction", "--no-progress"])
+            .env("COMPOSER_HOME", self.config.data_dir.join("composer"));
+        run_streamed(cmd, "composer install", id, out).await?;
+        Ok(true)
+    }
+
+    /// Sets the sandbox's `<service>_url` entries: the OCP value for every key, with the sandbox's routes on top.
+    async fn set_routes(&self, sandbox: &str, wanted: &BTreeMap<String, String>) -> Result<()> {
+        let meta = self
+            .meta(sandbox, GATEWAY)
+            .with_context(|| format!("the gateway of {sandbox} is not deployed on this node"))?;
+        let path = self.config.worktree(sandbox, GATEWAY).join(&self.config.config_php);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let defaults: BTreeMap<String, String> = std::fs::read_to_string(self.defaults_path(&meta.branch))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let mut map = defaults;
+        map.extend(wanted.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let patched = routes::patch(&text, &map).map_err(anyhow::Error::msg)?;
+        if patched == text {
+            return Ok(());
+        }
+        let container = sdp_protocol::container_name(sandbox, GATEWAY);
+        write_atomically(&path, patched.as_bytes())?;
+        if let Err(e) = self.php_lint(&container, &path).await {
+            // Put the file back as it was: a gateway never runs a file that does not parse.
+            write_atomically(&path, text.as_bytes())?;
+            return Err(e);
+        }
+        self.reload(&container).await?;
+        let back = routes::routes(&std::fs::read_to_string(&path)?);
+        let wrong: Vec<&String> = map
+            .iter()
+            .filter(|(k, v)| back.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
+        if !wrong.is_empty() {
+            bail!("config.php did not take the routes of {wrong:?}");
+        }
+        Ok(())
+    }
+
+    /// `php -l` of the patched file: on the host when php is there, else in the gateway's container.
+    async fn php_lint(&self, container: &str, path: &Path) -> Result<()> {
+        let output = if which(Path::new("php")).is_some() {
+            tokio::process::Command::new("php").arg("-l").arg(path).output().await?
+        } else {
+            let inside = self.config.mount_point().join(&self.config.config_php);
+            tokio::process::Command::new("docker")
+                .args(["exec", container, "php", "-l"])
+                .arg(inside)
+                .output()
+                .await?
+        };
+        if !output.status.success() {
+            bail!(
+                "php -l refused the patched config.php: {}",
+                String::from_utf8_lossy(&output.stdout).trim()
+            );
+        }
+        Ok(())
+    }
+
+    async fn reload(&self, container: &str) -> Result<()> {
+        if self.config.reload.is_empty() {
+            return Ok(());
+        }
+        let output = tokio::process::Command::new("docker")
+            .arg("exec")
+            .arg(container)
+            .args(&self.config.reload)
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!(
+                "reloading the gateway ({}) failed: {}",
+                self.config.reload.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sends Progress frames with timings.
+struct StageClock {
+    out: Outbox,
+    id: String,
+}
+
+impl StageClock {
+    async fn progress(&self, stage: Stage, state: StageState, elapsed_ms: u64) {
+        if self.id.is_empty() {
+            return;
+        }
+        self.out
+            .send(AgentFrame::Progress(Progress {
+                deployment_id: self.id.clone(),
+                stage,
+                state,
+                elapsed_ms,
+            }))
+            .await;
+    }
+
+    async fn start(&self, stage: Stage) -> Instant {
+        self.out.log(Some(self.id.clone()), None, format!("{stage:?} started"));
+        self.progress(stage, StageState::Started, 0).await;
+        Instant::now()
+    }
+
+    async fn end<T>(&self, stage: Stage, started: Instant, result: Result<T>) -> Result<T> {
+        let ms = started.elapsed().as_millis() as u64;
+        let state = if result.is_ok() {
+            StageState::Succeeded
+        } else {
+            StageState::Failed
+        };
+        self.progress(stage, state, ms).await;
+        let line = match &result {
+            Ok(_) => format!("{stage:?} succeeded in {ms} ms"),
+            Err(e) => format!("{stage:?} failed after {ms} ms: {e:#}"),
+        };
+        self.out.log(Some(self.id.clone()), None, line);
+        result
+    }
+
+    async fn skip(&self, stage: Stage, why: &str) {
+        self.out
+            .log(Some(self.id.clone()), None, format!("{stage:?} skipped: {why}"));
+        self.progress(stage, StageState::Skipped, 0).await;
+    }
+}
+
+/// Runs a command, its output streamed line by line as the deployment's log.
+async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, out: &Outbox) -> Result<()> {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {what}: is it installed?"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let id = (!id.is_empty()).then(|| id.to_string());
+    let pump = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+        let out = out.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            let mut last = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                out.log(id.clone(), None, line.clone());
+                last.push(line);
+                if last.len() > 20 {
+                    last.remove(0);
+                }
+            }
+            last
+        })
+    };
+    let a = pump(Box::new(stdout));
+    let b = pump(Box::new(stderr));
+    let status = child.wait().await?;
+    let _ = a.await;
+    let tail = b.await.unwrap_or_default();
+    if !status.success() {
+        bail!("{what} failed ({status}): {}", tail.join(" / "));
+    }
+    Ok(())
+}
+
+fn read_dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Writes through a temp file and a rename in the same directory: a reader sees the old file or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("a file path has a parent")?;
+    let tmp = dir.join(format!(
+        ".{}.sdp-tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// The program's path if it can be run.
+pub fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.exists().then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,218 @@
+//! `sdp serve` with a real `sdp-agent` (micro role) on the real Docker engine: a commit in the config repo
+//! reaches the agent as actions, the Go service is built and answers on its published port, a push to its branch
+//! replaces only its container, and deleting the manifest removes what SDP made and nothing else.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sdp_e2e::*;
+
+const BRANCH: &str = "feature/login-error";
+
+fn sandbox_yaml(name: &str, service_port: u16, gateway_port: u16) -> String {
+    format!(
+        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\n  owner: ann\nspec:\n  gateway:\n    branch: develop\n    port: {gateway_port}\n  services:\n    account:\n      branch: {BRANCH}\n      environments: [shared-dev]\n      port: {service_port}\n  routes:\n    account: sandbox\n"
+    )
+}
+
+fn inspect(container: &str, format: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, container])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
+    let image = runtime_image();
+    let bins = binaries();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("it-{}", suffix());
+    let _cleanup = DockerCleanup { sandbox: name.clone() };
+
+    // The config repo: the examples' environments, no sandbox yet.
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(config.join("environments")).unwrap();
+    std::fs::create_dir_all(config.join("sandboxes")).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/environments/shared-dev.yaml");
+    std::fs::copy(examples, config.join("environments/shared-dev.yaml")).unwrap();
+    git(&config, &["init", "-q", "-b", "main"]);
+    git(&config, &["add", "-A"]);
+    git(&config, &["commit", "-qm", "environments"]);
+
+    let account = ServiceRepo::new(tmp.path(), "account", BRANCH);
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "test-token-0123456789abcdef\n").unwrap();
+    let api_port = free_port();
+    let api = format!("http://127.0.0.1:{api_port}");
+
+    let _serve = Process::spawn(
+        Command::new(bins.join("sdp"))
+            .args(["serve", "--repo"])
+            .arg(&config)
+            .arg("--data")
+            .arg(tmp.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{api_port}"), "--token-file"])
+            .arg(&token)
+            .args(["--resync-secs", "2", "--poll-secs", "1"]),
+        tmp.path().join("serve.log"),
+    );
+    let agent_config = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "node: micro-it\nrole: micro\nreconciler: ws://127.0.0.1:{api_port}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\nrepos:\n  account: {}\nimage: {image}\ndataDir: {}\ncontainerPort: 8080\nfetchSecs: 1\n",
+            token.display(),
+            account.clone.display(),
+            tmp.path().join("agent").display()
+        ),
+    )
+    .unwrap();
+    let agent = Process::spawn(
+        Command::new(bins.join("sdp-agent"))
+            .arg("--config")
+            .arg(&agent_config)
+            .arg("run"),
+        tmp.path().join("agent.log"),
+    );
+
+    wait_for("the agent to connect", Duration::from_secs(30), || {
+        let nodes = get_json(&format!("{api}/api/v1/nodes"))?;
+        let ok = nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["node"]["node"] == "micro-it"));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{nodes}\nagent log:\n{}", agent.output()))
+        }
+    });
+
+    // The commit: a sandbox with one service on ports the test picked.
+    let service_port = free_port();
+    let gateway_port = free_port();
+    std::fs::write(
+        config.join(format!("sandboxes/{name}.yaml")),
+        sandbox_yaml(&name, service_port, gateway_port),
+    )
+    .unwrap();
+    git(&config, &["add", "-A"]);
+    git(&config, &["commit", "-qm", "a sandbox"]);
+
+    let first = git(&account.origin, &["rev-parse", BRANCH]);
+    let url = format!("http://127.0.0.1:{service_port}/");
+    let answer = wait_for(
+        "the service to answer on its published port",
+        Duration::from_secs(120),
+        || get_text(&url).map_err(|e| format!("{e}\nagent log:\n{}", agent.output())),
+    );
+    assert_eq!(answer.trim(), format!("account {name} {BRANCH} {first}"));
+
+    let container = format!("sandbox-{name}-account");
+    assert_eq!(
+        inspect(&container, "{{index .Config.Labels \"sdp.managed\"}}").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        inspect(&container, "{{index .Config.Labels \"sdp.commit\"}}").as_deref(),
+        Some(first.as_str())
+    );
+    assert_eq!(
+        inspect(&container, "{{.HostConfig.NetworkMode}}").as_deref(),
+        Some(format!("sandbox-{name}").as_str())
+    );
+    let first_id = inspect(&container, "{{.Id}}").unwrap();
+
+    // The audit trail: one deployment of account at that commit, with its stages and a log.
+    let deployments = wait_for(
+        "the deployment to be recorded as succeeded",
+        Duration::from_secs(10),
+        || {
+            let list = get_json(&format!("{api}/api/v1/deployments?sandbox={name}&service=account"))?;
+            let done = list
+                .as_array()
+                .is_some_and(|l| l.iter().any(|d| d["state"] == "succeeded"));
+            if done { Ok(list) } else { Err(list.to_string()) }
+        },
+    );
+    let d = deployments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["state"] == "succeeded")
+        .unwrap();
+    assert_eq!(d["commit"], first.as_str());
+    assert_eq!(d["configAuthor"], "Ann Tester <ann@example.com>");
+    let stages: Vec<&str> = d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["fetch", "checkout", "build", "start"]);
+    let log = get_text(&format!("{api}/api/v1/deployments/{}/logs", d["id"])).unwrap();
+    assert!(log.contains("data: Build succeeded"), "{log}");
+
+    // No gateway agent: the sandbox says what it waits for.
+    let sandbox = get_json(&format!("{api}/api/v1/sandboxes/{name}")).unwrap();
+    let error = sandbox["status"]["lastError"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("waiting for a gateway agent"), "{sandbox}");
+
+    // A push to the branch: the agent sees the moved head, and only the account container is replaced.
+    let second = account.push(BRANCH, "name.go", "package main\n\nconst NAME = \"account-v2\"\n");
+    let answer = wait_for(
+        "the pushed commit to be deployed",
+        Duration::from_secs(120),
+        || match get_text(&url) {
+            Ok(a) if a.contains(&second) => Ok(a),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(answer.trim(), format!("account-v2 {name} {BRANCH} {second}"));
+    assert_ne!(
+        inspect(&container, "{{.Id}}").unwrap(),
+        first_id,
+        "a new container for the new commit"
+    );
+
+    // A container SDP does not own, with SDP's sandbox label: never removed.
+    let stranger = format!("stranger-{name}");
+    run(Command::new("docker").args([
+        "create",
+        "--name",
+        &stranger,
+        "--label",
+        &format!("sdp.sandbox={name}"),
+        image,
+        "sleep",
+        "60",
+    ]));
+
+    // Deleting the manifest removes the container, the worktree and the network.
+    git(&config, &["rm", "-q", &format!("sandboxes/{name}.yaml")]);
+    git(&config, &["commit", "-qm", "delete the sandbox"]);
+    wait_for("the container and network to go", Duration::from_secs(60), || {
+        let container_left = inspect(&container, "{{.Id}}").is_some();
+        let network_left = Command::new("docker")
+            .args(["network", "inspect", &format!("sandbox-{name}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !container_left && !network_left {
+            Ok(())
+        } else {
+            Err(format!("container {container_left}, network {network_left}"))
+        }
+    });
+    assert!(
+        !tmp.path().join(format!("agent/worktrees/{name}/account")).exists(),
+        "the worktree is removed"
+    );
+    assert!(
+        inspect(&stranger, "{{.Id}}").is_some(),
+        "the container SDP does not own is still there"
+    );
+    let _ = Command::new("docker").args(["rm", "-f", &stranger]).output();
+}

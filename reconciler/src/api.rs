@@ -1,0 +1,464 @@
+//! The reconciler's HTTP surface: the agents' WebSocket, the read-only JSON API, SSE logs, `/healthz` and
+//! `/metrics`. The only endpoint that is not a GET is the git hook, and all it does is fetch sooner: every change
+//! goes through git.
+//!
+//! Secret values never pass here: the desired state holds secret *file paths*, and agents read the values on
+//! their VM.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use sdp_protocol::{Container, Role, Worktree, labels};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::controller::{Controller, LiveLog, Status, Sync};
+use crate::desired::{DesiredSandbox, Mode};
+use crate::store::{Deployment, DeploymentState};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    pub controller: Arc<Controller>,
+    /// Wakes the source loop: a fetch now.
+    pub hook: Arc<Notify>,
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/ws/agent", get(ws_agent))
+        .route("/api/v1/sandboxes", get(sandboxes))
+        .route("/api/v1/sandboxes/{name}", get(sandbox))
+        .route("/api/v1/sandboxes/{name}/logs/{service}", get(container_logs))
+        .route("/api/v1/deployments", get(deployments))
+        .route("/api/v1/deployments/{id}", get(deployment))
+        .route("/api/v1/deployments/{id}/logs", get(deployment_logs))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/hooks/git", post(git_hook))
+        .with_state(api)
+}
+
+fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": what }))).into_response()
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("{e:#}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": format!("{e:#}") })),
+    )
+        .into_response()
+}
+
+async fn ws_agent(State(api): State<Api>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(why) = api.controller.hub.authorize(auth) {
+        tracing::warn!("agent refused: {why}");
+        return (StatusCode::UNAUTHORIZED, why).into_response();
+    }
+    let hub = api.controller.hub.clone();
+    ws.on_upgrade(move |socket| hub.serve(socket))
+}
+
+/// One line of `GET /api/v1/sandboxes`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSummary {
+    pub name: String,
+    pub owner: Option<String>,
+    pub sync: Sync,
+    pub health: crate::controller::Health,
+    /// The URL to put into the mobile app.
+    pub gateway_url: Option<String>,
+    pub services: usize,
+    pub last_commit: String,
+    pub last_author: String,
+    pub error: Option<String>,
+}
+
+fn gateway_url(api: &Api, d: &DesiredSandbox) -> Option<String> {
+    let host = api.controller.hub.address(Role::Gateway)?;
+    Some(format!("http://{host}:{}", d.gateway.host_port))
+}
+
+fn status_or_new(api: &Api, name: &str, desired: Option<&DesiredSandbox>) -> Status {
+    api.controller.status(name).unwrap_or(Status {
+        sync: match desired.map(|d| &d.mode) {
+            Some(Mode::Suspended(_)) => Sync::Suspended,
+            _ => Sync::OutOfSync,
+        },
+        health: crate::controller::Health::Unknown,
+        pending: Vec::new(),
+        in_flight: None,
+        last_error: None,
+        last_pass_ms: None,
+    })
+}
+
+async fn sandboxes(State(api): State<Api>) -> Json<Vec<SandboxSummary>> {
+    let world = api.controller.world();
+    let out = api
+        .controller
+        .sandbox_names()
+        .into_iter()
+        .map(|name| {
+            let d = world.desired.sandboxes.get(&name);
+            let status = status_or_new(&api, &name, d);
+            let error = world
+                .desired
+                .held
+                .get(&name)
+                .cloned()
+                .or_else(|| world.snapshot.errors.get(&name).map(|e| e.join("; ")))
+                .or(status.last_error.clone());
+            SandboxSummary {
+                owner: d.and_then(|d| d.owner.clone()),
+                sync: status.sync,
+                health: status.health,
+                gateway_url: d.and_then(|d| gateway_url(&api, d)),
+                services: d.map_or(0, |d| d.services.len()),
+                last_commit: world.snapshot.commit.clone(),
+                last_author: world.snapshot.author.clone(),
+                error,
+                name,
+            }
+        })
+        .collect();
+    Json(out)
+}
+
+/// One sandbox's part of the agents' reports.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ActualOfSandbox {
+    containers: Vec<Container>,
+    worktrees: Vec<Worktree>,
+    /// The gateway's live `<service>_url` map.
+    routes: Option<BTreeMap<String, String>>,
+    route_defaults: Option<BTreeMap<String, String>>,
+}
+
+async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let world = api.controller.world();
+    let d = world.desired.sandboxes.get(&name);
+    let actual = api.controller.hub.actual();
+    let view = actual.view(&name);
+    let known = d.is_some()
+        || world.desired.held.contains_key(&name)
+        || world.snapshot.errors.contains_key(&name)
+        || !view.micro.containers.is_empty()
+        || !view.gateway.containers.is_empty();
+    if !known {
+        return not_found(format!("no sandbox {name} in the config repo or on the VMs"));
+    }
+    let status = status_or_new(&api, &name, d);
+    let mine = ActualOfSandbox {
+        containers: view
+            .micro
+            .containers
+            .iter()
+            .chain(&view.gateway.containers)
+            .map(|c| (*c).clone())
+            .collect(),
+        worktrees: view
+            .micro
+            .worktrees
+            .iter()
+            .chain(&view.gateway.worktrees)
+            .map(|w| (*w).clone())
+            .collect(),
+        routes: view.gateway.routes.cloned(),
+        route_defaults: view.gateway.route_defaults.cloned(),
+    };
+    let events = api.controller.store.events(Some(&name), 50).unwrap_or_default();
+    let deployments = api
+        .controller
+        .store
+        .deployments(|dep| dep.sandbox == name, 20)
+        .unwrap_or_default();
+    Json(json!({
+        "name": name,
+        "desired": d,
+        "held": world.desired.held.get(&name),
+        "configErrors": world.snapshot.errors.get(&name),
+        "gatewayUrl": d.and_then(|d| gateway_url(&api, d)),
+        "status": status,
+        "actual": mine,
+        "manifest": world.snapshot.manifests.get(&name),
+        "configCommit": world.snapshot.commit,
+        "configAuthor": world.snapshot.author,
+        "events": events,
+        "deployments": deployments,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct DeploymentQuery {
+    sandbox: Option<String>,
+    service: Option<String>,
+    author: Option<String>,
+    state: Option<DeploymentState>,
+    limit: Option<usize>,
+}
+
+async fn deployments(State(api): State<Api>, Query(q): Query<DeploymentQuery>) -> Response {
+    let filter = |d: &Deployment| {
+        q.sandbox.as_ref().is_none_or(|s| &d.sandbox == s)
+            && q.service.as_ref().is_none_or(|s| &d.service == s)
+            && q.author.as_ref().is_none_or(|a| d.config_author.contains(a.as_str()))
+            && q.state.is_none_or(|s| d.state == s)
+    };
+    match api
+        .controller
+        .store
+        .deployments(filter, q.limit.unwrap_or(100).min(1000))
+    {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn deployment(State(api): State<Api>, Path(id): Path<u64>) -> Response {
+    match api.controller.store.deployment(id) {
+        Ok(Some(d)) => Json(d).into_response(),
+        Ok(None) => not_found(format!("no deployment {id}")),
+        Err(e) => internal(e),
+    }
+}
+
+fn sse_from(rx: mpsc::Receiver<Event>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A deployment's log as SSE: every line from `Last-Event-ID` on (the id is the 0-based line number), then new
+/// lines while the deployment runs; ends once it has ended and every line is sent.
+async fn deployment_logs(State(api): State<Api>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+    match api.controller.store.deployment(id) {
+        Ok(Some(_)) => {}
+        Ok(None) => return not_found(format!("no deployment {id}")),
+        Err(e) => return internal(e),
+    }
+    let mut next: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |last| last + 1);
+    let (tx, rx) = mpsc::channel::<Event>(256);
+    let controller = api.controller.clone();
+    // Subscribed before the file is read, so no line falls between the two.
+    let mut live = controller.logs.subscribe();
+    tokio::spawn(async move {
+        let log = controller.store.log(id);
+        loop {
+            // Everything written so far, from the file.
+            loop {
+                let lines = log.read_from(next, 500).unwrap_or_default();
+                if lines.is_empty() {
+                    break;
+                }
+                for line in lines {
+                    let event = Event::default().id(next.to_string()).data(line);
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                    next += 1;
+                }
+            }
+            let running = controller
+                .store
+                .deployment(id)
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.state == DeploymentState::Running);
+            if !running && log.len() <= next {
+                let _ = tx.send(Event::default().event("end").data("deployment ended")).await;
+                return;
+            }
+            // Wait for a new line of this deployment (or a second, to see it end).
+            let wait = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    match live.recv().await {
+                        Ok(LiveLog::Deployment { id: d, .. }) if d == id => return,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+            let _ = wait.await;
+        }
+    });
+    sse_from(rx)
+}
+
+#[derive(Deserialize)]
+struct FollowQuery {
+    follow: Option<bool>,
+}
+
+/// A container's recent output, then (with `?follow=true`) its new lines, as SSE.
+async fn container_logs(
+    State(api): State<Api>,
+    Path((name, service)): Path<(String, String)>,
+    Query(q): Query<FollowQuery>,
+) -> Response {
+    let container = sdp_protocol::container_name(&name, &service);
+    let mut live = api.controller.logs.subscribe();
+    let recent: Vec<(u64, String)> = api
+        .controller
+        .container_logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&container)
+        .map(|l| l.iter().cloned().collect())
+        .unwrap_or_default();
+    let known = api
+        .controller
+        .hub
+        .actual()
+        .view(&name)
+        .micro
+        .containers
+        .iter()
+        .any(|c| c.name == container)
+        || api
+            .controller
+            .hub
+            .actual()
+            .view(&name)
+            .gateway
+            .containers
+            .iter()
+            .any(|c| c.name == container);
+    if recent.is_empty() && !known {
+        return not_found(format!("no container {container} is reported by an agent"));
+    }
+    let (tx, rx) = mpsc::channel::<Event>(256);
+    let follow = q.follow.unwrap_or(false);
+    tokio::spawn(async move {
+        let mut last = 0;
+        for (seq, line) in recent {
+            last = seq;
+            if tx.send(Event::default().id(seq.to_string()).data(line)).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(LiveLog::Container { name, seq, line }) if name == container && seq > last => {
+                    last = seq;
+                    if tx.send(Event::default().id(seq.to_string()).data(line)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let note = format!("[sdp: this reader fell behind and missed {n} lines]");
+                    if tx.send(Event::default().data(note)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    sse_from(rx)
+}
+
+async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
+    let actual = api.controller.hub.actual();
+    let nodes: Vec<serde_json::Value> = api
+        .controller
+        .hub
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            let state = actual.of(n.role);
+            json!({
+                "node": n,
+                "containers": state.containers.len(),
+                "heads": state.heads,
+            })
+        })
+        .collect();
+    Json(json!(nodes))
+}
+
+async fn git_hook(State(api): State<Api>) -> Response {
+    api.hook.notify_one();
+    (StatusCode::ACCEPTED, Json(json!({ "fetch": "started" }))).into_response()
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let c = &api.controller;
+    let mut out = String::new();
+    let passes = c.metrics.passes.load(Ordering::Relaxed);
+    let micros = c.metrics.pass_micros.load(Ordering::Relaxed);
+    out.push_str("# HELP sdp_passes_total Reconcile passes run.\n# TYPE sdp_passes_total counter\n");
+    out.push_str(&format!("sdp_passes_total {passes}\n"));
+    out.push_str(
+        "# HELP sdp_pass_seconds_total Time spent in reconcile passes.\n# TYPE sdp_pass_seconds_total counter\n",
+    );
+    out.push_str(&format!("sdp_pass_seconds_total {:.6}\n", micros as f64 / 1e6));
+    out.push_str("# HELP sdp_actions_total Actions dispatched to agents, by kind and outcome.\n");
+    out.push_str("# TYPE sdp_actions_total counter\n");
+    for ((kind, outcome), n) in c.metrics.actions.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        out.push_str(&format!(
+            "sdp_actions_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}\n"
+        ));
+    }
+    let statuses = c.statuses();
+    let out_of_sync = statuses
+        .values()
+        .filter(|s| matches!(s.sync, Sync::OutOfSync | Sync::Failed | Sync::Progressing))
+        .count();
+    out.push_str("# HELP sdp_sandboxes_out_of_sync Sandboxes whose VMs differ from git.\n");
+    out.push_str(&format!(
+        "# TYPE sdp_sandboxes_out_of_sync gauge\nsdp_sandboxes_out_of_sync {out_of_sync}\n"
+    ));
+    let world = c.world();
+    out.push_str("# HELP sdp_sandboxes Sandboxes in the config repo.\n");
+    out.push_str(&format!(
+        "# TYPE sdp_sandboxes gauge\nsdp_sandboxes {}\n",
+        world.desired.sandboxes.len() + world.desired.held.len()
+    ));
+    out.push_str("# HELP sdp_agents_connected Agents connected now.\n");
+    out.push_str(&format!(
+        "# TYPE sdp_agents_connected gauge\nsdp_agents_connected {}\n",
+        c.hub.nodes().len()
+    ));
+    let managed = |role: Role| {
+        c.hub
+            .actual()
+            .of(role)
+            .containers
+            .iter()
+            .filter(|ct| ct.labels.contains_key(labels::MANAGED))
+            .count()
+    };
+    out.push_str("# HELP sdp_containers Managed containers reported, by role.\n# TYPE sdp_containers gauge\n");
+    for role in [Role::Micro, Role::Gateway] {
+        out.push_str(&format!("sdp_containers{{role=\"{role}\"}} {}\n", managed(role)));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

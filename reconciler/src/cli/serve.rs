@@ -1,0 +1,99 @@
+//! `sdp serve`: flags (or a config file) to a running reconciler.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::serve::{ServeConfig, default_listen};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A YAML file with the settings below (camelCase names); flags given here win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The config repo: a local path (watched) or a git URL (fetched every --poll-secs).
+    #[arg(long)]
+    repo: Option<String>,
+    /// Where the store, logs and the config repo mirror live.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// File with the token agents authenticate with.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Passes that may run at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long)]
+    resync_secs: Option<u64>,
+    #[arg(long)]
+    poll_secs: Option<u64>,
+    /// Address of the micro VM for routes to `sandbox`, until a micro agent reports its own.
+    #[arg(long)]
+    micro_address: Option<String>,
+}
+
+fn config(args: ServeArgs) -> Result<ServeConfig> {
+    let mut c = match &args.config {
+        Some(path) => ServeConfig::from_file(path)?,
+        None => {
+            let (Some(repo), Some(data), Some(token_file)) =
+                (args.repo.clone(), args.data.clone(), args.token_file.clone())
+            else {
+                bail!("sdp serve needs --repo, --data and --token-file (or --config FILE)");
+            };
+            ServeConfig {
+                repo,
+                data,
+                listen: default_listen(),
+                token_file,
+                concurrency: 4,
+                resync_secs: 60,
+                poll_secs: 10,
+                gateway_ports: (8080, 8099),
+                service_ports: (9001, 9099),
+                micro_address: "127.0.0.1".into(),
+            }
+        }
+    };
+    if let Some(v) = args.repo {
+        c.repo = v;
+    }
+    if let Some(v) = args.data {
+        c.data = v;
+    }
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = args.token_file {
+        c.token_file = v;
+    }
+    if let Some(v) = args.concurrency {
+        c.concurrency = v;
+    }
+    if let Some(v) = args.resync_secs {
+        c.resync_secs = v;
+    }
+    if let Some(v) = args.poll_secs {
+        c.poll_secs = v;
+    }
+    if let Some(v) = args.micro_address {
+        c.micro_address = v;
+    }
+    Ok(c)
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let config = config(args)?;
+    crate::cli::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::serve::serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}

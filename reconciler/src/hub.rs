@@ -1,0 +1,368 @@
+//! The agent hub: agents connect to `/ws/agent` with a bearer token, say Hello, and from then on report their
+//! actual state and answer actions. The hub never waits forever on an agent: every action has a deadline, a
+//! silent agent is dropped after `SILENCE`, and when an agent drops, its actions in flight fail at once with
+//! "agent X disconnected" (the controller retries them by backoff when it is back).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use sdp_protocol::{
+    Action, ActionRequest, ActualState, AgentFrame, Hello, LogLine, PROTOCOL_VERSION, Progress, ReconcilerFrame, Role,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::plan::Actual;
+
+/// How often the hub pings an agent.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// An agent that sends nothing (not even a pong) for this long is dropped.
+pub const SILENCE: Duration = Duration::from_secs(45);
+/// How long an agent has to say Hello after the upgrade.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+
+/// What the hub tells the controller.
+#[derive(Debug)]
+pub enum HubEvent {
+    /// An agent's report changed what is on its VM.
+    Reported(Role),
+    Connected(Role),
+    Disconnected(Role),
+    Progress(Progress),
+    Log(LogLine),
+}
+
+/// A connected agent, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub node: String,
+    pub role: Role,
+    pub address: String,
+    pub agent_version: String,
+    pub repos: Vec<String>,
+    pub images: Vec<String>,
+    /// Unix milliseconds.
+    pub connected_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+struct Agent {
+    info: NodeInfo,
+    conn: u64,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+struct Pending {
+    conn: u64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+#[derive(Default)]
+struct State {
+    agents: BTreeMap<Role, Agent>,
+    actual: Arc<Actual>,
+    pending: HashMap<u64, Pending>,
+}
+
+/// The hub. Shared by the HTTP handlers and the controller.
+pub struct Hub {
+    token: String,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    events: mpsc::Sender<HubEvent>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    pub fn new(token: String, events: mpsc::Sender<HubEvent>) -> Hub {
+        Hub {
+            token,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            events,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks an `Authorization` header value. Compared in constant time, so the answer time says nothing.
+    pub fn authorize(&self, header: Option<&str>) -> Result<(), &'static str> {
+        let Some(value) = header else {
+            return Err("missing bearer token: agents send `Authorization: Bearer <token>`");
+        };
+        let Some(given) = value.strip_prefix("Bearer ") else {
+            return Err("the Authorization header is not a bearer token");
+        };
+        let (a, b) = (given.trim().as_bytes(), self.token.as_bytes());
+        let mut diff = u8::from(a.len() != b.len());
+        for (x, y) in a.iter().zip(b) {
+            diff |= x ^ y;
+        }
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err("bad token: the agent's token file does not match the reconciler's")
+        }
+    }
+
+    /// What every agent reported last.
+    pub fn actual(&self) -> Arc<Actual> {
+        self.lock().actual.clone()
+    }
+
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.lock().agents.values().map(|a| a.info.clone()).collect()
+    }
+
+    /// The address of the connected agent of `role`.
+    pub fn address(&self, role: Role) -> Option<String> {
+        self.lock().agents.get(&role).map(|a| a.info.address.clone())
+    }
+
+    /// Sends an action to the agent of `role` and waits for its result, at most `deadline`.
+    pub async fn dispatch(
+        &self,
+        role: Role,
+        action: Action,
+        deployment_id: Option<String>,
+        deadline: Duration,
+    ) -> Result<(), String> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        let node = {
+            let mut state = self.lock();
+            let Some(agent) = state.agents.get(&role) else {
+                return Err(format!("no {role} agent is connected"));
+            };
+            let frame = ReconcilerFrame::Action(ActionRequest {
+                request_id,
+                deployment_id,
+                action,
+            });
+            let node = agent.info.node.clone();
+            let conn = agent.conn;
+            if agent
+                .tx
+                .send(Message::Text(sdp_protocol::encode(&frame).into()))
+                .is_err()
+            {
+                return Err(format!("agent {node} disconnected"));
+            }
+            state.pending.insert(request_id, Pending { conn, done });
+            node
+        };
+        match tokio::time::timeout(deadline, wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(format!("agent {node} disconnected")),
+            Err(_) => {
+                self.lock().pending.remove(&request_id);
+                Err(format!("agent {node} did not answer within {} s", deadline.as_secs()))
+            }
+        }
+    }
+
+    /// Runs one agent connection to its end.
+    pub async fn serve(self: Arc<Hub>, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let hello = match tokio::time::timeout(HELLO_WITHIN, stream.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => match sdp_protocol::decode::<AgentFrame>(&text) {
+                Ok(AgentFrame::Hello(h)) => h,
+                Ok(_) => return refuse(&mut sink, "the first frame must be Hello".into()).await,
+                Err(e) => return refuse(&mut sink, format!("unreadable Hello: {e}")).await,
+            },
+            _ => {
+                tracing::warn!(
+                    "an agent connected but sent no Hello within {} s",
+                    HELLO_WITHIN.as_secs()
+                );
+                return;
+            }
+        };
+        if let Err(e) = sdp_protocol::check_version(hello.protocol_version) {
+            tracing::warn!(node = %hello.node, "refused: {e}");
+            return refuse(&mut sink, e.to_string()).await;
+        }
+        let welcome = ReconcilerFrame::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+        };
+        if sink
+            .send(Message::Text(sdp_protocol::encode(&welcome).into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let role = hello.role;
+        let node = hello.node.clone();
+        self.register(&hello, conn, tx.clone());
+        tracing::info!(node = %node, role = %role, version = %hello.agent_version, "agent connected");
+        let _ = self.events.send(HubEvent::Connected(role)).await;
+
+        // Writer: actions and pings, until the reader ends.
+        let writer = tokio::spawn(async move {
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(m) => if sink.send(m).await.is_err() { break },
+                        None => break,
+                    },
+                    _ = ping.tick() => if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break },
+                }
+            }
+            let _ = sink.close().await;
+        });
+
+        loop {
+            let next = match tokio::time::timeout(SILENCE, stream.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(node = %node, "agent connection failed: {e}");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(node = %node, "agent silent for {} s: dropped", SILENCE.as_secs());
+                    break;
+                }
+            };
+            self.seen(role, conn);
+            let text = match next {
+                Message::Text(t) => t,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match sdp_protocol::decode::<AgentFrame>(&text) {
+                Ok(frame) => self.handle(role, conn, frame).await,
+                Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),
+            }
+        }
+        writer.abort();
+        self.unregister(role, conn, &node);
+        tracing::info!(node = %node, role = %role, "agent disconnected");
+        let _ = self.events.send(HubEvent::Disconnected(role)).await;
+    }
+
+    fn register(&self, hello: &Hello, conn: u64, tx: mpsc::UnboundedSender<Message>) {
+        let now = now_ms();
+        let mut state = self.lock();
+        if let Some(old) = state.agents.get(&hello.role) {
+            tracing::warn!(
+                old = %old.info.node, new = %hello.node, role = %hello.role,
+                "a second {} agent connected: it replaces the first (two agents with one role fight; stop one)",
+                hello.role
+            );
+            let reason = format!(
+                "replaced by a newer connection of a {} agent (node {})",
+                hello.role, hello.node
+            );
+            let _ = old.tx.send(Message::Text(
+                sdp_protocol::encode(&ReconcilerFrame::Refused { reason }).into(),
+            ));
+            let _ = old.tx.send(Message::Close(None));
+        }
+        state.agents.insert(
+            hello.role,
+            Agent {
+                info: NodeInfo {
+                    node: hello.node.clone(),
+                    role: hello.role,
+                    address: hello.address.clone(),
+                    agent_version: hello.agent_version.clone(),
+                    repos: hello.repos.clone(),
+                    images: hello.images.clone(),
+                    connected_ms: now,
+                    last_seen_ms: now,
+                },
+                conn,
+                tx,
+            },
+        );
+    }
+
+    fn seen(&self, role: Role, conn: u64) {
+        if let Some(a) = self.lock().agents.get_mut(&role).filter(|a| a.conn == conn) {
+            a.info.last_seen_ms = now_ms();
+        }
+    }
+
+    fn unregister(&self, role: Role, conn: u64, node: &str) {
+        let mut state = self.lock();
+        if state.agents.get(&role).is_some_and(|a| a.conn == conn) {
+            state.agents.remove(&role);
+        }
+        let failed: Vec<u64> = state
+            .pending
+            .iter()
+            .filter(|(_, p)| p.conn == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(p) = state.pending.remove(&id) {
+                let _ = p.done.send(Err(format!("agent {node} disconnected")));
+            }
+        }
+    }
+
+    async fn handle(&self, role: Role, conn: u64, frame: AgentFrame) {
+        match frame {
+            AgentFrame::ActualState(report) => {
+                if self.store_report(role, report) {
+                    let _ = self.events.send(HubEvent::Reported(role)).await;
+                }
+            }
+            AgentFrame::ActionResult(result) => {
+                let pending = self.lock().pending.remove(&result.request_id);
+                match pending {
+                    Some(p) if p.conn == conn => {
+                        let _ = p.done.send(result.error.map_or(Ok(()), Err));
+                    }
+                    _ => tracing::debug!(request = result.request_id, "result for an action no longer waited for"),
+                }
+            }
+            AgentFrame::Progress(p) => {
+                let _ = self.events.send(HubEvent::Progress(p)).await;
+            }
+            AgentFrame::LogLine(l) => {
+                let _ = self.events.send(HubEvent::Log(l)).await;
+            }
+            AgentFrame::Hello(_) => tracing::warn!("a second Hello on one connection is ignored"),
+        }
+    }
+
+    /// Replaces one role's report; says whether anything changed.
+    fn store_report(&self, role: Role, report: ActualState) -> bool {
+        let mut state = self.lock();
+        if state.actual.of(role) == &report {
+            return false;
+        }
+        let mut next = (*state.actual).clone();
+        *next.of_mut(role) = report;
+        state.actual = Arc::new(next);
+        true
+    }
+}
+
+async fn refuse(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, reason: String) {
+    let frame = ReconcilerFrame::Refused { reason };
+    let _ = sink.send(Message::Text(sdp_protocol::encode(&frame).into())).await;
+    let _ = sink.close().await;
+}

@@ -1,0 +1,287 @@
+//! `sdp serve`: the reconciler as one process. Opens the store, starts the source loop, the controller's workers
+//! and the HTTP server on one port, and stops cleanly on Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::api::{Api, router};
+use crate::controller::Controller;
+use crate::desired::Settings;
+use crate::hub::{Hub, HubEvent, now_ms};
+use crate::source::{Origin, Source};
+use crate::store::Store;
+
+/// Everything `sdp serve` needs; from flags, or from a YAML config file with the same names in camelCase.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The config repo: a local path or a git URL.
+    pub repo: String,
+    pub data: PathBuf,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// A file holding the token agents authenticate with.
+    pub token_file: PathBuf,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Seconds between resyncs of a converged sandbox.
+    #[serde(default = "default_resync")]
+    pub resync_secs: u64,
+    /// Seconds between fetches of a remote config repo (and checks of a local one besides file events).
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+    #[serde(default = "default_gateway_ports")]
+    pub gateway_ports: (u16, u16),
+    #[serde(default = "default_service_ports")]
+    pub service_ports: (u16, u16),
+    /// How gateways reach the micro VM when no micro agent has said its address yet.
+    #[serde(default = "default_micro_address")]
+    pub micro_address: String,
+}
+
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 3452))
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_resync() -> u64 {
+    60
+}
+fn default_poll() -> u64 {
+    10
+}
+fn default_gateway_ports() -> (u16, u16) {
+    (8080, 8099)
+}
+fn default_service_ports() -> (u16, u16) {
+    (9001, 9099)
+}
+fn default_micro_address() -> String {
+    "127.0.0.1".into()
+}
+
+impl ServeConfig {
+    /// Reads a config file, refusing unknown fields with the file, line and column.
+    pub fn from_file(path: &Path) -> Result<ServeConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    fn settings(&self) -> Result<Settings> {
+        let (g0, g1) = self.gateway_ports;
+        let (s0, s1) = self.service_ports;
+        if g0 > g1 || s0 > s1 {
+            bail!("a port range runs backwards: gatewayPorts {g0}-{g1}, servicePorts {s0}-{s1}");
+        }
+        if g0 <= s1 && s0 <= g1 {
+            bail!("the gateway range {g0}-{g1} overlaps the service range {s0}-{s1}");
+        }
+        Ok(Settings {
+            gateway_ports: g0..=g1,
+            service_ports: s0..=s1,
+            micro_address: self.micro_address.clone(),
+            ..Settings::default()
+        })
+    }
+}
+
+fn read_token(path: &Path) -> Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the agent token file {}: create one with `head -c 32 /dev/urandom | base64 > {}` and give \
+             the same file to every agent",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        bail!("the agent token in {} is shorter than 16 characters", path.display());
+    }
+    Ok(token)
+}
+
+/// Runs the reconciler until Ctrl-C or SIGTERM.
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let settings = config.settings()?;
+    let token = read_token(&config.token_file)?;
+    let store = Store::open(&config.data)?;
+    let failed = store.fail_unfinished(now_ms())?;
+    if failed > 0 {
+        tracing::warn!("{failed} deployment(s) were running when the reconciler stopped: marked failed, retried");
+    }
+    let (events_tx, mut events) = mpsc::channel(4096);
+    let hub = Arc::new(Hub::new(token, events_tx));
+    let controller = Controller::new(hub, store, settings, Duration::from_secs(config.resync_secs.max(1)))?;
+    controller.spawn(config.concurrency);
+
+    let hook = Arc::new(Notify::new());
+    let origin = Origin::parse(&config.repo, &config.data);
+    tracing::info!("config repo: {}", origin.display());
+    spawn_source(controller.clone(), Source::new(origin), hook.clone(), config.poll_secs);
+
+    // Agent events, in order: reports wake the sandboxes they touch.
+    let ctl = controller.clone();
+    tokio::spawn(async move {
+        let mut last = ctl.hub.actual();
+        while let Some(event) = events.recv().await {
+            match event {
+                HubEvent::Reported(_) => {
+                    ctl.trigger_changed(&last, "agent report");
+                    last = ctl.hub.actual();
+                }
+                HubEvent::Connected(role) => {
+                    if role == sdp_protocol::Role::Micro {
+                        // Routes to `sandbox` use the micro agent's address.
+                        ctl.recompile();
+                    }
+                    ctl.trigger_all("agent connected");
+                }
+                HubEvent::Disconnected(_) => {}
+                HubEvent::Progress(p) => ctl.progress(p),
+                HubEvent::Log(l) => ctl.log(l),
+            }
+        }
+    });
+
+    let app = router(Api {
+        controller: controller.clone(),
+        hook,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another `sdp serve` (or anything else) on that port? `ss -ltnp` shows who",
+            config.listen
+        )
+    })?;
+    tracing::info!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The source loop: read HEAD now, then again on a file event (local repo), a git hook call, or every
+/// `poll_secs`. A failure is logged once until it changes, and retried at the next tick.
+fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, poll_secs: u64) {
+    let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+    let watcher = match source.origin() {
+        Origin::Local(path) => watch(path, changed_tx),
+        Origin::Remote { .. } => None,
+    };
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut source = Some(source);
+        let mut last_error = String::new();
+        loop {
+            let mut src = source.take().expect("the source is put back after each refresh");
+            let (src, result) = match tokio::task::spawn_blocking(move || {
+                let r = src.refresh();
+                (src, r)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!("the source task failed: {e}");
+                    return;
+                }
+            };
+            source = Some(src);
+            match result {
+                Ok(Some(snapshot)) => {
+                    last_error.clear();
+                    tracing::info!(
+                        commit = %crate::plan::short(&snapshot.commit),
+                        sandboxes = snapshot.sandboxes.len(),
+                        problems = snapshot.problems.len(),
+                        "config repo read"
+                    );
+                    for p in &snapshot.problems {
+                        tracing::warn!("{}", p.to_string().replace('\n', " "));
+                    }
+                    controller.set_snapshot(snapshot);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if e != last_error {
+                        tracing::error!("cannot read the config repo: {e}");
+                        let _ = controller
+                            .store
+                            .event(now_ms(), None, format!("cannot read the config repo: {e}"));
+                        last_error = e;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = hook.notified() => {},
+                _ = changed.recv() => {},
+                _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {},
+            }
+        }
+    });
+}
+
+/// Watches a local repo's git dir (HEAD, refs, packed-refs) for commits, debounced.
+fn watch(
+    path: &Path,
+    tx: mpsc::Sender<()>,
+) -> Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>> {
+    use notify::RecursiveMode;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(path)
+        .args(["rev-parse", "--absolute-git-dir"])
+        .output()
+        .ok()?;
+    let git_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !git_dir.is_dir() {
+        return None;
+    }
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(150),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = tx.try_send(());
+            }
+        },
+    )
+    .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", git_dir.display()))
+    .ok()?;
+    let watched = debouncer
+        .watch(&git_dir, RecursiveMode::NonRecursive)
+        .and_then(|_| debouncer.watch(git_dir.join("refs"), RecursiveMode::Recursive));
+    if let Err(e) = watched {
+        tracing::warn!("cannot watch {}: {e}; polling only", git_dir.display());
+        return None;
+    }
+    Some(debouncer)
+}
