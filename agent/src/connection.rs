@@ -188,6 +188,7 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
                 }
                 match executor.report().await {
                     Ok(report) if last.as_ref() != Some(&report) => {
+                        executor.follow(&report, &outbox);
                         last = Some(report.clone());
                         outbox.send(AgentFrame::ActualState(report)).await;
                     }
@@ -244,6 +245,7 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
         }
     };
     reporter.abort();
+    executor.unfollow_all();
     writer.abort();
     result
 }

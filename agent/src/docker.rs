@@ -273,6 +273,34 @@ impl Engine {
         Ok(created.id)
     }
 
+    /// Follows a container's output from now on, one call of `line` per line, until the container stops.
+    pub async fn follow_logs(&self, id: &str, mut line: impl FnMut(String)) {
+        use futures_util::StreamExt;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i32)
+            .unwrap_or(0);
+        let options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .since(since)
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut partial = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            partial.push_str(&chunk.to_string());
+            while let Some(end) = partial.find('\n') {
+                let rest = partial.split_off(end + 1);
+                line(partial.trim_end_matches(['\n', '\r']).to_string());
+                partial = rest;
+            }
+        }
+        if !partial.is_empty() {
+            line(partial);
+        }
+    }
+
     pub async fn stop(&self, name: &str) -> Result<()> {
         match self.owner(name).await {
             Some(true) => {

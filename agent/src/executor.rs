@@ -74,6 +74,8 @@ impl Outbox {
 pub struct Executor {
     pub config: Arc<AgentConfig>,
     pub engine: Engine,
+    /// Running containers whose output is followed, by container id.
+    followed: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// One git operation at a time per repository (worktree add/remove lock the repository).
     repo_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -83,6 +85,7 @@ impl Executor {
         Executor {
             config,
             engine,
+            followed: std::sync::Mutex::default(),
             repo_locks: Mutex::default(),
         }
     }
@@ -212,6 +215,44 @@ impl Executor {
                 })
             })
             .collect()
+    }
+
+    /// Follows the output of every running managed container of `report` (and stops following the others), as
+    /// log lines through the outbox: bounded, with drops counted.
+    pub fn follow(&self, report: &ActualState, out: &Outbox) {
+        let mut followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+        let running: HashMap<&str, &str> = report
+            .containers
+            .iter()
+            .filter(|c| c.state == sdp_protocol::ContainerState::Running)
+            .map(|c| (c.id.as_str(), c.name.as_str()))
+            .collect();
+        followed.retain(|id, task| {
+            let keep = running.contains_key(id.as_str()) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (id, name) in running {
+            if followed.contains_key(id) {
+                continue;
+            }
+            let (engine, out, id_owned, name) = (self.engine.clone(), out.clone(), id.to_string(), name.to_string());
+            let task = tokio::spawn(async move {
+                engine
+                    .follow_logs(&id_owned, |line| out.log(None, Some(name.clone()), line))
+                    .await;
+            });
+            followed.insert(id.to_string(), task);
+        }
+    }
+
+    /// Stops following every container (the connection they report to is gone).
+    pub fn unfollow_all(&self) {
+        for (_, task) in self.followed.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.abort();
+        }
     }
 
     /// Fetches every repository with a deployed branch, so that a push shows as a moved head.

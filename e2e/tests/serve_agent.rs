@@ -156,6 +156,24 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
     let log = get_text(&format!("{api}/api/v1/deployments/{}/logs", d["id"])).unwrap();
     assert!(log.contains("data: Build succeeded"), "{log}");
 
+    // The container's output reaches `sdp logs`, and `sdp get` shows the sandbox.
+    let sdp = |args: &[&str]| run(Command::new(bins.join("sdp")).args(args).args(["--server", &api]));
+    let marker = format!("/marker-{}", suffix());
+    get_text(&format!("http://127.0.0.1:{service_port}{marker}")).unwrap();
+    wait_for("the request's log line in sdp logs", Duration::from_secs(30), || {
+        let out = sdp(&["logs", &format!("{name}/account")]);
+        if out.contains(&format!("GET {marker}")) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let listing = sdp(&["get", "sandboxes"]);
+    assert!(listing.starts_with("NAME"), "{listing}");
+    assert!(listing.contains(&name), "{listing}");
+    let one = sdp(&["get", "sandbox", &name]);
+    assert!(one.contains("account") && one.contains("running"), "{one}");
+
     // No gateway agent: the sandbox says what it waits for.
     let sandbox = get_json(&format!("{api}/api/v1/sandboxes/{name}")).unwrap();
     let error = sandbox["status"]["lastError"].as_str().unwrap_or_default().to_string();

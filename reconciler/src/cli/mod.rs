@@ -1,5 +1,6 @@
 //! The command line: one module per family of commands.
 
+mod client;
 mod gitops;
 mod new;
 mod schema;
@@ -20,6 +21,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: client::Server,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +58,18 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         commit: CommitArgs,
+    },
+    /// Show what a running reconciler knows: sandboxes, one sandbox, deployments, nodes.
+    Get {
+        #[command(subcommand)]
+        what: client::GetWhat,
+    },
+    /// Print a container's recent output: SANDBOX/SERVICE (SERVICE may be `gateway`).
+    Logs {
+        target: String,
+        /// Keep printing new lines as they come.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Run the reconciler: read the config repo, accept agents, reconcile, serve the API and dashboard.
     Serve(serve::ServeArgs),
@@ -133,6 +148,8 @@ pub fn main() -> ExitCode {
         Command::Apply { file, commit } => gitops::apply(&file, &commit),
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
         Command::Serve(args) => serve::run(args),
+        Command::Get { what } => client::run_get(&cli.server, what),
+        Command::Logs { target, follow } => client::run_logs(&cli.server, &target, follow),
     };
     match result {
         Ok(code) => code,

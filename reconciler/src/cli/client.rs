@@ -1,0 +1,340 @@
+//! The commands that read a running reconciler over its JSON API: `sdp get`, `sdp logs`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+
+/// Where the reconciler is.
+#[derive(Args, Clone)]
+pub struct Server {
+    /// The reconciler's URL (or SDP_SERVER).
+    #[arg(long, global = true, env = "SDP_SERVER", default_value = "http://127.0.0.1:3452")]
+    pub server: String,
+}
+
+#[derive(Subcommand)]
+pub enum GetWhat {
+    /// Every sandbox with its sync status, health and gateway URL.
+    Sandboxes {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// One sandbox: services, routes, drift, errors and recent events.
+    Sandbox {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Deployments, newest first.
+    Deployments {
+        #[arg(long)]
+        sandbox: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Connected agents.
+    Nodes {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+/// GET a JSON document; a 404 or 5xx answer becomes its `error` message.
+pub fn get(server: &Server, path: &str) -> Result<Value> {
+    let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    let mut response = agent().get(&url).call().with_context(|| {
+        format!(
+            "cannot reach the reconciler at {}: is `sdp serve` running there?",
+            server.server
+        )
+    })?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .context("cannot read the reconciler's answer")?;
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}: {text}"))?;
+    if status >= 400 {
+        bail!("{}", value["error"].as_str().unwrap_or(&text));
+    }
+    Ok(value)
+}
+
+fn print(value: &Value, output: Output, table: impl FnOnce(&Value) -> String) -> Result<()> {
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(value)?,
+        Output::Yaml => serde_saphyr::to_string(value).context("cannot write YAML")?,
+        Output::Table => table(value),
+    };
+    println!("{}", text.trim_end());
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Columns padded to their widest cell, as kubectl prints them.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let last = cells.len() - 1;
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("   ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
+    match what {
+        GetWhat::Sandboxes { output } => {
+            let list = get(server, "/api/v1/sandboxes")?;
+            print(&list, output, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|sb| {
+                        vec![
+                            s(&sb["name"]),
+                            s(&sb["sync"]),
+                            s(&sb["health"]),
+                            s(&sb["gatewayUrl"]),
+                            s(&sb["services"]),
+                            s(&sb["owner"]),
+                            s(&sb["error"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["NAME", "SYNC", "HEALTH", "GATEWAY", "SERVICES", "OWNER", "ERROR"],
+                    &rows,
+                )
+            })?;
+        }
+        GetWhat::Sandbox { name, output } => {
+            let sb = get(server, &format!("/api/v1/sandboxes/{name}"))?;
+            print(&sb, output, sandbox_table)?;
+        }
+        GetWhat::Deployments { sandbox, output } => {
+            let query = sandbox.map(|s| format!("?sandbox={s}")).unwrap_or_default();
+            let list = get(server, &format!("/api/v1/deployments{query}"))?;
+            print(&list, output, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        vec![
+                            s(&d["id"]),
+                            s(&d["sandbox"]),
+                            s(&d["service"]),
+                            s(&d["branch"]),
+                            d["commit"]
+                                .as_str()
+                                .map_or("-".into(), |c| c.chars().take(12).collect()),
+                            s(&d["state"]),
+                            s(&d["reason"]),
+                            s(&d["error"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID", "SANDBOX", "SERVICE", "BRANCH", "COMMIT", "STATE", "REASON", "ERROR",
+                    ],
+                    &rows,
+                )
+            })?;
+        }
+        GetWhat::Nodes { output } => {
+            let list = get(server, "/api/v1/nodes")?;
+            print(&list, output, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| {
+                        vec![
+                            s(&n["node"]["node"]),
+                            s(&n["node"]["role"]),
+                            s(&n["node"]["address"]),
+                            s(&n["containers"]),
+                            n["node"]["images"].as_array().map_or(0, |a| a.len()).to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["NODE", "ROLE", "ADDRESS", "CONTAINERS", "IMAGES"], &rows)
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sandbox_table(sb: &Value) -> String {
+    let mut out = String::new();
+    let status = &sb["status"];
+    out.push_str(&format!(
+        "Name:     {}\nSync:     {}\nHealth:   {}\nGateway:  {}\nConfig:   {} by {}\n",
+        s(&sb["name"]),
+        s(&status["sync"]),
+        s(&status["health"]),
+        s(&sb["gatewayUrl"]),
+        sb["configCommit"]
+            .as_str()
+            .map_or("-".into(), |c| c.chars().take(12).collect::<String>()),
+        s(&sb["configAuthor"]),
+    ));
+    for (label, v) in [
+        ("Held", &sb["held"]),
+        ("Error", &status["lastError"]),
+        ("Config errors", &sb["configErrors"]),
+    ] {
+        if !v.is_null() {
+            out.push_str(&format!("{label}: {}\n", s(v)));
+        }
+    }
+    let containers = sb["actual"]["containers"].as_array().cloned().unwrap_or_default();
+    let desired = &sb["desired"];
+    let mut services: Vec<(String, &Value)> = desired["services"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v)).collect())
+        .unwrap_or_default();
+    if !desired["gateway"].is_null() {
+        services.push(("gateway".into(), &desired["gateway"]));
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|(svc, d)| {
+            let c = containers.iter().find(|c| c["name"] == d["container"]);
+            vec![
+                svc.clone(),
+                s(&d["branch"]),
+                c.and_then(|c| c["labels"]["sdp.commit"].as_str())
+                    .map_or("-".into(), |x| x.chars().take(12).collect()),
+                c.map_or("missing".into(), |c| s(&c["state"])),
+                s(&d["hostPort"]),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["SERVICE", "BRANCH", "COMMIT", "STATE", "PORT"], &rows));
+    let routes = &desired["routes"];
+    let live = &sb["actual"]["routes"];
+    if let Some(map) = routes.as_object().filter(|m| !m.is_empty()) {
+        let rows: Vec<Vec<String>> = map
+            .iter()
+            .map(|(svc, url)| {
+                let now = &live[svc.as_str()];
+                let matches = if now.is_null() {
+                    "unknown"
+                } else if now == url {
+                    "yes"
+                } else {
+                    "NO"
+                };
+                vec![svc.clone(), s(url), s(now), matches.into()]
+            })
+            .collect();
+        out.push_str("\n\n");
+        out.push_str(&table(&["ROUTE", "TARGET", "LIVE", "MATCH"], &rows));
+    }
+    let pending = status["pending"].as_array().cloned().unwrap_or_default();
+    out.push_str("\n\nDrift: ");
+    if pending.is_empty() {
+        out.push_str("none");
+    }
+    for p in &pending {
+        out.push_str(&format!(
+            "\n  {} {} on {} ({})",
+            p["action"]["kind"].as_str().unwrap_or("?"),
+            s(&p["resource"]),
+            s(&p["role"]),
+            s(&p["reason"]["kind"])
+        ));
+    }
+    let events = sb["events"].as_array().cloned().unwrap_or_default();
+    if !events.is_empty() {
+        out.push_str("\n\nEvents (newest first):");
+        for e in events.iter().take(8) {
+            out.push_str(&format!("\n  {}", s(&e["message"])));
+        }
+    }
+    out
+}
+
+/// `sdp logs SANDBOX/SERVICE [-f]`: a container's recent output, and with -f its new lines as they come.
+pub fn run_logs(server: &Server, target: &str, follow: bool) -> Result<ExitCode> {
+    let Some((sandbox, service)) = target.split_once('/') else {
+        bail!("write the target as SANDBOX/SERVICE, e.g. qa-login-error/account");
+    };
+    let url = format!(
+        "{}/api/v1/sandboxes/{sandbox}/logs/{service}?follow={follow}",
+        server.server.trim_end_matches('/')
+    );
+    let response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach the reconciler at {}", server.server))?;
+    if response.status().as_u16() >= 400 {
+        let mut response = response;
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        bail!("{}", v["error"].as_str().unwrap_or(&text));
+    }
+    let reader = BufReader::new(response.into_body().into_reader());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in reader.lines() {
+        let line = line?;
+        if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+            writeln!(out, "{data}")?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
