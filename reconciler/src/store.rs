@@ -84,6 +84,7 @@ pub struct Event {
 pub struct Store {
     db: Arc<Database>,
     logs: PathBuf,
+    max_events: u64,
 }
 
 impl Store {
@@ -105,7 +106,17 @@ impl Store {
         txn.open_table(DEPLOYMENTS)?;
         txn.open_table(EVENTS)?;
         txn.commit()?;
-        Ok(Store { db: Arc::new(db), logs })
+        Ok(Store {
+            db: Arc::new(db),
+            logs,
+            max_events: MAX_EVENTS,
+        })
+    }
+
+    /// The same store keeping at most `max` events (tests use a small bound).
+    pub fn with_event_limit(mut self, max: u64) -> Store {
+        self.max_events = max.max(1);
+        self
     }
 
     fn get_meta<T: for<'de> Deserialize<'de> + Default>(&self, key: &str) -> Result<T> {
@@ -241,7 +252,7 @@ impl Store {
         Ok(running.len())
     }
 
-    /// Appends an event, dropping the oldest beyond `MAX_EVENTS`.
+    /// Appends an event, dropping the oldest beyond the limit (`MAX_EVENTS` by default).
     pub fn event(&self, at_ms: u64, sandbox: Option<&str>, message: String) -> Result<Event> {
         let txn = self.db.begin_write()?;
         let event = {
@@ -254,7 +265,7 @@ impl Store {
                 message,
             };
             table.insert(seq, serde_json::to_vec(&event)?.as_slice())?;
-            while table.len()? > MAX_EVENTS {
+            while table.len()? > self.max_events {
                 table.pop_first()?;
             }
             event

@@ -1,0 +1,302 @@
+//! The agent hub and the API over real sockets on 127.0.0.1: tokens, the version rule, actions and their
+//! results, in-flight actions when an agent drops, the scheduler's merging, and SSE logs that resume.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sdp_protocol::{Action, ActionResult, AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame, Role};
+use sdp_reconciler::api::{Api, router};
+use sdp_reconciler::controller::Controller;
+use sdp_reconciler::desired::Settings;
+use sdp_reconciler::hub::{Hub, HubEvent};
+use sdp_reconciler::store::Store;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Server {
+    url: String,
+    controller: Arc<Controller>,
+    _data: tempfile::TempDir,
+}
+
+async fn server() -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let (tx, mut events) = tokio::sync::mpsc::channel(256);
+    let hub = Arc::new(Hub::new(TOKEN.into(), tx));
+    let store = Store::open(data.path()).unwrap();
+    let controller = Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap();
+    let ctl = controller.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match e {
+                HubEvent::Log(l) => ctl.log(l),
+                HubEvent::Progress(p) => ctl.progress(p),
+                _ => {}
+            }
+        }
+    });
+    let app = router(Api {
+        controller: controller.clone(),
+        hook: Arc::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        url,
+        controller,
+        _data: data,
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn dial(url: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let mut request = format!("ws://{url}/ws/agent").into_client_request().unwrap();
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+}
+
+fn hello(version: u32) -> Message {
+    let frame = AgentFrame::Hello(Hello {
+        node: "micro-test".into(),
+        role: Role::Micro,
+        protocol_version: version,
+        agent_version: "test".into(),
+        address: "127.0.0.1".into(),
+        repos: vec!["account".into()],
+        images: vec![],
+    });
+    Message::Text(sdp_protocol::encode(&frame).into())
+}
+
+async fn next_frame(ws: &mut Ws) -> ReconcilerFrame {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+        {
+            Some(Ok(Message::Text(t))) => return sdp_protocol::decode(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+async fn connected(url: &str) -> Ws {
+    let mut ws = dial(url, Some(TOKEN)).await.unwrap();
+    ws.send(hello(PROTOCOL_VERSION)).await.unwrap();
+    assert!(matches!(next_frame(&mut ws).await, ReconcilerFrame::Welcome { .. }));
+    ws
+}
+
+fn refused_with(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
+    match result {
+        Err(tungstenite::Error::Http(r)) => (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("not an HTTP refusal: {e}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn agents_without_the_right_token_are_refused_and_told_why() {
+    let s = server().await;
+    let (status, body) = refused_with(dial(&s.url, None).await);
+    assert_eq!(status, 401);
+    assert!(body.contains("missing bearer token"), "{body}");
+    let (status, body) = refused_with(dial(&s.url, Some("wrong-token-0123456789")).await);
+    assert_eq!(status, 401);
+    assert!(body.contains("bad token"), "{body}");
+    assert!(!body.contains(TOKEN));
+}
+
+#[tokio::test]
+async fn a_version_mismatch_is_refused_naming_both_versions() {
+    let s = server().await;
+    let mut ws = dial(&s.url, Some(TOKEN)).await.unwrap();
+    ws.send(hello(PROTOCOL_VERSION + 41)).await.unwrap();
+    let ReconcilerFrame::Refused { reason } = next_frame(&mut ws).await else {
+        panic!("not refused")
+    };
+    assert!(reason.contains(&format!("version {PROTOCOL_VERSION}")), "{reason}");
+    assert!(
+        reason.contains(&format!("version {}", PROTOCOL_VERSION + 41)),
+        "{reason}"
+    );
+    assert!(s.controller.hub.nodes().is_empty());
+}
+
+#[tokio::test]
+async fn actions_get_their_results_and_fail_when_the_agent_drops() {
+    let s = server().await;
+    let hub = s.controller.hub.clone();
+    let none = hub
+        .dispatch(
+            Role::Micro,
+            Action::EnsureNetwork { sandbox: "a".into() },
+            None,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(none.unwrap_err(), "no micro agent is connected");
+
+    let mut ws = connected(&s.url).await;
+    assert_eq!(hub.nodes()[0].node, "micro-test");
+    assert_eq!(hub.address(Role::Micro).as_deref(), Some("127.0.0.1"));
+
+    // A result answers its own request, with the agent's error when there is one.
+    for error in [None, Some("image alpine:3.20 is not loaded".to_string())] {
+        let h = hub.clone();
+        let call = tokio::spawn(async move {
+            h.dispatch(
+                Role::Micro,
+                Action::EnsureNetwork { sandbox: "a".into() },
+                None,
+                Duration::from_secs(30),
+            )
+            .await
+        });
+        let ReconcilerFrame::Action(request) = next_frame(&mut ws).await else {
+            panic!("no action")
+        };
+        assert_eq!(request.action, Action::EnsureNetwork { sandbox: "a".into() });
+        let result = AgentFrame::ActionResult(ActionResult {
+            request_id: request.request_id,
+            error: error.clone(),
+        });
+        ws.send(Message::Text(sdp_protocol::encode(&result).into()))
+            .await
+            .unwrap();
+        assert_eq!(call.await.unwrap(), error.map_or(Ok(()), Err));
+    }
+
+    // In flight when the agent goes: it fails at once with the agent's name, not at the deadline.
+    let h = hub.clone();
+    let call = tokio::spawn(async move {
+        h.dispatch(
+            Role::Micro,
+            Action::RemoveNetwork { sandbox: "a".into() },
+            None,
+            Duration::from_secs(600),
+        )
+        .await
+    });
+    let ReconcilerFrame::Action(_) = next_frame(&mut ws).await else {
+        panic!("no action")
+    };
+    drop(ws);
+    let result = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("not waiting forever");
+    assert_eq!(result.unwrap().unwrap_err(), "agent micro-test disconnected");
+    assert!(hub.nodes().is_empty());
+}
+
+#[tokio::test]
+async fn triggers_of_a_queued_sandbox_are_merged_into_one_pass() {
+    let s = server().await;
+    for i in 0..50 {
+        s.controller
+            .trigger("box", if i % 2 == 0 { "config commit" } else { "agent report" });
+    }
+    s.controller.spawn(4);
+    let passes = || s.controller.metrics.passes.load(Ordering::Relaxed);
+    for _ in 0..100 {
+        if passes() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(passes(), 1, "fifty triggers of one queued sandbox make one pass");
+}
+
+#[test]
+fn backoff_grows_from_two_seconds_to_five_minutes_with_bounded_jitter() {
+    use sdp_reconciler::controller::backoff_delay;
+    assert_eq!(backoff_delay(1, 0.5), Duration::from_secs(2));
+    assert_eq!(backoff_delay(2, 0.5), Duration::from_secs(4));
+    assert_eq!(backoff_delay(30, 0.5), Duration::from_secs(300));
+    assert!(backoff_delay(30, 1.0) <= Duration::from_secs(300));
+    for n in 1..20 {
+        let (low, high) = (backoff_delay(n, 0.0), backoff_delay(n, 1.0));
+        assert!(
+            low < high || high == Duration::from_secs(300),
+            "jitter spreads attempt {n}"
+        );
+        assert!(low >= Duration::from_millis(1600), "never a tight loop: {low:?}");
+    }
+}
+
+#[tokio::test]
+async fn deployment_logs_stream_and_resume_from_last_event_id() {
+    let s = server().await;
+    let store = &s.controller.store;
+    let d = store
+        .start_deployment(sdp_reconciler::store::Deployment {
+            id: 0,
+            sandbox: "box".into(),
+            service: "account".into(),
+            repo: "account".into(),
+            branch: "main".into(),
+            commit: None,
+            config_commit: "c".into(),
+            config_author: "a".into(),
+            environments: vec![],
+            reason: "missing".into(),
+            started_ms: 0,
+            ended_ms: None,
+            state: sdp_reconciler::store::DeploymentState::Running,
+            stages: vec![],
+            error: None,
+        })
+        .unwrap();
+    for i in 0..3 {
+        s.controller.log(sdp_protocol::LogLine {
+            deployment_id: Some(d.id.to_string()),
+            container: None,
+            seq: i,
+            line: format!("line {i}"),
+            dropped_before: if i == 2 { 7 } else { 0 },
+        });
+    }
+    store
+        .update_deployment(d.id, |d| d.state = sdp_reconciler::store::DeploymentState::Succeeded)
+        .unwrap();
+    let url = format!("http://{}/api/v1/deployments/{}/logs", s.url, d.id);
+    let body = tokio::task::spawn_blocking(move || {
+        let all = ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+        let resumed = ureq::get(&url)
+            .header("Last-Event-ID", "0")
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        (all, resumed)
+    })
+    .await
+    .unwrap();
+    let (all, resumed) = body;
+    assert!(all.contains("id: 0\ndata: line 0"), "{all}");
+    assert!(
+        all.contains("data: [sdp: 7 lines dropped under pressure before this one] line 2"),
+        "{all}"
+    );
+    assert!(all.contains("event: end"), "{all}");
+    assert!(!resumed.contains("line 0"), "{resumed}");
+    assert!(resumed.contains("id: 1\ndata: line 1"), "{resumed}");
+}

@@ -1,0 +1,119 @@
+//! The redb store and the deployment logs, on real files in a temp dir.
+
+use sdp_protocol::{Stage, StageState};
+use sdp_reconciler::desired::Allocations;
+use sdp_reconciler::store::{Deployment, DeploymentState, StageRecord, Store};
+
+fn deployment(sandbox: &str, service: &str) -> Deployment {
+    Deployment {
+        id: 0,
+        sandbox: sandbox.into(),
+        service: service.into(),
+        repo: service.into(),
+        branch: "main".into(),
+        commit: None,
+        config_commit: "c0ffee".into(),
+        config_author: "Ann <ann@example.com>".into(),
+        environments: vec!["shared-dev".into()],
+        reason: "missing".into(),
+        started_ms: 1,
+        ended_ms: None,
+        state: DeploymentState::Running,
+        stages: vec![],
+        error: None,
+    }
+}
+
+#[test]
+fn what_is_stored_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut a = Allocations::default();
+        a.ports.insert(("box".into(), "account".into()), 9001);
+        a.ports.insert(("box".into(), "gateway".into()), 8080);
+        store.set_allocations(&a).unwrap();
+        store.set_applied("sandbox-box-account", "00ff").unwrap();
+        let d = store.start_deployment(deployment("box", "account")).unwrap();
+        assert_eq!(d.id, 1);
+        store
+            .update_deployment(d.id, |d| {
+                d.stages.push(StageRecord {
+                    stage: Stage::Build,
+                    state: StageState::Succeeded,
+                    elapsed_ms: 1200,
+                })
+            })
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.allocations().unwrap().ports[&("box".to_string(), "account".to_string())],
+        9001
+    );
+    assert_eq!(store.applied("sandbox-box-account").unwrap().as_deref(), Some("00ff"));
+    // A deployment the reconciler did not finish (it was killed) is failed on start, and says why.
+    assert_eq!(store.fail_unfinished(5).unwrap(), 1);
+    let d = store.deployment(1).unwrap().unwrap();
+    assert_eq!(d.state, DeploymentState::Failed);
+    assert!(d.error.unwrap().contains("stopped during this deployment"));
+    assert_eq!(d.stages.len(), 1);
+    assert_eq!(
+        store.start_deployment(deployment("box", "user")).unwrap().id,
+        2,
+        "ids go on after a reopen"
+    );
+}
+
+#[test]
+fn deployments_filter_newest_first_and_events_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap().with_event_limit(5);
+    for (sb, svc) in [("a", "x"), ("b", "x"), ("a", "y"), ("a", "x")] {
+        store.start_deployment(deployment(sb, svc)).unwrap();
+    }
+    let ids: Vec<u64> = store
+        .deployments(|d| d.sandbox == "a", 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, [4, 3, 1]);
+    assert_eq!(store.deployments(|_| true, 2).unwrap().len(), 2);
+    for i in 0..12 {
+        store
+            .event(i, Some(if i % 2 == 0 { "a" } else { "b" }), format!("event {i}"))
+            .unwrap();
+    }
+    let all = store.events(None, 100).unwrap();
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [12, 11, 10, 9, 8], "the newest five, newest first");
+    assert!(
+        store
+            .events(Some("a"), 100)
+            .unwrap()
+            .iter()
+            .all(|e| e.sandbox.as_deref() == Some("a"))
+    );
+}
+
+#[test]
+fn a_log_is_read_from_any_line_and_its_tail_without_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let log = store.log(7);
+    assert!(log.is_empty());
+    assert!(log.read_from(0, 10).unwrap().is_empty());
+    let lines: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
+    log.append(&lines[..400]).unwrap();
+    log.append(&lines[400..]).unwrap();
+    log.append(&["two\nlines stay one".to_string()]).unwrap();
+    assert_eq!(log.len(), 1001);
+    assert_eq!(
+        log.read_from(998, 10).unwrap(),
+        ["line 998", "line 999", "two lines stay one"]
+    );
+    assert_eq!(log.tail(2).unwrap(), ["line 999", "two lines stay one"]);
+    assert_eq!(log.read_from(0, 2).unwrap(), ["line 0", "line 1"]);
+    assert!(log.read_from(5000, 1).unwrap().is_empty());
+}
