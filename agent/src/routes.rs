@@ -258,4 +258,161 @@ $config['note'] = 'a $config[\'fake_url\'] = \'x\'; inside a string';
         let wanted = [("old".to_string(), "http://x:1".to_string())].into();
         assert!(patch(FILE, &wanted).is_err(), "a commented-out entry is not patched");
     }
+
+    #[test]
+    fn a_corpus_of_realistic_files_reads_as_expected() {
+        let ci = include_str!("../tests/fixtures/config-php/codeigniter.php");
+        let map = routes(ci);
+        let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["account", "base", "card_limit", "payment", "user"]);
+        assert_eq!(map["base"], "", "an empty value is read as empty");
+        assert_eq!(map["card_limit"], "http://card-limit-svc.cc-dev.apps.ocp.internal:8080");
+        let patched = patch(
+            ci,
+            &[("user".to_string(), "http://172.18.136.92:9003".to_string())].into(),
+        )
+        .unwrap();
+        assert_eq!(
+            patched.len(),
+            ci.len() - "http://user-svc.cc-dev.apps.ocp.internal:8080".len() + 25
+        );
+        assert!(patched.contains("$config['user_url'] = 'http://172.18.136.92:9003'; // ticket CC-1042"));
+
+        let edge = include_str!("../tests/fixtures/config-php/edge-cases.php");
+        let map = routes(edge);
+        let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        // `escaped` has an escape in its value: not a plain URL, never patched. The conditional one is live PHP.
+        assert_eq!(keys, ["conditional", "loan", "notification"]);
+        assert_eq!(map["notification"], "http://second:2");
+        let patched = patch(
+            edge,
+            &[("notification".to_string(), "http://third:3".to_string())].into(),
+        )
+        .unwrap();
+        assert!(
+            patched.contains("'http://first:1'"),
+            "the earlier, dead assignment is left as it was"
+        );
+        assert!(patched.contains("$config['notification_url'] = 'http://third:3';   # the last"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One line of a generated config.php: a live route, a commented-out one, another setting, or noise.
+        #[derive(Clone, Debug)]
+        enum Line {
+            Route {
+                service: usize,
+                value: String,
+                double: bool,
+                spaces: usize,
+                trailing: bool,
+            },
+            Commented(usize),
+            Setting(String),
+            Blank,
+        }
+
+        const SERVICES: [&str; 4] = ["account", "payment", "user", "card"];
+
+        fn url() -> impl Strategy<Value = String> {
+            ("[a-z]{1,8}", 1u16..65535).prop_map(|(host, port)| format!("http://{host}.ocp:{port}"))
+        }
+
+        fn line() -> impl Strategy<Value = Line> {
+            prop_oneof![
+                (0..4usize, url(), any::<bool>(), 0..3usize, any::<bool>()).prop_map(
+                    |(service, value, double, spaces, trailing)| Line::Route {
+                        service,
+                        value,
+                        double,
+                        spaces,
+                        trailing
+                    }
+                ),
+                (0..4usize).prop_map(Line::Commented),
+                "[a-z_]{1,10}".prop_map(Line::Setting),
+                Just(Line::Blank),
+            ]
+        }
+
+        fn render(lines: &[Line]) -> String {
+            let mut out = String::from("<?php\n");
+            for l in lines {
+                match l {
+                    Line::Route {
+                        service,
+                        value,
+                        double,
+                        spaces,
+                        trailing,
+                    } => {
+                        let q = if *double { '"' } else { '\'' };
+                        let sp = " ".repeat(*spaces);
+                        out.push_str(&format!(
+                            "$config[{q}{}_url{q}]{sp}={sp}{q}{value}{q};",
+                            SERVICES[*service]
+                        ));
+                        if *trailing {
+                            out.push_str(" // was changed by hand");
+                        }
+                        out.push('\n');
+                    }
+                    Line::Commented(s) => {
+                        out.push_str(&format!("// $config['{}_url'] = 'http://old:1';\n", SERVICES[*s]))
+                    }
+                    Line::Setting(name) => out.push_str(&format!("$config['{name}'] = 'x';\n")),
+                    Line::Blank => out.push('\n'),
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn patch_then_parse_gives_the_new_map_and_keeps_every_other_byte(
+                lines in proptest::collection::vec(line(), 0..20),
+                changes in proptest::collection::btree_map(0..4usize, url(), 0..4),
+            ) {
+                let text = render(&lines);
+                let before = parse(&text);
+                let live: BTreeMap<String, String> = before.iter().map(|e| (e.service.clone(), e.value.clone())).collect();
+                let wanted: BTreeMap<String, String> = changes
+                    .into_iter()
+                    .map(|(i, v)| (SERVICES[i].to_string(), v))
+                    .filter(|(k, _)| live.contains_key(k))
+                    .collect();
+                let patched = patch(&text, &wanted).unwrap();
+                let mut expected = live.clone();
+                expected.extend(wanted.clone());
+                prop_assert_eq!(routes(&patched), expected);
+                // Outside the changed values, the bytes are the same: remove every changed span from both
+                // texts and compare what is left.
+                let strip = |t: &str, entries: &[Entry]| -> String {
+                    let mut spans: Vec<Range<usize>> = entries
+                        .iter()
+                        .filter(|e| wanted.get(&e.service).is_some_and(|v| *v != live[&e.service]))
+                        .map(|e| e.span.clone())
+                        .collect();
+                    spans.sort_by_key(|s| s.start);
+                    let mut out = String::new();
+                    let mut at = 0;
+                    for s in spans {
+                        out.push_str(&t[at..s.start]);
+                        at = s.end;
+                    }
+                    out.push_str(&t[at..]);
+                    out
+                };
+                prop_assert_eq!(strip(&text, &before), strip(&patched, &parse(&patched)));
+            }
+
+            #[test]
+            fn parsing_never_panics(text in "\\PC{0,400}") {
+                let _ = parse(&text);
+            }
+        }
+    }
 }
