@@ -29,7 +29,8 @@ pub struct AgentConfig {
     pub image: String,
     /// Worktrees, builds and state live here.
     pub data_dir: PathBuf,
-    /// A file with `user:password` for fetching over HTTP(S); never logged, never on a command line.
+    /// A file with `username=...` and `password=...` lines (git's credential format) for fetching over
+    /// HTTP(S); never logged, never on a command line, never written by SDP.
     #[serde(default)]
     pub git_credentials: Option<PathBuf>,
     #[serde(default = "default_go")]
@@ -91,6 +92,14 @@ impl AgentConfig {
                 "{}: reconciler: `{}` is not a WebSocket URL; write ws://HOST:3452/ws/agent",
                 path.display(),
                 config.reconciler
+            );
+        }
+        if let Some(file) = &config.git_credentials
+            && file.to_string_lossy().contains('\'')
+        {
+            bail!(
+                "{}: gitCredentials: the path must not contain a single quote",
+                path.display()
             );
         }
         if config.node.trim().is_empty() {

@@ -2,8 +2,10 @@
 //!
 //! Each sandbox gets its own worktree of each service's repository, so two sandboxes run two branches of one
 //! repo. A deploy checks out an exact commit (detached, forced: what the branch says is what runs). Credentials
-//! for fetching come from a git-credential-store file (`https://user:password@host` lines) named in the agent's
-//! config: git reads it itself, so the password is never on a command line, in a child's environment, or in a log.
+//! for fetching come from a file named in the agent's config, in git's own credential format (`username=...` and
+//! `password=...` lines). git reads it through a helper that only answers `get`, so the password is never on a
+//! command line, in a child's environment or in a log, and a failed login never edits the operator's file (as
+//! git's `store` helper would, by erasing the entry).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,9 +26,10 @@ impl Repo {
         // Never prompt: an agent has no terminal.
         cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true");
         if let Some(file) = &self.credentials {
+            // The path is checked to hold no single quote when the config is read.
+            let helper = format!("!f() {{ test \"$1\" = get && cat '{}'; }}; f", file.display());
             cmd.arg("-c").arg("credential.helper=");
-            cmd.arg("-c")
-                .arg(format!("credential.helper=store --file={}", file.display()));
+            cmd.arg("-c").arg(format!("credential.helper={helper}"));
         }
         cmd
     }
@@ -64,6 +67,12 @@ impl Repo {
         let refname = format!("refs/remotes/origin/{branch}");
         self.run(&self.path, &["rev-parse", "--verify", "-q", &refname])
             .with_context(|| format!("branch {branch} is not on origin of {}", self.path.display()))
+    }
+
+    /// How many branches `origin` has: proves the URL and the credentials.
+    pub fn ls_remote(&self) -> Result<usize> {
+        let out = self.run(&self.path, &["ls-remote", "--heads", "origin"])?;
+        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
     }
 
     /// Checks out `commit` into the worktree at `dir`, creating it if needed. Local changes are discarded: the

@@ -4,6 +4,7 @@
 mod config;
 mod connection;
 mod docker;
+mod doctor;
 mod executor;
 mod git;
 mod routes;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Connect to the reconciler and do what it asks (the default).
     Run,
+    /// Check, step by step, everything the agent needs: the reconciler (TCP, HTTP, WebSocket, token), Docker, the
+    /// runtime image, the repositories and their credentials. Exit 1 when a step fails.
+    Doctor,
     /// Read or patch the `<service>_url` entries of a gateway config.php.
     Routes {
         #[command(subcommand)]
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Routes { what } => routes_command(what),
+        Command::Doctor => doctor(&cli.config),
     };
     match result {
         Ok(code) => code,
@@ -91,6 +96,13 @@ fn routes_command(what: RoutesCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(config_path: &std::path::Path) -> Result<ExitCode> {
+    let config = config::AgentConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ok = runtime.block_on(doctor::run(&config));
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run(config_path: &std::path::Path) -> Result<ExitCode> {

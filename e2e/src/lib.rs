@@ -231,3 +231,145 @@ impl Drop for DockerCleanup {
             .output();
     }
 }
+
+/// The agents' token in every test cluster.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A reconciler on a temp config repo (with the examples' environments), and the agents a test starts.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub api: String,
+    pub token: PathBuf,
+    pub serve: Process,
+    pub agents: Vec<Process>,
+    serves: usize,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config");
+        std::fs::create_dir_all(config.join("environments")).unwrap();
+        std::fs::create_dir_all(config.join("sandboxes")).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/environments");
+        for env in ["shared-dev.yaml", "account-dev.yaml"] {
+            std::fs::copy(examples.join(env), config.join("environments").join(env)).unwrap();
+        }
+        git(&config, &["init", "-q", "-b", "main"]);
+        git(&config, &["add", "-A"]);
+        git(&config, &["commit", "-qm", "environments"]);
+        let token = tmp.path().join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        let port = free_port();
+        let serve = Cluster::spawn_serve(tmp.path(), &config, port, &token, 1);
+        Cluster {
+            api: format!("http://127.0.0.1:{port}"),
+            tmp,
+            config,
+            port,
+            token,
+            serve,
+            agents: Vec::new(),
+            serves: 1,
+        }
+    }
+
+    fn spawn_serve(dir: &Path, config: &Path, port: u16, token: &Path, n: usize) -> Process {
+        Process::spawn(
+            Command::new(binaries().join("sdp"))
+                .args(["serve", "--repo"])
+                .arg(config)
+                .arg("--data")
+                .arg(dir.join("data"))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--token-file"])
+                .arg(token)
+                .args(["--resync-secs", "2", "--poll-secs", "1"]),
+            dir.join(format!("serve-{n}.log")),
+        )
+    }
+
+    /// Starts the reconciler again (after a kill) on the same port and data dir.
+    pub fn restart_serve(&mut self) {
+        self.serve.kill();
+        self.serves += 1;
+        self.serve = Cluster::spawn_serve(self.tmp.path(), &self.config, self.port, &self.token, self.serves);
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes an agent config; `extra` is appended as YAML lines.
+    pub fn agent_yaml(&self, node: &str, role: &str, repos: &[(&str, &Path)], extra: &str) -> PathBuf {
+        let mut yaml = format!(
+            "node: {node}\nrole: {role}\nreconciler: ws://127.0.0.1:{}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\n\
+             image: {}\ndataDir: {}\nfetchSecs: 1\n",
+            self.port,
+            self.token.display(),
+            runtime_image(),
+            self.path().join(format!("agent-{node}")).display()
+        );
+        if !repos.is_empty() {
+            yaml.push_str("repos:\n");
+            for (service, path) in repos {
+                yaml.push_str(&format!("  {service}: {}\n", path.display()));
+            }
+        }
+        yaml.push_str(extra);
+        let file = self.path().join(format!("agent-{node}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        file
+    }
+
+    /// Starts `sdp-agent` with a config and waits until the reconciler lists its node.
+    pub fn start_agent(&mut self, yaml: &Path, node: &str) -> usize {
+        let log = self.path().join(format!("{node}.log"));
+        self.agents.push(Process::spawn(
+            Command::new(binaries().join("sdp-agent"))
+                .arg("--config")
+                .arg(yaml)
+                .arg("run"),
+            log,
+        ));
+        let index = self.agents.len() - 1;
+        let api = self.api.clone();
+        wait_for(&format!("agent {node} to connect"), Duration::from_secs(30), || {
+            let nodes = get_json(&format!("{api}/api/v1/nodes"))?;
+            let ok = nodes
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["node"]["node"] == node));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{nodes}\nagent log:\n{}", self.agents[index].output()))
+            }
+        });
+        index
+    }
+
+    /// Writes a file of the config repo and commits it.
+    pub fn commit(&self, file: &str, text: &str, message: &str) {
+        let path = self.config.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        git(&self.config, &["add", "-A"]);
+        git(&self.config, &["commit", "-qm", message]);
+    }
+
+    /// Removes a file of the config repo and commits the removal.
+    pub fn remove(&self, file: &str, message: &str) {
+        git(&self.config, &["rm", "-q", file]);
+        git(&self.config, &["commit", "-qm", message]);
+    }
+
+    /// Every agent's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = format!("reconciler:\n{}\n", self.serve.output());
+        for a in &self.agents {
+            out.push_str(&format!("agent:\n{}\n", a.output()));
+        }
+        out
+    }
+}

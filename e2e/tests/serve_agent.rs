@@ -29,85 +29,34 @@ fn inspect(container: &str, format: &str) -> Option<String> {
 fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
     let image = runtime_image();
     let bins = binaries();
-    let tmp = tempfile::tempdir().unwrap();
     let name = format!("it-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
-
-    // The config repo: the examples' environments, no sandbox yet.
-    let config = tmp.path().join("config");
-    std::fs::create_dir_all(config.join("environments")).unwrap();
-    std::fs::create_dir_all(config.join("sandboxes")).unwrap();
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/environments/shared-dev.yaml");
-    std::fs::copy(examples, config.join("environments/shared-dev.yaml")).unwrap();
-    git(&config, &["init", "-q", "-b", "main"]);
-    git(&config, &["add", "-A"]);
-    git(&config, &["commit", "-qm", "environments"]);
-
-    let account = ServiceRepo::new(tmp.path(), "account", BRANCH);
-    let token = tmp.path().join("token");
-    std::fs::write(&token, "test-token-0123456789abcdef\n").unwrap();
-    let api_port = free_port();
-    let api = format!("http://127.0.0.1:{api_port}");
-
-    let _serve = Process::spawn(
-        Command::new(bins.join("sdp"))
-            .args(["serve", "--repo"])
-            .arg(&config)
-            .arg("--data")
-            .arg(tmp.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{api_port}"), "--token-file"])
-            .arg(&token)
-            .args(["--resync-secs", "2", "--poll-secs", "1"]),
-        tmp.path().join("serve.log"),
+    let mut cluster = Cluster::start();
+    let api = cluster.api.clone();
+    let account = ServiceRepo::new(cluster.path(), "account", BRANCH);
+    let yaml = cluster.agent_yaml(
+        "micro-it",
+        "micro",
+        &[("account", &account.clone)],
+        "containerPort: 8080\n",
     );
-    let agent_config = tmp.path().join("agent.yaml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "node: micro-it\nrole: micro\nreconciler: ws://127.0.0.1:{api_port}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\nrepos:\n  account: {}\nimage: {image}\ndataDir: {}\ncontainerPort: 8080\nfetchSecs: 1\n",
-            token.display(),
-            account.clone.display(),
-            tmp.path().join("agent").display()
-        ),
-    )
-    .unwrap();
-    let agent = Process::spawn(
-        Command::new(bins.join("sdp-agent"))
-            .arg("--config")
-            .arg(&agent_config)
-            .arg("run"),
-        tmp.path().join("agent.log"),
-    );
-
-    wait_for("the agent to connect", Duration::from_secs(30), || {
-        let nodes = get_json(&format!("{api}/api/v1/nodes"))?;
-        let ok = nodes
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n["node"]["node"] == "micro-it"));
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("{nodes}\nagent log:\n{}", agent.output()))
-        }
-    });
+    let agent = cluster.start_agent(&yaml, "micro-it");
 
     // The commit: a sandbox with one service on ports the test picked.
     let service_port = free_port();
     let gateway_port = free_port();
-    std::fs::write(
-        config.join(format!("sandboxes/{name}.yaml")),
-        sandbox_yaml(&name, service_port, gateway_port),
-    )
-    .unwrap();
-    git(&config, &["add", "-A"]);
-    git(&config, &["commit", "-qm", "a sandbox"]);
+    cluster.commit(
+        &format!("sandboxes/{name}.yaml"),
+        &sandbox_yaml(&name, service_port, gateway_port),
+        "a sandbox",
+    );
 
     let first = git(&account.origin, &["rev-parse", BRANCH]);
     let url = format!("http://127.0.0.1:{service_port}/");
     let answer = wait_for(
         "the service to answer on its published port",
         Duration::from_secs(120),
-        || get_text(&url).map_err(|e| format!("{e}\nagent log:\n{}", agent.output())),
+        || get_text(&url).map_err(|e| format!("{e}\nagent log:\n{}", cluster.agents[agent].output())),
     );
     assert_eq!(answer.trim(), format!("account {name} {BRANCH} {first}"));
 
@@ -210,8 +159,7 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
     ]));
 
     // Deleting the manifest removes the container, the worktree and the network.
-    git(&config, &["rm", "-q", &format!("sandboxes/{name}.yaml")]);
-    git(&config, &["commit", "-qm", "delete the sandbox"]);
+    cluster.remove(&format!("sandboxes/{name}.yaml"), "delete the sandbox");
     wait_for("the container and network to go", Duration::from_secs(60), || {
         let container_left = inspect(&container, "{{.Id}}").is_some();
         let network_left = Command::new("docker")
@@ -224,10 +172,8 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
             Err(format!("container {container_left}, network {network_left}"))
         }
     });
-    assert!(
-        !tmp.path().join(format!("agent/worktrees/{name}/account")).exists(),
-        "the worktree is removed"
-    );
+    let worktree = cluster.path().join(format!("agent-micro-it/worktrees/{name}/account"));
+    assert!(!worktree.exists(), "the worktree is removed");
     assert!(
         inspect(&stranger, "{{.Id}}").is_some(),
         "the container SDP does not own is still there"

@@ -1,0 +1,215 @@
+//! `sdp-agent doctor`: the diagnostic ladder an operator climbs when an agent does not connect, as one command.
+//! Each step says pass or fail, and how to fix a failure. It does not say Hello, so a running agent's connection
+//! is left alone.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::config::AgentConfig;
+use crate::docker::Engine;
+use crate::git::Repo;
+
+struct Step {
+    name: String,
+    result: Result<String, (String, String)>,
+}
+
+fn pass(name: impl Into<String>, detail: impl Into<String>) -> Step {
+    Step {
+        name: name.into(),
+        result: Ok(detail.into()),
+    }
+}
+
+fn fail(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Step {
+    Step {
+        name: name.into(),
+        result: Err((detail.into(), hint.into())),
+    }
+}
+
+/// `ws://host:port/path` → (host:port, path).
+fn target(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"))?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/"), |(a, p)| (a, p));
+    let authority = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Some((authority, format!("/{}", path.trim_start_matches('/'))))
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status code and the body.
+fn http(authority: &str, request: &str) -> std::io::Result<(u16, String)> {
+    let addr = authority
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                // A 101 keeps the connection open: the head is all there is to read.
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.starts_with(b"HTTP/1.1 101") {
+                    break;
+                }
+            }
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn upgrade(authority: &str, path: &str, token: Option<&str>) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2RwLWRvY3Rvci1jaGVjaw==\r\n{auth}\r\n"
+    )
+}
+
+pub async fn run(config: &AgentConfig) -> bool {
+    let mut steps = Vec::new();
+    let Some((authority, path)) = target(&config.reconciler) else {
+        println!("FAIL config: reconciler `{}` is not a ws:// URL", config.reconciler);
+        return false;
+    };
+    let reconciler = |s: &str| format!("reconciler {s}");
+
+    let tcp = authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+    match tcp {
+        Some(Ok(_)) => steps.push(pass(reconciler("tcp"), format!("{authority} accepts connections"))),
+        Some(Err(e)) => steps.push(fail(
+            reconciler("tcp"),
+            format!("{authority}: {e}"),
+            "is `sdp serve` running there (systemctl status sdp)? is a firewall between this VM and it?",
+        )),
+        None => steps.push(fail(
+            reconciler("tcp"),
+            format!("cannot resolve {authority}"),
+            "check the host name",
+        )),
+    }
+    let health = format!("GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    match http(&authority, &health) {
+        Ok((200, _)) => steps.push(pass(reconciler("http"), "/healthz answers 200")),
+        Ok((code, body)) => steps.push(fail(
+            reconciler("http"),
+            format!("/healthz answered {code}: {body}"),
+            "something else listens on that port; `ss -ltnp` on the reconciler's VM shows who",
+        )),
+        Err(e) => steps.push(fail(reconciler("http"), e.to_string(), "see the tcp step")),
+    }
+    match http(&authority, &upgrade(&authority, &path, None)) {
+        Ok((401, _)) => steps.push(pass(reconciler("websocket"), format!("{path} is the agents' endpoint"))),
+        Ok((101, _)) => steps.push(fail(
+            reconciler("websocket"),
+            "upgraded without a token",
+            "this reconciler does not check tokens: is it SDP?",
+        )),
+        Ok((code, body)) => steps.push(fail(
+            reconciler("websocket"),
+            format!("upgrade answered {code}: {body}"),
+            "a proxy in between must pass `Upgrade: websocket`; nginx needs proxy_http_version 1.1 and the \
+             Upgrade/Connection headers",
+        )),
+        Err(e) => steps.push(fail(reconciler("websocket"), format!("reset: {e}"), "see the tcp step")),
+    }
+    match config.token() {
+        Err(e) => steps.push(fail(
+            "token",
+            format!("{e:#}"),
+            "the same file as the reconciler's --token-file",
+        )),
+        Ok(token) => match http(&authority, &upgrade(&authority, &path, Some(&token))) {
+            Ok((101, _)) => steps.push(pass("token", "accepted")),
+            Ok((code, body)) => steps.push(fail(
+                "token",
+                format!("refused with {code}: {body}"),
+                format!("copy the reconciler's token file to {}", config.token_file.display()),
+            )),
+            Err(e) => steps.push(fail("token", e.to_string(), "see the tcp step")),
+        },
+    }
+
+    match Engine::connect().await {
+        Err(e) => steps.push(fail(
+            "docker",
+            format!("{e:#}"),
+            "start dockerd, and run the agent as a user in the docker group",
+        )),
+        Ok(engine) => {
+            steps.push(pass("docker", "the engine answers"));
+            match engine.has_image(&config.image).await {
+                Ok(true) => steps.push(pass(format!("image {}", config.image), "present")),
+                _ => steps.push(fail(
+                    format!("image {}", config.image),
+                    "not loaded",
+                    "SDP never pulls: `docker load -i <image>.tar` on this VM",
+                )),
+            }
+        }
+    }
+
+    for (service, path) in &config.repos {
+        let name = format!("repo {service}");
+        if !path.join(".git").exists() && !path.join("HEAD").exists() {
+            steps.push(fail(
+                name,
+                format!("{} is not a git repository", path.display()),
+                "clone it there (repositories are configured by hand)",
+            ));
+            continue;
+        }
+        steps.push(pass(name, path.display().to_string()));
+        let repo = Repo {
+            path: path.clone(),
+            credentials: config.git_credentials.clone(),
+        };
+        match tokio::task::spawn_blocking(move || repo.ls_remote()).await {
+            Ok(Ok(n)) => steps.push(pass(format!("git {service}"), format!("origin lists {n} branches"))),
+            Ok(Err(e)) => steps.push(fail(
+                format!("git {service}"),
+                format!("{e:#}"),
+                "check gitCredentials (a git-credential-store file: https://user:password@host) and the origin URL",
+            )),
+            Err(e) => steps.push(fail(format!("git {service}"), e.to_string(), "")),
+        }
+    }
+
+    let mut ok = true;
+    for step in &steps {
+        match &step.result {
+            Ok(detail) => println!("PASS {}: {detail}", step.name),
+            Err((detail, hint)) => {
+                ok = false;
+                println!("FAIL {}: {detail}", step.name);
+                if !hint.is_empty() {
+                    println!("     hint: {hint}");
+                }
+            }
+        }
+    }
+    ok
+}
