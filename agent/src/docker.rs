@@ -53,8 +53,10 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    /// Managed containers, with their restart counts.
-    pub async fn containers(&self) -> Result<Vec<Container>> {
+    /// Managed containers of this agent's role, with their restart counts. The gateway agent owns the
+    /// `gateway` containers and the micro agent the others, so that two agents sharing one engine (the demo, the
+    /// tests) never report, and so never remove, each other's containers.
+    pub async fn containers(&self, role: sdp_protocol::Role) -> Result<Vec<Container>> {
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&managed_filter())
@@ -64,6 +66,10 @@ impl Engine {
         for c in list {
             let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
             if labels.get(labels::MANAGED).map(String::as_str) != Some("true") {
+                continue;
+            }
+            let is_gateway = labels.get(labels::SERVICE).map(String::as_str) == Some(sdp_protocol::GATEWAY);
+            if is_gateway != (role == sdp_protocol::Role::Gateway) {
                 continue;
             }
             let name = c

@@ -151,7 +151,7 @@ impl Executor {
 
     /// Everything SDP manages on this node, as the reconciler should see it.
     pub async fn report(&self) -> Result<ActualState> {
-        let containers = self.engine.containers().await?;
+        let containers = self.engine.containers(self.config.role).await?;
         let networks = self.engine.networks().await?;
         let mut worktrees = Vec::new();
         let mut routes = BTreeMap::new();

@@ -53,22 +53,129 @@ pub fn binaries() -> &'static Path {
     })
 }
 
+/// The gateway's image in tests: Debian's php-cli from mmdebstrap, imported.
+pub const PHP_IMAGE: &str = "sdp-test/php:latest";
+
+fn ensure_image(image: &str, script: &str) {
+    let present = Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images").join(script);
+        run(Command::new("bash").arg(script).arg(image));
+    }
+}
+
 /// Makes the runtime image once per machine.
 pub fn runtime_image() -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let present = Command::new("docker")
-            .args(["image", "inspect", RUNTIME_IMAGE])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/busybox.sh");
-            run(Command::new("bash").arg(script).arg(RUNTIME_IMAGE));
-        }
-    });
+    DONE.get_or_init(|| ensure_image(RUNTIME_IMAGE, "busybox.sh"));
     RUNTIME_IMAGE
+}
+
+/// Makes the gateway image once per machine (about a minute the first time).
+pub fn php_image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| ensure_image(PHP_IMAGE, "php.sh"));
+    PHP_IMAGE
+}
+
+/// The host's address on Docker's default bridge: what containers on any SDP network reach published ports at,
+/// as the gateway VM reaches the micro VM.
+pub fn docker_host_ip() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .and_then(|cidr| cidr.split('/').next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "172.17.0.1".into())
+}
+
+/// The gateway's front controller in tests: `/<service>/<path>` is proxied to `$config['<service>_url']`, read
+/// from config.php on every request, as erangel does.
+pub const GATEWAY_INDEX: &str = r#"<?php
+require __DIR__ . '/application/config/production/config.php';
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+$parts = explode('/', trim($path, '/'), 2);
+$service = $parts[0];
+if ($service === '') { echo "gateway\n"; return; }
+$key = $service . '_url';
+if (!isset($config[$key])) { http_response_code(404); echo "no route for $service\n"; return; }
+$body = @file_get_contents(rtrim($config[$key], '/') . '/' . ($parts[1] ?? ''));
+if ($body === false) { http_response_code(502); echo "upstream $service failed\n"; return; }
+echo $body;
+"#;
+
+/// A gateway repository whose config.php sends `services` to `ocp_url` (the branch's OCP values).
+pub fn gateway_repo(dir: &Path, branch: &str, services: &[&str], ocp_url: &str) -> ServiceRepo {
+    let work = dir.join("gateway-work");
+    std::fs::create_dir_all(work.join("application/config/production")).unwrap();
+    git(&work, &["init", "-q", "-b", branch]);
+    let mut php = String::from("<?php\n// OCP routes of the credit card squad\n");
+    for s in services {
+        php.push_str(&format!("$config['{s}_url'] = '{ocp_url}/{s}'; // OCP\n"));
+    }
+    php.push_str("$config['log_threshold'] = 1;\n");
+    std::fs::write(work.join("application/config/production/config.php"), php).unwrap();
+    std::fs::write(work.join("index.php"), GATEWAY_INDEX).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "gateway"]);
+    let origin = dir.join("gateway.git");
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&origin));
+    let clone = dir.join("gateway-agent");
+    run(Command::new("git").args(["clone", "-q"]).arg(&origin).arg(&clone));
+    ServiceRepo { origin, clone }
+}
+
+/// A stand-in for OCP: busybox httpd answering `ocp <service>` under `/<service>/`, published on a host port.
+pub struct OcpStandIn {
+    pub name: String,
+    pub port: u16,
+}
+
+impl OcpStandIn {
+    pub fn start(services: &[&str]) -> OcpStandIn {
+        let name = format!("sdp-test-ocp-{}", suffix());
+        let port = free_port();
+        let mut script = String::from("mkdir -p /www");
+        for s in services {
+            script.push_str(&format!(
+                " && mkdir -p /www/{s} && echo 'ocp {s}' > /www/{s}/index.html"
+            ));
+        }
+        script.push_str(" && exec httpd -f -p 8080 -h /www");
+        run(Command::new("docker").args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-p",
+            &format!("{port}:8080"),
+            runtime_image(),
+            "sh",
+            "-c",
+            &script,
+        ]));
+        OcpStandIn { name, port }
+    }
+}
+
+impl Drop for OcpStandIn {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.name]).output();
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; tests use it at once).
