@@ -35,7 +35,9 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "ann@example.com"))
 }
 
-/// The workspace's `target/debug` (or whichever profile the tests run in), with `sdp` and `sdp-agent` built.
+/// The workspace's `target/debug`, with `sdp` and `sdp-agent` built from the current sources: `cargo test -p
+/// sdp-e2e` alone does not build other packages' binaries, so the harness asks cargo once per test binary (a
+/// no-op when they are up to date).
 pub fn binaries() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -45,10 +47,16 @@ pub fn binaries() -> &'static Path {
             .and_then(Path::parent)
             .expect("tests run from target/<profile>/deps")
             .to_path_buf();
-        if !dir.join("sdp").exists() || !dir.join("sdp-agent").exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run(Command::new(cargo).args(["build", "-q", "-p", "sdp-reconciler", "-p", "sdp-agent", "--bins"]));
-        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "-q",
+            "-p",
+            "sdp-reconciler",
+            "-p",
+            "sdp-agent",
+            "--bins",
+        ]));
         dir
     })
 }

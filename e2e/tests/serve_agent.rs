@@ -15,6 +15,13 @@ fn sandbox_yaml(name: &str, service_port: u16, gateway_port: u16) -> String {
     )
 }
 
+fn hub_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn inspect(container: &str, format: &str) -> Option<String> {
     let out = Command::new("docker")
         .args(["inspect", "-f", format, container])
@@ -144,6 +151,50 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
         first_id,
         "a new container for the new commit"
     );
+
+    // `sdp restart` commits a stamp; the plan replaces that container, with the same commit.
+    let before_restart = inspect(&container, "{{.Id}}").unwrap();
+    run(Command::new(bins.join("sdp"))
+        .args(["restart", &format!("{name}/account"), "--repo"])
+        .arg(&cluster.config)
+        .env("GIT_AUTHOR_NAME", "Ann Tester")
+        .env("GIT_AUTHOR_EMAIL", "ann@example.com")
+        .env("GIT_COMMITTER_NAME", "Ann Tester")
+        .env("GIT_COMMITTER_EMAIL", "ann@example.com"));
+    wait_for(
+        "the restart to replace the container",
+        Duration::from_secs(60),
+        || match inspect(&container, "{{.Id}}") {
+            Some(id) if id != before_restart && get_text(&url).is_ok_and(|a| a.contains(&second)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    // An invalid manifest for the running sandbox: it keeps running unchanged, and the error shows.
+    let running_id = inspect(&container, "{{.Id}}").unwrap();
+    let broken =
+        sandbox_yaml(&name, service_port, gateway_port).replace("    branch: develop\n", "    brnch: develop\n");
+    cluster.commit(&format!("sandboxes/{name}.yaml"), &broken, "a typo");
+    let committed_at = hub_now_ms();
+    let shown = wait_for("the error to show after a pass", Duration::from_secs(30), || {
+        let sb = get_json(&format!("{api}/api/v1/sandboxes/{name}"))?;
+        let passed = sb["status"]["lastPassMs"].as_u64().unwrap_or(0) > committed_at;
+        if passed && !sb["configErrors"].is_null() {
+            Ok(sb)
+        } else {
+            Err(sb.to_string())
+        }
+    });
+    assert!(shown["configErrors"].to_string().contains("brnch"), "{shown}");
+    assert!(shown["status"]["lastError"].to_string().contains("brnch"), "{shown}");
+    let listing = sdp(&["get", "sandboxes"]);
+    assert!(listing.contains("brnch"), "sdp get shows the error: {listing}");
+    assert_eq!(
+        inspect(&container, "{{.Id}}").unwrap(),
+        running_id,
+        "the running container is untouched"
+    );
+    assert!(get_text(&url).unwrap().contains(&second));
 
     // A container SDP does not own, with SDP's sandbox label: never removed.
     let stranger = format!("stranger-{name}");

@@ -236,6 +236,83 @@ pub fn delete_change(repo: &RepoState, label_root: &Path, object: &ObjectRef) ->
     })
 }
 
+/// Sets `metadata.annotations.<key>` of an object to `value` by editing its file's text: only the annotation's
+/// value is replaced, or one line (or an `annotations:` block of two) is inserted; every other byte stays. This is
+/// how `sdp restart` asks for a new container: through git, like every other change.
+pub fn annotate(
+    repo: &RepoState,
+    label_root: &Path,
+    object: &ObjectRef,
+    key: &str,
+    value: &str,
+) -> Result<FileChange, String> {
+    let (path, _) = repo
+        .locate(object, label_root)
+        .ok_or_else(|| format!("{object} is not in the config repo's HEAD"))?;
+    let source = repo
+        .set
+        .source_of(object.kind, &object.name)
+        .ok_or_else(|| format!("{object} is not in the config repo's HEAD"))?;
+    let before = repo.files.get(&path).ok_or("the object's file is not in HEAD")?.clone();
+    let quoted = format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+    let index = &source.index;
+    let line_start = |line: u64| -> usize {
+        before
+            .split_inclusive('\n')
+            .take(line.saturating_sub(1) as usize)
+            .map(str::len)
+            .sum()
+    };
+    let flow = "metadata is written in flow style ({...}): add the annotation by hand, or write metadata as a block";
+    let mut after = before.clone();
+    if let Some(place) = index.get(&["metadata", "annotations", key]) {
+        after.replace_range(place.value_bytes.clone(), &quoted);
+    } else if let Some(annotations) = index.get(&["metadata", "annotations"]) {
+        // Insert before the first existing annotation, at its indentation.
+        let annotations_map = match object.kind {
+            Kind::Environment => None,
+            _ => repo
+                .set
+                .sandboxes
+                .iter()
+                .chain(&repo.set.templates)
+                .find(|o| o.value.metadata.name == object.name)
+                .map(|o| o.value.metadata.annotations.clone()),
+        };
+        let first = annotations_map
+            .and_then(|m| {
+                m.keys()
+                    .find_map(|k| index.get(&["metadata", "annotations", k]).and_then(|p| p.key))
+            })
+            .filter(|pos| pos.line > annotations.value.line || annotations.key.is_some_and(|k| pos.line > k.line))
+            .ok_or(flow)?;
+        let at = line_start(first.line);
+        let indent = " ".repeat(first.column.saturating_sub(1) as usize);
+        after.insert_str(at, &format!("{indent}{key}: {quoted}\n"));
+    } else {
+        let name = index.get(&["metadata", "name"]).and_then(|p| p.key).ok_or(flow)?;
+        let metadata = index.get(&["metadata"]).and_then(|p| p.key).ok_or(flow)?;
+        if name.line == metadata.line {
+            return Err(flow.into());
+        }
+        let at = line_start(name.line + 1);
+        let indent = " ".repeat(name.column.saturating_sub(1) as usize);
+        let block = format!("{indent}annotations:\n{indent}  {key}: {quoted}\n");
+        // The name's line may be the file's last, without a newline.
+        if at > after.len() || (at == after.len() && !after.ends_with('\n')) {
+            after.push('\n');
+            after.push_str(&block);
+        } else {
+            after.insert_str(at, &block);
+        }
+    }
+    Ok(FileChange {
+        path,
+        before: Some(before),
+        after: Some(after),
+    })
+}
+
 /// What changes for users, in a few lines: services added, removed or moved to another branch, routes changed.
 pub fn summarize(before: &ConfigSet, after: &ConfigSet, objects: &[ObjectRef]) -> Vec<String> {
     let mut lines = Vec::new();
@@ -435,6 +512,60 @@ mod tests {
         let (parsed, problems) = sdp_manifest::parse_str(Path::new("in.yaml"), text);
         assert!(problems.is_empty(), "{problems:?}");
         parsed
+    }
+
+    #[test]
+    fn annotate_changes_only_the_annotation() {
+        let object = ObjectRef {
+            kind: Kind::Sandbox,
+            name: "a".into(),
+        };
+        let block = "# keep me\napiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: a  # the name\n  owner: ann\nspec:\n  gateway: {branch: main}\n";
+        let state = repo(&[("sandboxes/a.yaml", block)]);
+        let first = annotate(
+            &state,
+            Path::new(""),
+            &object,
+            "sdp/restartedAt",
+            "2026-11-25T10:00:00Z",
+        )
+        .unwrap();
+        let text = first.after.unwrap();
+        assert_eq!(
+            text,
+            block.replace(
+                "  name: a  # the name\n",
+                "  name: a  # the name\n  annotations:\n    sdp/restartedAt: \"2026-11-25T10:00:00Z\"\n"
+            )
+        );
+        // Again: the value is replaced in place.
+        let state = repo(&[("sandboxes/a.yaml", &text)]);
+        let second = annotate(
+            &state,
+            Path::new(""),
+            &object,
+            "sdp/restartedAt",
+            "2026-11-26T00:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            second.after.unwrap(),
+            text.replace("2026-11-25T10:00:00Z", "2026-11-26T00:00:00Z")
+        );
+        // Another key goes beside the first, at its indentation.
+        let third = annotate(&state, Path::new(""), &object, "sdp/restartedAt.account", "x").unwrap();
+        let third = third.after.unwrap();
+        assert!(
+            third.contains("  annotations:\n    sdp/restartedAt.account: \"x\"\n    sdp/restartedAt:"),
+            "{third}"
+        );
+        let reread = repo(&[("sandboxes/a.yaml", &third)]);
+        assert!(reread.set.is_valid(), "{:?}", reread.set.problems);
+        assert_eq!(reread.set.sandboxes[0].value.metadata.annotations.len(), 2);
+        // Flow-style metadata is refused with a way out.
+        let flow = repo(&[("sandboxes/a.yaml", A)]);
+        let err = annotate(&flow, Path::new(""), &object, "sdp/restartedAt", "x").unwrap_err();
+        assert!(err.contains("flow style"), "{err}");
     }
 
     #[test]

@@ -464,7 +464,11 @@ impl Controller {
         let actual = self.hub.actual();
         let pending = plan(name, desired, &actual.view(name));
         let health = health(desired, &actual, name);
-        let error = failed.or_else(|| config_errors.map(|e| e.join("; ")));
+        // The config repo's errors first: they are what the user must fix.
+        let error = match (config_errors.map(|e| e.join("; ")), failed) {
+            (Some(c), Some(f)) => Some(format!("{c}; {f}")),
+            (c, f) => c.or(f),
+        };
         let sync = match (desired, &error, pending.is_empty()) {
             (_, Some(_), _) if !pending.is_empty() => Sync::Failed,
             (Some(d), _, true) if d.mode != Mode::Active => Sync::Suspended,
@@ -506,9 +510,7 @@ impl Controller {
                 .dispatch(step.role, step.action.clone(), None, deadline(&step.action))
                 .await;
             if result.is_ok() {
-                let _ = self
-                    .store
-                    .event(now_ms(), Some(name), format!("{} ({})", step, step.reason));
+                let _ = self.store.event(now_ms(), Some(name), step.to_string());
             }
             return result;
         };

@@ -231,3 +231,39 @@ fn validate_reports_every_problem_as_text_or_json() {
     assert!(at.contains(&"sandboxes/bad.yaml:3:18".to_string()), "{at:?}");
     assert_eq!(problems.len(), 1, "the name is refused first; {problems:?}");
 }
+
+#[test]
+fn restart_commits_a_stamp_for_one_service_or_the_whole_sandbox() {
+    let repo = Repo::new();
+    let before = repo.commits();
+    let out = repo.sdp(&["restart", "qa-login-error/account"]);
+    says(&out, 0, "restart qa-login-error/account");
+    assert_eq!(repo.commits(), before + 1);
+    let text = fs::read_to_string(repo.dir.join("sandboxes/qa-login-error.yaml")).unwrap();
+    let stamp = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("sdp/restartedAt.account:"))
+        .unwrap_or_else(|| panic!("no stamp in:\n{text}"));
+    let value = stamp.split('"').nth(1).unwrap();
+    assert_eq!(value.len(), "2026-11-25T10:00:00Z".len(), "{value}");
+    assert!(value.ends_with('Z') && value.as_bytes()[10] == b'T', "{value}");
+    assert_eq!(
+        repo.git(&["log", "-1", "--format=%s"]).trim(),
+        "restart qa-login-error/account"
+    );
+    says(&repo.sdp(&["validate", "."]), 0, "valid");
+
+    says(&repo.sdp(&["restart", "qa-login-error"]), 0, "restart qa-login-error");
+    let text = fs::read_to_string(repo.dir.join("sandboxes/qa-login-error.yaml")).unwrap();
+    assert!(text.contains("sdp/restartedAt: \""), "{text}");
+
+    let before = repo.commits();
+    says(&repo.sdp(&["restart", "qa-login-error/nope"]), 2, "has no service nope");
+    says(
+        &repo.sdp(&["restart", "nobody"]),
+        2,
+        "sandbox nobody is not in the config repo",
+    );
+    assert_eq!(repo.commits(), before);
+    assert_eq!(repo.status(), "");
+}

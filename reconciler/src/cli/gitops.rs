@@ -209,6 +209,95 @@ pub fn delete(kind: Kind, name: &str, args: &CommitArgs) -> Result<ExitCode> {
     commit(&repo, &plan.changes, message, args.push, None)
 }
 
+/// `sdp restart SANDBOX[/SERVICE]`: commits a restart stamp into the sandbox's metadata (as `kubectl rollout
+/// restart` does); the stamp is part of the spec hash, so the plan replaces that container, or all of them.
+pub fn restart(target: &str, args: &CommitArgs) -> Result<ExitCode> {
+    let (sandbox, service) = match target.split_once('/') {
+        Some((sb, svc)) => (sb, Some(svc)),
+        None => (target, None),
+    };
+    let repo = open(&args.repo)?;
+    let object = ObjectRef {
+        kind: Kind::Sandbox,
+        name: sandbox.to_string(),
+    };
+    let Some(current) = repo
+        .state
+        .set
+        .sandboxes
+        .iter()
+        .find(|o| o.value.metadata.name == sandbox)
+    else {
+        bail!("sandbox {sandbox} is not in the config repo's HEAD (or it is invalid: run `sdp validate`)");
+    };
+    let key = match service {
+        None => crate::desired::RESTART_ANNOTATION.to_string(),
+        Some(svc) if svc == sdp_protocol::GATEWAY || current.value.spec.services.contains_key(svc) => {
+            format!("{}{svc}", crate::desired::RESTART_SERVICE_PREFIX)
+        }
+        Some(svc) => bail!(
+            "sandbox {sandbox} has no service {svc}; its services are: {}",
+            current
+                .value
+                .spec
+                .services
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let change =
+        change::annotate(&repo.state, &repo.label_root, &object, &key, &utc_now()).map_err(anyhow::Error::msg)?;
+    let changes = vec![change];
+    let after = repo.state.after(&changes, &repo.label_root, &BTreeMap::new());
+    let problems = new_problems(&repo.state.set, &after);
+    if !problems.is_empty() {
+        super::print_problems(&problems);
+        eprintln!("restart refused: {} problem(s); nothing was changed", problems.len());
+        return Ok(ExitCode::from(1));
+    }
+    let what = match service {
+        Some(svc) => format!("{sandbox}/{svc}"),
+        None => sandbox.to_string(),
+    };
+    let plan = Plan {
+        summary: vec![format!("restart {what}: its container(s) will be replaced")],
+        objects: vec![object],
+        changes,
+        problems,
+    };
+    show(&plan);
+    let default = format!("restart {what}");
+    let message = args.message.as_deref().unwrap_or(&default);
+    commit(&repo, &plan.changes, message, args.push, None)
+}
+
+/// Now as `2026-11-25T10:00:00Z`.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn describe(objects: &[ObjectRef]) -> String {
     let names: Vec<String> = objects
         .iter()

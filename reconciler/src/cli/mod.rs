@@ -59,6 +59,13 @@ enum Command {
         #[command(flatten)]
         commit: CommitArgs,
     },
+    /// Replace a sandbox's containers (or one service's) by committing a restart stamp into its manifest.
+    Restart {
+        /// SANDBOX or SANDBOX/SERVICE (SERVICE may be `gateway`).
+        target: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+    },
     /// Show what a running reconciler knows: sandboxes, one sandbox, deployments, nodes.
     Get {
         #[command(subcommand)]
@@ -148,6 +155,7 @@ pub fn main() -> ExitCode {
         Command::Apply { file, commit } => gitops::apply(&file, &commit),
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
         Command::Serve(args) => serve::run(args),
+        Command::Restart { target, commit } => gitops::restart(&target, &commit),
         Command::Get { what } => client::run_get(&cli.server, what),
         Command::Logs { target, follow } => client::run_logs(&cli.server, &target, follow),
     };
