@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The image tests run services on: a static busybox, imported offline.
-pub const RUNTIME_IMAGE: &str = "sdp-test/busybox:latest";
+pub const RUNTIME_IMAGE: &str = "sdp-demo/busybox:latest";
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
@@ -62,7 +62,7 @@ pub fn binaries() -> &'static Path {
 }
 
 /// The gateway's image in tests: Debian's php-cli from mmdebstrap, imported.
-pub const PHP_IMAGE: &str = "sdp-test/php:latest";
+pub const PHP_IMAGE: &str = "sdp-demo/php:latest";
 
 fn ensure_image(image: &str, script: &str) {
     let present = Command::new("docker")
@@ -72,7 +72,9 @@ fn ensure_image(image: &str, script: &str) {
         .status()
         .is_ok_and(|s| s.success());
     if !present {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images").join(script);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../reconciler/demo/images")
+            .join(script);
         run(Command::new("bash").arg(script).arg(image));
     }
 }
@@ -110,18 +112,7 @@ pub fn docker_host_ip() -> String {
 
 /// The gateway's front controller in tests: `/<service>/<path>` is proxied to `$config['<service>_url']`, read
 /// from config.php on every request, as erangel does.
-pub const GATEWAY_INDEX: &str = r#"<?php
-require __DIR__ . '/application/config/production/config.php';
-$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
-$parts = explode('/', trim($path, '/'), 2);
-$service = $parts[0];
-if ($service === '') { echo "gateway\n"; return; }
-$key = $service . '_url';
-if (!isset($config[$key])) { http_response_code(404); echo "no route for $service\n"; return; }
-$body = @file_get_contents(rtrim($config[$key], '/') . '/' . ($parts[1] ?? ''));
-if ($body === false) { http_response_code(502); echo "upstream $service failed\n"; return; }
-echo $body;
-"#;
+pub const GATEWAY_INDEX: &str = include_str!("../../reconciler/demo/gateway-index.php");
 
 /// A gateway repository whose config.php sends `services` to `ocp_url` (the branch's OCP values).
 pub fn gateway_repo(dir: &Path, branch: &str, services: &[&str], ocp_url: &str) -> ServiceRepo {
@@ -220,25 +211,7 @@ pub struct ServiceRepo {
 }
 
 /// The source of a tiny Go HTTP service that says who and which branch and commit it is.
-pub const GO_SERVICE: &str = r#"package main
-
-import (
-	"fmt"
-	"net/http"
-	"os"
-)
-
-func main() {
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Println(r.Method, r.URL.Path)
-		fmt.Fprintf(w, "%s %s %s %s\n", NAME, os.Getenv("SDP_SANDBOX"), os.Getenv("SDP_BRANCH"), os.Getenv("SDP_COMMIT"))
-	})
-	if err := http.ListenAndServe(":"+os.Getenv("PORT"), nil); err != nil {
-		fmt.Println(err)
-		os.Exit(1)
-	}
-}
-"#;
+pub const GO_SERVICE: &str = include_str!("../../reconciler/demo/service.go");
 
 impl ServiceRepo {
     /// `name`'s repo under `dir` with `branch` holding the Go service.

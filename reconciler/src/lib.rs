@@ -5,6 +5,7 @@ pub mod api;
 pub mod change;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod desired;
 pub mod git;
 pub mod hub;

@@ -1,6 +1,6 @@
 //! The command line: one module per family of commands.
 
-mod client;
+pub mod client;
 mod gitops;
 mod new;
 mod schema;
@@ -58,6 +58,17 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         commit: CommitArgs,
+    },
+    /// Run SDP on this host with the examples: a reconciler, both agents, demo services and gateway.
+    Demo {
+        /// Remove everything the demo made (its sandboxes' containers and networks, the OCP stand-in, the dir).
+        #[arg(long)]
+        down: bool,
+        /// Where the demo keeps its repos and data (default: ~/.local/share/sdp-demo).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3452)]
+        port: u16,
     },
     /// Replace a sandbox's containers (or one service's) by committing a restart stamp into its manifest.
     Restart {
@@ -156,6 +167,20 @@ pub fn main() -> ExitCode {
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
         Command::Serve(args) => serve::run(args),
         Command::Restart { target, commit } => gitops::restart(&target, &commit),
+        Command::Demo { down, dir, port } => {
+            let dir = dir.unwrap_or_else(|| {
+                let base = std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                    .unwrap_or_else(|| PathBuf::from("."));
+                base.join("sdp-demo")
+            });
+            if down {
+                crate::demo::down(&dir)
+            } else {
+                crate::demo::up(&dir, port)
+            }
+        }
         Command::Get { what } => client::run_get(&cli.server, what),
         Command::Logs { target, follow } => client::run_logs(&cli.server, &target, follow),
     };

@@ -2,7 +2,7 @@
 # Builds the offline stand-in for php:8.3-apache: a Debian rootfs with php-cli made by mmdebstrap and imported as
 # an image (about a minute; needs Debian's package mirror, never a registry). Usage: php.sh [IMAGE]
 set -euo pipefail
-image="${1:-sdp-test/php:latest}"
+image="${1:-sdp-demo/php:latest}"
 if ! command -v mmdebstrap >/dev/null; then
   echo "mmdebstrap is not installed: apt-get install mmdebstrap" >&2
   exit 1

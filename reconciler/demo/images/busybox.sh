@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the offline stand-in for alpine:3.20: a static busybox imported as an image, as the production VMs load
-# their images (no registry, no pull). Usage: busybox.sh [IMAGE]  (default sdp-test/busybox:latest)
+# their images (no registry, no pull). Usage: busybox.sh [IMAGE]  (default sdp-demo/busybox:latest)
 set -euo pipefail
-image="${1:-sdp-test/busybox:latest}"
+image="${1:-sdp-demo/busybox:latest}"
 busybox="$(command -v busybox || true)"
 if [ -z "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
   for candidate in /bin/busybox /usr/bin/busybox; do
