@@ -53,6 +53,9 @@ pub struct AgentConfig {
     /// How the container is started; `{binary}` is replaced by the built binary's path in the container.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// Go's build cache (default: `go-cache` in the data dir).
+    #[serde(default)]
+    pub go_cache: Option<PathBuf>,
     /// Seconds between fetches of the repositories with deployed branches, so that a push is seen.
     #[serde(default = "default_fetch_secs")]
     pub fetch_secs: u64,

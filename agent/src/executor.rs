@@ -434,7 +434,10 @@ impl Executor {
             .env("GOTOOLCHAIN", "local")
             .env("GOPROXY", "off")
             .env("GOFLAGS", "-mod=mod")
-            .env("GOCACHE", data.join("go-cache"))
+            .env(
+                "GOCACHE",
+                self.config.go_cache.clone().unwrap_or_else(|| data.join("go-cache")),
+            )
             .env("GOPATH", data.join("go"))
             .env("HOME", data);
         run_streamed(cmd, "go build", id, out).await

@@ -238,14 +238,24 @@ impl ServiceRepo {
         ServiceRepo { origin, clone }
     }
 
-    /// Commits a change to `branch` of the origin (as a developer's push); returns the new commit.
+    /// Commits a change to `branch` of the origin (as a developer's push; a new branch starts from the default
+    /// branch); returns the new commit.
     pub fn push(&self, branch: &str, file: &str, text: &str) -> String {
         let work = self.origin.with_extension("push");
         if !work.exists() {
             run(Command::new("git").args(["clone", "-q"]).arg(&self.origin).arg(&work));
         }
         git(&work, &["fetch", "-q", "origin"]);
-        git(&work, &["checkout", "-q", "-B", branch, &format!("origin/{branch}")]);
+        // A new branch starts from the default branch's head.
+        let remote = format!("origin/{branch}");
+        let exists = Command::new("git")
+            .arg("-C")
+            .arg(&work)
+            .args(["rev-parse", "--verify", "-q", &remote])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let start = if exists { remote } else { "origin/HEAD".to_string() };
+        git(&work, &["checkout", "-q", "-B", branch, &start]);
         std::fs::write(work.join(file), text).unwrap();
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "change"]);
@@ -393,11 +403,12 @@ impl Cluster {
     pub fn agent_yaml(&self, node: &str, role: &str, repos: &[(&str, &Path)], extra: &str) -> PathBuf {
         let mut yaml = format!(
             "node: {node}\nrole: {role}\nreconciler: ws://127.0.0.1:{}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\n\
-             image: {}\ndataDir: {}\nfetchSecs: 1\n",
+             image: {}\ndataDir: {}\nfetchSecs: 1\ngoCache: {}\n",
             self.port,
             self.token.display(),
             runtime_image(),
-            self.path().join(format!("agent-{node}")).display()
+            self.path().join(format!("agent-{node}")).display(),
+            std::env::temp_dir().join("sdp-e2e-go-cache").display()
         );
         if !repos.is_empty() {
             yaml.push_str("repos:\n");

@@ -398,6 +398,7 @@ impl Controller {
         // missing or whose network failed skips its other steps, a failed gateway deploy skips the routes; the
         // other role and the other services go on.
         let mut problems: Vec<String> = Vec::new();
+        let mut failures = 0;
         let mut blocked: BTreeSet<Role> = BTreeSet::new();
         let mut gateway_failed = false;
         for step in &steps {
@@ -412,6 +413,7 @@ impl Controller {
             }
             let ok = match self.backing_off(&step.resource) {
                 Some(wait) => {
+                    failures += 1;
                     problems.push(format!(
                         "{} is backing off for {:.1} s after a failure",
                         step.resource,
@@ -441,6 +443,7 @@ impl Controller {
                             let wait = self.fail(&step.resource);
                             tracing::warn!("{label} failed: {e}; retry in {:.1} s", wait.as_secs_f64());
                             let _ = self.store.event(now_ms(), Some(name), format!("{label} failed: {e}"));
+                            failures += 1;
                             problems.push(format!("{label} failed: {e}"));
                             self.retry_later(name, wait);
                             false
@@ -469,12 +472,19 @@ impl Controller {
             (Some(c), Some(f)) => Some(format!("{c}; {f}")),
             (c, f) => c.or(f),
         };
-        let sync = match (desired, &error, pending.is_empty()) {
-            (_, Some(_), _) if !pending.is_empty() => Sync::Failed,
-            (Some(d), _, true) if d.mode != Mode::Active => Sync::Suspended,
-            (_, _, true) => Sync::Synced,
-            _ if !steps.is_empty() => Sync::Progressing,
-            _ => Sync::OutOfSync,
+        let suspended = desired.is_some_and(|d| d.mode != Mode::Active);
+        let connected = |role: Role| self.hub.address(role).is_some();
+        let sync = if pending.is_empty() {
+            if suspended { Sync::Suspended } else { Sync::Synced }
+        } else if failures > 0 {
+            Sync::Failed
+        } else if suspended && pending.iter().all(|p| !connected(p.role)) {
+            // Stopped wherever an agent can stop it; the rest waits for its agent.
+            Sync::Suspended
+        } else if !steps.is_empty() && pending.len() < steps.len() {
+            Sync::Progressing
+        } else {
+            Sync::OutOfSync
         };
         let gone = desired.is_none() && pending.is_empty();
         self.set_status(name, |s| {
