@@ -48,7 +48,8 @@ pub fn binaries() -> &'static Path {
             .expect("tests run from target/<profile>/deps")
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo).current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        let mut build = Command::new(cargo);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
             "build",
             "-q",
             "-p",
@@ -56,7 +57,12 @@ pub fn binaries() -> &'static Path {
             "-p",
             "sdp-agent",
             "--bins",
-        ]));
+        ]);
+        // Benchmarks run from target/release: they measure release binaries.
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        run(&mut build);
         dir
     })
 }
