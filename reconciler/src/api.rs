@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use sdp_protocol::{Container, Role, Worktree, labels};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::controller::{Controller, LiveLog, Status, Sync};
@@ -34,8 +34,14 @@ pub struct Api {
     pub hook: Arc<Notify>,
 }
 
+/// The API, the agents' endpoint and the dashboard, all under `base` (empty, or e.g. `/sandbox/credit-card`).
 pub fn router(api: Api) -> Router {
-    Router::new()
+    router_at(api, "")
+}
+
+pub fn router_at(api: Api, base: &str) -> Router {
+    let dashboard = sdp_dashboard::router(Arc::new(api.clone()), base);
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/ws/agent", get(ws_agent))
@@ -48,6 +54,20 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/hooks/git", post(git_hook))
         .with_state(api)
+        .merge(dashboard);
+    let base = base.trim_end_matches('/');
+    if base.is_empty() {
+        app
+    } else {
+        // `{base}/` is the overview too, as a browser (and nginx's location block) writes it.
+        let to = base.to_string();
+        Router::new()
+            .route(
+                &format!("{base}/"),
+                get(move || async move { axum::response::Redirect::permanent(&to) }),
+            )
+            .nest(base, app)
+    }
 }
 
 fn not_found(what: String) -> Response {
@@ -109,6 +129,11 @@ fn status_or_new(api: &Api, name: &str, desired: Option<&DesiredSandbox>) -> Sta
 }
 
 async fn sandboxes(State(api): State<Api>) -> Json<Vec<SandboxSummary>> {
+    Json(sandbox_list(&api))
+}
+
+/// Every sandbox in git or on a VM, summarised.
+pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
     let world = api.controller.world();
     let out = api
         .controller
@@ -116,7 +141,7 @@ async fn sandboxes(State(api): State<Api>) -> Json<Vec<SandboxSummary>> {
         .into_iter()
         .map(|name| {
             let d = world.desired.sandboxes.get(&name);
-            let status = status_or_new(&api, &name, d);
+            let status = status_or_new(api, &name, d);
             let error = world
                 .desired
                 .held
@@ -128,7 +153,7 @@ async fn sandboxes(State(api): State<Api>) -> Json<Vec<SandboxSummary>> {
                 owner: d.and_then(|d| d.owner.clone()),
                 sync: status.sync,
                 health: status.health,
-                gateway_url: d.and_then(|d| gateway_url(&api, d)),
+                gateway_url: d.and_then(|d| gateway_url(api, d)),
                 services: d.map_or(0, |d| d.services.len()),
                 last_commit: world.snapshot.commit.clone(),
                 last_author: world.snapshot.author.clone(),
@@ -137,7 +162,7 @@ async fn sandboxes(State(api): State<Api>) -> Json<Vec<SandboxSummary>> {
             }
         })
         .collect();
-    Json(out)
+    out
 }
 
 /// One sandbox's part of the agents' reports.
@@ -152,6 +177,15 @@ struct ActualOfSandbox {
 }
 
 async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match sandbox_doc(&api, &name) {
+        Some(doc) => Json(doc).into_response(),
+        None => not_found(format!("no sandbox {name} in the config repo or on the VMs")),
+    }
+}
+
+/// Everything about one sandbox: desired, actual, drift, status, errors, manifest, events, deployments.
+pub fn sandbox_doc(api: &Api, name: &str) -> Option<Value> {
+    let name = name.to_string();
     let world = api.controller.world();
     let d = world.desired.sandboxes.get(&name);
     let actual = api.controller.hub.actual();
@@ -162,9 +196,9 @@ async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
         || !view.micro.containers.is_empty()
         || !view.gateway.containers.is_empty();
     if !known {
-        return not_found(format!("no sandbox {name} in the config repo or on the VMs"));
+        return None;
     }
-    let status = status_or_new(&api, &name, d);
+    let status = status_or_new(api, &name, d);
     let mine = ActualOfSandbox {
         containers: view
             .micro
@@ -189,12 +223,12 @@ async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
         .store
         .deployments(|dep| dep.sandbox == name, 20)
         .unwrap_or_default();
-    Json(json!({
+    Some(json!({
         "name": name,
         "desired": d,
         "held": world.desired.held.get(&name),
         "configErrors": world.snapshot.errors.get(&name),
-        "gatewayUrl": d.and_then(|d| gateway_url(&api, d)),
+        "gatewayUrl": d.and_then(|d| gateway_url(api, d)),
         "status": status,
         "actual": mine,
         "manifest": world.snapshot.manifests.get(&name),
@@ -203,33 +237,35 @@ async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
         "events": events,
         "deployments": deployments,
     }))
-    .into_response()
 }
 
-#[derive(Deserialize)]
-struct DeploymentQuery {
-    sandbox: Option<String>,
-    service: Option<String>,
-    author: Option<String>,
-    state: Option<DeploymentState>,
-    limit: Option<usize>,
+#[derive(Default, Deserialize)]
+pub struct DeploymentQuery {
+    pub sandbox: Option<String>,
+    pub service: Option<String>,
+    pub author: Option<String>,
+    pub state: Option<DeploymentState>,
+    pub limit: Option<usize>,
 }
 
 async fn deployments(State(api): State<Api>, Query(q): Query<DeploymentQuery>) -> Response {
+    match deployment_list(&api, &q) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// Deployments, newest first, filtered.
+pub fn deployment_list(api: &Api, q: &DeploymentQuery) -> anyhow::Result<Vec<Deployment>> {
     let filter = |d: &Deployment| {
         q.sandbox.as_ref().is_none_or(|s| &d.sandbox == s)
             && q.service.as_ref().is_none_or(|s| &d.service == s)
             && q.author.as_ref().is_none_or(|a| d.config_author.contains(a.as_str()))
             && q.state.is_none_or(|s| d.state == s)
     };
-    match api
-        .controller
+    api.controller
         .store
         .deployments(filter, q.limit.unwrap_or(100).min(1000))
-    {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => internal(e),
-    }
 }
 
 async fn deployment(State(api): State<Api>, Path(id): Path<u64>) -> Response {
@@ -386,6 +422,11 @@ async fn container_logs(
 }
 
 async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(node_list(&api))
+}
+
+/// The connected agents with what they report.
+pub fn node_list(api: &Api) -> Value {
     let actual = api.controller.hub.actual();
     let nodes: Vec<serde_json::Value> = api
         .controller
@@ -401,7 +442,7 @@ async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!(nodes))
+    json!(nodes)
 }
 
 async fn git_hook(State(api): State<Api>) -> Response {
@@ -461,4 +502,39 @@ async fn metrics(State(api): State<Api>) -> Response {
         out.push_str(&format!("sdp_containers{{role=\"{role}\"}} {}\n", managed(role)));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The dashboard reads what the API answers.
+impl sdp_dashboard::View for Api {
+    fn sandboxes(&self) -> Value {
+        json!(sandbox_list(self))
+    }
+
+    fn sandbox(&self, name: &str) -> Option<Value> {
+        sandbox_doc(self, name)
+    }
+
+    fn deployments(&self, filter: &sdp_dashboard::Filter) -> Value {
+        let q = DeploymentQuery {
+            sandbox: filter.sandbox.clone().filter(|s| !s.is_empty()),
+            service: filter.service.clone().filter(|s| !s.is_empty()),
+            author: filter.author.clone().filter(|s| !s.is_empty()),
+            state: filter
+                .state
+                .as_deref()
+                .and_then(|s| serde_json::from_value(json!(s)).ok()),
+            limit: Some(200),
+        };
+        deployment_list(self, &q)
+            .map(|l| json!(l))
+            .unwrap_or_else(|_| json!([]))
+    }
+
+    fn deployment(&self, id: u64) -> Option<Value> {
+        self.controller.store.deployment(id).ok().flatten().map(|d| json!(d))
+    }
+
+    fn nodes(&self) -> Value {
+        node_list(self)
+    }
 }

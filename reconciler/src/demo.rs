@@ -333,6 +333,7 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
         gateway_ports: (8080, 8099),
         service_ports: (9001, 9099),
         micro_address: host.clone(),
+        base_path: String::new(),
     };
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
-use crate::api::{Api, router};
+use crate::api::Api;
 use crate::controller::Controller;
 use crate::desired::Settings;
 use crate::hub::{Hub, HubEvent, now_ms};
@@ -43,6 +43,9 @@ pub struct ServeConfig {
     /// How gateways reach the micro VM when no micro agent has said its address yet.
     #[serde(default = "default_micro_address")]
     pub micro_address: String,
+    /// Where everything is served, for a reverse proxy that mounts SDP under a path (`/sandbox/credit-card`).
+    #[serde(default)]
+    pub base_path: String,
 }
 
 pub fn default_listen() -> SocketAddr {
@@ -151,10 +154,13 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         }
     });
 
-    let app = router(Api {
-        controller: controller.clone(),
-        hook,
-    });
+    let app = crate::api::router_at(
+        Api {
+            controller: controller.clone(),
+            hook,
+        },
+        &config.base_path,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {}: is another `sdp serve` (or anything else) on that port? `ss -ltnp` shows who",

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Address of the micro VM for routes to `sandbox`, until a micro agent reports its own.
     #[arg(long)]
     micro_address: Option<String>,
+    /// Serve everything under this path (behind a proxy that mounts SDP at, e.g., /sandbox/credit-card).
+    #[arg(long)]
+    base_path: Option<String>,
 }
 
 fn config(args: ServeArgs) -> Result<ServeConfig> {
@@ -57,6 +60,7 @@ fn config(args: ServeArgs) -> Result<ServeConfig> {
                 gateway_ports: (8080, 8099),
                 service_ports: (9001, 9099),
                 micro_address: "127.0.0.1".into(),
+                base_path: String::new(),
             }
         }
     };
@@ -83,6 +87,12 @@ fn config(args: ServeArgs) -> Result<ServeConfig> {
     }
     if let Some(v) = args.micro_address {
         c.micro_address = v;
+    }
+    if let Some(v) = args.base_path {
+        c.base_path = v;
+    }
+    if !c.base_path.is_empty() && !c.base_path.starts_with('/') {
+        anyhow::bail!("--base-path must start with `/`, as in /sandbox/credit-card");
     }
     Ok(c)
 }

@@ -1,0 +1,100 @@
+//! Writing HTML by hand, safely: every value goes through `esc`, and pages share one frame.
+
+use serde_json::Value;
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JSON value as display text: strings as they are, null as a dash.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Escaped display text of a JSON value.
+pub fn t(v: &Value) -> String {
+    esc(&text(v))
+}
+
+/// A status word as a coloured badge (the class is the word itself, from a fixed set in the CSS).
+pub fn badge(v: &Value) -> String {
+    let word = text(v);
+    let class: String = word.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    format!("<span class=\"badge {class}\">{}</span>", esc(&word))
+}
+
+/// The first 12 characters of a commit id.
+pub fn short(v: &Value) -> String {
+    esc(&text(v).chars().take(12).collect::<String>())
+}
+
+/// Unix milliseconds as `2026-11-25 10:00:00 UTC`.
+pub fn time(v: &Value) -> String {
+    let Some(ms) = v.as_u64() else { return "-".into() };
+    let secs = ms / 1000;
+    let (days, rest) = ((secs / 86400) as i64, secs % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// A whole page: the header with the navigation, then `body`.
+pub fn page(base: &str, title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} · SDP</title>\n\
+         <link rel=\"stylesheet\" href=\"{base}/static/sdp.css\">\n</head>\n<body data-base=\"{base}\">\n\
+         <header><strong>SDP</strong><nav aria-label=\"main\"><a href=\"{base}/\">Sandboxes</a>\
+         <a href=\"{base}/deployments\">History</a><a href=\"{base}/nodes\">Nodes</a></nav>\
+         <span class=\"muted\">read-only: changes go through git</span></header>\n<main>\n{body}\n</main>\n\
+         <script src=\"{base}/static/sdp.js\"></script>\n</body>\n</html>\n",
+        title = esc(title),
+        base = esc(base),
+    )
+}
+
+/// A table from a header and rows of already-escaped cells.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = String::from("<table>\n<thead><tr>");
+    for h in header {
+        out.push_str(&format!("<th scope=\"col\">{}</th>", esc(h)));
+    }
+    out.push_str("</tr></thead>\n<tbody>\n");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            out.push_str(&format!("<td>{cell}</td>"));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody>\n</table>");
+    out
+}

@@ -1,0 +1,46 @@
+// SDP dashboard: live updates without reloads. Plain JS, no build step.
+(function () {
+  "use strict";
+  var base = document.body.dataset.base || "";
+
+  // A deployment's log: follow it over SSE; EventSource resumes from Last-Event-ID by itself after a reconnect,
+  // so no line is lost. Auto-scroll stops while the reader has scrolled up, and resumes at the bottom.
+  var log = document.getElementById("log");
+  if (log) {
+    var follow = true;
+    log.addEventListener("scroll", function () {
+      follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    });
+    var source = new EventSource(base + "/api/v1/deployments/" + log.dataset.id + "/logs");
+    source.onmessage = function (e) {
+      var line = document.createElement("div");
+      line.textContent = e.data;
+      log.appendChild(line);
+      if (follow) { log.scrollTop = log.scrollHeight; }
+    };
+    source.addEventListener("end", function () {
+      source.close();
+      var done = document.createElement("div");
+      done.className = "muted";
+      done.textContent = "— end of log —";
+      log.appendChild(done);
+    });
+  }
+
+  // Pages that show status refresh their live parts from the server's rendering of them.
+  var live = document.querySelectorAll("[data-live]");
+  if (live.length) {
+    setInterval(function () {
+      fetch(window.location.href, { headers: { "X-SDP-Partial": "1" } })
+        .then(function (r) { return r.text(); })
+        .then(function (html) {
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          live.forEach(function (el) {
+            var fresh = doc.querySelector('[data-live="' + el.dataset.live + '"]');
+            if (fresh && fresh.innerHTML !== el.innerHTML) { el.innerHTML = fresh.innerHTML; }
+          });
+        })
+        .catch(function () {});
+    }, 2000);
+  }
+})();
