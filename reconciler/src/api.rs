@@ -135,8 +135,7 @@ async fn sandboxes(State(api): State<Api>) -> Json<Vec<SandboxSummary>> {
 /// Every sandbox in git or on a VM, summarised.
 pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
     let world = api.controller.world();
-    let out = api
-        .controller
+    api.controller
         .sandbox_names()
         .into_iter()
         .map(|name| {
@@ -161,8 +160,7 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
                 name,
             }
         })
-        .collect();
-    out
+        .collect()
 }
 
 /// One sandbox's part of the agents' reports.
