@@ -48,6 +48,36 @@ fn the_demo_converges_answers_and_cleans_up_after_itself() {
         "ocp payment"
     );
 
+    // The account service's secret (DB_PASSWORD, from a file named by the account-dev Environment) reached the
+    // container, and no page, API answer or log shows its value.
+    let env = run(Command::new("docker").args(["inspect", "-f", "{{json .Config.Env}}", "sandbox-qa-login-error-account"]));
+    assert!(env.contains("DB_PASSWORD=demo-password"), "the agent read the secret: {env}");
+    let api = format!("http://127.0.0.1:{port}");
+    let mut seen = String::new();
+    for path in [
+        "/",
+        "/sandboxes/qa-login-error",
+        "/deployments",
+        "/deployments/1",
+        "/nodes",
+        "/api/v1/sandboxes",
+        "/api/v1/sandboxes/qa-login-error",
+        "/api/v1/deployments",
+        "/api/v1/deployments/1",
+        "/api/v1/nodes",
+        "/metrics",
+    ] {
+        let text = get_text(&format!("{api}{path}")).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(!text.contains("demo-password"), "the secret's value is on {path}");
+        seen.push_str(&text);
+    }
+    assert!(seen.contains("/secrets/account-db-password"), "the secret's file reference is shown, not its value");
+    let logs = std::fs::read_dir(dir.join("logs")).unwrap();
+    for log in logs {
+        let text = std::fs::read_to_string(log.unwrap().path()).unwrap();
+        assert!(!text.contains("demo-password"), "the secret's value is in a log");
+    }
+
     // Ctrl-C stops SDP cleanly.
     run(Command::new("kill").args(["-INT", &demo.child.id().to_string()]));
     let status = wait_for("the demo to stop", Duration::from_secs(30), || {
