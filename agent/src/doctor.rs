@@ -111,12 +111,14 @@ pub async fn run(config: &AgentConfig) -> bool {
             "check the host name",
         )),
     }
-    let health = format!("GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    // Behind a base path (`/sandbox/credit-card/ws/agent`), /healthz sits under the same prefix.
+    let prefix = path.strip_suffix("/ws/agent").unwrap_or("");
+    let health = format!("GET {prefix}/healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     match http(&authority, &health) {
-        Ok((200, _)) => steps.push(pass(reconciler("http"), "/healthz answers 200")),
+        Ok((200, _)) => steps.push(pass(reconciler("http"), format!("{prefix}/healthz answers 200"))),
         Ok((code, body)) => steps.push(fail(
             reconciler("http"),
-            format!("/healthz answered {code}: {body}"),
+            format!("{prefix}/healthz answered {code}: {body}"),
             "something else listens on that port; `ss -ltnp` on the reconciler's VM shows who",
         )),
         Err(e) => steps.push(fail(reconciler("http"), e.to_string(), "see the tcp step")),

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "sdp-agent",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SDP_COMMIT"), ")"),
     about = "SDP's agent: runs sandboxes on this VM for the reconciler"
 )]
 struct Cli {

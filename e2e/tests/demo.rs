@@ -50,8 +50,16 @@ fn the_demo_converges_answers_and_cleans_up_after_itself() {
 
     // The account service's secret (DB_PASSWORD, from a file named by the account-dev Environment) reached the
     // container, and no page, API answer or log shows its value.
-    let env = run(Command::new("docker").args(["inspect", "-f", "{{json .Config.Env}}", "sandbox-qa-login-error-account"]));
-    assert!(env.contains("DB_PASSWORD=demo-password"), "the agent read the secret: {env}");
+    let env = run(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        "sandbox-qa-login-error-account",
+    ]));
+    assert!(
+        env.contains("DB_PASSWORD=demo-password"),
+        "the agent read the secret: {env}"
+    );
     let api = format!("http://127.0.0.1:{port}");
     let mut seen = String::new();
     for path in [
@@ -71,7 +79,10 @@ fn the_demo_converges_answers_and_cleans_up_after_itself() {
         assert!(!text.contains("demo-password"), "the secret's value is on {path}");
         seen.push_str(&text);
     }
-    assert!(seen.contains("/secrets/account-db-password"), "the secret's file reference is shown, not its value");
+    assert!(
+        seen.contains("/secrets/account-db-password"),
+        "the secret's file reference is shown, not its value"
+    );
     let logs = std::fs::read_dir(dir.join("logs")).unwrap();
     for log in logs {
         let text = std::fs::read_to_string(log.unwrap().path()).unwrap();

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "sdp",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SDP_COMMIT"), ")"),
     about = "SDP, the Sandbox Deployment Platform: sandboxes as YAML in a git config repo"
 )]
 struct Cli {
