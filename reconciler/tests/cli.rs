@@ -267,3 +267,37 @@ fn restart_commits_a_stamp_for_one_service_or_the_whole_sandbox() {
     assert_eq!(repo.commits(), before);
     assert_eq!(repo.status(), "");
 }
+
+#[test]
+fn serve_refuses_a_taken_port_and_says_who_to_ask() {
+    let repo = Repo::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let token = repo.dir.join("../token");
+    fs::write(&token, "test-token-0123456789abcdef").unwrap();
+    let data = repo.dir.join("../data");
+    let out = repo.sdp(&[
+        "serve",
+        "--repo",
+        ".",
+        "--data",
+        data.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    says(&out, 2, &format!("cannot listen on 127.0.0.1:{port}"));
+    says(&out, 2, "ss -ltnp");
+    // No token file: refused before anything starts, saying how to make one.
+    let out = repo.sdp(&[
+        "serve",
+        "--repo",
+        ".",
+        "--data",
+        data.to_str().unwrap(),
+        "--token-file",
+        "/nonexistent/token",
+    ]);
+    says(&out, 2, "head -c 32 /dev/urandom");
+}

@@ -117,3 +117,43 @@ fn a_log_is_read_from_any_line_and_its_tail_without_a_scan() {
     assert_eq!(log.read_from(0, 2).unwrap(), ["line 0", "line 1"]);
     assert!(log.read_from(5000, 1).unwrap().is_empty());
 }
+
+#[test]
+fn a_backup_made_as_the_runbook_says_restores_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = Store::open(&data).unwrap();
+        let mut a = Allocations::default();
+        a.ports.insert(("box".into(), "account".into()), 9007);
+        store.set_allocations(&a).unwrap();
+        let d = store.start_deployment(deployment("box", "account")).unwrap();
+        store.log(d.id).append(&["go build ok".to_string()]).unwrap();
+        store.event(1, Some("box"), "deployed".into()).unwrap();
+    }
+    // deploy/RUNBOOK.md: `tar -C /var/lib/sdp -czf FILE sdp.redb logs`, then `tar -C /var/lib/sdp -xzf FILE`.
+    let archive = dir.path().join("backup.tar.gz");
+    let tar = |args: &[&str]| {
+        let ok = std::process::Command::new("tar").args(args).status().unwrap().success();
+        assert!(ok, "tar {args:?}");
+    };
+    tar(&[
+        "-C",
+        data.to_str().unwrap(),
+        "-czf",
+        archive.to_str().unwrap(),
+        "sdp.redb",
+        "logs",
+    ]);
+    let restored = dir.path().join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    tar(&["-C", restored.to_str().unwrap(), "-xzf", archive.to_str().unwrap()]);
+    let store = Store::open(&restored).unwrap();
+    assert_eq!(
+        store.allocations().unwrap().ports[&("box".to_string(), "account".to_string())],
+        9007
+    );
+    assert_eq!(store.deployment(1).unwrap().unwrap().service, "account");
+    assert_eq!(store.log(1).tail(1).unwrap(), ["go build ok"]);
+    assert_eq!(store.events(Some("box"), 10).unwrap()[0].message, "deployed");
+}
