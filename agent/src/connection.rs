@@ -215,6 +215,19 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
             Ok(ReconcilerFrame::Refused { reason }) => {
                 break Err(format!("the reconciler closed this connection: {reason}"));
             }
+            Ok(ReconcilerFrame::ListBranches { request_id, repo }) => {
+                let (executor, outbox) = (executor.clone(), outbox.clone());
+                tokio::spawn(async move {
+                    let listed = executor.branches(&repo).await;
+                    let frame = sdp_protocol::BranchList {
+                        request_id,
+                        repo,
+                        error: listed.as_ref().err().map(|e| format!("{e:#}")),
+                        branches: listed.unwrap_or_default(),
+                    };
+                    outbox.send(AgentFrame::Branches(frame)).await;
+                });
+            }
             Ok(ReconcilerFrame::Action(request)) => {
                 let executor = executor.clone();
                 let outbox = outbox.clone();

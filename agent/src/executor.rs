@@ -287,6 +287,20 @@ impl Executor {
             .collect()
     }
 
+    /// The branches of one of this node's repositories, as its remote lists them.
+    pub async fn branches(&self, service: &str) -> Result<Vec<BranchHead>> {
+        let repo = self.repo(service)?;
+        let listed = tokio::task::spawn_blocking(move || repo.branches()).await??;
+        Ok(listed
+            .into_iter()
+            .map(|(branch, commit)| BranchHead {
+                repo: service.to_string(),
+                branch,
+                commit,
+            })
+            .collect())
+    }
+
     /// Runs one action.
     pub async fn run(&self, action: Action, deployment: Option<String>, out: &Outbox) -> Result<()> {
         match action {

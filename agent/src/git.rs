@@ -71,8 +71,17 @@ impl Repo {
 
     /// How many branches `origin` has: proves the URL and the credentials.
     pub fn ls_remote(&self) -> Result<usize> {
+        Ok(self.branches()?.len())
+    }
+
+    /// The branches of `origin` with their commits, as `git ls-remote --heads` lists them.
+    pub fn branches(&self) -> Result<Vec<(String, String)>> {
         let out = self.run(&self.path, &["ls-remote", "--heads", "origin"])?;
-        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter_map(|(commit, r)| r.strip_prefix("refs/heads/").map(|b| (b.to_string(), commit.to_string())))
+            .collect())
     }
 
     /// Checks out `commit` into the worktree at `dir`, creating it if needed. Local changes are discarded: the

@@ -358,7 +358,16 @@ pub async fn nodes(State(ctx): State<Ctx>) -> Html<String> {
                 t(&node["address"]),
                 time(&node["lastSeenMs"]),
                 esc(&list(&node["images"]).iter().map(text).collect::<Vec<_>>().join(", ")),
-                esc(&list(&node["repos"]).iter().map(text).collect::<Vec<_>>().join(", ")),
+                list(&node["repos"])
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "<details data-branches=\"{}\"><summary>{}</summary><span class=\"muted\">listing…</span></details>",
+                            t(r),
+                            t(r)
+                        )
+                    })
+                    .collect::<String>(),
                 heads,
             ]
         })

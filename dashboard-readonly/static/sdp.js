@@ -27,6 +27,29 @@
     });
   }
 
+  // A repository's branches, listed by its agent when the reader opens it (nodes page).
+  document.querySelectorAll("details[data-branches]").forEach(function (el) {
+    el.addEventListener("toggle", function () {
+      if (!el.open || el.dataset.listed) { return; }
+      el.dataset.listed = "1";
+      var out = el.querySelector("span");
+      fetch(base + "/api/v1/repos/" + encodeURIComponent(el.dataset.branches) + "/branches")
+        .then(function (r) { return r.json(); })
+        .then(function (doc) {
+          if (doc.error) { out.textContent = doc.error; out.className = "error"; return; }
+          out.className = "";
+          out.textContent = "";
+          doc.branches.forEach(function (b) {
+            var line = document.createElement("div");
+            line.className = "mono";
+            line.textContent = b.branch + "  " + b.commit.slice(0, 12);
+            out.appendChild(line);
+          });
+        })
+        .catch(function (e) { out.textContent = String(e); });
+    });
+  });
+
   // Pages that show status refresh their live parts from the server's rendering of them.
   var live = document.querySelectorAll("[data-live]");
   if (live.length) {

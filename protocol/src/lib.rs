@@ -22,6 +22,8 @@ pub enum AgentFrame {
     ActionResult(ActionResult),
     Progress(Progress),
     LogLine(LogLine),
+    /// The answer to a `Branches` question.
+    Branches(BranchList),
 }
 
 /// What the reconciler sends.
@@ -37,6 +39,21 @@ pub enum ReconcilerFrame {
         reason: String,
     },
     Action(ActionRequest),
+    /// A question that changes nothing: the branches of a repository (`git ls-remote`), for the dashboard and
+    /// `sdp get branches`. Answered by a `Branches` frame with the same request id.
+    ListBranches { request_id: u64, repo: String },
+}
+
+/// A repository's branches as its remote lists them, or why they could not be listed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchList {
+    pub request_id: u64,
+    pub repo: String,
+    #[serde(default)]
+    pub branches: Vec<BranchHead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The role an agent plays, from its config file.

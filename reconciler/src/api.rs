@@ -52,6 +52,7 @@ pub fn router_at(api: Api, base: &str) -> Router {
         .route("/api/v1/deployments/{id}", get(deployment))
         .route("/api/v1/deployments/{id}/logs", get(deployment_logs))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/repos/{repo}/branches", get(branches))
         .route("/api/v1/hooks/git", post(git_hook))
         .with_state(api)
         .merge(dashboard);
@@ -441,6 +442,14 @@ pub fn node_list(api: &Api) -> Value {
         })
         .collect();
     json!(nodes)
+}
+
+/// A repository's branches, listed now by the agent that serves it: so engineers pick a branch that exists.
+async fn branches(State(api): State<Api>, Path(repo): Path<String>) -> Response {
+    match api.controller.hub.branches(&repo, Duration::from_secs(30)).await {
+        Ok(list) => Json(json!({ "repo": repo, "branches": list })).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))).into_response(),
+    }
 }
 
 async fn git_hook(State(api): State<Api>) -> Response {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{
-    Action, ActionRequest, ActualState, AgentFrame, Hello, LogLine, PROTOCOL_VERSION, Progress, ReconcilerFrame, Role,
+    Action, ActionRequest, ActualState, AgentFrame, BranchHead, Hello, LogLine, PROTOCOL_VERSION, Progress,
+    ReconcilerFrame, Role,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -62,11 +63,18 @@ struct Pending {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// A branch listing the hub waits for.
+struct Question {
+    conn: u64,
+    done: oneshot::Sender<Result<Vec<BranchHead>, String>>,
+}
+
 #[derive(Default)]
 struct State {
     agents: BTreeMap<Role, Agent>,
     actual: Arc<Actual>,
     pending: HashMap<u64, Pending>,
+    questions: HashMap<u64, Question>,
 }
 
 /// The hub. Shared by the HTTP handlers and the controller.
@@ -171,6 +179,36 @@ impl Hub {
             Err(_) => {
                 self.lock().pending.remove(&request_id);
                 Err(format!("agent {node} did not answer within {} s", deadline.as_secs()))
+            }
+        }
+    }
+
+    /// The branches of `repo`, listed by the agent that serves it (`git ls-remote`), at most `deadline`.
+    pub async fn branches(&self, repo: &str, deadline: Duration) -> Result<Vec<BranchHead>, String> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        let node = {
+            let mut state = self.lock();
+            let Some(agent) = state.agents.values().find(|a| a.info.repos.iter().any(|r| r == repo)) else {
+                return Err(format!("no connected agent serves a repository named {repo}"));
+            };
+            let frame = ReconcilerFrame::ListBranches {
+                request_id,
+                repo: repo.to_string(),
+            };
+            let (node, conn) = (agent.info.node.clone(), agent.conn);
+            if agent.tx.send(Message::Text(sdp_protocol::encode(&frame).into())).is_err() {
+                return Err(format!("agent {node} disconnected"));
+            }
+            state.questions.insert(request_id, Question { conn, done });
+            node
+        };
+        match tokio::time::timeout(deadline, wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(format!("agent {node} disconnected")),
+            Err(_) => {
+                self.lock().questions.remove(&request_id);
+                Err(format!("agent {node} did not list the branches within {} s", deadline.as_secs()))
             }
         }
     }
@@ -320,6 +358,17 @@ impl Hub {
                 let _ = p.done.send(Err(format!("agent {node} disconnected")));
             }
         }
+        let asked: Vec<u64> = state
+            .questions
+            .iter()
+            .filter(|(_, q)| q.conn == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in asked {
+            if let Some(q) = state.questions.remove(&id) {
+                let _ = q.done.send(Err(format!("agent {node} disconnected")));
+            }
+        }
     }
 
     async fn handle(&self, role: Role, conn: u64, frame: AgentFrame) {
@@ -343,6 +392,12 @@ impl Hub {
             }
             AgentFrame::LogLine(l) => {
                 let _ = self.events.send(HubEvent::Log(l)).await;
+            }
+            AgentFrame::Branches(list) => {
+                let question = self.lock().questions.remove(&list.request_id);
+                if let Some(q) = question.filter(|q| q.conn == conn) {
+                    let _ = q.done.send(list.error.map_or(Ok(list.branches), Err));
+                }
             }
             AgentFrame::Hello(_) => tracing::warn!("a second Hello on one connection is ignored"),
         }

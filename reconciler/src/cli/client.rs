@@ -35,6 +35,12 @@ pub enum GetWhat {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// A repository's branches, listed now by the agent that serves it (REPO is the service name, or gateway).
+    Branches {
+        repo: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Connected agents.
     Nodes {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
@@ -191,6 +197,18 @@ pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
                 )
             })?;
         }
+        GetWhat::Branches { repo, output } => {
+            let list = get(server, &format!("/api/v1/repos/{repo}/branches"))?;
+            print(&list, output, |v| {
+                let rows: Vec<Vec<String>> = v["branches"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| vec![s(&b["branch"]), s(&b["commit"])])
+                    .collect();
+                table(&["BRANCH", "COMMIT"], &rows)
+            })?;
+        }
         GetWhat::Nodes { output } => {
             let list = get(server, "/api/v1/nodes")?;
             print(&list, output, |v| {
@@ -337,4 +355,65 @@ pub fn run_logs(server: &Server, target: &str, follow: bool) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sdp apply --wait`: follows the reconciler until each sandbox runs `commit` (any commit when empty) and is
+/// Synced (or Suspended), printing each change of its status; exit 1 when one fails or the time is up.
+pub fn wait_for_sync(
+    server: &Server,
+    sandboxes: &[String],
+    commit: &str,
+    limit: std::time::Duration,
+) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    let mut failed_since: std::collections::BTreeMap<String, std::time::Instant> = Default::default();
+    println!("waiting for {} to converge on {}", sandboxes.join(", "), server.server);
+    loop {
+        let mut done = 0;
+        for name in sandboxes {
+            let line = match get(server, &format!("/api/v1/sandboxes/{name}")) {
+                Err(e) => format!("{e:#}"),
+                Ok(sb) => {
+                    let status = &sb["status"];
+                    let seen = commit.is_empty() || sb["configCommit"].as_str() == Some(commit);
+                    let sync = status["sync"].as_str().unwrap_or("?").to_string();
+                    if !seen {
+                        "waiting for the reconciler to read the commit".to_string()
+                    } else {
+                        if matches!(sync.as_str(), "Synced" | "Suspended") {
+                            done += 1;
+                        }
+                        if sync == "Failed" {
+                            failed_since.entry(name.clone()).or_insert_with(std::time::Instant::now);
+                        } else {
+                            failed_since.remove(name);
+                        }
+                        let doing = status["inFlight"].as_str().map(|s| format!(": {s}")).unwrap_or_default();
+                        let left = status["pending"].as_array().map_or(0, |p| p.len());
+                        let error = status["lastError"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
+                        format!("{sync}, {left} step(s) left{doing}{error}")
+                    }
+                }
+            };
+            if last.get(name) != Some(&line) {
+                println!("  [{:>5.1} s] {name}: {line}", started.elapsed().as_secs_f64());
+                last.insert(name.clone(), line);
+            }
+        }
+        if done == sandboxes.len() {
+            println!("synced in {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A failure that lasts through a retry or two is the answer; a first failure may be retried.
+        if failed_since.values().any(|t| t.elapsed() > std::time::Duration::from_secs(30)) {
+            eprintln!("failed: see `sdp get sandbox NAME` and the deployment logs");
+            return Ok(ExitCode::from(1));
+        }
+        if started.elapsed() > limit {
+            eprintln!("not synced after {} s", limit.as_secs());
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

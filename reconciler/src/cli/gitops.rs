@@ -159,10 +159,21 @@ pub fn diff(repo_dir: &Path, file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-pub fn apply(file: &Path, args: &CommitArgs) -> Result<ExitCode> {
+pub fn apply(
+    file: &Path,
+    args: &CommitArgs,
+    wait: Option<(&super::client::Server, std::time::Duration)>,
+) -> Result<ExitCode> {
     let (repo, plan) = match prepare(&args.repo, file)? {
         Prepared::Broken => return Ok(ExitCode::from(1)),
-        Prepared::Unchanged => return Ok(ExitCode::SUCCESS),
+        Prepared::Unchanged => {
+            // Nothing to commit; with --wait, still report where the sandbox stands.
+            if let Some((server, limit)) = wait {
+                let names = incoming_names(file)?;
+                return super::client::wait_for_sync(server, &names, "", limit);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Prepared::Changes(prepared) => *prepared,
     };
     if !plan.problems.is_empty() {
@@ -174,7 +185,19 @@ pub fn apply(file: &Path, args: &CommitArgs) -> Result<ExitCode> {
     show(&plan);
     let default = format!("apply {}", describe(&plan.objects));
     let message = args.message.as_deref().unwrap_or(&default);
-    commit(&repo, &plan.changes, message, args.push, Some(file))
+    let code = commit(&repo, &plan.changes, message, args.push, Some(file))?;
+    let Some((server, limit)) = wait else { return Ok(code) };
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let sandboxes: Vec<String> = plan
+        .objects
+        .iter()
+        .filter(|o| o.kind == Kind::Sandbox)
+        .map(|o| o.name.clone())
+        .collect();
+    let head = repo.git.head_commit()?.map(|(id, _, _)| id).unwrap_or_default();
+    super::client::wait_for_sync(server, &sandboxes, &head, limit)
 }
 
 pub fn delete(kind: Kind, name: &str, args: &CommitArgs) -> Result<ExitCode> {
@@ -207,6 +230,18 @@ pub fn delete(kind: Kind, name: &str, args: &CommitArgs) -> Result<ExitCode> {
     let default = format!("delete {}", describe(&plan.objects));
     let message = args.message.as_deref().unwrap_or(&default);
     commit(&repo, &plan.changes, message, args.push, None)
+}
+
+/// The sandboxes a file holds, for `--wait` when the file is already as committed.
+fn incoming_names(file: &Path) -> Result<Vec<String>> {
+    let text = sdp_manifest::read_capped(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let (parsed, _) = sdp_manifest::parse_str(file, &text);
+    Ok(parsed
+        .iter()
+        .map(|p| p.object_ref())
+        .filter(|o| o.kind == Kind::Sandbox)
+        .map(|o| o.name)
+        .collect())
 }
 
 /// `sdp restart SANDBOX[/SERVICE]`: commits a restart stamp into the sandbox's metadata (as `kubectl rollout

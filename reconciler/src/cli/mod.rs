@@ -58,6 +58,12 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         commit: CommitArgs,
+        /// After the commit, follow the reconciler (--server) until the sandbox is synced, with its progress.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
     },
     /// Run SDP on this host with the examples: a reconciler, both agents, demo services and gateway.
     Demo {
@@ -163,7 +169,15 @@ pub fn main() -> ExitCode {
                 },
         } => new::run(&repo, &name, &from_template),
         Command::Diff { file, repo } => gitops::diff(&repo, &file),
-        Command::Apply { file, commit } => gitops::apply(&file, &commit),
+        Command::Apply {
+            file,
+            commit,
+            wait,
+            wait_secs,
+        } => {
+            let wait = wait.then_some((&cli.server, std::time::Duration::from_secs(wait_secs)));
+            gitops::apply(&file, &commit, wait)
+        }
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
         Command::Serve(args) => serve::run(args),
         Command::Restart { target, commit } => gitops::restart(&target, &commit),
