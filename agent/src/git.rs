@@ -80,7 +80,10 @@ impl Repo {
         Ok(out
             .lines()
             .filter_map(|l| l.split_once('\t'))
-            .filter_map(|(commit, r)| r.strip_prefix("refs/heads/").map(|b| (b.to_string(), commit.to_string())))
+            .filter_map(|(commit, r)| {
+                r.strip_prefix("refs/heads/")
+                    .map(|b| (b.to_string(), commit.to_string()))
+            })
             .collect())
     }
 

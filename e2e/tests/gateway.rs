@@ -57,11 +57,21 @@ fn the_gateway_routes_to_the_sandbox_or_ocp_and_follows_the_manifest() {
 
     let (service_port, gateway_port) = (free_port(), free_port());
     let file = format!("sandboxes/{name}.yaml");
-    cluster.commit(
-        &file,
-        &manifest(&name, "sandbox", service_port, gateway_port),
-        "a sandbox with a gateway",
-    );
+    // `sdp apply --wait` commits the sandbox and follows it until it is synced.
+    let mine = cluster.path().join(format!("{name}.yaml"));
+    std::fs::write(&mine, manifest(&name, "sandbox", service_port, gateway_port)).unwrap();
+    let applied = run(Command::new(binaries().join("sdp"))
+        .args(["apply", "-f"])
+        .arg(&mine)
+        .arg("--repo")
+        .arg(&cluster.config)
+        .args(["--wait", "--wait-secs", "180", "--server", &cluster.api])
+        .env("GIT_AUTHOR_NAME", "Ann Tester")
+        .env("GIT_AUTHOR_EMAIL", "ann@example.com")
+        .env("GIT_COMMITTER_NAME", "Ann Tester")
+        .env("GIT_COMMITTER_EMAIL", "ann@example.com"));
+    assert!(applied.contains("step(s) left"), "progress is shown: {applied}");
+    assert!(applied.contains("synced in"), "{applied}");
 
     // 1. The routed service reaches the sandbox's container; an unrouted one reaches OCP.
     let commit = git(&account.origin, &["rev-parse", "main"]);

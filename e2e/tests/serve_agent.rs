@@ -125,7 +125,10 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
         }
     });
     let branches = sdp(&["get", "branches", "account"]);
-    assert!(branches.contains(BRANCH) && branches.contains(&first), "the agent lists the repo's branches: {branches}");
+    assert!(
+        branches.contains(BRANCH) && branches.contains(&first),
+        "the agent lists the repo's branches: {branches}"
+    );
     let listing = sdp(&["get", "sandboxes"]);
     assert!(listing.starts_with("NAME"), "{listing}");
     assert!(listing.contains(&name), "{listing}");

@@ -41,7 +41,10 @@ pub enum ReconcilerFrame {
     Action(ActionRequest),
     /// A question that changes nothing: the branches of a repository (`git ls-remote`), for the dashboard and
     /// `sdp get branches`. Answered by a `Branches` frame with the same request id.
-    ListBranches { request_id: u64, repo: String },
+    ListBranches {
+        request_id: u64,
+        repo: String,
+    },
 }
 
 /// A repository's branches as its remote lists them, or why they could not be listed.

@@ -197,7 +197,11 @@ impl Hub {
                 repo: repo.to_string(),
             };
             let (node, conn) = (agent.info.node.clone(), agent.conn);
-            if agent.tx.send(Message::Text(sdp_protocol::encode(&frame).into())).is_err() {
+            if agent
+                .tx
+                .send(Message::Text(sdp_protocol::encode(&frame).into()))
+                .is_err()
+            {
                 return Err(format!("agent {node} disconnected"));
             }
             state.questions.insert(request_id, Question { conn, done });
@@ -208,7 +212,10 @@ impl Hub {
             Ok(Err(_)) => Err(format!("agent {node} disconnected")),
             Err(_) => {
                 self.lock().questions.remove(&request_id);
-                Err(format!("agent {node} did not list the branches within {} s", deadline.as_secs()))
+                Err(format!(
+                    "agent {node} did not list the branches within {} s",
+                    deadline.as_secs()
+                ))
             }
         }
     }

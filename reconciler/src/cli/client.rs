@@ -389,9 +389,15 @@ pub fn wait_for_sync(
                         } else {
                             failed_since.remove(name);
                         }
-                        let doing = status["inFlight"].as_str().map(|s| format!(": {s}")).unwrap_or_default();
+                        let doing = status["inFlight"]
+                            .as_str()
+                            .map(|s| format!(": {s}"))
+                            .unwrap_or_default();
                         let left = status["pending"].as_array().map_or(0, |p| p.len());
-                        let error = status["lastError"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
+                        let error = status["lastError"]
+                            .as_str()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default();
                         format!("{sync}, {left} step(s) left{doing}{error}")
                     }
                 }
@@ -406,7 +412,10 @@ pub fn wait_for_sync(
             return Ok(ExitCode::SUCCESS);
         }
         // A failure that lasts through a retry or two is the answer; a first failure may be retried.
-        if failed_since.values().any(|t| t.elapsed() > std::time::Duration::from_secs(30)) {
+        if failed_since
+            .values()
+            .any(|t| t.elapsed() > std::time::Duration::from_secs(30))
+        {
             eprintln!("failed: see `sdp get sandbox NAME` and the deployment logs");
             return Ok(ExitCode::from(1));
         }
