@@ -178,7 +178,6 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
         let executor = executor.clone();
         let outbox = outbox.clone();
         tokio::spawn(async move {
-            let mut last = None;
             let mut scan = tokio::time::interval(SCAN_EVERY);
             let mut fetch = tokio::time::interval(Duration::from_secs(executor.config.fetch_secs.max(1)));
             loop {
@@ -186,13 +185,14 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
                     _ = scan.tick() => {},
                     _ = fetch.tick() => executor.fetch_tracked().await,
                 }
-                match executor.report().await {
-                    Ok(report) if last.as_ref() != Some(&report) => {
+                let Some(scanned) = executor.quiet_report().await else {
+                    continue;
+                };
+                match scanned {
+                    Ok(report) => {
                         executor.follow(&report, &outbox);
-                        last = Some(report.clone());
-                        outbox.send(AgentFrame::ActualState(report)).await;
+                        outbox.report(report).await;
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::warn!("cannot read the node's state: {e:#}"),
                 }
             }
@@ -243,7 +243,7 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
                     }
                     // The report first, so the reconciler plans against what the action left.
                     if let Ok(report) = executor.report().await {
-                        outbox.send(AgentFrame::ActualState(report)).await;
+                        outbox.report(report).await;
                     }
                     outbox
                         .send(AgentFrame::ActionResult(sdp_protocol::ActionResult {

@@ -35,6 +35,8 @@ struct Meta {
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<AgentFrame>,
+    /// The last report sent, so that an unchanged node is not reported again, whoever scanned it.
+    last_report: Arc<Mutex<Option<ActualState>>>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
     seq: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -43,6 +45,7 @@ impl Outbox {
     pub fn new(tx: mpsc::Sender<AgentFrame>) -> Outbox {
         Outbox {
             tx,
+            last_report: Arc::default(),
             dropped: Arc::default(),
             seq: Arc::default(),
         }
@@ -51,6 +54,18 @@ impl Outbox {
     /// Frames that must arrive (reports, progress, results): waits for room.
     pub async fn send(&self, frame: AgentFrame) {
         let _ = self.tx.send(frame).await;
+    }
+
+    /// Sends a report unless it is the one sent last. Says whether it was sent.
+    pub async fn report(&self, state: ActualState) -> bool {
+        let mut last = self.last_report.lock().await;
+        if last.as_ref() == Some(&state) {
+            return false;
+        }
+        *last = Some(state.clone());
+        // Sent under the lock, so that reports leave in the order they were compared.
+        let _ = self.tx.send(AgentFrame::ActualState(state)).await;
+        true
     }
 
     /// A log line: never waits; when the buffer is full the line is dropped and counted.
@@ -74,6 +89,10 @@ impl Outbox {
 pub struct Executor {
     pub config: Arc<AgentConfig>,
     pub engine: Engine,
+    /// Actions running now, and a count that moves at every start and end of one: a scan taken while an action
+    /// ran, or across one, could report a half-made container after the action's own report; it is dropped.
+    pub busy: std::sync::atomic::AtomicUsize,
+    pub generation: std::sync::atomic::AtomicU64,
     /// Running containers whose output is followed, by container id.
     followed: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// One git operation at a time per repository (worktree add/remove lock the repository).
@@ -85,6 +104,8 @@ impl Executor {
         Executor {
             config,
             engine,
+            busy: Default::default(),
+            generation: Default::default(),
             followed: std::sync::Mutex::default(),
             repo_locks: Mutex::default(),
         }
@@ -303,6 +324,28 @@ impl Executor {
 
     /// Runs one action.
     pub async fn run(&self, action: Action, deployment: Option<String>, out: &Outbox) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.busy.fetch_add(1, SeqCst);
+        self.generation.fetch_add(1, SeqCst);
+        let result = self.run_action(action, deployment, out).await;
+        self.generation.fetch_add(1, SeqCst);
+        self.busy.fetch_sub(1, SeqCst);
+        result
+    }
+
+    /// A report for the periodic scan: `None` when an action ran during the scan (its own report, sent when it
+    /// ends, is the one that counts).
+    pub async fn quiet_report(&self) -> Option<Result<ActualState>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = self.generation.load(SeqCst);
+        if self.busy.load(SeqCst) > 0 {
+            return None;
+        }
+        let report = self.report().await;
+        (self.busy.load(SeqCst) == 0 && self.generation.load(SeqCst) == before).then_some(report)
+    }
+
+    async fn run_action(&self, action: Action, deployment: Option<String>, out: &Outbox) -> Result<()> {
         match action {
             Action::EnsureNetwork { sandbox } => self.engine.ensure_network(&sandbox).await,
             Action::DeployService(d) | Action::DeployGateway(d) => self.deploy(&d, deployment, out).await,

@@ -110,7 +110,7 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
         .collect();
     assert_eq!(stages, ["fetch", "checkout", "build", "start"]);
     let log = get_text(&format!("{api}/api/v1/deployments/{}/logs", d["id"])).unwrap();
-    assert!(log.contains("data: Build succeeded"), "{log}");
+    assert!(log.contains("data: Build succeeded"), "{log}\n{deployments}");
 
     // The container's output reaches `sdp logs`, and `sdp get` shows the sandbox.
     let sdp = |args: &[&str]| run(Command::new(bins.join("sdp")).args(args).args(["--server", &api]));
