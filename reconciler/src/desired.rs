@@ -373,9 +373,17 @@ fn compile_one<'a>(
     let name = &sb.metadata.name;
     let shared_name: Arc<str> = Arc::from(name.as_str());
     let restart_all = sb.metadata.annotations.get(RESTART_ANNOTATION).map(String::as_str);
+    // This sandbox's ports, found once: a handful of entries, searched by service below.
+    let mine: Vec<(&str, u16)> = ports
+        .range((name.as_str(), "")..)
+        .take_while(|((sandbox, _), _)| *sandbox == name.as_str())
+        .map(|((_, service), port)| (*service, *port))
+        .collect();
     let container = |service: &str, branch: &str, env: Arc<MergedEnv>, resources: Option<&Resources>| {
-        let host_port = *ports
-            .get(&(name.as_str(), service))
+        let host_port = mine
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, p)| *p)
             .ok_or_else(|| format!("no port allocated for {service}"))?;
         let restart_one = sb
             .metadata
@@ -438,7 +446,7 @@ fn compile_one<'a>(
     })
 }
 
-/// FNV-1a, 64 bits, over every field in a fixed order with lengths, so that no two specs share a byte stream.
+/// FNV-1a-style, 64 bits, over every field in a fixed order with lengths, so that no two specs share a stream.
 /// Written out here rather than taken from std, whose hasher may change between Rust releases: the hash is stored
 /// in container labels and must mean the same thing after an upgrade.
 struct Fnv(u64);
@@ -449,10 +457,21 @@ impl Fnv {
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
-        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        self.word(bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.word(u64::from_le_bytes(chunk.try_into().expect("chunks of eight")));
         }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.word(u64::from_le_bytes(tail));
+    }
+
+    /// One step of FNV-1a over a 64-bit word (a word at a time rather than a byte: the lengths written before
+    /// every field keep distinct inputs distinct).
+    fn word(&mut self, w: u64) {
+        self.0 ^= w;
+        self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
     }
 
     fn str(&mut self, s: &str) {
