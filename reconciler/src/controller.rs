@@ -59,12 +59,49 @@ pub struct Status {
     pub sync: Sync,
     pub health: Health,
     /// The drift: what the next pass would do, with reasons.
-    pub pending: Vec<Step>,
+    pub pending: Vec<PendingStep>,
     /// The action running now.
     pub in_flight: Option<String>,
     pub last_error: Option<String>,
     /// Unix milliseconds of the last pass.
     pub last_pass_ms: Option<u64>,
+}
+
+/// A step of the pending plan as the API shows it: what, where and why, without the deploy's body (a thousand
+/// sandboxes' worth of environment maps would be kept in memory for nothing).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingStep {
+    pub role: Role,
+    pub resource: String,
+    pub action: PendingAction,
+    pub reason: crate::plan::Reason,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PendingAction {
+    pub kind: &'static str,
+}
+
+impl From<&Step> for PendingStep {
+    fn from(step: &Step) -> PendingStep {
+        let kind = match step.action {
+            Action::EnsureNetwork { .. } => "ensureNetwork",
+            Action::DeployService(_) => "deployService",
+            Action::DeployGateway(_) => "deployGateway",
+            Action::SetRoutes { .. } => "setRoutes",
+            Action::Stop { .. } => "stop",
+            Action::RemoveContainer { .. } => "removeContainer",
+            Action::RemoveNetwork { .. } => "removeNetwork",
+            Action::RemoveWorktree { .. } => "removeWorktree",
+        };
+        PendingStep {
+            role: step.role,
+            resource: step.resource.clone(),
+            action: PendingAction { kind },
+            reason: step.reason.clone(),
+        }
+    }
 }
 
 /// The desired side of the world, replaced whole on every compile.
@@ -490,7 +527,7 @@ impl Controller {
         self.set_status(name, |s| {
             s.sync = sync;
             s.health = health;
-            s.pending = pending;
+            s.pending = pending.iter().map(PendingStep::from).collect();
             s.in_flight = None;
             s.last_error = error;
             s.last_pass_ms = Some(now_ms());
@@ -604,10 +641,7 @@ impl Controller {
     }
 
     fn count(&self, step: &Step, outcome: &'static str) {
-        let kind = serde_json::to_value(&step.action)
-            .ok()
-            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-            .unwrap_or_default();
+        let kind = PendingStep::from(step).action.kind.to_string();
         *self
             .metrics
             .actions
