@@ -47,23 +47,7 @@ pub fn short(v: &Value) -> String {
 /// Unix milliseconds as `2026-11-25 10:00:00 UTC`.
 pub fn time(v: &Value) -> String {
     let Some(ms) = v.as_u64() else { return "-".into() };
-    let secs = ms / 1000;
-    let (days, rest) = ((secs / 86400) as i64, secs % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    sdp_protocol::rfc3339(ms / 1000).replace('T', " ").replace('Z', " UTC")
 }
 
 /// A whole page: the header with the navigation, then `body`.

@@ -100,21 +100,8 @@ pub fn php_image() -> &'static str {
 }
 
 /// The host's address on Docker's default bridge: what containers on any SDP network reach published ports at,
-/// as the gateway VM reaches the micro VM.
-pub fn docker_host_ip() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)
-                .and_then(|cidr| cidr.split('/').next().map(str::to_string))
-        })
-        .unwrap_or_else(|| "172.17.0.1".into())
-}
+/// as the gateway VM reaches the micro VM (the demo's own answer).
+pub use sdp_reconciler::demo::docker_host_ip;
 
 /// The gateway's front controller in tests: `/<service>/<path>` is proxied to `$config['<service>_url']`, read
 /// from config.php on every request, as erangel does.

@@ -348,6 +348,27 @@ pub fn check_version(theirs: u32) -> Result<(), VersionMismatch> {
     }
 }
 
+/// Unix seconds as `2026-11-25T10:00:00Z` (UTC), for stamps and pages; no time zone data needed.
+pub fn rfc3339(secs: u64) -> String {
+    let (days, rest) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 /// Encodes a frame as one WebSocket text message.
 pub fn encode<T: Serialize>(frame: &T) -> String {
     // Frames hold only strings, numbers and maps with string keys: serialising cannot fail.
@@ -476,6 +497,13 @@ mod tests {
             panic!("not an ActualState")
         };
         assert_eq!(state.containers[0].state, ContainerState::Unknown);
+    }
+
+    #[test]
+    fn times_are_written_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_610_096), "2026-11-25T12:34:56Z");
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn build_image(image: &str, script: &str, what: &str, dir: &Path) -> Result<()> 
 }
 
 /// The host's address on Docker's default bridge, which containers on any network reach published ports at.
-fn docker_host_ip() -> String {
+pub fn docker_host_ip() -> String {
     sh(Command::new("ip").args(["-4", "-o", "addr", "show", "docker0"]))
         .ok()
         .and_then(|out| {
