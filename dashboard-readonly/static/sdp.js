@@ -50,11 +50,12 @@
     });
   });
 
-  // Pages that show status refresh their live parts from the server's rendering of them.
+  // Pages that show status refresh their live parts from the server's rendering of them, when the reconciler
+  // says something changed (SSE), and every 30 s besides.
   var live = document.querySelectorAll("[data-live]");
   if (live.length) {
-    setInterval(function () {
-      fetch(window.location.href, { headers: { "X-SDP-Partial": "1" } })
+    var refresh = function () {
+      fetch(window.location.href)
         .then(function (r) { return r.text(); })
         .then(function (html) {
           var doc = new DOMParser().parseFromString(html, "text/html");
@@ -64,6 +65,9 @@
           });
         })
         .catch(function () {});
-    }, 2000);
+    };
+    var changes = new EventSource(base + "/api/v1/changes");
+    changes.addEventListener("changed", refresh);
+    setInterval(refresh, 30000);
   }
 })();

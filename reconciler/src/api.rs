@@ -52,6 +52,7 @@ pub fn router_at(api: Api, base: &str) -> Router {
         .route("/api/v1/deployments/{id}", get(deployment))
         .route("/api/v1/deployments/{id}/logs", get(deployment_logs))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/changes", get(changes))
         .route("/api/v1/repos/{repo}/branches", get(branches))
         .route("/api/v1/hooks/git", post(git_hook))
         .with_state(api)
@@ -415,6 +416,27 @@ async fn container_logs(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    });
+    sse_from(rx)
+}
+
+/// SSE: one `changed` event whenever a sandbox's status changes (at most one per 300 ms), so pages update
+/// without reloading.
+async fn changes(State(api): State<Api>) -> Response {
+    let mut watch = api.controller.changes.subscribe();
+    let (tx, rx) = mpsc::channel::<Event>(8);
+    tokio::spawn(async move {
+        while watch.changed().await.is_ok() {
+            let n = *watch.borrow_and_update();
+            if tx
+                .send(Event::default().event("changed").data(n.to_string()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
     sse_from(rx)

@@ -173,6 +173,8 @@ pub struct Controller {
     activity: Mutex<BTreeMap<String, u64>>,
     pub metrics: Metrics,
     pub logs: broadcast::Sender<LiveLog>,
+    /// Counts status changes (sync, health, drift, in-flight, errors): live pages wake on it.
+    pub changes: tokio::sync::watch::Sender<u64>,
     /// Recent lines of each container, for `sdp logs SANDBOX/SERVICE`.
     pub container_logs: Mutex<HashMap<String, VecDeque<(u64, String)>>>,
     /// Itself, for retries that trigger a pass later.
@@ -201,6 +203,7 @@ impl Controller {
             activity: Mutex::new(activity),
             metrics: Metrics::default(),
             logs,
+            changes: tokio::sync::watch::Sender::new(0),
             container_logs: Mutex::default(),
             me: me.clone(),
         }))
@@ -395,7 +398,31 @@ impl Controller {
             last_error: None,
             last_pass_ms: None,
         });
+        let before = format!(
+            "{:?}",
+            (
+                &status.sync,
+                &status.health,
+                &status.in_flight,
+                &status.last_error,
+                status.pending.len()
+            )
+        );
         change(status);
+        let after = format!(
+            "{:?}",
+            (
+                &status.sync,
+                &status.health,
+                &status.in_flight,
+                &status.last_error,
+                status.pending.len()
+            )
+        );
+        drop(all);
+        if before != after {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// One reconcile pass of one sandbox: plan, then run the steps in order until one fails.

@@ -300,3 +300,24 @@ async fn deployment_logs_stream_and_resume_from_last_event_id() {
     assert!(!resumed.contains("line 0"), "{resumed}");
     assert!(resumed.contains("id: 1\ndata: line 1"), "{resumed}");
 }
+
+#[tokio::test]
+async fn pages_are_told_when_a_status_changes() {
+    let s = server().await;
+    let url = format!("http://{}/api/v1/changes", s.url);
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let response = ureq::get(&url).call().unwrap();
+        let mut lines = std::io::BufReader::new(response.into_body().into_reader()).lines();
+        lines
+            .find(|l| l.as_ref().is_ok_and(|l| l == "event: changed"))
+            .is_some()
+    });
+    // A pass over a sandbox nobody knew gives it a status: a change.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.controller.pass("box").await;
+    let told = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("told within 10 s");
+    assert!(told.unwrap());
+}
