@@ -177,6 +177,8 @@ pub struct Controller {
     pub changes: tokio::sync::watch::Sender<u64>,
     /// Recent lines of each container, for `sdp logs SANDBOX/SERVICE`.
     pub container_logs: Mutex<HashMap<String, VecDeque<(u64, String)>>>,
+    /// Deployment logs held open while lines come in.
+    log_writers: Mutex<HashMap<u64, crate::store::LogWriter>>,
     /// Itself, for retries that trigger a pass later.
     me: std::sync::Weak<Controller>,
 }
@@ -205,6 +207,7 @@ impl Controller {
             logs,
             changes: tokio::sync::watch::Sender::new(0),
             container_logs: Mutex::default(),
+            log_writers: Mutex::default(),
             me: me.clone(),
         }))
     }
@@ -745,11 +748,30 @@ impl Controller {
             );
         }
         if let Some(id) = l.deployment_id.and_then(|d| d.parse::<u64>().ok()) {
-            let log = self.store.log(id);
-            let line_no = log.len();
-            if let Err(e) = log.append(std::slice::from_ref(&line)) {
-                tracing::error!("cannot write the log of deployment {id}: {e:#}");
-            }
+            let written = {
+                let mut writers = self.log_writers.lock().unwrap_or_else(|e| e.into_inner());
+                if !writers.contains_key(&id) {
+                    // A few deployments write at once; older handles are closed rather than kept forever.
+                    if writers.len() >= 32 {
+                        writers.clear();
+                    }
+                    match self.store.log(id).writer() {
+                        Ok(w) => {
+                            writers.insert(id, w);
+                        }
+                        Err(e) => tracing::error!("cannot open the log of deployment {id}: {e:#}"),
+                    }
+                }
+                writers.get_mut(&id).map(|w| w.append(&line))
+            };
+            let line_no = match written {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    tracing::error!("cannot write the log of deployment {id}: {e:#}");
+                    return;
+                }
+                None => return,
+            };
             let _ = self.logs.send(LiveLog::Deployment { id, line_no, line });
         } else if let Some(name) = l.container {
             {

@@ -329,6 +329,20 @@ impl DeploymentLog {
         Ok(())
     }
 
+    /// Opens the log for appending line by line, with its files kept open (two writes a line).
+    pub fn writer(&self) -> Result<LogWriter> {
+        let text = OpenOptions::new().create(true).append(true).open(&self.text)?;
+        let index = OpenOptions::new().create(true).append(true).open(&self.index)?;
+        let offset = text.metadata()?.len();
+        let lines = index.metadata()?.len() / 8;
+        Ok(LogWriter {
+            text,
+            index,
+            offset,
+            lines,
+        })
+    }
+
     /// How many lines there are.
     pub fn len(&self) -> u64 {
         fs::metadata(&self.index).map(|m| m.len() / 8).unwrap_or(0)
@@ -369,5 +383,29 @@ impl DeploymentLog {
     pub fn tail(&self, n: u64) -> Result<Vec<String>> {
         let count = self.len();
         self.read_from(count.saturating_sub(n), n as usize)
+    }
+}
+
+/// A deployment log held open for appending.
+pub struct LogWriter {
+    text: File,
+    index: File,
+    offset: u64,
+    lines: u64,
+}
+
+impl LogWriter {
+    /// Appends one line (newlines in it become spaces) and says its number (0-based).
+    pub fn append(&mut self, line: &str) -> Result<u64> {
+        let clean = line.replace(['\n', '\r'], " ");
+        let mut bytes = Vec::with_capacity(clean.len() + 1);
+        bytes.extend_from_slice(clean.as_bytes());
+        bytes.push(b'\n');
+        // The index entry is written after the text, so a reader never finds an offset without its line.
+        self.text.write_all(&bytes)?;
+        self.index.write_all(&self.offset.to_le_bytes())?;
+        self.offset += bytes.len() as u64;
+        self.lines += 1;
+        Ok(self.lines - 1)
     }
 }
