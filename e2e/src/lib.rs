@@ -465,3 +465,23 @@ impl Cluster {
         out
     }
 }
+
+/// A sandbox manifest: a gateway on `develop` and `services` as (name, branch, port), then `extra` YAML lines.
+pub fn sandbox_manifest(name: &str, services: &[(&str, &str, u16)], extra: &str) -> String {
+    let mut s = format!(
+        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n  services:\n"
+    );
+    for (svc, branch, port) in services {
+        s.push_str(&format!("    {svc}:\n      branch: {branch}\n      port: {port}\n"));
+    }
+    s.push_str(extra);
+    s
+}
+
+/// A check for `wait_for`: the service on `port` answers with a text that holds `needle`.
+pub fn answers(port: u16, needle: &str) -> impl FnMut() -> Result<String, String> + '_ {
+    move || match get_text(&format!("http://127.0.0.1:{port}/")) {
+        Ok(a) if a.contains(needle) => Ok(a),
+        other => Err(format!("{other:?}")),
+    }
+}

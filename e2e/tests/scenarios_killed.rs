@@ -6,24 +6,6 @@ use std::time::{Duration, Instant};
 
 use sdp_e2e::*;
 
-fn sandbox(name: &str, services: &[(&str, &str, u16)], extra: &str) -> String {
-    let mut s = format!(
-        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n  services:\n"
-    );
-    for (svc, branch, port) in services {
-        s.push_str(&format!("    {svc}:\n      branch: {branch}\n      port: {port}\n"));
-    }
-    s.push_str(extra);
-    s
-}
-
-fn answers(port: u16, needle: &str) -> impl FnMut() -> Result<String, String> + '_ {
-    move || match get_text(&format!("http://127.0.0.1:{port}/")) {
-        Ok(a) if a.contains(needle) => Ok(a),
-        other => Err(format!("{other:?}")),
-    }
-}
-
 const LONG: Duration = Duration::from_secs(120);
 
 fn deployments(api: &str, sandbox: &str) -> Vec<serde_json::Value> {
@@ -48,7 +30,11 @@ fn killed_mid_deploy_the_reconciler_and_the_agent_recover() {
     let agent = cluster.start_agent(&yaml, "micro-kd");
     let port = free_port();
     let file = format!("sandboxes/{name}.yaml");
-    cluster.commit(&file, &sandbox(&name, &[("account", "main", port)], ""), "a sandbox");
+    cluster.commit(
+        &file,
+        &sandbox_manifest(&name, &[("account", "main", port)], ""),
+        "a sandbox",
+    );
     let first = git(&account.origin, &["rev-parse", "main"]);
     wait_for("the first deploy", LONG, || {
         answers(port, &first)().map_err(|e| format!("{e}\n{}", cluster.logs()))

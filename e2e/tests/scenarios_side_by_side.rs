@@ -8,17 +8,6 @@ use std::time::Duration;
 
 use sdp_e2e::*;
 
-fn sandbox(name: &str, services: &[(&str, &str, u16)], extra: &str) -> String {
-    let mut s = format!(
-        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n  services:\n"
-    );
-    for (svc, branch, port) in services {
-        s.push_str(&format!("    {svc}:\n      branch: {branch}\n      port: {port}\n"));
-    }
-    s.push_str(extra);
-    s
-}
-
 fn id(container: &str) -> Option<String> {
     let out = Command::new("docker")
         .args(["inspect", "-f", "{{.Id}}", container])
@@ -37,13 +26,6 @@ fn state(container: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn answers(port: u16, needle: &str) -> impl FnMut() -> Result<String, String> + '_ {
-    move || match get_text(&format!("http://127.0.0.1:{port}/")) {
-        Ok(a) if a.contains(needle) => Ok(a),
-        other => Err(format!("{other:?}")),
-    }
 }
 
 const LONG: Duration = Duration::from_secs(120);
@@ -70,7 +52,7 @@ fn two_sandboxes_side_by_side_drift_and_suspend() {
     let (a_account, a_payment, b_account) = (free_port(), free_port(), free_port());
     cluster.commit(
         &format!("sandboxes/{a}.yaml"),
-        &sandbox(
+        &sandbox_manifest(
             &a,
             &[("account", "main", a_account), ("payment", "main", a_payment)],
             "",
@@ -79,7 +61,7 @@ fn two_sandboxes_side_by_side_drift_and_suspend() {
     );
     cluster.commit(
         &format!("sandboxes/{b}.yaml"),
-        &sandbox(&b, &[("account", "feature/x", b_account)], ""),
+        &sandbox_manifest(&b, &[("account", "feature/x", b_account)], ""),
         "b",
     );
 
@@ -118,7 +100,7 @@ fn two_sandboxes_side_by_side_drift_and_suspend() {
     // 9. Suspend stops a's containers and keeps its ports; resume brings them back on the same ports.
     let file = format!("sandboxes/{a}.yaml");
     let spec = |extra: &str| {
-        sandbox(
+        sandbox_manifest(
             &a,
             &[("account", "main", a_account), ("payment", "main", a_payment)],
             extra,

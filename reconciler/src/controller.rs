@@ -401,27 +401,9 @@ impl Controller {
             last_error: None,
             last_pass_ms: None,
         });
-        let before = format!(
-            "{:?}",
-            (
-                &status.sync,
-                &status.health,
-                &status.in_flight,
-                &status.last_error,
-                status.pending.len()
-            )
-        );
+        let before = shown(status);
         change(status);
-        let after = format!(
-            "{:?}",
-            (
-                &status.sync,
-                &status.health,
-                &status.in_flight,
-                &status.last_error,
-                status.pending.len()
-            )
-        );
+        let after = shown(status);
         drop(all);
         if before != after {
             self.changes.send_modify(|n| *n += 1);
@@ -785,6 +767,17 @@ impl Controller {
             let _ = self.logs.send(LiveLog::Container { name, seq: l.seq, line });
         }
     }
+}
+
+/// What a page shows of a status: a change of it wakes the live pages.
+fn shown(s: &Status) -> (Sync, Health, Option<String>, Option<String>, usize) {
+    (
+        s.sync,
+        s.health,
+        s.in_flight.clone(),
+        s.last_error.clone(),
+        s.pending.len(),
+    )
 }
 
 /// Health from the containers: all running is Healthy; some down or restarting often is Degraded; none is

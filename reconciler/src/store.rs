@@ -311,21 +311,10 @@ pub struct DeploymentLog {
 impl DeploymentLog {
     /// Appends lines (each without its newline).
     pub fn append(&self, lines: &[String]) -> Result<()> {
-        let mut text = OpenOptions::new().create(true).append(true).open(&self.text)?;
-        let mut index = OpenOptions::new().create(true).append(true).open(&self.index)?;
-        let mut offset = text.seek(SeekFrom::End(0))?;
-        let mut buf = Vec::new();
-        let mut offsets = Vec::with_capacity(lines.len() * 8);
+        let mut writer = self.writer()?;
         for line in lines {
-            offsets.extend_from_slice(&offset.to_le_bytes());
-            // One line stays one line.
-            let clean = line.replace(['\n', '\r'], " ");
-            buf.extend_from_slice(clean.as_bytes());
-            buf.push(b'\n');
-            offset += clean.len() as u64 + 1;
+            writer.append(line)?;
         }
-        text.write_all(&buf)?;
-        index.write_all(&offsets)?;
         Ok(())
     }
 
