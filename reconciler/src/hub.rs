@@ -58,15 +58,31 @@ struct Agent {
     tx: mpsc::UnboundedSender<Message>,
 }
 
+/// An answer the hub waits for, on one connection.
 struct Pending {
     conn: u64,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Waiter,
 }
 
-/// A branch listing the hub waits for.
-struct Question {
-    conn: u64,
-    done: oneshot::Sender<Result<Vec<BranchHead>, String>>,
+/// Who waits, for which kind of answer.
+enum Waiter {
+    /// An action's result.
+    Action(oneshot::Sender<Result<(), String>>),
+    /// A repository's branches.
+    Branches(oneshot::Sender<Result<Vec<BranchHead>, String>>),
+}
+
+impl Waiter {
+    fn fail(self, why: String) {
+        match self {
+            Waiter::Action(tx) => {
+                let _ = tx.send(Err(why));
+            }
+            Waiter::Branches(tx) => {
+                let _ = tx.send(Err(why));
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -74,7 +90,6 @@ struct State {
     agents: BTreeMap<Role, Agent>,
     actual: Arc<Actual>,
     pending: HashMap<u64, Pending>,
-    questions: HashMap<u64, Question>,
 }
 
 /// The hub. Shared by the HTTP handlers and the controller.
@@ -149,25 +164,64 @@ impl Hub {
         deployment_id: Option<String>,
         deadline: Duration,
     ) -> Result<(), String> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
+        self.ask(
+            |agents| agents.get(&role).ok_or_else(|| format!("no {role} agent is connected")),
+            |request_id| {
+                ReconcilerFrame::Action(ActionRequest {
+                    request_id,
+                    deployment_id,
+                    action,
+                })
+            },
+            Waiter::Action(done),
+            wait,
+            "answer",
+            deadline,
+        )
+        .await
+    }
+
+    /// The branches of `repo`, listed by the agent that serves it (`git ls-remote`), at most `deadline`.
+    pub async fn branches(&self, repo: &str, deadline: Duration) -> Result<Vec<BranchHead>, String> {
+        let (done, wait) = oneshot::channel();
+        self.ask(
+            |agents| {
+                agents
+                    .values()
+                    .find(|a| a.info.repos.iter().any(|r| r == repo))
+                    .ok_or_else(|| format!("no connected agent serves a repository named {repo}"))
+            },
+            |request_id| ReconcilerFrame::ListBranches {
+                request_id,
+                repo: repo.to_string(),
+            },
+            Waiter::Branches(done),
+            wait,
+            "list the branches",
+            deadline,
+        )
+        .await
+    }
+
+    /// Sends a frame with a new request id to the agent `pick` chooses and waits for its answer, at most
+    /// `deadline`; an agent that drops fails the wait at once (see `unregister`).
+    async fn ask<T>(
+        &self,
+        pick: impl FnOnce(&BTreeMap<Role, Agent>) -> Result<&Agent, String>,
+        frame: impl FnOnce(u64) -> ReconcilerFrame,
+        done: Waiter,
+        wait: oneshot::Receiver<Result<T, String>>,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<T, String> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let node = {
             let mut state = self.lock();
-            let Some(agent) = state.agents.get(&role) else {
-                return Err(format!("no {role} agent is connected"));
-            };
-            let frame = ReconcilerFrame::Action(ActionRequest {
-                request_id,
-                deployment_id,
-                action,
-            });
-            let node = agent.info.node.clone();
-            let conn = agent.conn;
-            if agent
-                .tx
-                .send(Message::Text(sdp_protocol::encode(&frame).into()))
-                .is_err()
-            {
+            let agent = pick(&state.agents)?;
+            let (node, conn) = (agent.info.node.clone(), agent.conn);
+            let text = sdp_protocol::encode(&frame(request_id));
+            if agent.tx.send(Message::Text(text.into())).is_err() {
                 return Err(format!("agent {node} disconnected"));
             }
             state.pending.insert(request_id, Pending { conn, done });
@@ -178,44 +232,7 @@ impl Hub {
             Ok(Err(_)) => Err(format!("agent {node} disconnected")),
             Err(_) => {
                 self.lock().pending.remove(&request_id);
-                Err(format!("agent {node} did not answer within {} s", deadline.as_secs()))
-            }
-        }
-    }
-
-    /// The branches of `repo`, listed by the agent that serves it (`git ls-remote`), at most `deadline`.
-    pub async fn branches(&self, repo: &str, deadline: Duration) -> Result<Vec<BranchHead>, String> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (done, wait) = oneshot::channel();
-        let node = {
-            let mut state = self.lock();
-            let Some(agent) = state.agents.values().find(|a| a.info.repos.iter().any(|r| r == repo)) else {
-                return Err(format!("no connected agent serves a repository named {repo}"));
-            };
-            let frame = ReconcilerFrame::ListBranches {
-                request_id,
-                repo: repo.to_string(),
-            };
-            let (node, conn) = (agent.info.node.clone(), agent.conn);
-            if agent
-                .tx
-                .send(Message::Text(sdp_protocol::encode(&frame).into()))
-                .is_err()
-            {
-                return Err(format!("agent {node} disconnected"));
-            }
-            state.questions.insert(request_id, Question { conn, done });
-            node
-        };
-        match tokio::time::timeout(deadline, wait).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(format!("agent {node} disconnected")),
-            Err(_) => {
-                self.lock().questions.remove(&request_id);
-                Err(format!(
-                    "agent {node} did not list the branches within {} s",
-                    deadline.as_secs()
-                ))
+                Err(format!("agent {node} did not {what} within {} s", deadline.as_secs()))
             }
         }
     }
@@ -362,18 +379,7 @@ impl Hub {
             .collect();
         for id in failed {
             if let Some(p) = state.pending.remove(&id) {
-                let _ = p.done.send(Err(format!("agent {node} disconnected")));
-            }
-        }
-        let asked: Vec<u64> = state
-            .questions
-            .iter()
-            .filter(|(_, q)| q.conn == conn)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in asked {
-            if let Some(q) = state.questions.remove(&id) {
-                let _ = q.done.send(Err(format!("agent {node} disconnected")));
+                p.done.fail(format!("agent {node} disconnected"));
             }
         }
     }
@@ -385,15 +391,12 @@ impl Hub {
                     let _ = self.events.send(HubEvent::Reported(role)).await;
                 }
             }
-            AgentFrame::ActionResult(result) => {
-                let pending = self.lock().pending.remove(&result.request_id);
-                match pending {
-                    Some(p) if p.conn == conn => {
-                        let _ = p.done.send(result.error.map_or(Ok(()), Err));
-                    }
-                    _ => tracing::debug!(request = result.request_id, "result for an action no longer waited for"),
+            AgentFrame::ActionResult(result) => match self.answered(result.request_id, conn) {
+                Some(Waiter::Action(tx)) => {
+                    let _ = tx.send(result.error.map_or(Ok(()), Err));
                 }
-            }
+                _ => tracing::debug!(request = result.request_id, "result for an action no longer waited for"),
+            },
             AgentFrame::Progress(p) => {
                 let _ = self.events.send(HubEvent::Progress(p)).await;
             }
@@ -401,12 +404,20 @@ impl Hub {
                 let _ = self.events.send(HubEvent::Log(l)).await;
             }
             AgentFrame::Branches(list) => {
-                let question = self.lock().questions.remove(&list.request_id);
-                if let Some(q) = question.filter(|q| q.conn == conn) {
-                    let _ = q.done.send(list.error.map_or(Ok(list.branches), Err));
+                if let Some(Waiter::Branches(tx)) = self.answered(list.request_id, conn) {
+                    let _ = tx.send(list.error.map_or(Ok(list.branches), Err));
                 }
             }
             AgentFrame::Hello(_) => tracing::warn!("a second Hello on one connection is ignored"),
+        }
+    }
+
+    /// The waiter of `request_id`, when it waits on this connection.
+    fn answered(&self, request_id: u64, conn: u64) -> Option<Waiter> {
+        let mut state = self.lock();
+        match state.pending.get(&request_id) {
+            Some(p) if p.conn == conn => state.pending.remove(&request_id).map(|p| p.done),
+            _ => None,
         }
     }
 
