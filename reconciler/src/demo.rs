@@ -323,17 +323,11 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
     )?;
 
     let serve = ServeConfig {
-        repo: config.display().to_string(),
-        data: dir.join("data"),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        token_file: token.clone(),
-        concurrency: 4,
         resync_secs: 10,
         poll_secs: 2,
-        gateway_ports: (8080, 8099),
-        service_ports: (9001, 9099),
         micro_address: host.clone(),
-        base_path: String::new(),
+        ..ServeConfig::new(config.display().to_string(), dir.join("data"), token.clone())
     };
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;

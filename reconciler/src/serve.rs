@@ -71,6 +71,23 @@ fn default_micro_address() -> String {
 }
 
 impl ServeConfig {
+    /// The three settings nobody can guess, with the defaults for the rest (the same ones a config file gets).
+    pub fn new(repo: String, data: PathBuf, token_file: PathBuf) -> ServeConfig {
+        ServeConfig {
+            repo,
+            data,
+            listen: default_listen(),
+            token_file,
+            concurrency: default_concurrency(),
+            resync_secs: default_resync(),
+            poll_secs: default_poll(),
+            gateway_ports: default_gateway_ports(),
+            service_ports: default_service_ports(),
+            micro_address: default_micro_address(),
+            base_path: String::new(),
+        }
+    }
+
     /// Reads a config file, refusing unknown fields with the file, line and column.
     pub fn from_file(path: &Path) -> Result<ServeConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

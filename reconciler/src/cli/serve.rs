@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::serve::{ServeConfig, default_listen};
+use crate::serve::ServeConfig;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -49,19 +49,7 @@ fn config(args: ServeArgs) -> Result<ServeConfig> {
             else {
                 bail!("sdp serve needs --repo, --data and --token-file (or --config FILE)");
             };
-            ServeConfig {
-                repo,
-                data,
-                listen: default_listen(),
-                token_file,
-                concurrency: 4,
-                resync_secs: 60,
-                poll_secs: 10,
-                gateway_ports: (8080, 8099),
-                service_ports: (9001, 9099),
-                micro_address: "127.0.0.1".into(),
-                base_path: String::new(),
-            }
+            ServeConfig::new(repo, data, token_file)
         }
     };
     if let Some(v) = args.repo {
