@@ -514,8 +514,9 @@ impl Controller {
 
         // What is left, for the API: plan again against the reports as they are now.
         let actual = self.hub.actual();
-        let pending = plan(name, desired, &actual.view(name));
-        let health = health(desired, &actual, name);
+        let view = actual.view(name);
+        let pending = plan(name, desired, &view);
+        let health = health(desired, &view);
         // The config repo's errors first: they are what the user must fix.
         let error = match (config_errors.map(|e| e.join("; ")), failed) {
             (Some(c), Some(f)) => Some(format!("{c}; {f}")),
@@ -782,12 +783,11 @@ fn shown(s: &Status) -> (Sync, Health, Option<String>, Option<String>, usize) {
 
 /// Health from the containers: all running is Healthy; some down or restarting often is Degraded; none is
 /// Unhealthy.
-fn health(desired: Option<&DesiredSandbox>, actual: &crate::plan::Actual, name: &str) -> Health {
+fn health(desired: Option<&DesiredSandbox>, view: &crate::plan::View) -> Health {
     let Some(d) = desired else { return Health::Unknown };
     if d.mode != Mode::Active {
         return Health::Unknown;
     }
-    let view = actual.view(name);
     let wanted: Vec<(&str, Role)> = d
         .services
         .values()
