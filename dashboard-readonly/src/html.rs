@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::Viewer;
+
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -50,15 +52,24 @@ pub fn time(v: &Value) -> String {
     sdp_protocol::rfc3339(ms / 1000).replace('T', " ").replace('Z', " UTC")
 }
 
-/// A whole page: the header with the navigation, then `body`.
-pub fn page(base: &str, title: &str, body: &str) -> String {
+/// A whole page: the header with the navigation and who is reading, then `body`.
+pub fn page(base: &str, viewer: &Viewer, title: &str, body: &str) -> String {
+    let who = match &viewer.user {
+        Some(user) => format!(
+            "<form class=\"who\" method=\"post\" action=\"{base}/logout\"><span>{}</span> \
+             <button type=\"submit\">Log out</button></form>",
+            esc(user),
+            base = esc(base),
+        ),
+        None => String::new(),
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} · SDP</title>\n\
          <link rel=\"stylesheet\" href=\"{base}/static/sdp.css\">\n</head>\n<body data-base=\"{base}\">\n\
          <header><strong>SDP</strong><nav aria-label=\"main\"><a href=\"{base}/\">Sandboxes</a>\
          <a href=\"{base}/deployments\">History</a><a href=\"{base}/nodes\">Nodes</a></nav>\
-         <span class=\"muted\">read-only: changes go through git</span></header>\n<main>\n{body}\n</main>\n\
+         <span class=\"muted\">read-only: changes go through git</span>{who}</header>\n<main>\n{body}\n</main>\n\
          <script src=\"{base}/static/sdp.js\"></script>\n</body>\n</html>\n",
         title = esc(title),
         base = esc(base),

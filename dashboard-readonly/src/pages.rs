@@ -7,11 +7,11 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::Value;
 
 use crate::html::{badge, esc, page, short, t, table, text, time};
-use crate::{Ctx, Filter};
+use crate::{Ctx, Filter, Viewer};
 
-fn not_found(ctx: &Ctx, what: &str) -> Response {
+fn not_found(ctx: &Ctx, viewer: &Viewer, what: &str) -> Response {
     let body = format!("<h1>Not found</h1><p>{}</p>", esc(what));
-    (StatusCode::NOT_FOUND, Html(page(&ctx.base, "Not found", &body))).into_response()
+    (StatusCode::NOT_FOUND, Html(page(&ctx.base, viewer, "Not found", &body))).into_response()
 }
 
 fn list(v: &Value) -> Vec<Value> {
@@ -19,7 +19,7 @@ fn list(v: &Value) -> Vec<Value> {
 }
 
 /// `/`: every sandbox with its sync status, health, gateway URL, owner and last change.
-pub async fn overview(State(ctx): State<Ctx>) -> Html<String> {
+pub async fn overview(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
     let sandboxes = ctx.view.sandboxes();
     let rows: Vec<Vec<String>> = list(&sandboxes)
         .iter()
@@ -68,13 +68,17 @@ pub async fn overview(State(ctx): State<Ctx>) -> Html<String> {
             )
         )
     };
-    Html(page(&ctx.base, "Sandboxes", &body))
+    Html(page(&ctx.base, &viewer, "Sandboxes", &body))
 }
 
 /// `/sandboxes/{name}`: services, routes, drift, the manifest as committed, deployments and events.
-pub async fn sandbox(State(ctx): State<Ctx>, Path(name): Path<String>) -> Response {
+pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<String>) -> Response {
     let Some(sb) = ctx.view.sandbox(&name) else {
-        return not_found(&ctx, &format!("No sandbox {name} in the config repo or on the VMs."));
+        return not_found(
+            &ctx,
+            &viewer,
+            &format!("No sandbox {name} in the config repo or on the VMs."),
+        );
     };
     let status = &sb["status"];
     let mut body = format!(
@@ -221,15 +225,28 @@ pub async fn sandbox(State(ctx): State<Ctx>, Path(name): Path<String>) -> Respon
         "<h2>Recent events</h2>\n<div data-live=\"events\">{}</div>",
         table(&["When", "What"], &events)
     ));
+    // Each container's output, followed live once opened (the agents stream it; the reconciler keeps the tail).
+    let logs: String = services
+        .iter()
+        .map(|(svc, _)| {
+            format!(
+                "<details class=\"logs\" data-logs=\"{svc}\" data-sandbox=\"{sandbox}\"><summary>{svc}</summary>\
+                 <div class=\"log\" role=\"log\" aria-live=\"polite\"></div></details>\n",
+                svc = esc(svc),
+                sandbox = esc(&name),
+            )
+        })
+        .collect();
+    body.push_str(&format!("<h2>Container logs</h2>\n{logs}"));
     body.push_str(&format!(
         "<h2>Manifest as committed</h2>\n<pre>{}</pre>",
         t(&sb["manifest"])
     ));
-    Html(page(&ctx.base, &format!("Sandbox {name}"), &body)).into_response()
+    Html(page(&ctx.base, &viewer, &format!("Sandbox {name}"), &body)).into_response()
 }
 
 /// `/deployments`: the audit trail, filterable by sandbox, service, author and state.
-pub async fn history(State(ctx): State<Ctx>, Query(filter): Query<Filter>) -> Html<String> {
+pub async fn history(viewer: Viewer, State(ctx): State<Ctx>, Query(filter): Query<Filter>) -> Html<String> {
     let list_ = ctx.view.deployments(&filter);
     let rows: Vec<Vec<String>> = list(&list_)
         .iter()
@@ -292,13 +309,13 @@ pub async fn history(State(ctx): State<Ctx>, Query(filter): Query<Filter>) -> Ht
             &rows
         )
     );
-    Html(page(&ctx.base, "History", &body))
+    Html(page(&ctx.base, &viewer, "History", &body))
 }
 
 /// `/deployments/{id}`: the stage timeline with durations and the live log.
-pub async fn deployment(State(ctx): State<Ctx>, Path(id): Path<u64>) -> Response {
+pub async fn deployment(viewer: Viewer, State(ctx): State<Ctx>, Path(id): Path<u64>) -> Response {
     let Some(d) = ctx.view.deployment(id) else {
-        return not_found(&ctx, &format!("No deployment {id}."));
+        return not_found(&ctx, &viewer, &format!("No deployment {id}."));
     };
     let stages: Vec<Vec<String>> = list(&d["stages"])
         .iter()
@@ -330,11 +347,11 @@ pub async fn deployment(State(ctx): State<Ctx>, Path(id): Path<u64>) -> Response
             .unwrap_or_default(),
         table(&["Stage", "State", "Duration"], &stages),
     );
-    Html(page(&ctx.base, &format!("Deployment #{id}"), &body)).into_response()
+    Html(page(&ctx.base, &viewer, &format!("Deployment #{id}"), &body)).into_response()
 }
 
 /// `/nodes`: the agents, their last heartbeat, images, repositories and branch heads.
-pub async fn nodes(State(ctx): State<Ctx>) -> Html<String> {
+pub async fn nodes(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
     let nodes = ctx.view.nodes();
     let rows: Vec<Vec<String>> = list(&nodes)
         .iter()
@@ -387,5 +404,5 @@ pub async fn nodes(State(ctx): State<Ctx>) -> Html<String> {
             &rows
         )
     );
-    Html(page(&ctx.base, "Nodes", &body))
+    Html(page(&ctx.base, &viewer, "Nodes", &body))
 }

@@ -27,6 +27,32 @@
     });
   }
 
+  // A container's output on the sandbox page: followed over SSE from when the reader opens it, until it closes.
+  document.querySelectorAll("details[data-logs]").forEach(function (el) {
+    var out = el.querySelector(".log");
+    var source = null;
+    var follow = true;
+    out.addEventListener("scroll", function () {
+      follow = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+    });
+    el.addEventListener("toggle", function () {
+      if (!el.open) {
+        if (source) { source.close(); source = null; }
+        return;
+      }
+      out.textContent = "";
+      source = new EventSource(base + "/api/v1/sandboxes/" + encodeURIComponent(el.dataset.sandbox) + "/logs/" +
+        encodeURIComponent(el.dataset.logs) + "?follow=true");
+      source.onmessage = function (e) {
+        var line = document.createElement("div");
+        line.textContent = e.data;
+        out.appendChild(line);
+        while (out.childNodes.length > 2000) { out.removeChild(out.firstChild); }
+        if (follow) { out.scrollTop = out.scrollHeight; }
+      };
+    });
+  });
+
   // A repository's branches, listed by its agent when the reader opens it (nodes page).
   document.querySelectorAll("details[data-branches]").forEach(function (el) {
     el.addEventListener("toggle", function () {

@@ -257,6 +257,59 @@ impl ServiceRepo {
     }
 }
 
+/// A git smart-HTTP server with basic auth for one user on 127.0.0.1 (`git_http_server.py`), serving the bare
+/// repos under a directory; stopped when dropped.
+pub struct GitServer {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl GitServer {
+    pub fn start(root: &Path, user: &str, password: &str) -> GitServer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("git_http_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(root)
+            .args(["0", user, password])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the test git server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        GitServer {
+            port: line.trim().parse().expect("the server prints its port"),
+            child,
+        }
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Bitbucket of the login tests: a bare `config.git` with one commit under `dir`, served with basic auth
+/// for `user`. Returns the server and the repo's URL.
+pub fn login_server(dir: &Path, user: &str, password: &str) -> (GitServer, String) {
+    let root = dir.join("bitbucket");
+    let work = dir.join("bitbucket-work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("README.md"), "the config repo\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "config"]);
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(root.join("config.git")));
+    let server = GitServer::start(&root, user, password);
+    let url = format!("http://127.0.0.1:{}/config.git", server.port);
+    (server, url)
+}
+
 /// A child process killed when dropped, its output kept in a file for failure messages.
 pub struct Process {
     pub child: Child,
@@ -331,15 +384,25 @@ pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    /// Where the API and the dashboard are: `http://127.0.0.1:PORT` and the base path.
     pub api: String,
     pub token: PathBuf,
     pub serve: Process,
     pub agents: Vec<Process>,
+    /// A session token for the API once `log_in` has run (servers started with a login).
+    pub bearer: Option<String>,
+    serve_args: Vec<String>,
     serves: usize,
 }
 
 impl Cluster {
+    /// A reconciler on a local config repo that lets anyone read (`--allow-anonymous`).
     pub fn start() -> Cluster {
+        Cluster::start_with("", &["--allow-anonymous".to_string()])
+    }
+
+    /// A reconciler served under `base` (empty for the root) with `args` besides the usual ones.
+    pub fn start_with(base: &str, args: &[String]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("config");
         std::fs::create_dir_all(config.join("environments")).unwrap();
@@ -354,20 +417,26 @@ impl Cluster {
         let token = tmp.path().join("token");
         std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
         let port = free_port();
-        let serve = Cluster::spawn_serve(tmp.path(), &config, port, &token, 1);
+        let mut serve_args = args.to_vec();
+        if !base.is_empty() {
+            serve_args.extend(["--base-path".to_string(), base.to_string()]);
+        }
+        let serve = Cluster::spawn_serve(tmp.path(), &config, port, &token, &serve_args, 1);
         Cluster {
-            api: format!("http://127.0.0.1:{port}"),
+            api: format!("http://127.0.0.1:{port}{base}"),
             tmp,
             config,
             port,
             token,
             serve,
             agents: Vec::new(),
+            bearer: None,
+            serve_args,
             serves: 1,
         }
     }
 
-    fn spawn_serve(dir: &Path, config: &Path, port: u16, token: &Path, n: usize) -> Process {
+    fn spawn_serve(dir: &Path, config: &Path, port: u16, token: &Path, args: &[String], n: usize) -> Process {
         Process::spawn(
             Command::new(binaries().join("sdp"))
                 .args(["serve", "--repo"])
@@ -376,7 +445,10 @@ impl Cluster {
                 .arg(dir.join("data"))
                 .args(["--listen", &format!("127.0.0.1:{port}"), "--token-file"])
                 .arg(token)
-                .args(["--resync-secs", "2", "--poll-secs", "1"]),
+                .args(["--resync-secs", "2", "--poll-secs", "1"])
+                .args(args)
+                // The service account's own git settings, as a test sets them (`gitconfig` in the test's dir).
+                .env("GIT_CONFIG_GLOBAL", dir.join("gitconfig")),
             dir.join(format!("serve-{n}.log")),
         )
     }
@@ -385,7 +457,49 @@ impl Cluster {
     pub fn restart_serve(&mut self) {
         self.serve.kill();
         self.serves += 1;
-        self.serve = Cluster::spawn_serve(self.tmp.path(), &self.config, self.port, &self.token, self.serves);
+        self.serve = Cluster::spawn_serve(
+            self.tmp.path(),
+            &self.config,
+            self.port,
+            &self.token,
+            &self.serve_args,
+            self.serves,
+        );
+    }
+
+    /// Logs in through the API (`POST /api/v1/login`) once the server answers; later `get` calls carry the token.
+    pub fn log_in(&mut self, user: &str, password: &str) {
+        let url = format!("{}/api/v1/login", self.api);
+        let body = serde_json::json!({ "username": user, "password": password });
+        let answer = wait_for("the login to be accepted", Duration::from_secs(30), || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let mut r = agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.to_string())
+                .map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+            if status == 200 {
+                Ok(text)
+            } else {
+                Err(format!("{status}: {text}"))
+            }
+        });
+        let doc: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        self.bearer = Some(doc["token"].as_str().expect("a token").to_string());
+    }
+
+    /// GET a path of the API (`/api/v1/…`) as JSON, with the session token when there is one.
+    pub fn get(&self, path: &str) -> Result<serde_json::Value, String> {
+        let url = format!("{}{path}", self.api);
+        let mut request = ureq::get(&url);
+        if let Some(token) = &self.bearer {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
+        let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        serde_json::from_str(&text).map_err(|e| format!("GET {url}: {e}: {text}"))
     }
 
     pub fn path(&self) -> &Path {
@@ -426,9 +540,8 @@ impl Cluster {
             log,
         ));
         let index = self.agents.len() - 1;
-        let api = self.api.clone();
         wait_for(&format!("agent {node} to connect"), Duration::from_secs(30), || {
-            let nodes = get_json(&format!("{api}/api/v1/nodes"))?;
+            let nodes = self.get("/api/v1/nodes")?;
             let ok = nodes
                 .as_array()
                 .is_some_and(|n| n.iter().any(|n| n["node"]["node"] == node));

@@ -2,8 +2,7 @@
 //! credentials fetch and deploy; wrong ones give a clear authentication error; the password appears nowhere in
 //! what the agent prints, and the operator's credential file is never changed.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use sdp_e2e::*;
@@ -11,44 +10,13 @@ use sdp_e2e::*;
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG: &str = "wrong-Pa55word";
 
-struct GitServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn git_server(root: &std::path::Path) -> GitServer {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("git_http_server.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(root)
-        .args(["0", "bot", PASSWORD])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the test git server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    GitServer {
-        port: line.trim().parse().expect("the server prints its port"),
-        child,
-    }
-}
-
 #[test]
 fn credentials_from_a_file_fetch_and_never_show() {
     let mut cluster = Cluster::start();
     let name = format!("cred-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
     let account = ServiceRepo::new(cluster.path(), "account", "main");
-    let server = git_server(account.origin.parent().unwrap());
+    let server = GitServer::start(account.origin.parent().unwrap(), "bot", PASSWORD);
     let url = format!("http://127.0.0.1:{}/account.git", server.port);
     git(&account.clone, &["remote", "set-url", "origin", &url]);
 

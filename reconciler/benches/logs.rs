@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use sdp_protocol::{AgentFrame, Hello, LogLine, PROTOCOL_VERSION, Role};
 use sdp_reconciler::api::{Api, router};
+use sdp_reconciler::auth::Auth;
 use sdp_reconciler::controller::Controller;
 use sdp_reconciler::desired::Settings;
 use sdp_reconciler::hub::{Hub, HubEvent};
@@ -65,6 +66,7 @@ fn main() {
         let app = router(Api {
             controller: controller.clone(),
             hook: Arc::default(),
+            auth: Arc::new(Auth::anonymous("")),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());

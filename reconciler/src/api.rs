@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, mpsc};
 
+use crate::auth::Auth;
 use crate::controller::{Controller, LiveLog, Status, Sync};
 use crate::desired::{DesiredSandbox, Mode};
 use crate::store::{Deployment, DeploymentState};
@@ -32,19 +33,22 @@ pub struct Api {
     pub controller: Arc<Controller>,
     /// Wakes the source loop: a fetch now.
     pub hook: Arc<Notify>,
+    /// Who may read: a login, or everyone (`--allow-anonymous`).
+    pub auth: Arc<Auth>,
 }
 
-/// The API, the agents' endpoint and the dashboard, all under `base` (empty, or e.g. `/sandbox/credit-card`).
+/// The API, the agents' endpoint and the dashboard at the root.
 pub fn router(api: Api) -> Router {
     router_at(api, "")
 }
 
+/// The API, the agents' endpoint and the dashboard, all under `base` (empty, or e.g. `/sandbox/credit-card`).
+/// Everything that shows state needs a login (unless the server allows anonymous readers); the health check,
+/// the metrics, the agents' WebSocket (its own token), the git hook and the login itself do not.
 pub fn router_at(api: Api, base: &str) -> Router {
+    let auth = api.auth.clone();
     let dashboard = sdp_dashboard::router(Arc::new(api.clone()), base);
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/ws/agent", get(ws_agent))
+    let guarded = Router::new()
         .route("/api/v1/sandboxes", get(sandboxes))
         .route("/api/v1/sandboxes/{name}", get(sandbox))
         .route("/api/v1/sandboxes/{name}/logs/{service}", get(container_logs))
@@ -54,9 +58,21 @@ pub fn router_at(api: Api, base: &str) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/changes", get(changes))
         .route("/api/v1/repos/{repo}/branches", get(branches))
+        .with_state(api.clone())
+        .merge(dashboard.pages)
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::auth::require_login,
+        ));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/ws/agent", get(ws_agent))
         .route("/api/v1/hooks/git", post(git_hook))
         .with_state(api)
-        .merge(dashboard);
+        .merge(dashboard.assets)
+        .merge(crate::auth::routes(auth))
+        .merge(guarded);
     let base = base.trim_end_matches('/');
     if base.is_empty() {
         app
@@ -291,11 +307,7 @@ async fn deployment_logs(State(api): State<Api>, Path(id): Path<u64>, headers: H
         Ok(None) => return not_found(format!("no deployment {id}")),
         Err(e) => return internal(e),
     }
-    let mut next: u64 = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |last| last + 1);
+    let mut next: u64 = last_event_id(&headers).map_or(0, |last| last + 1);
     let (tx, rx) = mpsc::channel::<Event>(256);
     let controller = api.controller.clone();
     // Subscribed before the file is read, so no line falls between the two.
@@ -344,18 +356,26 @@ async fn deployment_logs(State(api): State<Api>, Path(id): Path<u64>, headers: H
     sse_from(rx)
 }
 
+/// The id of the last event a reconnecting SSE reader saw.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers.get("last-event-id")?.to_str().ok()?.parse().ok()
+}
+
 #[derive(Deserialize)]
 struct FollowQuery {
     follow: Option<bool>,
 }
 
-/// A container's recent output, then (with `?follow=true`) its new lines, as SSE.
+/// A container's recent output, then (with `?follow=true`) its new lines, as SSE; a reader that reconnects with
+/// `Last-Event-ID` gets only the lines after it.
 async fn container_logs(
     State(api): State<Api>,
     Path((name, service)): Path<(String, String)>,
     Query(q): Query<FollowQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let container = sdp_protocol::container_name(&name, &service);
+    let seen = last_event_id(&headers).unwrap_or(0);
     let mut live = api.controller.logs.subscribe();
     let recent: Vec<(u64, String)> = api
         .controller
@@ -363,7 +383,7 @@ async fn container_logs(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&container)
-        .map(|l| l.iter().cloned().collect())
+        .map(|l| l.iter().filter(|(seq, _)| *seq > seen).cloned().collect())
         .unwrap_or_default();
     let known = api
         .controller
@@ -389,7 +409,7 @@ async fn container_logs(
     let (tx, rx) = mpsc::channel::<Event>(256);
     let follow = q.follow.unwrap_or(false);
     tokio::spawn(async move {
-        let mut last = 0;
+        let mut last = seen;
         for (seq, line) in recent {
             last = seq;
             if tx.send(Event::default().id(seq.to_string()).data(line)).await.is_err() {

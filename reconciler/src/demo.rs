@@ -327,6 +327,8 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
         resync_secs: 10,
         poll_secs: 2,
         micro_address: host.clone(),
+        // On 127.0.0.1 with a local config repo: nothing to log in against, and nobody else to keep out.
+        allow_anonymous: true,
         ..ServeConfig::new(config.display().to_string(), dir.join("data"), token.clone())
     };
     let logs = dir.join("logs");

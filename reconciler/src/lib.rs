@@ -2,6 +2,7 @@
 //! the redb store and the HTTP API; and `sdp`, the CLI around them.
 
 pub mod api;
+pub mod auth;
 pub mod change;
 pub mod cli;
 pub mod controller;

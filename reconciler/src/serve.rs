@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
 use crate::api::Api;
+use crate::auth::Auth;
 use crate::controller::Controller;
 use crate::desired::Settings;
 use crate::hub::{Hub, HubEvent, now_ms};
@@ -46,6 +47,14 @@ pub struct ServeConfig {
     /// Where everything is served, for a reverse proxy that mounts SDP under a path (`/sandbox/credit-card`).
     #[serde(default)]
     pub base_path: String,
+    /// The http(s) URL of the config repo that logins are checked against (`git ls-remote` with the user's
+    /// username and password); by default `repo` itself when that is an http(s) URL.
+    #[serde(default)]
+    pub login_repo: Option<String>,
+    /// No login at all: whoever reaches the port may read the dashboard and the API. For trusted networks and
+    /// local demos.
+    #[serde(default)]
+    pub allow_anonymous: bool,
 }
 
 pub fn default_listen() -> SocketAddr {
@@ -85,7 +94,33 @@ impl ServeConfig {
             service_ports: default_service_ports(),
             micro_address: default_micro_address(),
             base_path: String::new(),
+            login_repo: None,
+            allow_anonymous: false,
         }
+    }
+
+    /// Who may read: a login against the config repo's http(s) URL, or anyone with `allowAnonymous`.
+    pub fn auth(&self) -> Result<Auth> {
+        if self.allow_anonymous {
+            return Ok(Auth::anonymous(&self.base_path));
+        }
+        let is_http = |url: &str| url.starts_with("https://") || url.starts_with("http://");
+        let repo = match &self.login_repo {
+            Some(url) if is_http(url) => url.clone(),
+            Some(url) => bail!(
+                "--login-repo must be an http(s) URL (logins are checked with a username and password), not {}",
+                crate::source::redact_url(url)
+            ),
+            None if is_http(&self.repo) => self.repo.clone(),
+            None => bail!(
+                "the dashboard needs a login, checked with `git ls-remote` of the config repo over http(s), but \
+                 --repo is {}: give --login-repo https://…/config.git (the same repo as Bitbucket serves it), or \
+                 --allow-anonymous on a trusted network",
+                crate::source::redact_url(&self.repo)
+            ),
+        };
+        let askpass = std::env::current_exe().context("cannot find this program, which git runs as its askpass")?;
+        Auth::login(&repo, &self.data, askpass, &self.base_path)
     }
 
     /// Reads a config file, refusing unknown fields with the file, line and column.
@@ -131,6 +166,7 @@ fn read_token(path: &Path) -> Result<String> {
 /// Runs the reconciler until Ctrl-C or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let settings = config.settings()?;
+    let auth = Arc::new(config.auth()?);
     let token = read_token(&config.token_file)?;
     let store = Store::open(&config.data)?;
     let failed = store.fail_unfinished(now_ms())?;
@@ -175,6 +211,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         Api {
             controller: controller.clone(),
             hook,
+            auth,
         },
         &config.base_path,
     );

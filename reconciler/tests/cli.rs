@@ -286,6 +286,7 @@ fn serve_refuses_a_taken_port_and_says_who_to_ask() {
         token.to_str().unwrap(),
         "--listen",
         &format!("127.0.0.1:{port}"),
+        "--allow-anonymous",
     ]);
     says(&out, 2, &format!("cannot listen on 127.0.0.1:{port}"));
     says(&out, 2, "ss -ltnp");
@@ -298,6 +299,19 @@ fn serve_refuses_a_taken_port_and_says_who_to_ask() {
         data.to_str().unwrap(),
         "--token-file",
         "/nonexistent/token",
+        "--allow-anonymous",
     ]);
     says(&out, 2, "head -c 32 /dev/urandom");
+    // A local config repo gives logins nothing to be checked against: refused, saying what to give instead.
+    let out = repo.sdp(&[
+        "serve",
+        "--repo",
+        ".",
+        "--data",
+        data.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    says(&out, 2, "--login-repo https://");
+    says(&out, 2, "--allow-anonymous");
 }

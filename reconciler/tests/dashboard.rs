@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sdp_reconciler::api::{Api, router_at};
+use sdp_reconciler::auth::Auth;
 use sdp_reconciler::controller::Controller;
 use sdp_reconciler::desired::Settings;
 use sdp_reconciler::hub::Hub;
@@ -80,6 +81,7 @@ async fn server() -> Server {
         Api {
             controller,
             hook: Arc::default(),
+            auth: Arc::new(Auth::anonymous(BASE)),
         },
         BASE,
     );
@@ -131,6 +133,7 @@ async fn every_page_answers_under_the_base_path() {
         "Drift",
         "Manifest as committed",
         "account",
+        "data-logs=\"account\" data-sandbox=\"qa-login-error\"",
     ] {
         assert!(html.contains(needle), "{needle} missing from the sandbox page");
     }
@@ -173,7 +176,7 @@ async fn every_page_answers_under_the_base_path() {
 }
 
 #[tokio::test]
-async fn nothing_but_get_is_served_besides_the_git_hook() {
+async fn nothing_but_get_is_served_besides_the_git_hook_and_the_login() {
     let s = server().await;
     for path in [
         "/",

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{Action, ActionResult, AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame, Role};
 use sdp_reconciler::api::{Api, router};
+use sdp_reconciler::auth::Auth;
 use sdp_reconciler::controller::Controller;
 use sdp_reconciler::desired::Settings;
 use sdp_reconciler::hub::{Hub, HubEvent};
@@ -44,6 +45,7 @@ async fn server() -> Server {
     let app = router(Api {
         controller: controller.clone(),
         hook: Arc::default(),
+        auth: Arc::new(Auth::anonymous("")),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());

@@ -156,6 +156,10 @@ impl KindArg {
 }
 
 pub fn main() -> ExitCode {
+    // git runs `sdp` as its askpass while `sdp serve` checks a login.
+    if let Some(code) = crate::auth::askpass_main() {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { paths, format } => validate::run(&paths, format == Format::Json),

@@ -38,6 +38,13 @@ pub struct ServeArgs {
     /// Serve everything under this path (behind a proxy that mounts SDP at, e.g., /sandbox/credit-card).
     #[arg(long)]
     base_path: Option<String>,
+    /// The http(s) URL of the config repo that dashboard logins are checked against (default: --repo, when it
+    /// is an http(s) URL).
+    #[arg(long)]
+    login_repo: Option<String>,
+    /// No login: whoever reaches the port may read the dashboard and API. Trusted networks and demos only.
+    #[arg(long)]
+    allow_anonymous: bool,
 }
 
 fn config(args: ServeArgs) -> Result<ServeConfig> {
@@ -78,6 +85,12 @@ fn config(args: ServeArgs) -> Result<ServeConfig> {
     }
     if let Some(v) = args.base_path {
         c.base_path = v;
+    }
+    if let Some(v) = args.login_repo {
+        c.login_repo = Some(v);
+    }
+    if args.allow_anonymous {
+        c.allow_anonymous = true;
     }
     if !c.base_path.is_empty() && !c.base_path.starts_with('/') {
         anyhow::bail!("--base-path must start with `/`, as in /sandbox/credit-card");

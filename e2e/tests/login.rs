@@ -1,0 +1,225 @@
+//! The dashboard's login through a real `sdp serve`, checked by a real `git ls-remote` against a git smart-HTTP
+//! server with basic auth on 127.0.0.1 (the Bitbucket of the test), under the production base path: pages send a
+//! browser to the login form and the API answers 401 until then; a wrong password is refused, a right one opens a
+//! 12-hour HttpOnly SameSite=Strict session; logout ends it; repeated failures are limited; the password is in no
+//! log, page, answer or file; and the service account's own git credentials are never borrowed for a login.
+
+use std::time::Duration;
+
+use sdp_e2e::*;
+
+const BASE: &str = "/sandbox/credit-card";
+const USER: &str = "ann";
+const PASSWORD: &str = "Bitbucket-Pa55word";
+const WRONG: &str = "Wrong-Pa55word";
+
+struct Answer {
+    status: u16,
+    location: String,
+    set_cookie: String,
+    retry_after: String,
+    body: String,
+}
+
+fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+fn answer(mut r: ureq::http::Response<ureq::Body>) -> Answer {
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (location, set_cookie, retry_after) = (header("location"), header("set-cookie"), header("retry-after"));
+    Answer {
+        status: r.status().as_u16(),
+        location,
+        set_cookie,
+        retry_after,
+        body: r.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn get(url: &str, cookie: Option<&str>) -> Answer {
+    let mut request = client().get(url);
+    if let Some(c) = cookie {
+        request = request.header("Cookie", c);
+    }
+    answer(request.call().unwrap())
+}
+
+fn post_login(api: &str, user: &str, password: &str, next: &str) -> Answer {
+    let r = client()
+        .post(format!("{api}/login"))
+        .send_form([("username", user), ("password", password), ("next", next)])
+        .unwrap();
+    answer(r)
+}
+
+/// `sdp_session=…` out of a Set-Cookie header.
+fn cookie_of(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// A server whose logins are checked against the test's Bitbucket, and whose service account has a git
+/// credential store holding the right password for it: a login must never succeed through that.
+fn server() -> (Cluster, GitServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (bitbucket, url) = login_server(dir.path(), USER, PASSWORD);
+    let cluster = Cluster::start_with(BASE, &["--login-repo".to_string(), url.clone()]);
+    let store = cluster.path().join("git-credentials");
+    std::fs::write(
+        &store,
+        format!("http://{USER}:{PASSWORD}@127.0.0.1:{}\n", bitbucket.port),
+    )
+    .unwrap();
+    std::fs::write(
+        cluster.path().join("gitconfig"),
+        format!("[credential]\n\thelper = store --file {}\n", store.display()),
+    )
+    .unwrap();
+    let healthz = format!("{}/healthz", cluster.api);
+    wait_for("sdp serve to answer", Duration::from_secs(30), || {
+        get_text(&healthz).map_err(|e| format!("{e}\n{}", cluster.serve.output()))
+    });
+    (cluster, bitbucket, dir)
+}
+
+#[test]
+fn login_logout_and_the_limit_on_failures() {
+    let (cluster, _bitbucket, _dir) = server();
+    let api = cluster.api.clone();
+
+    // Before a login: pages go to the form (remembering where the reader was going), the API says 401.
+    let r = get(&format!("{api}/sandboxes/qa?x=1"), None);
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location, format!("{BASE}/login?next={BASE}/sandboxes/qa%3Fx%3D1"));
+    let r = get(&format!("{api}/api/v1/sandboxes"), None);
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("log in first"), "{}", r.body);
+    for open in ["/healthz", "/metrics", "/static/sdp.css", "/static/sdp.js", "/login"] {
+        assert_eq!(get(&format!("{api}{open}"), None).status, 200, "{open} needs no login");
+    }
+    let form = get(&format!("{api}/login"), None).body;
+    assert!(form.contains(&format!("action=\"{BASE}/login\"")) && form.contains("type=\"password\""));
+
+    // A wrong password: refused by the git server, the name kept in the form, no session, no password echoed.
+    // The service account's credential store holds the right password: it must not have been used.
+    let r = post_login(&api, USER, WRONG, &format!("{BASE}/nodes"));
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("Wrong username or password"), "{}", r.body);
+    assert!(r.body.contains("value=\"ann\""));
+    assert!(!r.body.contains(WRONG) && r.set_cookie.is_empty());
+
+    // The right one: a session cookie, then where the reader was going.
+    let r = post_login(&api, USER, PASSWORD, &format!("{BASE}/nodes"));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.location, format!("{BASE}/nodes"));
+    for attribute in ["HttpOnly", "SameSite=Strict", "Max-Age=43200", &format!("Path={BASE}")] {
+        assert!(
+            r.set_cookie.contains(attribute),
+            "{attribute} missing: {}",
+            r.set_cookie
+        );
+    }
+    let cookie = cookie_of(&r.set_cookie);
+    let page = get(&api, Some(&cookie));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<span>ann</span>") && page.body.contains("Log out"));
+    assert_eq!(get(&format!("{api}/api/v1/sandboxes"), Some(&cookie)).status, 200);
+    assert_eq!(
+        get(&format!("{api}/login"), Some(&cookie)).status,
+        303,
+        "already logged in"
+    );
+
+    // `next` never leaves this server.
+    let r = post_login(&api, USER, PASSWORD, "https://evil.example/");
+    assert_eq!((r.status, r.location.as_str()), (303, format!("{BASE}/").as_str()));
+
+    // The CLI's login: the same check, the token for an Authorization header.
+    let r = answer(
+        client()
+            .post(format!("{api}/api/v1/login"))
+            .header("Content-Type", "application/json")
+            .send(format!("{{\"username\":\"{USER}\",\"password\":\"{PASSWORD}\"}}"))
+            .unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let r = answer(
+        client()
+            .get(format!("{api}/api/v1/nodes"))
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Logout ends the session on the server, not only in the browser.
+    let r = answer(
+        client()
+            .post(format!("{api}/logout"))
+            .header("Cookie", &cookie)
+            .send_empty()
+            .unwrap(),
+    );
+    assert_eq!((r.status, r.location.as_str()), (303, format!("{BASE}/login").as_str()));
+    assert!(r.set_cookie.contains("Max-Age=0"), "{}", r.set_cookie);
+    assert_eq!(get(&format!("{api}/api/v1/sandboxes"), Some(&cookie)).status, 401);
+
+    // Three failures within 15 minutes: the fourth attempt is refused before git is asked, even with the right
+    // password and another spelling of the name; another user is not held up.
+    for _ in 0..3 {
+        assert_eq!(post_login(&api, USER, WRONG, "").status, 401);
+    }
+    let r = post_login(&api, "ANN", PASSWORD, "");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("Too many failed logins"), "{}", r.body);
+    let retry: u64 = r.retry_after.parse().expect("a Retry-After in seconds");
+    assert!((800..=900).contains(&retry), "{retry}");
+    assert_eq!(post_login(&api, "bob", WRONG, "").status, 401);
+
+    // The password is in no log line and no file the server wrote; the askpass sockets are gone.
+    let log = cluster.serve.output();
+    assert!(log.contains("logged in") && log.contains("login refused"), "{log}");
+    for secret in [PASSWORD, WRONG] {
+        assert!(!log.contains(secret), "a password in the log:\n{log}");
+        let out = std::process::Command::new("grep")
+            .args(["-rl", secret])
+            .arg(cluster.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let sockets = std::fs::read_dir(cluster.path().join("data/run")).unwrap().count();
+    assert_eq!(sockets, 0, "askpass sockets left behind");
+}
+
+#[test]
+fn an_unreachable_repo_says_so_and_does_not_count_as_a_failure() {
+    let closed = free_port();
+    let cluster = Cluster::start_with(
+        "",
+        &[
+            "--login-repo".to_string(),
+            format!("http://127.0.0.1:{closed}/config.git"),
+        ],
+    );
+    let api = cluster.api.clone();
+    wait_for("sdp serve to answer", Duration::from_secs(30), || {
+        get_text(&format!("{api}/healthz")).map_err(|e| format!("{e}\n{}", cluster.serve.output()))
+    });
+    for _ in 0..4 {
+        let r = post_login(&api, USER, PASSWORD, "");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("Cannot check the login right now"), "{}", r.body);
+    }
+}
