@@ -161,6 +161,20 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         )
     ));
 
+    // Each container's output, followed live once opened (the agents stream it; the reconciler keeps the tail).
+    let logs: String = services
+        .iter()
+        .map(|(svc, _)| {
+            format!(
+                "<details class=\"logs\" data-logs=\"{svc}\" data-sandbox=\"{sandbox}\"><summary>{svc}</summary>\
+                 <div class=\"log\" role=\"log\" aria-live=\"polite\"></div></details>\n",
+                svc = esc(svc),
+                sandbox = esc(&name),
+            )
+        })
+        .collect();
+    body.push_str(&format!("<h2>Container logs</h2>\n{logs}"));
+
     let live = &sb["actual"]["routes"];
     let defaults = &sb["actual"]["routeDefaults"];
     let wanted = desired["routes"].as_object().cloned().unwrap_or_default();
@@ -225,19 +239,6 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         "<h2>Recent events</h2>\n<div data-live=\"events\">{}</div>",
         table(&["When", "What"], &events)
     ));
-    // Each container's output, followed live once opened (the agents stream it; the reconciler keeps the tail).
-    let logs: String = services
-        .iter()
-        .map(|(svc, _)| {
-            format!(
-                "<details class=\"logs\" data-logs=\"{svc}\" data-sandbox=\"{sandbox}\"><summary>{svc}</summary>\
-                 <div class=\"log\" role=\"log\" aria-live=\"polite\"></div></details>\n",
-                svc = esc(svc),
-                sandbox = esc(&name),
-            )
-        })
-        .collect();
-    body.push_str(&format!("<h2>Container logs</h2>\n{logs}"));
     body.push_str(&format!(
         "<h2>Manifest as committed</h2>\n<pre>{}</pre>",
         t(&sb["manifest"])

@@ -2,6 +2,8 @@
 //! repos, the `sdp` and `sdp-agent` binaries as processes, the reconciler's API, and cleanup of everything a test
 //! made (by its sandbox's labels, so nothing else on the engine is touched).
 
+pub mod webdriver;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -509,9 +511,9 @@ impl Cluster {
     /// Writes an agent config; `extra` is appended as YAML lines.
     pub fn agent_yaml(&self, node: &str, role: &str, repos: &[(&str, &Path)], extra: &str) -> PathBuf {
         let mut yaml = format!(
-            "node: {node}\nrole: {role}\nreconciler: ws://127.0.0.1:{}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\n\
+            "node: {node}\nrole: {role}\nreconciler: {}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\n\
              image: {}\ndataDir: {}\nfetchSecs: 1\ngoCache: {}\n",
-            self.port,
+            self.api.replacen("http://", "ws://", 1),
             self.token.display(),
             runtime_image(),
             self.path().join(format!("agent-{node}")).display(),

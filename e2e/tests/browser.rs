@@ -1,0 +1,111 @@
+//! The dashboard in a real browser: headless Chromium (Debian's chromium and chromium-driver) driven over
+//! WebDriver. A reader opens a sandbox page under the production base path, is sent to the login form, logs in
+//! with the username and password the git server (basic auth, 127.0.0.1) accepts, lands on the sandbox, opens
+//! a service's log, and sees a line appear that the service printed after the page had loaded, without a
+//! reload. The screenshot is kept in `target/test-artifacts/`.
+
+use std::time::Duration;
+
+use sdp_e2e::webdriver::Browser;
+use sdp_e2e::*;
+
+const BASE: &str = "/sandbox/credit-card";
+const USER: &str = "qa.tester";
+const PASSWORD: &str = "Br0wser-Pa55word";
+
+#[test]
+fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
+    let bitbucket_dir = tempfile::tempdir().unwrap();
+    let (_bitbucket, login_url) = login_server(bitbucket_dir.path(), USER, PASSWORD);
+    let name = format!("web-{}", suffix());
+    let _cleanup = DockerCleanup { sandbox: name.clone() };
+    let mut cluster = Cluster::start_with(BASE, &["--login-repo".to_string(), login_url]);
+    cluster.log_in(USER, PASSWORD);
+    let account = ServiceRepo::new(cluster.path(), "account", "main");
+    let yaml = cluster.agent_yaml(
+        "micro-web",
+        "micro",
+        &[("account", &account.clone)],
+        "containerPort: 8080\n",
+    );
+    cluster.start_agent(&yaml, "micro-web");
+    let port = free_port();
+    cluster.commit(
+        &format!("sandboxes/{name}.yaml"),
+        &sandbox_manifest(&name, &[("account", "main", port)], ""),
+        "a sandbox to look at",
+    );
+    wait_for("the service to answer", Duration::from_secs(120), || {
+        answers(port, "account")().map_err(|e| format!("{e}\n{}", cluster.logs()))
+    });
+
+    let browser = Browser::start(cluster.path());
+    let page = format!("{}/sandboxes/{name}", cluster.api);
+    browser.goto(&page).unwrap();
+    // Not logged in: the login form, which remembers the sandbox.
+    let at = browser.current_url().unwrap();
+    assert!(at.contains(&format!("{BASE}/login?next=")), "{at}");
+    browser.type_into("#username", USER).unwrap();
+    browser.type_into("#password", PASSWORD).unwrap();
+    browser.click("form.login button").unwrap();
+    wait_for("the sandbox page after the login", Duration::from_secs(30), || {
+        let url = browser.current_url()?;
+        let title = browser.text("h1")?;
+        if url == page && title == format!("Sandbox {name}") {
+            Ok(())
+        } else {
+            Err(format!("{url}: {title}"))
+        }
+    });
+    assert_eq!(browser.text("header form.who span").unwrap(), USER);
+
+    // Open the service's log; mark the page so a reload would show.
+    browser.click("details[data-logs=\"account\"] summary").unwrap();
+    browser
+        .execute("window.sdpTestMark = 'same page'; return null;")
+        .unwrap();
+    let line = format!("/after-load-{}", suffix());
+    std::thread::sleep(Duration::from_millis(500));
+    // The service prints each request it serves: this line is made now, after the page loaded.
+    get_text(&format!("http://127.0.0.1:{port}{line}")).unwrap();
+    let log = "details[data-logs=\"account\"] .log";
+    let shown = wait_for("the new line in the page", Duration::from_secs(30), || {
+        let text = browser.text(log)?;
+        if text.contains(&line) {
+            Ok(text)
+        } else {
+            Err(format!("the log shows: {text:?}\n{}", cluster.logs()))
+        }
+    });
+    assert!(shown.contains(&format!("GET {line}")), "{shown}");
+    assert_eq!(
+        browser.execute("return window.sdpTestMark || null;").unwrap(),
+        serde_json::json!("same page"),
+        "the line arrived without a reload"
+    );
+
+    browser
+        .execute("document.querySelector('details[data-logs=\"account\"]').scrollIntoView(); return null;")
+        .unwrap();
+    let shot = binaries()
+        .parent()
+        .unwrap()
+        .join("test-artifacts/dashboard-sandbox.png");
+    browser.screenshot(&shot).unwrap();
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    eprintln!("screenshot: {}", shot.display());
+
+    // Log out: the next page asks for the login again.
+    browser.click("header form.who button").unwrap();
+    wait_for("the login form after logging out", Duration::from_secs(10), || {
+        let url = browser.current_url()?;
+        if url.ends_with(&format!("{BASE}/login")) {
+            Ok(())
+        } else {
+            Err(url)
+        }
+    });
+    browser.goto(&page).unwrap();
+    assert!(browser.current_url().unwrap().contains("/login?next="));
+}
