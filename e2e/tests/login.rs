@@ -4,6 +4,9 @@
 //! 12-hour HttpOnly SameSite=Strict session; logout ends it; repeated failures are limited; the password is in no
 //! log, page, answer or file; and the service account's own git credentials are never borrowed for a login.
 
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sdp_e2e::*;
@@ -132,6 +135,8 @@ fn login_logout_and_the_limit_on_failures() {
     let page = get(&api, Some(&cookie));
     assert_eq!(page.status, 200);
     assert!(page.body.contains("<span>ann</span>") && page.body.contains("Log out"));
+    // `{base}/` is served as it is, not redirected: nginx sends `{base}` there, so a redirect back would loop.
+    assert_eq!(get(&format!("{api}/"), Some(&cookie)).status, 200);
     assert_eq!(get(&format!("{api}/api/v1/sandboxes"), Some(&cookie)).status, 200);
     assert_eq!(
         get(&format!("{api}/login"), Some(&cookie)).status,
@@ -174,6 +179,62 @@ fn login_logout_and_the_limit_on_failures() {
     assert_eq!((r.status, r.location.as_str()), (303, format!("{BASE}/login").as_str()));
     assert!(r.set_cookie.contains("Max-Age=0"), "{}", r.set_cookie);
     assert_eq!(get(&format!("{api}/api/v1/sandboxes"), Some(&cookie)).status, 401);
+
+    // The CLI: `sdp get` says to log in; `sdp login --password-stdin` keeps a token (never the password) in a
+    // 0600 file; `sdp get` then reads; `sdp logout` ends the session on the server as well.
+    let home = cluster.path().join("home");
+    let sdp = |args: &[&str], stdin: &str| -> (i32, String) {
+        let mut child = Command::new(binaries().join("sdp"))
+            .args(args)
+            .args(["--server", &api])
+            .env("XDG_CONFIG_HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let (code, out) = sdp(&["get", "sandboxes"], "");
+    assert!(code == 2 && out.contains("log in first"), "{code} {out}");
+    let (code, out) = sdp(
+        &["login", "--username", USER, "--password-stdin"],
+        &format!("{WRONG}\n"),
+    );
+    assert!(code == 2 && out.contains("Wrong username or password"), "{code} {out}");
+    let (code, out) = sdp(
+        &["login", "--username", USER, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let file = home.join("sdp/sessions.json");
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains("token") && !saved.contains(PASSWORD), "{saved}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, out) = sdp(&["get", "sandboxes"], "");
+    assert_eq!(code, 0, "{out}");
+    let token = serde_json::from_str::<serde_json::Value>(&saved).unwrap()[api.as_str()]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, out) = sdp(&["logout"], "");
+    assert!(code == 0 && out.contains("logged out"), "{out}");
+    let r = answer(
+        client()
+            .get(format!("{api}/api/v1/nodes"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(r.status, 401, "the session ended on the server");
+    assert!(sdp(&["get", "sandboxes"], "").1.contains("log in first"));
 
     // Three failures within 15 minutes: the fourth attempt is refused before git is asked, even with the right
     // password and another spelling of the name; another user is not held up.

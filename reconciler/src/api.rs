@@ -77,12 +77,20 @@ pub fn router_at(api: Api, base: &str) -> Router {
     if base.is_empty() {
         app
     } else {
-        // `{base}/` is the overview too, as a browser (and nginx's location block) writes it.
-        let to = base.to_string();
+        // `{base}/` is the overview too, as the links, a browser and nginx's location block write it: served,
+        // not redirected (nginx sends `{base}` to `{base}/`, so a redirect back would loop).
+        let root = app.clone();
         Router::new()
             .route(
                 &format!("{base}/"),
-                get(move || async move { axum::response::Redirect::permanent(&to) }),
+                axum::routing::any(move |mut request: axum::extract::Request| {
+                    let root = root.clone();
+                    async move {
+                        let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+                        *request.uri_mut() = format!("/{query}").parse().expect("a path and its query");
+                        tower::ServiceExt::oneshot(root, request).await
+                    }
+                }),
             )
             .nest(base, app)
     }

@@ -55,7 +55,7 @@ pub enum Output {
     Yaml,
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(std::time::Duration::from_secs(5)))
@@ -63,10 +63,19 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// GET a JSON document; a 404 or 5xx answer becomes its `error` message.
+/// A GET of the API, with the session of `sdp login` when there is one.
+fn request(server: &Server, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    let request = agent().get(url);
+    match super::login::bearer(server) {
+        Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+        None => request,
+    }
+}
+
+/// GET a JSON document; a 401, 404 or 5xx answer becomes its `error` message.
 pub fn get(server: &Server, path: &str) -> Result<Value> {
     let url = format!("{}{path}", server.server.trim_end_matches('/'));
-    let mut response = agent().get(&url).call().with_context(|| {
+    let mut response = request(server, &url).call().with_context(|| {
         format!(
             "cannot reach the reconciler at {}: is `sdp serve` running there?",
             server.server
@@ -334,8 +343,7 @@ pub fn run_logs(server: &Server, target: &str, follow: bool) -> Result<ExitCode>
         "{}/api/v1/sandboxes/{sandbox}/logs/{service}?follow={follow}",
         server.server.trim_end_matches('/')
     );
-    let response = agent()
-        .get(&url)
+    let response = request(server, &url)
         .call()
         .with_context(|| format!("cannot reach the reconciler at {}", server.server))?;
     if response.status().as_u16() >= 400 {

@@ -2,6 +2,7 @@
 
 pub mod client;
 mod gitops;
+mod login;
 mod new;
 mod schema;
 mod serve;
@@ -95,6 +96,17 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Log in to a reconciler that needs one, with your Bitbucket username and password; `get`, `logs` and
+    /// `apply --wait` then use the session (12 h).
+    Login {
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the password from stdin (for scripts) instead of asking on the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the session that `sdp login` opened with this server.
+    Logout,
     /// Run the reconciler: read the config repo, accept agents, reconcile, serve the API and dashboard.
     Serve(serve::ServeArgs),
     /// Remove an object from the config repo and commit the removal.
@@ -201,6 +213,11 @@ pub fn main() -> ExitCode {
         }
         Command::Get { what } => client::run_get(&cli.server, what),
         Command::Logs { target, follow } => client::run_logs(&cli.server, &target, follow),
+        Command::Login {
+            username,
+            password_stdin,
+        } => login::run_login(&cli.server, username, password_stdin),
+        Command::Logout => login::run_logout(&cli.server),
     };
     match result {
         Ok(code) => code,

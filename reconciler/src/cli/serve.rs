@@ -40,10 +40,10 @@ pub struct ServeArgs {
     base_path: Option<String>,
     /// The http(s) URL of the config repo that dashboard logins are checked against (default: --repo, when it
     /// is an http(s) URL).
-    #[arg(long)]
+    #[arg(long, env = "SDP_LOGIN_REPO")]
     login_repo: Option<String>,
     /// No login: whoever reaches the port may read the dashboard and API. Trusted networks and demos only.
-    #[arg(long)]
+    #[arg(long, env = "SDP_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
 }
 
