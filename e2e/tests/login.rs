@@ -148,6 +148,17 @@ fn login_logout_and_the_limit_on_failures() {
     let r = post_login(&api, USER, PASSWORD, "https://evil.example/");
     assert_eq!((r.status, r.location.as_str()), (303, format!("{BASE}/").as_str()));
 
+    // Over https (as nginx says in X-Forwarded-Proto) the cookie is Secure; over plain http it cannot be.
+    assert!(!r.set_cookie.contains("Secure"));
+    let r = answer(
+        client()
+            .post(format!("{api}/login"))
+            .header("X-Forwarded-Proto", "https")
+            .send_form([("username", USER), ("password", PASSWORD)])
+            .unwrap(),
+    );
+    assert!(r.set_cookie.contains("; Secure"), "{}", r.set_cookie);
+
     // The CLI's login: the same check, the token for an Authorization header.
     let r = answer(
         client()
@@ -259,6 +270,15 @@ fn login_logout_and_the_limit_on_failures() {
             .output()
             .unwrap();
         assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    // Counted for the operator.
+    let metrics = get(&format!("{api}/metrics"), None).body;
+    for line in [
+        "sdp_logins_total{outcome=\"succeeded\"} 5",
+        "sdp_logins_total{outcome=\"rejected\"} 6",
+        "sdp_logins_total{outcome=\"limited\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
     let sockets = std::fs::read_dir(cluster.path().join("data/run")).unwrap().count();
     assert_eq!(sockets, 0, "askpass sockets left behind");

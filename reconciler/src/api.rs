@@ -558,6 +558,16 @@ async fn metrics(State(api): State<Api>) -> Response {
     for role in [Role::Micro, Role::Gateway] {
         out.push_str(&format!("sdp_containers{{role=\"{role}\"}} {}\n", managed(role)));
     }
+    if api.auth.required() {
+        out.push_str("# HELP sdp_logins_total Dashboard and CLI login attempts, by outcome.\n");
+        out.push_str("# TYPE sdp_logins_total counter\n");
+        for (name, n) in crate::auth::OUTCOMES.iter().zip(&api.auth.outcomes) {
+            out.push_str(&format!(
+                "sdp_logins_total{{outcome=\"{name}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

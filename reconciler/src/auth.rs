@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,12 @@ const MAX_SESSIONS: usize = 10_000;
 pub struct Auth {
     login: Option<Login>,
     base: String,
+    /// Login attempts by outcome, for `/metrics`: succeeded, rejected, limited, unavailable.
+    pub outcomes: [AtomicU64; 4],
 }
+
+/// The names of `Auth::outcomes`, in order.
+pub const OUTCOMES: [&str; 4] = ["succeeded", "rejected", "limited", "unavailable"];
 
 struct Login {
     /// The https (or http) URL of the config repo, without credentials.
@@ -82,6 +88,7 @@ impl Auth {
         Auth {
             login: None,
             base: base.trim_end_matches('/').to_string(),
+            outcomes: Default::default(),
         }
     }
 
@@ -106,6 +113,7 @@ impl Auth {
                 checks: Semaphore::new(4),
             }),
             base: base.trim_end_matches('/').to_string(),
+            outcomes: Default::default(),
         })
     }
 
@@ -131,6 +139,21 @@ impl Auth {
 
     /// Checks the credentials (rate limit first) and opens a session: its token.
     pub async fn log_in(&self, user: &str, password: &str) -> Result<String, Refusal> {
+        let result = self.try_log_in(user, password).await;
+        let outcome = match &result {
+            Ok(_) => Some(0),
+            Err(Refusal::Rejected(_)) => Some(1),
+            Err(Refusal::TooMany(_)) => Some(2),
+            Err(Refusal::Unavailable(_)) => Some(3),
+            Err(Refusal::Invalid(_)) => None,
+        };
+        if let Some(i) = outcome {
+            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn try_log_in(&self, user: &str, password: &str) -> Result<String, Refusal> {
         let Some(login) = &self.login else {
             return Err(Refusal::Invalid("this server needs no login".into()));
         };
@@ -204,10 +227,16 @@ impl Auth {
         Some(session.user)
     }
 
-    fn cookie(&self, token: &str, max_age: u64) -> HeaderValue {
+    /// The session cookie; `Secure` when the browser came over https (nginx says so in `X-Forwarded-Proto`).
+    fn cookie(&self, token: &str, max_age: u64, headers: &HeaderMap) -> HeaderValue {
         let path = if self.base.is_empty() { "/" } else { &self.base };
+        let https = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+        let secure = if https { "; Secure" } else { "" };
         HeaderValue::from_str(&format!(
-            "{COOKIE}={token}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict"
+            "{COOKIE}={token}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
         ))
         .expect("a token and a base path are header-safe")
     }
@@ -530,14 +559,14 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login_submit(State(auth): State<Arc<Auth>>, Form(form): Form<LoginForm>) -> Response {
+async fn login_submit(State(auth): State<Arc<Auth>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     let next = auth.next_or_home(form.next.as_deref());
     match auth.log_in(&form.username, &form.password).await {
         Ok(token) => {
             let mut response = Redirect::to(&next).into_response();
             response
                 .headers_mut()
-                .insert(header::SET_COOKIE, auth.cookie(&token, SESSION_TTL.as_secs()));
+                .insert(header::SET_COOKIE, auth.cookie(&token, SESSION_TTL.as_secs(), &headers));
             response
         }
         Err(refusal) => {
@@ -560,7 +589,9 @@ async fn login_submit(State(auth): State<Arc<Auth>>, Form(form): Form<LoginForm>
 async fn logout(State(auth): State<Arc<Auth>>, headers: HeaderMap) -> Response {
     auth.log_out(&headers);
     let mut response = Redirect::to(&format!("{}/login", auth.base)).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, auth.cookie("", 0));
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, auth.cookie("", 0, &headers));
     response
 }
 
