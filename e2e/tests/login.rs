@@ -57,6 +57,17 @@ fn get(url: &str, cookie: Option<&str>) -> Answer {
     answer(request.call().unwrap())
 }
 
+/// GET with `Authorization: Bearer TOKEN`, as the CLI sends its session.
+fn get_as(url: &str, token: &str) -> Answer {
+    answer(
+        client()
+            .get(url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap(),
+    )
+}
+
 fn post_login(api: &str, user: &str, password: &str, next: &str) -> Answer {
     let r = client()
         .post(format!("{api}/login"))
@@ -169,14 +180,7 @@ fn login_logout_and_the_limit_on_failures() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let token: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
-    let r = answer(
-        client()
-            .get(format!("{api}/api/v1/nodes"))
-            .header("Authorization", &bearer)
-            .call()
-            .unwrap(),
-    );
+    let r = get_as(&format!("{api}/api/v1/nodes"), token["token"].as_str().unwrap());
     assert_eq!(r.status, 200, "{}", r.body);
 
     // Logout ends the session on the server, not only in the browser.
@@ -237,14 +241,11 @@ fn login_logout_and_the_limit_on_failures() {
         .to_string();
     let (code, out) = sdp(&["logout"], "");
     assert!(code == 0 && out.contains("logged out"), "{out}");
-    let r = answer(
-        client()
-            .get(format!("{api}/api/v1/nodes"))
-            .header("Authorization", &format!("Bearer {token}"))
-            .call()
-            .unwrap(),
+    assert_eq!(
+        get_as(&format!("{api}/api/v1/nodes"), &token).status,
+        401,
+        "the session ended on the server"
     );
-    assert_eq!(r.status, 401, "the session ended on the server");
     assert!(sdp(&["get", "sandboxes"], "").1.contains("log in first"));
 
     // Three failures within 15 minutes: the fourth attempt is refused before git is asked, even with the right

@@ -105,7 +105,8 @@ impl Auth {
         }
         Ok(Auth {
             login: Some(Login {
-                repo: crate::source::redact_url(repo),
+                // Each user's own name goes with their password: never one written into the URL.
+                repo: crate::source::without_userinfo(repo),
                 run_dir,
                 askpass,
                 sessions: Mutex::default(),
@@ -671,6 +672,17 @@ mod tests {
         assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(900)), None);
         limit.clear("ann");
         assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(41)), None);
+    }
+
+    #[test]
+    fn the_login_url_carries_no_credentials() {
+        use crate::source::without_userinfo;
+        assert_eq!(
+            without_userinfo("https://svc:pw@bitbucket.example/scm/cc/config.git"),
+            "https://bitbucket.example/scm/cc/config.git"
+        );
+        assert_eq!(without_userinfo("https://svc@host"), "https://host");
+        assert_eq!(without_userinfo("http://host:7990/x.git"), "http://host:7990/x.git");
     }
 
     #[test]

@@ -67,6 +67,19 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `https://user:secret@host/x` → `https://host/x`: a URL that carries no one's credentials.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match path {
+        Some(path) => format!("{scheme}://{host}/{path}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
 /// The config repo at one commit.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {

@@ -276,42 +276,29 @@ fn serve_refuses_a_taken_port_and_says_who_to_ask() {
     let token = repo.dir.join("../token");
     fs::write(&token, "test-token-0123456789abcdef").unwrap();
     let data = repo.dir.join("../data");
-    let out = repo.sdp(&[
-        "serve",
-        "--repo",
-        ".",
-        "--data",
-        data.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--allow-anonymous",
-    ]);
+    // `sdp serve` on the repo in `.` with the data dir above, a token file and more flags.
+    let serve = |token: &str, more: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--repo",
+            ".",
+            "--data",
+            data.to_str().unwrap(),
+            "--token-file",
+            token,
+        ];
+        args.extend(more);
+        repo.sdp(&args)
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let out = serve(token.to_str().unwrap(), &["--listen", &listen, "--allow-anonymous"]);
     says(&out, 2, &format!("cannot listen on 127.0.0.1:{port}"));
     says(&out, 2, "ss -ltnp");
     // No token file: refused before anything starts, saying how to make one.
-    let out = repo.sdp(&[
-        "serve",
-        "--repo",
-        ".",
-        "--data",
-        data.to_str().unwrap(),
-        "--token-file",
-        "/nonexistent/token",
-        "--allow-anonymous",
-    ]);
+    let out = serve("/nonexistent/token", &["--allow-anonymous"]);
     says(&out, 2, "head -c 32 /dev/urandom");
     // A local config repo gives logins nothing to be checked against: refused, saying what to give instead.
-    let out = repo.sdp(&[
-        "serve",
-        "--repo",
-        ".",
-        "--data",
-        data.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-    ]);
+    let out = serve(token.to_str().unwrap(), &[]);
     says(&out, 2, "--login-repo https://");
     says(&out, 2, "--allow-anonymous");
 }
