@@ -82,7 +82,11 @@
   if (live.length) {
     var refresh = function () {
       fetch(window.location.href)
-        .then(function (r) { return r.text(); })
+        .then(function (r) {
+          // The session ended (logout elsewhere, 12 h passed, the reconciler restarted): to the login form.
+          if (r.redirected && r.url.indexOf("/login") >= 0) { window.location.href = r.url; }
+          return r.text();
+        })
         .then(function (html) {
           var doc = new DOMParser().parseFromString(html, "text/html");
           live.forEach(function (el) {

@@ -21,6 +21,7 @@ struct Answer {
     location: String,
     set_cookie: String,
     retry_after: String,
+    cache_control: String,
     body: String,
 }
 
@@ -39,12 +40,14 @@ fn answer(mut r: ureq::http::Response<ureq::Body>) -> Answer {
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default()
     };
-    let (location, set_cookie, retry_after) = (header("location"), header("set-cookie"), header("retry-after"));
+    let (location, set_cookie) = (header("location"), header("set-cookie"));
+    let (retry_after, cache_control) = (header("retry-after"), header("cache-control"));
     Answer {
         status: r.status().as_u16(),
         location,
         set_cookie,
         retry_after,
+        cache_control,
         body: r.body_mut().read_to_string().unwrap(),
     }
 }
@@ -148,7 +151,9 @@ fn login_logout_and_the_limit_on_failures() {
     assert!(page.body.contains("<span>ann</span>") && page.body.contains("Log out"));
     // `{base}/` is served as it is, not redirected: nginx sends `{base}` there, so a redirect back would loop.
     assert_eq!(get(&format!("{api}/"), Some(&cookie)).status, 200);
-    assert_eq!(get(&format!("{api}/api/v1/sandboxes"), Some(&cookie)).status, 200);
+    let r = get(&format!("{api}/api/v1/sandboxes"), Some(&cookie));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.cache_control, "private, no-store");
     assert_eq!(
         get(&format!("{api}/login"), Some(&cookie)).status,
         303,

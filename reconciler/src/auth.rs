@@ -486,7 +486,12 @@ pub async fn require_login(State(auth): State<Arc<Auth>>, mut request: Request, 
     }
     if let Some(user) = auth.user(request.headers()) {
         request.extensions_mut().insert(Viewer { user: Some(user) });
-        return next.run(request).await;
+        let mut response = next.run(request).await;
+        // What a login shows stays out of shared caches and the browser's disk.
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+        return response;
     }
     // The path below the base path (the router is nested under it).
     let uri = request.uri();
