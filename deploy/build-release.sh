@@ -7,7 +7,8 @@ out="${1:-dist}"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
   --target x86_64-unknown-linux-gnu -p sdp-reconciler -p sdp-agent
 mkdir -p "$out"
-cp target/x86_64-unknown-linux-gnu/release/sdp target/x86_64-unknown-linux-gnu/release/sdp-agent "$out/"
+built="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release"
+cp "$built/sdp" "$built/sdp-agent" "$out/"
 cp -r deploy/systemd deploy/nginx deploy/RUNBOOK.md "$out/"
 "$out/sdp" --version
 "$out/sdp-agent" --version
