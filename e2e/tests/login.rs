@@ -110,7 +110,7 @@ fn server() -> (Cluster, GitServer, tempfile::TempDir) {
 
 #[test]
 fn login_logout_and_the_limit_on_failures() {
-    let (cluster, _bitbucket, _dir) = server();
+    let (mut cluster, _bitbucket, _dir) = server();
     let api = cluster.api.clone();
 
     // Before a login: pages go to the form (remembering where the reader was going), the API says 401.
@@ -159,6 +159,21 @@ fn login_logout_and_the_limit_on_failures() {
         303,
         "already logged in"
     );
+
+    // A restart of the reconciler logs nobody out (the store keeps sessions by the hash of their token: the
+    // token itself is in no file).
+    let token = cookie.trim_start_matches("sdp_session=").to_string();
+    cluster.restart_serve();
+    wait_for("sdp serve to answer again", Duration::from_secs(30), || {
+        get_text(&format!("{api}/healthz")).map_err(|e| format!("{e}\n{}", cluster.serve.output()))
+    });
+    assert_eq!(get(&format!("{api}/api/v1/sandboxes"), Some(&cookie)).status, 200);
+    let out = std::process::Command::new("grep")
+        .args(["-rl", &token])
+        .arg(cluster.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "a session token on disk");
 
     // `next` never leaves this server.
     let r = post_login(&api, USER, PASSWORD, "https://evil.example/");
@@ -265,8 +280,10 @@ fn login_logout_and_the_limit_on_failures() {
     assert!((800..=900).contains(&retry), "{retry}");
     assert_eq!(post_login(&api, "bob", WRONG, "").status, 401);
 
-    // The password is in no log line and no file the server wrote; the askpass sockets are gone.
-    let log = cluster.serve.output();
+    // The password is in no log line (of either run) and no file the server wrote; the askpass sockets are gone.
+    let log = ["serve-1.log", "serve-2.log"]
+        .map(|f| std::fs::read_to_string(cluster.path().join(f)).unwrap())
+        .join("\n");
     assert!(log.contains("logged in") && log.contains("login refused"), "{log}");
     for secret in [PASSWORD, WRONG] {
         assert!(!log.contains(secret), "a password in the log:\n{log}");
@@ -277,11 +294,11 @@ fn login_logout_and_the_limit_on_failures() {
             .unwrap();
         assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     }
-    // Counted for the operator.
+    // Counted for the operator (since the restart).
     let metrics = get(&format!("{api}/metrics"), None).body;
     for line in [
-        "sdp_logins_total{outcome=\"succeeded\"} 5",
-        "sdp_logins_total{outcome=\"rejected\"} 6",
+        "sdp_logins_total{outcome=\"succeeded\"} 4",
+        "sdp_logins_total{outcome=\"rejected\"} 5",
         "sdp_logins_total{outcome=\"limited\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");

@@ -34,6 +34,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
+use crate::store::Store;
+
 /// The name of the session cookie.
 pub const COOKIE: &str = "sdp_session";
 /// How long a session lives.
@@ -63,14 +65,18 @@ struct Login {
     run_dir: PathBuf,
     /// The program git runs as its askpass: this `sdp`.
     askpass: PathBuf,
+    /// Live sessions by the SHA-256 of their token (the token itself is kept only by its holder).
     sessions: Mutex<HashMap<String, Session>>,
+    /// Where sessions outlive a restart of the reconciler.
+    store: Option<Store>,
     limit: Mutex<RateLimit>,
     checks: Semaphore,
 }
 
 struct Session {
     user: String,
-    expires: Instant,
+    /// Unix milliseconds.
+    expires_ms: u64,
 }
 
 /// Why a login failed.
@@ -93,8 +99,9 @@ impl Auth {
     }
 
     /// A login checked against `repo`, with askpass sockets under `data/run` and `askpass` as git's askpass
-    /// program (this `sdp`; tests that run the server in-process pass the built binary).
-    pub fn login(repo: &str, data: &Path, askpass: PathBuf, base: &str) -> Result<Auth> {
+    /// program (this `sdp`; tests that run the server in-process pass the built binary). Sessions are kept in
+    /// `store` when there is one, so a restart of the reconciler logs nobody out.
+    pub fn login(repo: &str, data: &Path, askpass: PathBuf, base: &str, store: Option<Store>) -> Result<Auth> {
         let run_dir = data.join("run");
         std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
         #[cfg(unix)]
@@ -103,13 +110,22 @@ impl Auth {
             std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("cannot make {} private", run_dir.display()))?;
         }
+        let sessions = match &store {
+            Some(store) => store
+                .sessions(now_ms())?
+                .into_iter()
+                .map(|(hash, user, expires_ms)| (hash, Session { user, expires_ms }))
+                .collect(),
+            None => HashMap::new(),
+        };
         Ok(Auth {
             login: Some(Login {
                 // Each user's own name goes with their password: never one written into the URL.
                 repo: crate::source::without_userinfo(repo),
                 run_dir,
                 askpass,
-                sessions: Mutex::default(),
+                sessions: Mutex::new(sessions),
+                store,
                 limit: Mutex::new(RateLimit::new(3, Duration::from_secs(15 * 60))),
                 checks: Semaphore::new(4),
             }),
@@ -126,12 +142,12 @@ impl Auth {
     /// The user a request's session belongs to.
     fn user(&self, headers: &HeaderMap) -> Option<String> {
         let login = self.login.as_ref()?;
-        let token = session_token(headers)?;
+        let hash = hash(&session_token(headers)?);
         let mut sessions = login.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get(&token) {
-            Some(s) if s.expires > Instant::now() => Some(s.user.clone()),
+        match sessions.get(&hash) {
+            Some(s) if s.expires_ms > now_ms() => Some(s.user.clone()),
             Some(_) => {
-                sessions.remove(&token);
+                sessions.remove(&hash);
                 None
             }
             None => None,
@@ -181,21 +197,33 @@ impl Auth {
             Ok(()) => {
                 login.limit.lock().unwrap_or_else(|e| e.into_inner()).clear(&key);
                 let token = new_token().map_err(|e| Refusal::Unavailable(format!("{e:#}")))?;
-                let mut sessions = login.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                sessions.retain(|_, s| s.expires > now);
-                if sessions.len() >= MAX_SESSIONS
-                    && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(t, _)| t.clone())
+                let (hash, now) = (hash(&token), now_ms());
+                let expires_ms = now + SESSION_TTL.as_millis() as u64;
                 {
-                    sessions.remove(&oldest);
-                }
-                sessions.insert(
-                    token.clone(),
-                    Session {
+                    let mut sessions = login.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                    sessions.retain(|_, s| s.expires_ms > now);
+                    if sessions.len() >= MAX_SESSIONS
+                        && let Some(oldest) = sessions
+                            .iter()
+                            .min_by_key(|(_, s)| s.expires_ms)
+                            .map(|(h, _)| h.clone())
+                    {
+                        sessions.remove(&oldest);
+                    }
+                    let session = Session {
                         user: user.to_string(),
-                        expires: now + SESSION_TTL,
-                    },
-                );
+                        expires_ms,
+                    };
+                    sessions.insert(hash.clone(), session);
+                }
+                if let Some(store) = &login.store
+                    && let Err(e) = store.put_session(&hash, user, expires_ms, now)
+                {
+                    tracing::warn!(
+                        user,
+                        "the session is not stored (it ends if the reconciler restarts): {e:#}"
+                    );
+                }
                 tracing::info!(user, "logged in");
                 Ok(token)
             }
@@ -218,12 +246,13 @@ impl Auth {
     /// Ends the session of a request, if it has one.
     fn log_out(&self, headers: &HeaderMap) -> Option<String> {
         let login = self.login.as_ref()?;
-        let token = session_token(headers)?;
-        let session = login
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&token)?;
+        let hash = hash(&session_token(headers)?);
+        if let Some(store) = &login.store
+            && let Err(e) = store.remove_session(&hash)
+        {
+            tracing::error!("cannot remove a session from the store: {e:#}");
+        }
+        let session = login.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&hash)?;
         tracing::info!(user = session.user, "logged out");
         Some(session.user)
     }
@@ -446,6 +475,19 @@ fn classify(stderr: &str, password: &str) -> LoginError {
     } else {
         LoginError::Unavailable(line)
     }
+}
+
+/// The SHA-256 of a session token, as hex: what the server keeps instead of the token.
+fn hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    crate::hub::now_ms()
 }
 
 /// 32 random bytes from the kernel, as hex.

@@ -99,28 +99,36 @@ impl ServeConfig {
         }
     }
 
-    /// Who may read: a login against the config repo's http(s) URL, or anyone with `allowAnonymous`.
-    pub fn auth(&self) -> Result<Auth> {
+    /// The URL logins are checked against, or `None` with `allowAnonymous`; refused when there is no http(s)
+    /// URL to check them with.
+    pub fn login_repo(&self) -> Result<Option<String>> {
         if self.allow_anonymous {
-            return Ok(Auth::anonymous(&self.base_path));
+            return Ok(None);
         }
         let is_http = |url: &str| url.starts_with("https://") || url.starts_with("http://");
-        let repo = match &self.login_repo {
-            Some(url) if is_http(url) => url.clone(),
+        match &self.login_repo {
+            Some(url) if is_http(url) => Ok(Some(url.clone())),
             Some(url) => bail!(
                 "--login-repo must be an http(s) URL (logins are checked with a username and password), not {}",
                 crate::source::redact_url(url)
             ),
-            None if is_http(&self.repo) => self.repo.clone(),
+            None if is_http(&self.repo) => Ok(Some(self.repo.clone())),
             None => bail!(
                 "the dashboard needs a login, checked with `git ls-remote` of the config repo over http(s), but \
                  --repo is {}: give --login-repo https://…/config.git (the same repo as Bitbucket serves it), or \
                  --allow-anonymous on a trusted network",
                 crate::source::redact_url(&self.repo)
             ),
+        }
+    }
+
+    /// Who may read: a login against `login_repo` with its sessions in `store`, or anyone.
+    fn auth(&self, store: &Store) -> Result<Auth> {
+        let Some(repo) = self.login_repo()? else {
+            return Ok(Auth::anonymous(&self.base_path));
         };
         let askpass = std::env::current_exe().context("cannot find this program, which git runs as its askpass")?;
-        Auth::login(&repo, &self.data, askpass, &self.base_path)
+        Auth::login(&repo, &self.data, askpass, &self.base_path, Some(store.clone()))
     }
 
     /// Reads a config file, refusing unknown fields with the file, line and column.
@@ -166,9 +174,10 @@ fn read_token(path: &Path) -> Result<String> {
 /// Runs the reconciler until Ctrl-C or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let settings = config.settings()?;
-    let auth = Arc::new(config.auth()?);
+    config.login_repo()?;
     let token = read_token(&config.token_file)?;
     let store = Store::open(&config.data)?;
+    let auth = Arc::new(config.auth(&store)?);
     let failed = store.fail_unfinished(now_ms())?;
     if failed > 0 {
         tracing::warn!("{failed} deployment(s) were running when the reconciler stopped: marked failed, retried");

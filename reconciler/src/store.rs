@@ -24,6 +24,10 @@ const DEPLOYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deploymen
 /// Events as JSON, by sequence number; the oldest go past `MAX_EVENTS`.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
+/// Login sessions as JSON (`user`, `expiresMs`), by the SHA-256 of their token: a copy of the store (a backup)
+/// gives no one a session.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+
 /// How many events are kept.
 pub const MAX_EVENTS: u64 = 10_000;
 
@@ -69,6 +73,13 @@ pub struct Deployment {
     pub error: Option<String>,
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredSession {
+    user: String,
+    expires_ms: u64,
+}
+
 /// Something that happened, for the sandbox page and `sdp get`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,6 +116,7 @@ impl Store {
         txn.open_table(APPLIED)?;
         txn.open_table(DEPLOYMENTS)?;
         txn.open_table(EVENTS)?;
+        txn.open_table(SESSIONS)?;
         txn.commit()?;
         Ok(Store {
             db: Arc::new(db),
@@ -132,6 +144,44 @@ impl Store {
         let bytes = serde_json::to_vec(value)?;
         let txn = self.db.begin_write()?;
         txn.open_table(META)?.insert(key, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The login sessions that have not expired by `now_ms`: (token hash, user, expiry in unix ms).
+    pub fn sessions(&self, now_ms: u64) -> Result<Vec<(String, String, u64)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (hash, value) = entry?;
+            let s: StoredSession = serde_json::from_slice(value.value())?;
+            if s.expires_ms > now_ms {
+                out.push((hash.value().to_string(), s.user, s.expires_ms));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps a session (and drops the expired ones).
+    pub fn put_session(&self, hash: &str, user: &str, expires_ms: u64, now_ms: u64) -> Result<()> {
+        let bytes = serde_json::to_vec(&StoredSession {
+            user: user.to_string(),
+            expires_ms,
+        })?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SESSIONS)?;
+            table.retain(|_, v| serde_json::from_slice::<StoredSession>(v).is_ok_and(|s| s.expires_ms > now_ms))?;
+            table.insert(hash, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_session(&self, hash: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SESSIONS)?.remove(hash)?;
         txn.commit()?;
         Ok(())
     }

@@ -157,3 +157,22 @@ fn a_backup_made_as_the_runbook_says_restores_everything() {
     assert_eq!(store.log(1).tail(1).unwrap(), ["go build ok"]);
     assert_eq!(store.events(Some("box"), 10).unwrap()[0].message, "deployed");
 }
+
+#[test]
+fn sessions_survive_a_reopen_until_they_expire_or_end() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.put_session("h-ann", "ann", 2_000, 1_000).unwrap();
+        store.put_session("h-bob", "bob", 1_500, 1_000).unwrap();
+        store.put_session("h-eve", "eve", 3_000, 1_000).unwrap();
+        store.remove_session("h-eve").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let names = |now| -> Vec<String> { store.sessions(now).unwrap().into_iter().map(|s| s.1).collect() };
+    assert_eq!(names(1_200), ["ann", "bob"]);
+    assert_eq!(names(1_600), ["ann"], "bob's has expired");
+    // Storing another drops the expired ones for good.
+    store.put_session("h-cat", "cat", 5_000, 2_500).unwrap();
+    assert_eq!(names(0), ["cat"]);
+}
