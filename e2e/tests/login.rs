@@ -1,8 +1,9 @@
 //! The dashboard's login through a real `sdp serve`, checked by a real `git ls-remote` against a git smart-HTTP
 //! server with basic auth on 127.0.0.1 (the Bitbucket of the test), under the production base path: pages send a
 //! browser to the login form and the API answers 401 until then; a wrong password is refused, a right one opens a
-//! 12-hour HttpOnly SameSite=Strict session; logout ends it; repeated failures are limited; the password is in no
-//! log, page, answer or file; and the service account's own git credentials are never borrowed for a login.
+//! 12-hour HttpOnly SameSite=Strict session that survives a restart; logout ends it; repeated failures are
+//! limited per username and per address; the password is in no log, page, answer or file; the CLI logs in and
+//! out; and the service account's own git credentials are never borrowed for a login.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -279,6 +280,20 @@ fn login_logout_and_the_limit_on_failures() {
     let retry: u64 = r.retry_after.parse().expect("a Retry-After in seconds");
     assert!((800..=900).contains(&retry), "{retry}");
     assert_eq!(post_login(&api, "bob", WRONG, "").status, 401);
+    // One address trying many names is held up too (the address as nginx on this machine reports it).
+    let from = |address: &str, user: &str| {
+        let r = client()
+            .post(format!("{api}/login"))
+            .header("X-Forwarded-For", address)
+            .send_form([("username", user), ("password", WRONG)])
+            .unwrap();
+        answer(r).status
+    };
+    for i in 0..10 {
+        assert_eq!(from("10.0.0.9", &format!("user{i}")), 401);
+    }
+    assert_eq!(from("10.0.0.9", "user10"), 429);
+    assert_eq!(from("10.0.0.10", "user11"), 401, "another address is not held up");
 
     // The password is in no log line (of either run) and no file the server wrote; the askpass sockets are gone.
     let log = ["serve-1.log", "serve-2.log"]
@@ -298,8 +313,8 @@ fn login_logout_and_the_limit_on_failures() {
     let metrics = get(&format!("{api}/metrics"), None).body;
     for line in [
         "sdp_logins_total{outcome=\"succeeded\"} 4",
-        "sdp_logins_total{outcome=\"rejected\"} 5",
-        "sdp_logins_total{outcome=\"limited\"} 1",
+        "sdp_logins_total{outcome=\"rejected\"} 16",
+        "sdp_logins_total{outcome=\"limited\"} 2",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }

@@ -8,7 +8,7 @@
 //!   disk or in a log; no credential helper of the service account is consulted (`credential.helper` is reset),
 //!   so an attempt cannot borrow the reconciler's own access or leave anything in a store.
 //! - Failed attempts are limited per username (`RateLimit`), below the count at which Bitbucket starts asking for
-//!   a CAPTCHA that git cannot answer, and at most four checks run at once.
+//!   a CAPTCHA that git cannot answer, and per client address; at most four checks run at once.
 //! - `--allow-anonymous` turns all of this off, for trusted networks and local demos.
 //!
 //! Open without a login: `/login`, `/logout`, `/healthz`, `/metrics`, the static files, the agents' WebSocket
@@ -69,7 +69,7 @@ struct Login {
     sessions: Mutex<HashMap<String, Session>>,
     /// Where sessions outlive a restart of the reconciler.
     store: Option<Store>,
-    limit: Mutex<RateLimit>,
+    limits: Mutex<Limits>,
     checks: Semaphore,
 }
 
@@ -126,7 +126,10 @@ impl Auth {
                 askpass,
                 sessions: Mutex::new(sessions),
                 store,
-                limit: Mutex::new(RateLimit::new(3, Duration::from_secs(15 * 60))),
+                limits: Mutex::new(Limits {
+                    user: RateLimit::new(3, LIMIT_WINDOW),
+                    client: RateLimit::new(10, LIMIT_WINDOW),
+                }),
                 checks: Semaphore::new(4),
             }),
             base: base.trim_end_matches('/').to_string(),
@@ -154,9 +157,10 @@ impl Auth {
         }
     }
 
-    /// Checks the credentials (rate limit first) and opens a session: its token.
-    pub async fn log_in(&self, user: &str, password: &str) -> Result<String, Refusal> {
-        let result = self.try_log_in(user, password).await;
+    /// Checks the credentials (rate limits first) and opens a session: its token. `client` is the address the
+    /// attempt came from (see `Client`).
+    pub async fn log_in(&self, user: &str, password: &str, client: &str) -> Result<String, Refusal> {
+        let result = self.try_log_in(user, password, client).await;
         let outcome = match &result {
             Ok(_) => Some(0),
             Err(Refusal::Rejected(_)) => Some(1),
@@ -170,7 +174,7 @@ impl Auth {
         result
     }
 
-    async fn try_log_in(&self, user: &str, password: &str) -> Result<String, Refusal> {
+    async fn try_log_in(&self, user: &str, password: &str, client: &str) -> Result<String, Refusal> {
         let Some(login) = &self.login else {
             return Err(Refusal::Invalid("this server needs no login".into()));
         };
@@ -184,18 +188,18 @@ impl Auth {
             ));
         }
         let key = user.to_lowercase();
-        let wait = |limit: &RateLimit| limit.retry_after(&key, Instant::now());
-        if let Some(after) = wait(&login.limit.lock().unwrap_or_else(|e| e.into_inner())) {
+        let limits = || login.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(after) = limits().retry_after(&key, client, Instant::now()) {
             return Err(Refusal::TooMany(after));
         }
         let _permit = login.checks.acquire().await.expect("the semaphore is never closed");
-        // Checked again: attempts for this user may have failed while this one waited.
-        if let Some(after) = wait(&login.limit.lock().unwrap_or_else(|e| e.into_inner())) {
+        // Checked again: attempts may have failed while this one waited.
+        if let Some(after) = limits().retry_after(&key, client, Instant::now()) {
             return Err(Refusal::TooMany(after));
         }
         match check_credentials(&login.repo, user, password, &login.run_dir, &login.askpass).await {
             Ok(()) => {
-                login.limit.lock().unwrap_or_else(|e| e.into_inner()).clear(&key);
+                limits().user.clear(&key);
                 let token = new_token().map_err(|e| Refusal::Unavailable(format!("{e:#}")))?;
                 let (hash, now) = (hash(&token), now_ms());
                 let expires_ms = now + SESSION_TTL.as_millis() as u64;
@@ -228,12 +232,8 @@ impl Auth {
                 Ok(token)
             }
             Err(LoginError::Rejected(why)) => {
-                login
-                    .limit
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .fail(&key, Instant::now());
-                tracing::warn!(user, "login refused: {why}");
+                limits().fail(&key, client, Instant::now());
+                tracing::warn!(user, client, "login refused: {why}");
                 Err(Refusal::Rejected(why))
             }
             Err(LoginError::Unavailable(why)) => {
@@ -312,8 +312,8 @@ impl Refusal {
             Refusal::Invalid(why) => why.clone(),
             Refusal::Rejected(why) => format!("Wrong username or password, or no read access to {repo} ({why})."),
             Refusal::TooMany(after) => format!(
-                "Too many failed logins for this username: try again in {} minute(s). (SDP stops before Bitbucket \
-                 would ask for a CAPTCHA, which git cannot answer.)",
+                "Too many failed logins for this username or from this address: try again in {} minute(s). (SDP \
+                 stops before Bitbucket would ask for a CAPTCHA, which git cannot answer.)",
                 after.as_secs().div_ceil(60).max(1)
             ),
             Refusal::Unavailable(why) => format!("Cannot check the login right now: {why}"),
@@ -328,7 +328,64 @@ impl Refusal {
     }
 }
 
-/// Failed attempts per key (a lower-cased username) in a sliding window: after `max` failures within `window`,
+/// How long failed attempts count.
+const LIMIT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The two limits on failed logins: per username (3, below Bitbucket's CAPTCHA) and per client address (10, so
+/// one machine cannot try a password on many names).
+struct Limits {
+    user: RateLimit,
+    client: RateLimit,
+}
+
+impl Limits {
+    fn retry_after(&self, user: &str, client: &str, now: Instant) -> Option<Duration> {
+        let a = self.user.retry_after(user, now);
+        let b = self.client.retry_after(client, now);
+        a.max(b)
+    }
+
+    fn fail(&mut self, user: &str, client: &str, now: Instant) {
+        self.user.fail(user, now);
+        self.client.fail(client, now);
+    }
+}
+
+/// Where a login attempt came from: the peer's address, or, when the peer is this machine (nginx in front), the
+/// address nginx appended to `X-Forwarded-For`. A client that reaches SDP directly cannot choose its address.
+pub struct Client(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Client, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Client(client_address(peer, &parts.headers)))
+    }
+}
+
+fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
+    let forwarded = || {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    match peer {
+        Some(ip) if ip.is_loopback() => forwarded().unwrap_or_else(|| ip.to_string()),
+        Some(ip) => ip.to_string(),
+        None => "unknown".into(),
+    }
+}
+
+/// Failed attempts per key (a lower-cased username, or a client address) in a sliding window: after `max` failures within `window`,
 /// the key waits until the oldest of them leaves the window. Pure: the caller says what time it is.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -607,9 +664,14 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login_submit(State(auth): State<Arc<Auth>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login_submit(
+    State(auth): State<Arc<Auth>>,
+    Client(client): Client,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = auth.next_or_home(form.next.as_deref());
-    match auth.log_in(&form.username, &form.password).await {
+    match auth.log_in(&form.username, &form.password, &client).await {
         Ok(token) => {
             let mut response = Redirect::to(&next).into_response();
             response
@@ -650,8 +712,8 @@ struct ApiLogin {
 }
 
 /// The CLI's login: the same check, the token in the answer instead of a cookie.
-async fn api_login(State(auth): State<Arc<Auth>>, Json(body): Json<ApiLogin>) -> Response {
-    match auth.log_in(&body.username, &body.password).await {
+async fn api_login(State(auth): State<Arc<Auth>>, Client(client): Client, Json(body): Json<ApiLogin>) -> Response {
+    match auth.log_in(&body.username, &body.password, &client).await {
         Ok(token) => Json(json!({
             "token": token,
             "user": body.username.trim(),
@@ -730,6 +792,22 @@ mod tests {
         );
         assert_eq!(without_userinfo("https://svc@host"), "https://host");
         assert_eq!(without_userinfo("http://host:7990/x.git"), "http://host:7990/x.git");
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_nginx_on_this_machine_says_who() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 10.0.0.7"));
+        let local = Some("127.0.0.1".parse().unwrap());
+        let remote = Some("10.9.9.9".parse().unwrap());
+        assert_eq!(client_address(local, &h), "10.0.0.7", "the address nginx appended");
+        assert_eq!(
+            client_address(remote, &h),
+            "10.9.9.9",
+            "a remote peer cannot pick its address"
+        );
+        assert_eq!(client_address(local, &HeaderMap::new()), "127.0.0.1");
+        assert_eq!(client_address(None, &h), "unknown");
     }
 
     #[test]

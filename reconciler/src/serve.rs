@@ -231,7 +231,10 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         )
     })?;
     tracing::info!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    // With each connection's address: logins are limited per client.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }
