@@ -1,8 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's chromium and chromium-driver) driven over
 //! WebDriver. A reader opens a sandbox page under the production base path, is sent to the login form, logs in
 //! with the username and password the git server (basic auth, 127.0.0.1) accepts, lands on the sandbox, opens
-//! a service's log, and sees a line appear that the service printed after the page had loaded, without a
-//! reload. The screenshot is kept in `target/test-artifacts/`.
+//! a service's log, and sees a line appear that the service printed after the page had loaded, then a new commit
+//! of the service appear in its status, both without a reload. The screenshot is kept in `target/test-artifacts/`.
 
 use std::time::Duration;
 
@@ -82,6 +82,24 @@ fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
         browser.execute("return window.sdpTestMark || null;").unwrap(),
         serde_json::json!("same page"),
         "the line arrived without a reload"
+    );
+
+    // A status change shows up too: a push to the service's branch is deployed, and the services table of the
+    // open page shows the new commit (the page refreshes its live parts when the reconciler says something
+    // changed), still without a reload.
+    let pushed = account.push("main", "name.go", "package main\n\nconst NAME = \"account-v2\"\n");
+    wait_for("the new commit on the open page", Duration::from_secs(120), || {
+        let services = browser.text("[data-live=\"services\"]")?;
+        if services.contains(&pushed[..12]) {
+            Ok(())
+        } else {
+            Err(format!("the page shows: {services}\n{}", cluster.logs()))
+        }
+    });
+    assert_eq!(
+        browser.execute("return window.sdpTestMark || null;").unwrap(),
+        serde_json::json!("same page"),
+        "the status arrived without a reload"
     );
 
     browser
