@@ -13,7 +13,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
-use sdp_protocol::{Container, ContainerState, labels, network_name};
+use sdp_protocol::{Container, ContainerState, Probe, labels, network_name};
 
 /// The engine, connected and negotiated.
 #[derive(Clone)]
@@ -36,6 +36,42 @@ pub struct Spec {
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub working_dir: Option<String>,
+}
+
+/// How long a health probe may take, connection and status line together.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// GETs `path` on a published port of this VM: an HTTP status below 400 is healthy.
+pub async fn probe(port: u16, path: &str) -> Probe {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: sdp-agent\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await?;
+        Ok::<_, std::io::Error>(line)
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
+        Err(_) => Probe {
+            ok: false,
+            detail: format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+        },
+        Ok(Err(e)) => Probe {
+            ok: false,
+            detail: e.to_string(),
+        },
+        Ok(Ok(line)) => match line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()) {
+            Some(code) => Probe {
+                ok: code < 400,
+                detail: format!("HTTP {code}"),
+            },
+            None => Probe {
+                ok: false,
+                detail: "not an HTTP answer".into(),
+            },
+        },
+    }
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -114,9 +150,21 @@ impl Engine {
                 } else {
                     exit_code
                 },
+                probe: None,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        // Health paths of running containers, probed at once (each within PROBE_TIMEOUT).
+        let probes = out.iter().map(|c| async move {
+            let path = c.labels.get(labels::HEALTH_PATH)?;
+            let port = *c.ports.first()?;
+            (c.state == ContainerState::Running).then_some(())?;
+            Some(probe(port, path).await)
+        });
+        let results = futures_util::future::join_all(probes).await;
+        for (c, result) in out.iter_mut().zip(results) {
+            c.probe = result;
+        }
         Ok(out)
     }
 

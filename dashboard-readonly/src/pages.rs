@@ -131,7 +131,17 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
                     format!("<code>{}</code>", short(&c["labels"]["sdp.commit"]))
                 }),
                 c.map_or("<span class=\"badge missing\">missing</span>".into(), |c| {
-                    badge(&c["state"])
+                    let probe = &c["probe"];
+                    if probe.is_null() {
+                        badge(&c["state"])
+                    } else {
+                        let class = if probe["ok"] == true { "yes" } else { "NO" };
+                        format!(
+                            "{} <span class=\"{class}\" title=\"health path\">health: {}</span>",
+                            badge(&c["state"]),
+                            t(&probe["detail"])
+                        )
+                    }
                 }),
                 t(&d["hostPort"]),
                 last.map_or("-".into(), |dep| {

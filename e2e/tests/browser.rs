@@ -12,6 +12,9 @@ use sdp_e2e::*;
 const BASE: &str = "/sandbox/credit-card";
 const USER: &str = "qa.tester";
 const PASSWORD: &str = "Br0wser-Pa55word";
+/// A file that makes the test service answer its health path with 503.
+const UNHEALTHY: &str = "package main\n\nimport \"net/http\"\n\nfunc init() {\n\thttp.HandleFunc(\"/healthz\", \
+                         func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) })\n}\n";
 
 #[test]
 fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
@@ -32,7 +35,10 @@ fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
     let port = free_port();
     cluster.commit(
         &format!("sandboxes/{name}.yaml"),
-        &sandbox_manifest(&name, &[("account", "main", port)], ""),
+        &sandbox_manifest(&name, &[("account", "main", port)], "").replace(
+            &format!("port: {port}\n"),
+            &format!("port: {port}\n      healthPath: /healthz\n"),
+        ),
         "a sandbox to look at",
     );
     wait_for("the service to answer", Duration::from_secs(120), || {
@@ -87,10 +93,15 @@ fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
     // A status change shows up too: a push to the service's branch is deployed, and the services table of the
     // open page shows the new commit (the page refreshes its live parts when the reconciler says something
     // changed), still without a reload.
-    let pushed = account.push("main", "name.go", "package main\n\nconst NAME = \"account-v2\"\n");
+    // The new commit also answers its health path with 503: the agent's probe says so on the page.
+    wait_for("the probe's first answer on the page", Duration::from_secs(30), || {
+        let services = browser.text("[data-live=\"services\"]")?;
+        services.contains("health: HTTP 200").then_some(()).ok_or(services)
+    });
+    let pushed = account.push("main", "health.go", UNHEALTHY);
     wait_for("the new commit on the open page", Duration::from_secs(120), || {
         let services = browser.text("[data-live=\"services\"]")?;
-        if services.contains(&pushed[..12]) {
+        if services.contains(&pushed[..12]) && services.contains("health: HTTP 503") {
             Ok(())
         } else {
             Err(format!("the page shows: {services}\n{}", cluster.logs()))

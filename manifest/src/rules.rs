@@ -126,6 +126,30 @@ pub fn port(port: u32) -> Result<(), Broken> {
     ))
 }
 
+/// A health check path: an absolute HTTP path, written into a request line and a container label as it is.
+pub fn health_path(path: &str) -> Result<(), Broken> {
+    let hint = "write an absolute path such as /healthz";
+    if !path.starts_with('/') {
+        return Err(broken(format!("health path `{path}` does not start with `/`"), hint));
+    }
+    if path.len() > 200 {
+        return Err(broken("the health path is longer than 200 characters", hint));
+    }
+    if path
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+    {
+        return Err(broken(
+            format!(
+                "health path `{}` contains a space, a control or a non-ASCII character",
+                path.escape_default()
+            ),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
 /// Route URLs end up inside a single-quoted PHP string in config.php: only plain http(s) URLs with nothing
 /// that could leave the string or be interpolated.
 pub fn route_url(url: &str) -> Result<(), Broken> {
@@ -330,6 +354,15 @@ mod tests {
             "", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b", "a.", "a~1",
         ] {
             assert!(branch(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn health_paths_are_absolute_and_plain() {
+        assert!(health_path("/healthz").is_ok());
+        assert!(health_path("/status?full=1").is_ok());
+        for bad in ["healthz", "/a b", "/a\r\nHost: x", "/é", ""] {
+            assert!(health_path(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -58,6 +58,9 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
             push(out, src, &path, true, rules::env_var_name(var));
             push(out, src, &path, true, rules::plain_variable_not_secret(var));
         }
+        if let Some(path) = &svc.health_path {
+            push(out, src, &at("healthPath"), false, rules::health_path(path));
+        }
         if let Some(res) = &svc.resources {
             if let Some(cpus) = res.cpus {
                 let path = ["spec", "services", name.as_str(), "resources", "cpus"];

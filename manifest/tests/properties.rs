@@ -38,8 +38,9 @@ fn service() -> impl Strategy<Value = ServiceSpec> {
         env_map(),
         prop::option::of(1024u32..=65535),
         prop::option::of((prop::option::of(1u32..=64), prop::option::of(6u32..4096))),
+        prop::option::of("/[a-z0-9/_.-]{0,20}"),
     )
-        .prop_map(|(branch, environments, env, port, res)| ServiceSpec {
+        .prop_map(|(branch, environments, env, port, res, health_path)| ServiceSpec {
             branch,
             environments,
             env,
@@ -48,6 +49,7 @@ fn service() -> impl Strategy<Value = ServiceSpec> {
                 cpus: quarters.map(|q| f64::from(q) / 4.0),
                 memory: mib.map(|m| format!("{m}Mi")),
             }),
+            health_path,
         })
 }
 

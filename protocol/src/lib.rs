@@ -117,6 +117,18 @@ pub struct Container {
     pub restart_count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The answer to the last probe of its `sdp.health-path`, when it has one and runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+}
+
+/// One HTTP probe of a container's health path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub ok: bool,
+    /// `HTTP 200`, `HTTP 503`, `connection refused`, `no answer within 2 s`…
+    pub detail: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +252,8 @@ pub mod labels {
     pub const SERVICE: &str = "sdp.service";
     pub const COMMIT: &str = "sdp.commit";
     pub const SPEC_HASH: &str = "sdp.spec-hash";
+    /// The HTTP path the agent probes on the container's published port (`healthPath` of the manifest).
+    pub const HEALTH_PATH: &str = "sdp.health-path";
 }
 
 /// The service name of a sandbox's gateway in names, labels, worktrees and repos.
@@ -422,6 +436,7 @@ mod tests {
                     ports: vec![9001],
                     restart_count: 2,
                     exit_code: None,
+                    probe: None,
                 }],
                 networks: vec!["sandbox-a".into()],
                 worktrees: vec![],

@@ -56,6 +56,7 @@ fn config() -> (Vec<Sandbox>, Vec<Environment>) {
                             env: [("LOG_LEVEL".to_string(), "debug".to_string())].into(),
                             port: None,
                             resources: None,
+                            health_path: None,
                         };
                         (format!("svc-{s}"), spec)
                     })
@@ -112,6 +113,7 @@ fn converged(desired: &Desired) -> Actual {
                     ports: vec![d.host_port],
                     restart_count: 0,
                     exit_code: None,
+                    probe: None,
                 });
             }
             Action::SetRoutes { sandbox, routes } => {

@@ -781,9 +781,9 @@ fn shown(s: &Status) -> (Sync, Health, Option<String>, Option<String>, usize) {
     )
 }
 
-/// Health from the containers: all running is Healthy; some down or restarting often is Degraded; none is
-/// Unhealthy.
-fn health(desired: Option<&DesiredSandbox>, view: &crate::plan::View) -> Health {
+/// Health from the containers: all running (and answering their health path, where they have one) is Healthy;
+/// some down, restarting often or failing their probe is Degraded; none running is Unhealthy.
+pub fn health(desired: Option<&DesiredSandbox>, view: &crate::plan::View) -> Health {
     let Some(d) = desired else { return Health::Unknown };
     if d.mode != Mode::Active {
         return Health::Unknown;
@@ -796,17 +796,19 @@ fn health(desired: Option<&DesiredSandbox>, view: &crate::plan::View) -> Health 
         .collect();
     let mut up = 0;
     let mut flapping = false;
+    let mut failing = false;
     for (container, role) in &wanted {
         if let Some(c) = view.of(*role).containers.iter().find(|c| c.name == *container) {
             if c.state == ContainerState::Running {
                 up += 1;
             }
             flapping |= c.restart_count >= 3;
+            failing |= c.probe.as_ref().is_some_and(|p| !p.ok);
         }
     }
     match up {
         0 => Health::Unhealthy,
-        n if n == wanted.len() && !flapping => Health::Healthy,
+        n if n == wanted.len() && !flapping && !failing => Health::Healthy,
         _ => Health::Degraded,
     }
 }

@@ -87,6 +87,8 @@ pub struct DesiredContainer {
     pub env: Arc<MergedEnv>,
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,
+    /// The HTTP path the agent probes for health (label `sdp.health-path`).
+    pub health_path: Option<String>,
     /// A digest of everything above but the commit: label `sdp.spec-hash`, as 16 hex digits.
     pub spec_hash: u64,
 }
@@ -111,6 +113,7 @@ impl DesiredContainer {
             (labels::SPEC_HASH, self.spec_hash_label()),
         ]
         .into_iter()
+        .chain(self.health_path.clone().map(|p| (labels::HEALTH_PATH, p)))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         Deploy {
@@ -379,7 +382,11 @@ fn compile_one<'a>(
         .take_while(|((sandbox, _), _)| *sandbox == name.as_str())
         .map(|((_, service), port)| (*service, *port))
         .collect();
-    let container = |service: &str, branch: &str, env: Arc<MergedEnv>, resources: Option<&Resources>| {
+    let container = |service: &str,
+                     branch: &str,
+                     env: Arc<MergedEnv>,
+                     resources: Option<&Resources>,
+                     health_path: Option<&String>| {
         let host_port = mine
             .iter()
             .find(|(s, _)| *s == service)
@@ -402,6 +409,7 @@ fn compile_one<'a>(
             memory_bytes: resources
                 .and_then(|r| r.memory.as_deref())
                 .and_then(|m| rules::memory_bytes(m).ok()),
+            health_path: health_path.cloned(),
             spec_hash: 0,
         };
         c.spec_hash = spec_hash(&c, &[restart_all, restart_one]);
@@ -413,9 +421,16 @@ fn compile_one<'a>(
         let env = merged
             .get(&spec.environments, &spec.env, envs)
             .map_err(|e| format!("service {svc}: {e}"))?;
-        services.insert(svc.clone(), container(svc, &spec.branch, env, spec.resources.as_ref())?);
+        let c = container(
+            svc,
+            &spec.branch,
+            env,
+            spec.resources.as_ref(),
+            spec.health_path.as_ref(),
+        )?;
+        services.insert(svc.clone(), c);
     }
-    let gateway = container(GATEWAY, &sb.spec.gateway.branch, Arc::default(), None)?;
+    let gateway = container(GATEWAY, &sb.spec.gateway.branch, Arc::default(), None, None)?;
 
     let mut routes = BTreeMap::new();
     for (svc, route) in &sb.spec.routes {
@@ -499,6 +514,12 @@ fn spec_hash(c: &DesiredContainer, restart: &[Option<&str>]) -> u64 {
     h.bytes(&c.memory_bytes.unwrap_or(u64::MAX).to_le_bytes());
     for stamp in restart {
         h.str(stamp.unwrap_or(""));
+    }
+    // Only when set, so that the hashes of containers without one stay what they were before the field existed
+    // (an upgrade redeploys nothing).
+    if let Some(path) = &c.health_path {
+        h.str("health");
+        h.str(path);
     }
     h.0
 }

@@ -285,6 +285,7 @@ fn a_deleted_sandbox_is_removed_containers_first_and_unmanaged_containers_are_le
         ports: vec![],
         restart_count: 0,
         exit_code: None,
+        probe: None,
     });
     let steps = plan("qa-login-error", None, &actual.view("qa-login-error"));
     assert_eq!(
@@ -422,4 +423,72 @@ fn an_exhausted_range_holds_the_sandbox_that_does_not_fit() {
         "{:?}",
         desired.held
     );
+}
+
+#[test]
+fn health_comes_from_state_restarts_and_the_health_path() {
+    use sdp_reconciler::controller::{Health, health};
+    let (sb, envs) = examples();
+    let mut sb = sb;
+    sb[0].spec.services.get_mut("account").unwrap().health_path = Some("/healthz".into());
+    let desired = compile_now(&sb, &envs, &Arc::default());
+    let d = desired.sandboxes.get("qa-login-error");
+    let account = &d.unwrap().services["account"];
+    assert_eq!(
+        account.deploy(None).labels.get("sdp.health-path").map(String::as_str),
+        Some("/healthz"),
+        "the agent learns the path from the container's label"
+    );
+    let mut actual = Actual::default();
+    converge(&desired, &mut actual);
+    let name = "qa-login-error";
+    assert_eq!(health(d, &actual.view(name)), Health::Healthy);
+
+    account_of(&mut actual).probe = Some(sdp_protocol::Probe {
+        ok: true,
+        detail: "HTTP 200".into(),
+    });
+    assert_eq!(health(d, &actual.view(name)), Health::Healthy);
+    account_of(&mut actual).probe = Some(sdp_protocol::Probe {
+        ok: false,
+        detail: "HTTP 503".into(),
+    });
+    assert_eq!(health(d, &actual.view(name)), Health::Degraded, "a failing probe");
+    account_of(&mut actual).probe = None;
+    account_of(&mut actual).restart_count = 3;
+    assert_eq!(health(d, &actual.view(name)), Health::Degraded, "restarting often");
+    for c in actual.of_mut(Role::Micro).containers.iter_mut() {
+        c.state = ContainerState::Exited;
+    }
+    for c in actual.of_mut(Role::Gateway).containers.iter_mut() {
+        c.state = ContainerState::Exited;
+    }
+    assert_eq!(health(d, &actual.view(name)), Health::Unhealthy, "nothing runs");
+
+    // Without a health path, a spec hashes as it did before the field existed: the hash lives in the labels of
+    // running containers, and a new value would redeploy every sandbox on upgrade.
+    let (plain, _) = examples();
+    let before = compile_now(&plain, &envs, &Arc::default());
+    let hashes: Vec<String> = before.sandboxes["qa-login-error"]
+        .services
+        .values()
+        .map(|c| c.spec_hash_label())
+        .collect();
+    assert_eq!(
+        hashes,
+        ["188264037150f4f4"],
+        "the example's spec hash changed: every container would be redeployed"
+    );
+    assert_ne!(
+        account.spec_hash,
+        before.sandboxes["qa-login-error"].services["account"].spec_hash
+    );
+}
+
+fn account_of(actual: &mut Actual) -> &mut Container {
+    let containers = &mut actual.of_mut(Role::Micro).containers;
+    containers
+        .iter_mut()
+        .find(|c| c.name == "sandbox-qa-login-error-account")
+        .unwrap()
 }

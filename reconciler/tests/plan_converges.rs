@@ -23,6 +23,7 @@ fn sandbox_strategy() -> impl Strategy<Value = Option<Sandbox>> {
         env: [("LOG_LEVEL".to_string(), ["debug", "info", "warn"][level].to_string())].into(),
         port: None,
         resources: None,
+        health_path: None,
     });
     let services = proptest::collection::btree_map(0..3usize, service, 0..=3);
     let routes = proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3);
@@ -145,6 +146,7 @@ fn container(name: String, sandbox: &str, service: &str, managed: bool) -> Conta
         ports: vec![],
         restart_count: 0,
         exit_code: None,
+        probe: None,
     }
 }
 

@@ -283,7 +283,10 @@ fn sandbox_table(sb: &Value) -> String {
                 s(&d["branch"]),
                 c.and_then(|c| c["labels"]["sdp.commit"].as_str())
                     .map_or("-".into(), |x| x.chars().take(12).collect()),
-                c.map_or("missing".into(), |c| s(&c["state"])),
+                c.map_or("missing".into(), |c| match c["probe"]["detail"].as_str() {
+                    Some(probe) => format!("{} (health: {probe})", s(&c["state"])),
+                    None => s(&c["state"]),
+                }),
                 s(&d["hostPort"]),
             ]
         })

@@ -46,6 +46,7 @@ pub fn apply(step: &Step, actual: &mut Actual) {
                 ports: vec![d.host_port],
                 restart_count: 0,
                 exit_code: None,
+                probe: None,
             });
             state
                 .worktrees
