@@ -39,7 +39,12 @@ pub async fn overview(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
                     None => "<span class=\"muted\">-</span>".into(),
                 },
                 t(&sb["owner"]),
-                format!("<code>{}</code> {}", short(&sb["lastCommit"]), t(&sb["lastAuthor"])),
+                format!(
+                    "<code>{}</code> {}<br><span class=\"muted\">{}</span>",
+                    short(&sb["lastCommit"]),
+                    t(&sb["lastAuthor"]),
+                    time(&sb["lastTime"].as_u64().map(|s| s * 1000).into())
+                ),
                 sb["error"]
                     .as_str()
                     .map(|e| format!("<span class=\"error\">{}</span>", esc(e)))

@@ -130,8 +130,11 @@ pub struct SandboxSummary {
     /// The URL to put into the mobile app.
     pub gateway_url: Option<String>,
     pub services: usize,
+    /// The last commit that changed this sandbox's file (HEAD's when git cannot say).
     pub last_commit: String,
     pub last_author: String,
+    /// Its commit time, unix seconds.
+    pub last_time: u64,
     pub error: Option<String>,
 }
 
@@ -166,6 +169,7 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
         .into_iter()
         .map(|name| {
             let d = world.desired.sandboxes.get(&name);
+            let change = world.snapshot.changes.get(&name);
             let status = status_or_new(api, &name, d);
             let error = world
                 .desired
@@ -180,8 +184,9 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
                 health: status.health,
                 gateway_url: d.and_then(|d| gateway_url(api, d)),
                 services: d.map_or(0, |d| d.services.len()),
-                last_commit: world.snapshot.commit.clone(),
-                last_author: world.snapshot.author.clone(),
+                last_commit: change.map_or_else(|| world.snapshot.commit.clone(), |c| c.commit.clone()),
+                last_author: change.map_or_else(|| world.snapshot.author.clone(), |c| c.author.clone()),
+                last_time: change.map_or(world.snapshot.time, |c| c.time),
                 error,
                 name,
             }

@@ -9,6 +9,17 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+/// One commit, as the dashboard shows a change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub commit: String,
+    /// `Name <email>`
+    pub author: String,
+    /// Commit time, unix seconds.
+    pub time: u64,
+}
+
 /// A git work tree.
 pub struct Git {
     root: PathBuf,
@@ -91,6 +102,45 @@ impl Git {
             bail!("unexpected answer from git log: {out}");
         };
         Ok(Some((id.to_string(), author.to_string(), time.parse().unwrap_or(0))))
+    }
+
+    /// The commits that touched files under `dirs`, oldest first, each with the files it touched: those after
+    /// `since` up to HEAD, or all of HEAD's history without `since` (or when git no longer knows it).
+    pub fn changes(&self, since: Option<&str>, dirs: &[&str]) -> Result<Vec<(Change, Vec<PathBuf>)>> {
+        if !self.has_head() {
+            return Ok(Vec::new());
+        }
+        let range = match since {
+            Some(s) if self.run(&["cat-file", "-e", &format!("{s}^{{commit}}")]).is_ok() => format!("{s}..HEAD"),
+            _ => "HEAD".to_string(),
+        };
+        let mut args = vec![
+            "log",
+            "--reverse",
+            "--no-renames",
+            "--name-only",
+            "--format=%x01%H%x00%an <%ae>%x00%ct",
+            &range,
+            "--",
+        ];
+        args.extend(dirs);
+        let out = self.run(&args)?;
+        let mut commits = Vec::new();
+        for record in out.split('\u{1}').filter(|r| !r.trim().is_empty()) {
+            let mut lines = record.lines();
+            let mut head = lines.next().unwrap_or_default().split('\0');
+            let (Some(commit), Some(author), Some(time)) = (head.next(), head.next(), head.next()) else {
+                bail!("unexpected answer from git log: {record}");
+            };
+            let change = Change {
+                commit: commit.to_string(),
+                author: author.to_string(),
+                time: time.trim().parse().unwrap_or(0),
+            };
+            let files = lines.filter(|l| !l.is_empty()).map(PathBuf::from).collect();
+            commits.push((change, files));
+        }
+        Ok(commits)
     }
 
     pub fn root(&self) -> &Path {

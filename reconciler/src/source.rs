@@ -11,7 +11,7 @@ use anyhow::Result;
 use sdp_manifest::{Environment, Kind, Problem, Sandbox};
 
 use crate::change::RepoState;
-use crate::git::Git;
+use crate::git::{Change, Git};
 
 /// Where the config repo is.
 #[derive(Clone, Debug)]
@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub errors: BTreeMap<String, Vec<String>>,
     /// Every problem in the repo.
     pub problems: Vec<Problem>,
+    /// The last commit that changed each sandbox's file, by sandbox name.
+    pub changes: BTreeMap<String, Change>,
 }
 
 /// Reads snapshots, remembering the last valid spec of every object.
@@ -105,6 +107,8 @@ pub struct Source {
     last: Option<Snapshot>,
     /// File each sandbox and environment was last read from, to tell a broken file from a deleted object.
     files_of: BTreeMap<(Kind, String), PathBuf>,
+    /// The last commit that changed each file, brought up to date from the commits since the last snapshot.
+    changed: BTreeMap<PathBuf, Change>,
 }
 
 impl Source {
@@ -113,6 +117,7 @@ impl Source {
             origin,
             last: None,
             files_of: BTreeMap::new(),
+            changed: BTreeMap::new(),
         }
     }
 
@@ -141,7 +146,30 @@ impl Source {
             .filter(|(rel, _)| matches!(rel.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
             .map(|(rel, bytes)| (rel, String::from_utf8_lossy(&bytes).into_owned()))
             .collect();
-        let snapshot = self.read(commit, author, time, files);
+        // Who last changed each file: the whole history once, then the commits since the last snapshot. Without
+        // it the dashboard shows HEAD's commit; it is never a reason to refuse the new specs.
+        let since = self.last.as_ref().map(|l| l.commit.clone()).filter(|c| !c.is_empty());
+        match git.changes(since.as_deref(), &folders) {
+            Ok(commits) => {
+                for (change, paths) in commits {
+                    for path in paths {
+                        self.changed.insert(path, change.clone());
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot read who changed which sandbox: {e:#}"),
+        }
+        let mut snapshot = self.read(commit, author, time, files);
+        for sb in &snapshot.sandboxes {
+            let name = &sb.metadata.name;
+            if let Some(change) = self
+                .files_of
+                .get(&(Kind::Sandbox, name.clone()))
+                .and_then(|f| self.changed.get(f))
+            {
+                snapshot.changes.insert(name.clone(), change.clone());
+            }
+        }
         self.last = Some(snapshot.clone());
         Ok(Some(snapshot))
     }

@@ -108,3 +108,58 @@ fn urls_are_shown_without_their_password() {
         "https://bitbucket.example/x.git"
     );
 }
+
+#[test]
+fn each_sandbox_shows_the_last_commit_that_changed_it() {
+    let repo = Repo::new();
+    let first = repo.head();
+    let path = "sandboxes/qa-login-error.yaml";
+    let text = fs::read_to_string(repo.dir.join(path)).unwrap();
+    let other = text.replace("name: qa-login-error", "name: qa-other");
+    repo.write(
+        "sandboxes/qa-other.yaml",
+        &other.replace("port: 8081", "port: 8082").replace("9001", "9101"),
+    );
+    repo.git(&["add", "-A"]);
+    repo.git(&[
+        "-c",
+        "user.name=Bob",
+        "-c",
+        "user.email=bob@example.com",
+        "commit",
+        "-qm",
+        "bob's sandbox",
+    ]);
+    let bobs = repo.head();
+
+    let mut source = Source::new(Origin::Local(repo.dir.clone()));
+    let snap = source.refresh().unwrap().unwrap();
+    assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+    assert_eq!(
+        snap.changes["qa-login-error"].commit, first,
+        "not HEAD: the commit that changed its file"
+    );
+    assert_eq!(snap.changes["qa-login-error"].author, "Ann Tester <ann@example.com>");
+    assert_eq!(snap.changes["qa-other"].commit, bobs);
+    assert_eq!(snap.changes["qa-other"].author, "Bob <bob@example.com>");
+
+    // A later commit to one sandbox moves only its own last change (read from the commits since the last one).
+    repo.write(path, &text.replace("feature/login-error", "feature/next"));
+    repo.git(&[
+        "-c",
+        "user.name=Cat",
+        "-c",
+        "user.email=cat@example.com",
+        "commit",
+        "-qam",
+        "cat's change",
+    ]);
+    let cats = repo.head();
+    let snap = source.refresh().unwrap().unwrap();
+    assert_eq!(snap.changes["qa-login-error"].commit, cats);
+    assert_eq!(snap.changes["qa-login-error"].author, "Cat <cat@example.com>");
+    assert_eq!(snap.changes["qa-other"].commit, bobs);
+    // A reconciler started now reads the same from the whole history.
+    let fresh = Source::new(Origin::Local(repo.dir.clone())).refresh().unwrap().unwrap();
+    assert_eq!(fresh.changes, snap.changes);
+}
