@@ -224,6 +224,10 @@ fn login_logout_and_the_limit_on_failures() {
             .args(args)
             .args(["--server", &api])
             .env("XDG_CONFIG_HOME", &home)
+            .env("GIT_AUTHOR_NAME", "Ann Tester")
+            .env("GIT_AUTHOR_EMAIL", "ann@example.com")
+            .env("GIT_COMMITTER_NAME", "Ann Tester")
+            .env("GIT_COMMITTER_EMAIL", "ann@example.com")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -240,6 +244,33 @@ fn login_logout_and_the_limit_on_failures() {
     };
     let (code, out) = sdp(&["get", "sandboxes"], "");
     assert!(code == 2 && out.contains("log in first"), "{code} {out}");
+    // `apply --wait` commits, then stops at once instead of waiting out its minutes for a login.
+    let manifest = cluster.path().join("qa-cli.yaml");
+    std::fs::write(
+        &manifest,
+        sandbox_manifest("qa-cli", &[("account", "main", free_port())], ""),
+    )
+    .unwrap();
+    let config = cluster.config.to_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, out) = sdp(
+        &[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--repo",
+            &config,
+            "--wait",
+            "--wait-secs",
+            "120",
+        ],
+        "",
+    );
+    assert!(code == 2 && out.contains("sdp login --server"), "{code} {out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "it did not wait for nothing"
+    );
     let (code, out) = sdp(
         &["login", "--username", USER, "--password-stdin"],
         &format!("{WRONG}\n"),

@@ -87,11 +87,30 @@ pub fn get(server: &Server, path: &str) -> Result<Value> {
         .read_to_string()
         .context("cannot read the reconciler's answer")?;
     let value: Value = serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}: {text}"))?;
+    if status == 401 {
+        return Err(NeedsLogin(server.server.clone()).into());
+    }
     if status >= 400 {
         bail!("{}", value["error"].as_str().unwrap_or(&text));
     }
     Ok(value)
 }
+
+/// The reconciler wants a login this CLI has not got (or that expired): waiting will not help.
+#[derive(Debug)]
+pub struct NeedsLogin(String);
+
+impl std::fmt::Display for NeedsLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the reconciler at {0} wants a login: log in first with `sdp login --server {0}`",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NeedsLogin {}
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -395,6 +414,7 @@ pub fn wait_for_sync(
         let mut done = 0;
         for name in sandboxes {
             let line = match get(server, &format!("/api/v1/sandboxes/{name}")) {
+                Err(e) if e.is::<NeedsLogin>() => return Err(e),
                 Err(e) => format!("{e:#}"),
                 Ok(sb) => {
                     let status = &sb["status"];
