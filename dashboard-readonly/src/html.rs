@@ -54,6 +54,15 @@ pub fn time(v: &Value) -> String {
 
 /// A whole page: the header with the navigation and who is reading, then `body`.
 pub fn page(base: &str, viewer: &Viewer, title: &str, body: &str) -> String {
+    frame(base, viewer, title, body, true)
+}
+
+/// A page whose header has no navigation (the login form: every link would lead back to it).
+pub fn bare_page(base: &str, title: &str, body: &str) -> String {
+    frame(base, &Viewer::default(), title, body, false)
+}
+
+fn frame(base: &str, viewer: &Viewer, title: &str, body: &str, nav: bool) -> String {
     let who = match &viewer.user {
         Some(user) => format!(
             "<form class=\"who\" method=\"post\" action=\"{base}/logout\"><span>{}</span> \
@@ -63,13 +72,21 @@ pub fn page(base: &str, viewer: &Viewer, title: &str, body: &str) -> String {
         ),
         None => String::new(),
     };
+    let nav = if nav {
+        format!(
+            "<nav aria-label=\"main\"><a href=\"{base}/\">Sandboxes</a><a href=\"{base}/deployments\">History</a>\
+             <a href=\"{base}/nodes\">Nodes</a></nav>",
+            base = esc(base)
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} · SDP</title>\n\
          <link rel=\"stylesheet\" href=\"{base}/static/sdp.css\">\n</head>\n<body data-base=\"{base}\">\n\
-         <header><strong>SDP</strong><nav aria-label=\"main\"><a href=\"{base}/\">Sandboxes</a>\
-         <a href=\"{base}/deployments\">History</a><a href=\"{base}/nodes\">Nodes</a></nav>\
-         <span class=\"muted\">read-only: changes go through git</span>{who}</header>\n<main>\n{body}\n</main>\n\
+         <header><strong>SDP</strong>{nav}<span class=\"muted\">read-only: changes go through git</span>{who}\
+         </header>\n<main>\n{body}\n</main>\n\
          <script src=\"{base}/static/sdp.js\"></script>\n</body>\n</html>\n",
         title = esc(title),
         base = esc(base),

@@ -76,7 +76,7 @@ pub fn login_page(base: &str, repo: &str, next: &str, user: &str, error: Option<
         next = esc(next),
         user = esc(user),
     );
-    html::page(base, &Viewer::default(), "Log in", &body)
+    html::bare_page(base, "Log in", &body)
 }
 
 /// The filters of the history page.

@@ -126,6 +126,7 @@ fn login_logout_and_the_limit_on_failures() {
     }
     let form = get(&format!("{api}/login"), None).body;
     assert!(form.contains(&format!("action=\"{BASE}/login\"")) && form.contains("type=\"password\""));
+    assert!(!form.contains("<nav"), "no links that would only lead back to the form");
 
     // A wrong password: refused by the git server, the name kept in the form, no session, no password echoed.
     // The service account's credential store holds the right password: it must not have been used.
