@@ -309,7 +309,7 @@ impl Controller {
         let names: BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
         for name in names {
             let differs = match (old.get(name), new.get(name)) {
-                (Some(a), Some(b)) => format!("{a:?}") != format!("{b:?}"),
+                (Some(a), Some(b)) => a != b,
                 _ => true,
             };
             if differs {

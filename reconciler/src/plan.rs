@@ -88,7 +88,7 @@ pub struct Actual {
 }
 
 /// One sandbox's part of one agent's report, borrowed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoleView<'a> {
     pub containers: Vec<&'a Container>,
     pub networks: Vec<&'a str>,
@@ -100,7 +100,7 @@ pub struct RoleView<'a> {
 }
 
 /// One sandbox's part of the reports: what `plan` reads.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct View<'a> {
     pub micro: RoleView<'a>,
     pub gateway: RoleView<'a>,
