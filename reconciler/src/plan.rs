@@ -185,13 +185,32 @@ impl Actual {
         }
     }
 
-    /// One sandbox's view (a walk over everything: for tests and single lookups).
+    /// One sandbox's view: one walk over the reports that keeps only its objects (a pass plans one sandbox).
     pub fn view(&self, name: &str) -> View<'_> {
-        self.views()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| self.empty_view())
+        let mut view = self.empty_view();
+        let network = network_name(name);
+        for role in [Role::Micro, Role::Gateway] {
+            let state = self.of(role);
+            let part = match role {
+                Role::Micro => &mut view.micro,
+                Role::Gateway => &mut view.gateway,
+            };
+            part.containers = state
+                .containers
+                .iter()
+                .filter(|c| c.labels.get(labels::SANDBOX).is_some_and(|s| s == name))
+                .collect();
+            part.networks = state
+                .networks
+                .iter()
+                .filter(|n| **n == network)
+                .map(String::as_str)
+                .collect();
+            part.worktrees = state.worktrees.iter().filter(|w| w.sandbox == name).collect();
+            part.routes = state.routes.get(name);
+            part.route_defaults = state.route_defaults.get(name);
+        }
+        view
     }
 
     /// Every sandbox that has anything managed on a VM.

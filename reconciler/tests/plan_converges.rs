@@ -329,6 +329,11 @@ proptest! {
         prop_assert!(plan_all(&desired(&before), &actual).is_empty());
         drift(&mut actual, &changes);
         let hand_made = unmanaged(&actual);
+        // A pass reads one sandbox's view; it is that sandbox's part of the whole cut, whatever drifted.
+        let cut = actual.views();
+        for (name, view) in &cut {
+            prop_assert_eq!(&actual.view(name), view);
+        }
 
         // Now the repo says `after`.
         let target = desired(&after);
