@@ -114,10 +114,7 @@ pub fn gateway_repo(dir: &Path, branch: &str, services: &[&str], ocp_url: &str) 
     let work = dir.join("gateway-work");
     std::fs::create_dir_all(work.join("application/config/production")).unwrap();
     git(&work, &["init", "-q", "-b", branch]);
-    let mut php = String::from("<?php\n// OCP routes of the credit card squad\n");
-    for s in services {
-        php.push_str(&format!("$config['{s}_url'] = '{ocp_url}/{s}'; // OCP\n"));
-    }
+    let mut php = sdp_reconciler::demo::ocp_config_php(services, ocp_url);
     php.push_str("$config['log_threshold'] = 1;\n");
     std::fs::write(work.join("application/config/production/config.php"), php).unwrap();
     std::fs::write(work.join("index.php"), GATEWAY_INDEX).unwrap();
@@ -143,13 +140,7 @@ impl OcpStandIn {
     pub fn start(services: &[&str]) -> OcpStandIn {
         let name = format!("sdp-test-ocp-{}", suffix());
         let port = free_port();
-        let mut script = String::from("mkdir -p /www");
-        for s in services {
-            script.push_str(&format!(
-                " && mkdir -p /www/{s} && echo 'ocp {s}' > /www/{s}/index.html"
-            ));
-        }
-        script.push_str(" && exec httpd -f -p 8080 -h /www");
+        let script = sdp_reconciler::demo::ocp_stand_in_script(services);
         run(Command::new("docker").args([
             "run",
             "-d",

@@ -176,6 +176,28 @@ fn sandbox_names(config: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The OCP stand-in's command (`sh -c`): busybox httpd on port 8080 answering `ocp <service>` under
+/// `/<service>/`.
+pub fn ocp_stand_in_script(services: &[&str]) -> String {
+    let mut script = String::from("mkdir -p /www");
+    for s in services {
+        script.push_str(&format!(
+            " && mkdir -p /www/{s} && echo 'ocp {s}' > /www/{s}/index.html"
+        ));
+    }
+    script.push_str(" && exec httpd -f -p 8080 -h /www");
+    script
+}
+
+/// A gateway branch's config.php that sends each service to OCP at `{ocp_url}/{service}`.
+pub fn ocp_config_php(services: &[&str], ocp_url: &str) -> String {
+    let mut php = String::from("<?php\n// Where this gateway sends each service on OCP\n");
+    for s in services {
+        php.push_str(&format!("$config['{s}_url'] = '{ocp_url}/{s}'; // OCP\n"));
+    }
+    php
+}
+
 /// Removes what the demo made: its sandboxes' managed containers and networks, the OCP stand-in, the demo dir.
 pub fn down(dir: &Path) -> Result<ExitCode> {
     let names = sandbox_names(&dir.join("config"));
@@ -229,13 +251,8 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
 
     say("making the OCP stand-in, the service repos and the gateway repo");
     let ocp_port = free_port()?;
-    let mut script = String::from("mkdir -p /www");
-    for (s, _) in SERVICES {
-        script.push_str(&format!(
-            " && mkdir -p /www/{s} && echo 'ocp {s}' > /www/{s}/index.html"
-        ));
-    }
-    script.push_str(" && exec httpd -f -p 8080 -h /www");
+    let names: Vec<&str> = SERVICES.iter().map(|(s, _)| *s).collect();
+    let script = ocp_stand_in_script(&names);
     sh(Command::new("docker").args([
         "run",
         "-d",
@@ -260,10 +277,7 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
         ];
         clones.push((service, repo(&repos, service, branch, &files)?));
     }
-    let mut php = String::from("<?php\n// Where this gateway sends each service on OCP\n");
-    for (s, _) in SERVICES {
-        php.push_str(&format!("$config['{s}_url'] = 'http://{host}:{ocp_port}/{s}';\n"));
-    }
+    let php = ocp_config_php(&names, &format!("http://{host}:{ocp_port}"));
     let gateway = repo(
         &repos,
         "gateway",
