@@ -1,0 +1,163 @@
+//! Limits on failed logins: per username and per client address, in a sliding window.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+
+/// How long failed attempts count.
+const LIMIT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The two limits on failed logins: per username (3, below Bitbucket's CAPTCHA) and per client address (10, so
+/// one machine cannot try a password on many names).
+pub(super) struct Limits {
+    pub(super) user: RateLimit,
+    client: RateLimit,
+}
+
+impl Limits {
+    pub(super) fn new() -> Limits {
+        Limits {
+            user: RateLimit::new(3, LIMIT_WINDOW),
+            client: RateLimit::new(10, LIMIT_WINDOW),
+        }
+    }
+
+    pub(super) fn retry_after(&self, user: &str, client: &str, now: Instant) -> Option<Duration> {
+        let a = self.user.retry_after(user, now);
+        let b = self.client.retry_after(client, now);
+        a.max(b)
+    }
+
+    pub(super) fn fail(&mut self, user: &str, client: &str, now: Instant) {
+        self.user.fail(user, now);
+        self.client.fail(client, now);
+    }
+}
+
+/// Where a login attempt came from: the peer's address, or, when the peer is this machine (nginx in front), the
+/// address nginx appended to `X-Forwarded-For`. A client that reaches SDP directly cannot choose its address.
+pub struct Client(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Client, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Client(client_address(peer, &parts.headers)))
+    }
+}
+
+fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
+    let forwarded = || {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    match peer {
+        Some(ip) if ip.is_loopback() => forwarded().unwrap_or_else(|| ip.to_string()),
+        Some(ip) => ip.to_string(),
+        None => "unknown".into(),
+    }
+}
+
+/// Failed attempts per key (a lower-cased username, or a client address) in a sliding window: after `max` failures within `window`,
+/// the key waits until the oldest of them leaves the window. Pure: the caller says what time it is.
+#[derive(Debug)]
+pub struct RateLimit {
+    max: usize,
+    window: Duration,
+    failures: HashMap<String, VecDeque<Instant>>,
+}
+
+impl RateLimit {
+    pub fn new(max: usize, window: Duration) -> RateLimit {
+        RateLimit {
+            max: max.max(1),
+            window,
+            failures: HashMap::new(),
+        }
+    }
+
+    /// How long `key` must wait before its next attempt, or `None` when it may try now.
+    pub fn retry_after(&self, key: &str, now: Instant) -> Option<Duration> {
+        let recent: Vec<&Instant> = self
+            .failures
+            .get(key)?
+            .iter()
+            .filter(|t| now.duration_since(**t) < self.window)
+            .collect();
+        if recent.len() < self.max {
+            return None;
+        }
+        let oldest = recent[recent.len() - self.max];
+        Some(self.window - now.duration_since(*oldest))
+    }
+
+    pub fn fail(&mut self, key: &str, now: Instant) {
+        let window = self.window;
+        self.failures
+            .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        let q = self.failures.entry(key.to_string()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        q.push_back(now);
+        while q.len() > self.max {
+            q.pop_front();
+        }
+    }
+
+    pub fn clear(&mut self, key: &str) {
+        self.failures.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_limit_waits_for_the_oldest_failure_to_leave_the_window() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(3, Duration::from_secs(900));
+        for i in 0..2 {
+            limit.fail("ann", t0 + Duration::from_secs(i * 10));
+        }
+        assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(30)), None);
+        limit.fail("ann", t0 + Duration::from_secs(30));
+        assert_eq!(
+            limit.retry_after("ann", t0 + Duration::from_secs(40)),
+            Some(Duration::from_secs(860))
+        );
+        assert_eq!(limit.retry_after("bob", t0 + Duration::from_secs(40)), None);
+        assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(900)), None);
+        limit.clear("ann");
+        assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(41)), None);
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_nginx_on_this_machine_says_who() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 10.0.0.7"));
+        let local = Some("127.0.0.1".parse().unwrap());
+        let remote = Some("10.9.9.9".parse().unwrap());
+        assert_eq!(client_address(local, &h), "10.0.0.7", "the address nginx appended");
+        assert_eq!(
+            client_address(remote, &h),
+            "10.9.9.9",
+            "a remote peer cannot pick its address"
+        );
+        assert_eq!(client_address(local, &HeaderMap::new()), "127.0.0.1");
+        assert_eq!(client_address(None, &h), "unknown");
+    }
+}
