@@ -19,6 +19,9 @@ use sdp_protocol::{Container, ContainerState, Probe, labels, network_name};
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// The last probe of each container (by id) and when it was made: probes run every `PROBE_EVERY`, not at
+    /// every scan, so a service's log is not filled with health checks.
+    probes: std::sync::Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, Probe)>>>,
 }
 
 /// A container to create.
@@ -38,6 +41,8 @@ pub struct Spec {
     pub working_dir: Option<String>,
 }
 
+/// How often a container's health path is asked.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a health probe may take, connection and status line together.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -86,7 +91,10 @@ impl Engine {
             .negotiate_version()
             .await
             .context("cannot reach the Docker engine: is dockerd running, and may this user use its socket?")?;
-        Ok(Engine { docker })
+        Ok(Engine {
+            docker,
+            probes: Default::default(),
+        })
     }
 
     /// Managed containers of this agent's role, with their restart counts. The gateway agent owns the
@@ -154,17 +162,34 @@ impl Engine {
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        // Health paths of running containers, probed at once (each within PROBE_TIMEOUT).
-        let probes = out.iter().map(|c| async move {
-            let path = c.labels.get(labels::HEALTH_PATH)?;
-            let port = *c.ports.first()?;
-            (c.state == ContainerState::Running).then_some(())?;
-            Some(probe(port, path).await)
+        // Health paths of running containers: the last answer while it is fresh, else probed now, all at once
+        // (each within PROBE_TIMEOUT).
+        let now = std::time::Instant::now();
+        let known = self.probes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let probes = out.iter().map(|c| {
+            let fresh = known
+                .get(&c.id)
+                .filter(|(at, _)| now.duration_since(*at) < PROBE_EVERY)
+                .map(|(at, p)| (*at, p.clone()));
+            async move {
+                let path = c.labels.get(labels::HEALTH_PATH)?;
+                let port = *c.ports.first()?;
+                (c.state == ContainerState::Running).then_some(())?;
+                match fresh {
+                    Some(answer) => Some(answer),
+                    None => Some((std::time::Instant::now(), probe(port, path).await)),
+                }
+            }
         });
         let results = futures_util::future::join_all(probes).await;
+        let mut kept = HashMap::new();
         for (c, result) in out.iter_mut().zip(results) {
-            c.probe = result;
+            if let Some((at, p)) = result {
+                kept.insert(c.id.clone(), (at, p.clone()));
+                c.probe = Some(p);
+            }
         }
+        *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = kept;
         Ok(out)
     }
 

@@ -145,8 +145,8 @@ pub struct ServiceSpec {
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
-    /// An HTTP path the agent GETs on the service's published port, such as `/healthz`: an answer below 400
-    /// is healthy; anything else (or none within 2 s) makes the sandbox Degraded. Without it, health comes from
+    /// An HTTP path the agent GETs on the service's published port every 15 s, such as `/healthz`: an answer
+    /// below 400 is healthy; anything else (or none within 2 s) makes the sandbox Degraded. Without it, health comes from
     /// the container's state and restarts alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
