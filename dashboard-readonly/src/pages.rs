@@ -86,9 +86,20 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         );
     };
     let status = &sb["status"];
+    let change = &sb["lastChange"];
+    let changed = if change.is_null() {
+        String::new()
+    } else {
+        format!(
+            " &nbsp; last changed in <code>{}</code> by {} at {}",
+            short(&change["commit"]),
+            t(&change["author"]),
+            time(&change["time"].as_u64().map(|s| s * 1000).into())
+        )
+    };
     let mut body = format!(
         "<h1>Sandbox {}</h1>\n<div data-live=\"summary\"><p>{} {} &nbsp; gateway: <code>{}</code> &nbsp; config \
-         <code>{}</code> by {}</p>",
+         <code>{}</code> by {}{changed}</p>",
         esc(&name),
         badge(&status["sync"]),
         badge(&status["health"]),

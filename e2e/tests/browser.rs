@@ -64,6 +64,13 @@ fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
         }
     });
     assert_eq!(browser.text("header form.who span").unwrap(), USER);
+    // The summary names the commit that last changed this sandbox's file.
+    let commit = git(&cluster.config, &["rev-parse", "HEAD"]);
+    let summary = browser.text("[data-live=\"summary\"]").unwrap();
+    assert!(
+        summary.contains(&format!("last changed in {}", &commit[..12])),
+        "{summary}"
+    );
 
     // Open the service's log; mark the page so a reload would show.
     browser.click("details[data-logs=\"account\"] summary").unwrap();

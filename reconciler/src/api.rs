@@ -263,6 +263,8 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<Value> {
         "manifest": world.snapshot.manifests.get(&name),
         "configCommit": world.snapshot.commit,
         "configAuthor": world.snapshot.author,
+        // The last commit that changed this sandbox's own file (`configCommit` is the one the VMs follow).
+        "lastChange": world.snapshot.changes.get(&name),
         "events": events,
         "deployments": deployments,
     }))

@@ -159,6 +159,8 @@ impl Source {
             }
             Err(e) => tracing::warn!("cannot read who changed which sandbox: {e:#}"),
         }
+        let present: Vec<PathBuf> = files.keys().cloned().collect();
+        self.changed.retain(|path, _| present.binary_search(path).is_ok());
         let mut snapshot = self.read(commit, author, time, files);
         for sb in &snapshot.sandboxes {
             let name = &sb.metadata.name;
