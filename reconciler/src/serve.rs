@@ -122,9 +122,9 @@ impl ServeConfig {
         }
     }
 
-    /// Who may read: a login against `login_repo` with its sessions in `store`, or anyone.
-    fn auth(&self, store: &Store) -> Result<Auth> {
-        let Some(repo) = self.login_repo()? else {
+    /// Who may read: a login against `repo` (from `login_repo`) with its sessions in `store`, or anyone.
+    fn auth(&self, repo: Option<String>, store: &Store) -> Result<Auth> {
+        let Some(repo) = repo else {
             return Ok(Auth::anonymous(&self.base_path));
         };
         let askpass = std::env::current_exe().context("cannot find this program, which git runs as its askpass")?;
@@ -174,10 +174,10 @@ fn read_token(path: &Path) -> Result<String> {
 /// Runs the reconciler until Ctrl-C or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let settings = config.settings()?;
-    config.login_repo()?;
+    let login_repo = config.login_repo()?;
     let token = read_token(&config.token_file)?;
     let store = Store::open(&config.data)?;
-    let auth = Arc::new(config.auth(&store)?);
+    let auth = Arc::new(config.auth(login_repo, &store)?);
     let failed = store.fail_unfinished(now_ms())?;
     if failed > 0 {
         tracing::warn!("{failed} deployment(s) were running when the reconciler stopped: marked failed, retried");

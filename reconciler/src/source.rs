@@ -47,36 +47,38 @@ impl Origin {
     }
 }
 
+/// A URL's scheme, userinfo (when there is one), host and path (after the first `/`, when there is one).
+fn url_parts(url: &str) -> Option<(&str, Option<&str>, &str, Option<&str>)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let (userinfo, host) = authority
+        .rsplit_once('@')
+        .map_or((None, authority), |(u, h)| (Some(u), h));
+    Some((scheme, userinfo, host, path))
+}
+
+fn join_url(scheme: &str, userinfo: Option<&str>, host: &str, path: Option<&str>) -> String {
+    let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
+    format!("{scheme}://{userinfo}{host}{path}")
+}
+
 /// `https://user:secret@host/x` → `https://user:***@host/x`.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    match url_parts(url) {
+        Some((scheme, Some(userinfo), host, path)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            let sep = if path.is_empty() && !rest.contains('/') {
-                ""
-            } else {
-                "/"
-            };
-            format!("{scheme}://{user}:***@{host}{sep}{path}")
+            join_url(scheme, Some(&format!("{user}:***")), host, path)
         }
-        None => url.to_string(),
+        _ => url.to_string(),
     }
 }
 
 /// `https://user:secret@host/x` → `https://host/x`: a URL that carries no one's credentials.
 pub fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    match path {
-        Some(path) => format!("{scheme}://{host}/{path}"),
-        None => format!("{scheme}://{host}"),
+    match url_parts(url) {
+        Some((scheme, _, host, path)) => join_url(scheme, None, host, path),
+        None => url.to_string(),
     }
 }
 
