@@ -112,12 +112,6 @@ impl std::fmt::Display for NeedsLogin {
 
 impl std::error::Error for NeedsLogin {}
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn print(value: &Value, output: Output, table: impl FnOnce(&Value) -> String) -> Result<()> {
     let text = match output {
         Output::Json => serde_json::to_string_pretty(value)?,
@@ -186,9 +180,9 @@ pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
                             s(&sb["gatewayUrl"]),
                             s(&sb["services"]),
                             s(&sb["owner"]),
-                            sb["lastTime"]
-                                .as_u64()
-                                .map_or("-".into(), |t| crate::desired::human(now_secs().saturating_sub(t))),
+                            sb["lastTime"].as_u64().map_or("-".into(), |t| {
+                                crate::desired::human(crate::hub::now_ms() / 1000.saturating_sub(t))
+                            }),
                             s(&sb["error"]),
                         ]
                     })

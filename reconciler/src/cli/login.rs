@@ -35,9 +35,7 @@ fn key(server: &Server) -> String {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::hub::now_ms() / 1000
 }
 
 fn load() -> BTreeMap<String, Saved> {
