@@ -181,7 +181,7 @@ pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
                             s(&sb["services"]),
                             s(&sb["owner"]),
                             sb["lastTime"].as_u64().map_or("-".into(), |t| {
-                                crate::desired::human(crate::hub::now_ms() / 1000.saturating_sub(t))
+                                crate::desired::human((crate::hub::now_ms() / 1000).saturating_sub(t))
                             }),
                             s(&sb["error"]),
                         ]
