@@ -13,9 +13,8 @@
 mod html;
 mod pages;
 
-use std::sync::Arc;
-
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
