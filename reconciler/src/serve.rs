@@ -55,6 +55,10 @@ pub struct ServeConfig {
     /// local demos.
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// Proxies on other machines whose `X-Forwarded-For` names the client, for the per-address login limit
+    /// (a proxy on this machine, as nginx on the gateway VM, is always trusted).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 pub fn default_listen() -> SocketAddr {
@@ -96,6 +100,7 @@ impl ServeConfig {
             base_path: String::new(),
             login_repo: None,
             allow_anonymous: false,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -128,7 +133,9 @@ impl ServeConfig {
             return Ok(Auth::anonymous(&self.base_path));
         };
         let askpass = std::env::current_exe().context("cannot find this program, which git runs as its askpass")?;
-        Auth::login(&repo, &self.data, askpass, &self.base_path, Some(store.clone()))
+        let mut auth = Auth::login(&repo, &self.data, askpass, &self.base_path, Some(store.clone()))?;
+        auth.trusted_proxies = self.trusted_proxies.clone();
+        Ok(auth)
     }
 
     /// Reads a config file, refusing unknown fields with the file, line and column.

@@ -35,23 +35,27 @@ impl Limits {
     }
 }
 
-/// Where a login attempt came from: the peer's address, or, when the peer is this machine (nginx in front), the
-/// address nginx appended to `X-Forwarded-For`. A client that reaches SDP directly cannot choose its address.
+/// Where a login attempt came from: the peer's address, or, when the peer is a proxy SDP trusts (this machine,
+/// as nginx on the gateway VM, or an address given with `--trusted-proxy`), the address that proxy appended to
+/// `X-Forwarded-For`. A client that reaches SDP directly cannot choose its address.
 pub struct Client(pub String);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+impl axum::extract::FromRequestParts<std::sync::Arc<super::Auth>> for Client {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Client, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        auth: &std::sync::Arc<super::Auth>,
+    ) -> Result<Client, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        Ok(Client(client_address(peer, &parts.headers)))
+        Ok(Client(client_address(peer, &parts.headers, &auth.trusted_proxies)))
     }
 }
 
-fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
+fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap, trusted: &[std::net::IpAddr]) -> String {
     let forwarded = || {
         headers
             .get_all("x-forwarded-for")
@@ -63,7 +67,7 @@ fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String
             .map(str::to_string)
     };
     match peer {
-        Some(ip) if ip.is_loopback() => forwarded().unwrap_or_else(|| ip.to_string()),
+        Some(ip) if ip.is_loopback() || trusted.contains(&ip) => forwarded().unwrap_or_else(|| ip.to_string()),
         Some(ip) => ip.to_string(),
         None => "unknown".into(),
     }
@@ -151,13 +155,19 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 10.0.0.7"));
         let local = Some("127.0.0.1".parse().unwrap());
         let remote = Some("10.9.9.9".parse().unwrap());
-        assert_eq!(client_address(local, &h), "10.0.0.7", "the address nginx appended");
+        assert_eq!(client_address(local, &h, &[]), "10.0.0.7", "the address nginx appended");
         assert_eq!(
-            client_address(remote, &h),
+            client_address(remote, &h, &[]),
             "10.9.9.9",
             "a remote peer cannot pick its address"
         );
-        assert_eq!(client_address(local, &HeaderMap::new()), "127.0.0.1");
-        assert_eq!(client_address(None, &h), "unknown");
+        let proxy = "10.9.9.9".parse().unwrap();
+        assert_eq!(
+            client_address(remote, &h, &[proxy]),
+            "10.0.0.7",
+            "unless it is a trusted proxy"
+        );
+        assert_eq!(client_address(local, &HeaderMap::new(), &[]), "127.0.0.1");
+        assert_eq!(client_address(None, &h, &[]), "unknown");
     }
 }

@@ -50,6 +50,8 @@ pub struct Auth {
     base: String,
     /// Login attempts by outcome, for `/metrics`: succeeded, rejected, limited, unavailable.
     pub outcomes: [AtomicU64; 4],
+    /// Proxies besides this machine whose `X-Forwarded-For` says who the client is (see `Client`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The names of `Auth::outcomes`, in order.
@@ -83,6 +85,7 @@ impl Auth {
             login: None,
             base: base.trim_end_matches('/').to_string(),
             outcomes: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -119,6 +122,7 @@ impl Auth {
             }),
             base: base.trim_end_matches('/').to_string(),
             outcomes: Default::default(),
+            trusted_proxies: Vec::new(),
         })
     }
 

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// No login: whoever reaches the port may read the dashboard and API. Trusted networks and demos only.
     #[arg(long, env = "SDP_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// A proxy on another machine whose X-Forwarded-For names the client (repeat for more); one on this machine
+    /// is always trusted.
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 fn config(args: ServeArgs) -> Result<ServeConfig> {
@@ -91,6 +95,9 @@ fn config(args: ServeArgs) -> Result<ServeConfig> {
     }
     if args.allow_anonymous {
         c.allow_anonymous = true;
+    }
+    if !args.trusted_proxies.is_empty() {
+        c.trusted_proxies = args.trusted_proxies;
     }
     if !c.base_path.is_empty() && !c.base_path.starts_with('/') {
         anyhow::bail!("--base-path must start with `/`, as in /sandbox/credit-card");
