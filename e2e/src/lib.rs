@@ -338,7 +338,15 @@ impl Drop for Process {
 
 /// GET `url` as JSON.
 pub fn get_json(url: &str) -> Result<serde_json::Value, String> {
-    let mut response = ureq::get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    read_json(ureq::get(url), url)
+}
+
+/// Sends a GET and reads its answer as JSON.
+fn read_json(
+    request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+    url: &str,
+) -> Result<serde_json::Value, String> {
+    let mut response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
     let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| format!("GET {url}: {e}: {text}"))
 }
@@ -490,9 +498,7 @@ impl Cluster {
         if let Some(token) = &self.bearer {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
-        let mut response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
-        let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
-        serde_json::from_str(&text).map_err(|e| format!("GET {url}: {e}: {text}"))
+        read_json(request, &url)
     }
 
     pub fn path(&self) -> &Path {

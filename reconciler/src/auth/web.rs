@@ -13,7 +13,7 @@ use sdp_dashboard::Viewer;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Auth, Client, SESSION_TTL};
+use super::{Auth, Client, Refusal, SESSION_TTL};
 
 /// The middleware in front of everything that needs a login: lets a request with a live session through (and
 /// tells the pages who reads them); sends a browser to the login page and answers the API with 401.
@@ -126,11 +126,7 @@ async fn login_submit(
                 &form.username,
                 Some(&refusal.message(repo_of(&auth))),
             );
-            let mut response = (refusal.status(), Html(page)).into_response();
-            if let Some(secs) = refusal.retry_after() {
-                response.headers_mut().insert(header::RETRY_AFTER, secs.into());
-            }
-            response
+            refused(&refusal, Html(page))
         }
     }
 }
@@ -159,16 +155,15 @@ async fn api_login(State(auth): State<Arc<Auth>>, Client(client): Client, Json(b
             "expiresInSecs": SESSION_TTL.as_secs(),
         }))
         .into_response(),
-        Err(refusal) => {
-            let mut response = (
-                refusal.status(),
-                Json(json!({ "error": refusal.message(repo_of(&auth)) })),
-            )
-                .into_response();
-            if let Some(secs) = refusal.retry_after() {
-                response.headers_mut().insert(header::RETRY_AFTER, secs.into());
-            }
-            response
-        }
+        Err(refusal) => refused(&refusal, Json(json!({ "error": refusal.message(repo_of(&auth)) }))),
     }
+}
+
+/// A refused login as an answer: its status, `Retry-After` when it is the limit, and `body` (the form or JSON).
+fn refused(refusal: &Refusal, body: impl IntoResponse) -> Response {
+    let mut response = (refusal.status(), body).into_response();
+    if let Some(secs) = refusal.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    response
 }
