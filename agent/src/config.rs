@@ -43,13 +43,24 @@ pub struct AgentConfig {
     /// The command that reloads the gateway gracefully inside its container.
     #[serde(default = "default_reload")]
     pub reload: Vec<String>,
-    /// Where the worktree is mounted in the container (`/src` for micro; the repo's production path for
-    /// the gateway).
+    /// Where the worktree is mounted in the container: `/src` for micro; for the gateway the repo's production
+    /// path, `/var/www/html/erangel-ocean`.
     #[serde(default)]
     pub mount: Option<PathBuf>,
-    /// The port the service listens on inside its container (the published host port maps to it).
-    #[serde(default = "default_container_port")]
-    pub container_port: u16,
+    /// The port the service listens on inside its container (the published host port maps to it): 8080 for
+    /// micro, 80 (Apache in php:8.3-apache) for the gateway.
+    #[serde(default)]
+    pub container_port: Option<u16>,
+    /// Gateway: the value of `APACHE_DOCUMENT_ROOT` in the container (default: the mount point), which
+    /// php:8.3-apache's site configuration serves.
+    #[serde(default)]
+    pub document_root: Option<PathBuf>,
+    /// Go's environment for builds on this node, on top of SDP's offline defaults (`GOPROXY=off`, `GOFLAGS`
+    /// unset, a private `GOPATH` and module cache under the data dir): `GOPROXY`, `GOFLAGS`, `GOPRIVATE`,
+    /// `GONOSUMDB`, `GOSUMDB`, `GOMODCACHE`, `GOPATH`... as the operator sets up the node's module cache or
+    /// proxy. Nothing else is ever fetched.
+    #[serde(default)]
+    pub go_env: BTreeMap<String, String>,
     /// How the container is started; `{binary}` is replaced by the built binary's path in the container.
     #[serde(default)]
     pub command: Option<Vec<String>>,
@@ -77,9 +88,8 @@ fn default_config_php() -> PathBuf {
 fn default_reload() -> Vec<String> {
     vec!["apachectl".into(), "-k".into(), "graceful".into()]
 }
-fn default_container_port() -> u16 {
-    8080
-}
+/// Where the gateway's worktree is mounted by default: erangel's path in production.
+pub const GATEWAY_MOUNT: &str = "/var/www/html/erangel-ocean";
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig> {
@@ -108,6 +118,18 @@ impl AgentConfig {
         if config.node.trim().is_empty() {
             bail!("{}: node: must not be empty", path.display());
         }
+        for key in config.go_env.keys() {
+            let ok = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_');
+            if !ok {
+                bail!(
+                    "{}: goEnv: `{key}` is not an environment variable name such as GOPROXY or GOMODCACHE",
+                    path.display()
+                );
+            }
+        }
         Ok(config)
     }
 
@@ -126,8 +148,21 @@ impl AgentConfig {
     pub fn mount_point(&self) -> PathBuf {
         self.mount.clone().unwrap_or_else(|| match self.role {
             Role::Micro => PathBuf::from("/src"),
-            Role::Gateway => PathBuf::from("/var/www/html"),
+            Role::Gateway => PathBuf::from(GATEWAY_MOUNT),
         })
+    }
+
+    /// The port the service or Apache listens on inside the container.
+    pub fn container_port(&self) -> u16 {
+        self.container_port.unwrap_or(match self.role {
+            Role::Micro => 8080,
+            Role::Gateway => 80,
+        })
+    }
+
+    /// Gateway: `APACHE_DOCUMENT_ROOT` in the container.
+    pub fn document_root(&self) -> PathBuf {
+        self.document_root.clone().unwrap_or_else(|| self.mount_point())
     }
 }
 
@@ -150,5 +185,23 @@ mod tests {
         let ok = AgentConfig::parse(Path::new("a.yaml"), &text.replace("repoz: {}\n", "")).unwrap();
         assert_eq!(ok.role, Role::Micro);
         assert_eq!(ok.mount_point(), PathBuf::from("/src"));
+        assert_eq!(ok.container_port(), 8080);
+    }
+
+    #[test]
+    fn the_gateway_defaults_are_php_apache_at_erangels_production_path() {
+        let text = "node: gw\nrole: gateway\nreconciler: ws://127.0.0.1:3452/ws/agent\ntokenFile: /t\naddress: 127.0.0.1\nimage: php:8.3-apache\ndataDir: /d\n";
+        let gw = AgentConfig::parse(Path::new("a.yaml"), text).unwrap();
+        assert_eq!(gw.container_port(), 80);
+        assert_eq!(gw.mount_point(), PathBuf::from("/var/www/html/erangel-ocean"));
+        assert_eq!(gw.document_root(), PathBuf::from("/var/www/html/erangel-ocean"));
+        assert_eq!(gw.reload, ["apachectl", "-k", "graceful"]);
+        assert_eq!(gw.config_php, PathBuf::from("application/config/production/config.php"));
+        let bad = format!("{text}goEnv: {{ 'GOPROXY; rm': x }}\n");
+        let err = AgentConfig::parse(Path::new("a.yaml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("goEnv"), "{err}");
+        let ok = format!("{text}goEnv: {{ GOPROXY: off, GOMODCACHE: /srv/gomodcache }}\n");
+        let ok = AgentConfig::parse(Path::new("a.yaml"), &ok).unwrap();
+        assert_eq!(ok.go_env["GOMODCACHE"], "/srv/gomodcache");
     }
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use sdp_protocol::{
-    Action, ActualState, AgentFrame, BranchHead, Deploy, GATEWAY, LogLine, Progress, Role, Stage, StageState, Worktree,
-    labels, network_name,
+    Action, ActualState, AgentFrame, BranchHead, Deploy, GATEWAY, GoBuild, LogLine, Progress, Role, Stage, StageState,
+    Worktree, labels, network_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -150,6 +150,10 @@ impl Executor {
         let path = self.meta_path(sandbox, service);
         std::fs::create_dir_all(path.parent().expect("meta paths have a parent"))?;
         write_atomically(&path, serde_json::to_string(meta)?.as_bytes())
+    }
+
+    fn files_dir(&self, sandbox: &str, service: &str) -> PathBuf {
+        self.config.data_dir.join("files").join(sandbox).join(service)
     }
 
     fn binary_dir(&self, sandbox: &str, service: &str) -> PathBuf {
@@ -361,6 +365,7 @@ impl Executor {
                 tokio::task::spawn_blocking(move || repo.remove_worktree(&dir)).await??;
                 let _ = std::fs::remove_file(self.meta_path(&sandbox, &service));
                 let _ = std::fs::remove_dir_all(self.binary_dir(&sandbox, &service));
+                let _ = std::fs::remove_dir_all(self.files_dir(&sandbox, &service));
                 Ok(())
             }
         }
@@ -411,7 +416,7 @@ impl Executor {
                     stage.skip(Stage::Build, "already built at this commit").await;
                 } else {
                     let started = stage.start(Stage::Build).await;
-                    let built = self.go_build(&dir, &binary, &id, out).await;
+                    let built = self.go_build(&dir, &binary, d.build.as_ref(), &id, out).await;
                     stage.end(Stage::Build, started, built).await?;
                     meta.built = Some(commit.clone());
                     self.set_meta(&d.sandbox, &d.service, &meta)?;
@@ -445,8 +450,18 @@ impl Executor {
         }
 
         let started = stage.start(Stage::Start).await;
+        match self.write_files(&d.sandbox, &d.service, &d.files) {
+            Ok(mounts) => binds.extend(mounts),
+            Err(e) => return stage.end(Stage::Start, started, Err(e)).await,
+        }
         let mut env: Vec<String> = d.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("PORT={}", self.config.container_port));
+        env.push(format!("PORT={}", self.config.container_port()));
+        if self.config.role == Role::Gateway {
+            env.push(format!(
+                "APACHE_DOCUMENT_ROOT={}",
+                self.config.document_root().display()
+            ));
+        }
         env.push(format!("SDP_SANDBOX={}", d.sandbox));
         env.push(format!("SDP_BRANCH={}", d.branch));
         env.push(format!("SDP_COMMIT={commit}"));
@@ -469,7 +484,7 @@ impl Executor {
             labels,
             binds,
             host_port: d.host_port,
-            container_port: self.config.container_port,
+            container_port: self.config.container_port(),
             network: network_name(&d.sandbox),
             cpus: d.cpus,
             memory_bytes: d.memory_bytes,
@@ -479,25 +494,55 @@ impl Executor {
         stage.end(Stage::Start, started, result).await
     }
 
-    async fn go_build(&self, dir: &Path, binary: &Path, id: &str, out: &Outbox) -> Result<()> {
+    /// `go build` of the service's package into `binary`: static, offline, from `vendor/` when the repo has
+    /// one, else from the module cache or proxy that the operator's `goEnv` names.
+    async fn go_build(&self, dir: &Path, binary: &Path, build: Option<&GoBuild>, id: &str, out: &Outbox) -> Result<()> {
         std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
-        let data = &self.config.data_dir;
+        let default = GoBuild {
+            package: ".".into(),
+            ..GoBuild::default()
+        };
+        let build = build.unwrap_or(&default);
+        let args = go_build_args(build, dir.join("vendor/modules.txt").is_file())?;
         let mut cmd = tokio::process::Command::new(&self.config.go);
         cmd.current_dir(dir)
-            .args(["build", "-trimpath", "-buildvcs=false", "-o"])
+            .args(&args[..1])
+            .arg("-o")
             .arg(binary)
-            .arg(".")
-            .env("CGO_ENABLED", "0")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "-mod=mod")
-            .env(
-                "GOCACHE",
-                self.config.go_cache.clone().unwrap_or_else(|| data.join("go-cache")),
-            )
-            .env("GOPATH", data.join("go"))
-            .env("HOME", data);
-        run_streamed(cmd, "go build", id, out).await
+            .args(&args[1..]);
+        for (key, value) in go_env(&self.config) {
+            cmd.env(key, value);
+        }
+        // Inherited settings of the agent's own environment never decide a build: only SDP's and the operator's.
+        for key in ["GOFLAGS", "GOENV", "GOWORK"] {
+            if !self.config.go_env.contains_key(key) {
+                cmd.env_remove(key);
+            }
+        }
+        let what = format!("go build {}", build.package);
+        run_streamed(cmd, &what, id, out)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", first_go_error(&what, &e)))
+    }
+
+    /// Writes an Environment's `files:` for one container under the data dir (fresh at each deploy) and returns
+    /// their read-only mounts, at their paths under the container's working directory.
+    fn write_files(&self, sandbox: &str, service: &str, files: &BTreeMap<String, String>) -> Result<Vec<String>> {
+        let root = self.files_dir(sandbox, service);
+        if root.exists() {
+            std::fs::remove_dir_all(&root).with_context(|| format!("cannot clear {}", root.display()))?;
+        }
+        let mut mounts = Vec::new();
+        for (path, content) in files {
+            // Checked again here: a frame is not trusted to carry only what the manifest allowed.
+            sdp_manifest::rules::relative_file(path).map_err(|b| anyhow::anyhow!("{}", b.message))?;
+            let host = root.join(path);
+            std::fs::create_dir_all(host.parent().expect("a file under the root has a parent"))?;
+            write_atomically(&host, content.as_bytes())?;
+            let inside = self.config.mount_point().join(path);
+            mounts.push(format!("{}:{}:ro", host.display(), inside.display()));
+        }
+        Ok(mounts)
     }
 
     /// `composer install` when composer and composer.json are there: Ok(false) when skipped.
@@ -513,20 +558,22 @@ impl Executor {
         Ok(true)
     }
 
-    /// Sets the sandbox's `<service>_url` entries: the OCP value for every key, with the sandbox's routes on top.
+    /// Sets the sandbox's routes in its gateway's config.php: the file of the deployed commit, byte for byte, with
+    /// only the `<service>_url` values of `wanted` changed. Every other key (`base_url`, keys left on OCP, values
+    /// that are empty or not URLs) keeps the branch's own bytes, and a hand edit of the live file is undone.
     async fn set_routes(&self, sandbox: &str, wanted: &BTreeMap<String, String>) -> Result<()> {
         let meta = self
             .meta(sandbox, GATEWAY)
             .with_context(|| format!("the gateway of {sandbox} is not deployed on this node"))?;
         let path = self.config.worktree(sandbox, GATEWAY).join(&self.config.config_php);
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let defaults: BTreeMap<String, String> = std::fs::read_to_string(self.defaults_path(&meta.branch))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let mut map = defaults;
-        map.extend(wanted.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let patched = routes::patch(&text, &map).map_err(anyhow::Error::msg)?;
+        let repo = self.repo(GATEWAY)?;
+        let (commit, file) = (meta.commit.clone(), self.config.config_php.clone());
+        let pristine = tokio::task::spawn_blocking(move || repo.show(&commit, &file))
+            .await?
+            .with_context(|| format!("cannot read config.php of the deployed commit {}", meta.commit))?;
+        let map = wanted;
+        let patched = routes::patch(&pristine, map).map_err(anyhow::Error::msg)?;
         if patched == text {
             return Ok(());
         }
@@ -642,6 +689,26 @@ impl StageClock {
     }
 }
 
+/// A command that ran and failed: its first and last lines of error output (all of it went to the log).
+#[derive(Debug)]
+struct CommandFailed {
+    what: String,
+    status: std::process::ExitStatus,
+    head: Vec<String>,
+    tail: Vec<String>,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed ({}): {}", self.what, self.status, self.tail.join(" / "))
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+/// Lines of a failed command's error output kept for its message, from the start and from the end.
+const KEPT_LINES: usize = 20;
+
 /// Runs a command, its output streamed line by line as the deployment's log.
 async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, out: &Outbox) -> Result<()> {
     cmd.stdout(std::process::Stdio::piped())
@@ -657,26 +724,102 @@ async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, ou
         let id = id.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
-            let mut last = Vec::new();
+            let (mut head, mut tail) = (Vec::new(), std::collections::VecDeque::new());
             while let Ok(Some(line)) = lines.next_line().await {
                 out.log(id.clone(), None, line.clone());
-                last.push(line);
-                if last.len() > 20 {
-                    last.remove(0);
+                if head.len() < KEPT_LINES {
+                    head.push(line.clone());
+                }
+                tail.push_back(line);
+                if tail.len() > KEPT_LINES {
+                    tail.pop_front();
                 }
             }
-            last
+            (head, Vec::from(tail))
         })
     };
     let a = pump(Box::new(stdout));
     let b = pump(Box::new(stderr));
     let status = child.wait().await?;
     let _ = a.await;
-    let tail = b.await.unwrap_or_default();
+    let (head, tail) = b.await.unwrap_or_default();
     if !status.success() {
-        bail!("{what} failed ({status}): {}", tail.join(" / "));
+        return Err(CommandFailed {
+            what: what.to_string(),
+            status,
+            head,
+            tail,
+        }
+        .into());
     }
     Ok(())
+}
+
+/// `go build`'s arguments after `build` and before `-o BINARY` goes in at 1: checked again here (a frame is not
+/// trusted to carry only what the manifest allowed), vendored code when the repo has `vendor/modules.txt`.
+fn go_build_args(build: &GoBuild, vendored: bool) -> Result<Vec<String>> {
+    use sdp_manifest::rules;
+    let refuse = |b: rules::Broken| anyhow::anyhow!("{}", b.message);
+    rules::go_package(&build.package).map_err(refuse)?;
+    let mut args = vec!["build".to_string(), "-trimpath".into(), "-buildvcs=false".into()];
+    if vendored {
+        args.push("-mod=vendor".into());
+    }
+    if !build.tags.is_empty() {
+        for tag in &build.tags {
+            rules::build_tag(tag).map_err(refuse)?;
+        }
+        args.push(format!("-tags={}", build.tags.join(",")));
+    }
+    if let Some(flags) = &build.ldflags {
+        rules::ldflags(flags).map_err(refuse)?;
+        args.push(format!("-ldflags={flags}"));
+    }
+    args.push(build.package.clone());
+    Ok(args)
+}
+
+/// Go's environment for a build: SDP's offline defaults, then the operator's `goEnv` on top.
+fn go_env(config: &AgentConfig) -> BTreeMap<String, String> {
+    let data = &config.data_dir;
+    let mut env: BTreeMap<String, String> = [
+        ("CGO_ENABLED", "0".to_string()),
+        ("GOTOOLCHAIN", "local".into()),
+        ("GOPROXY", "off".into()),
+        ("GOSUMDB", "off".into()),
+        (
+            "GOCACHE",
+            config
+                .go_cache
+                .clone()
+                .unwrap_or_else(|| data.join("go-cache"))
+                .display()
+                .to_string(),
+        ),
+        ("GOPATH", data.join("go").display().to_string()),
+        ("HOME", data.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.extend(config.go_env.clone());
+    env
+}
+
+/// A failed build's message: go's first error line (`# package` headers and `go: downloading` notes skipped);
+/// the whole output is in the deployment log.
+fn first_go_error(what: &str, error: &anyhow::Error) -> String {
+    let first = error.downcast_ref::<CommandFailed>().and_then(|failed| {
+        failed
+            .head
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("go: downloading "))
+    });
+    match first {
+        Some(line) => format!("{what} failed: {line} (go's whole output is in the deployment log)"),
+        None => format!("{error:#}"),
+    }
 }
 
 fn read_dir_names(dir: &Path) -> Vec<String> {
@@ -713,4 +856,97 @@ pub fn which(program: &Path) -> Option<PathBuf> {
             .map(|p| p.join(program))
             .find(|p| p.is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(package: &str) -> GoBuild {
+        GoBuild {
+            package: package.into(),
+            ..GoBuild::default()
+        }
+    }
+
+    #[test]
+    fn go_builds_from_vendor_when_the_repo_has_it_with_the_manifests_package_tags_and_flags() {
+        let plain = go_build_args(&build("."), false).unwrap();
+        assert_eq!(plain, ["build", "-trimpath", "-buildvcs=false", "."]);
+        let full = GoBuild {
+            package: "./cmd/payment".into(),
+            tags: vec!["netgo".into(), "osusergo".into()],
+            ldflags: Some("-s -w -X main.version=1.2".into()),
+        };
+        let args = go_build_args(&full, true).unwrap();
+        assert_eq!(
+            args,
+            [
+                "build",
+                "-trimpath",
+                "-buildvcs=false",
+                "-mod=vendor",
+                "-tags=netgo,osusergo",
+                "-ldflags=-s -w -X main.version=1.2",
+                "./cmd/payment"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_frame_cannot_smuggle_what_the_manifest_refuses() {
+        for bad in [build("../x"), build("-toolexec=sh"), build("/etc")] {
+            assert!(go_build_args(&bad, false).is_err(), "{bad:?}");
+        }
+        let flags = GoBuild {
+            ldflags: Some("-linkmode=external -extld=/tmp/x".into()),
+            ..build(".")
+        };
+        assert!(go_build_args(&flags, false).is_err());
+        let tags = GoBuild {
+            tags: vec!["a -toolexec=sh".into()],
+            ..build(".")
+        };
+        assert!(go_build_args(&tags, false).is_err());
+    }
+
+    #[test]
+    fn the_operators_go_env_goes_on_top_of_offline_defaults() {
+        let text = "node: m\nrole: micro\nreconciler: ws://127.0.0.1:1/ws/agent\ntokenFile: /t\naddress: 127.0.0.1\nimage: i\ndataDir: /var/lib/sdp-agent\n";
+        let config = AgentConfig::parse(Path::new("a.yaml"), text).unwrap();
+        let env = go_env(&config);
+        assert_eq!(env["GOPROXY"], "off");
+        assert_eq!(env["CGO_ENABLED"], "0");
+        assert_eq!(env["GOPATH"], "/var/lib/sdp-agent/go");
+        assert!(
+            !env.contains_key("GOFLAGS"),
+            "go decides -mod itself (vendor/ or the module cache)"
+        );
+        let text = format!("{text}goEnv: {{ GOPROXY: 'file:///srv/goproxy', GOMODCACHE: /srv/gomodcache }}\n");
+        let config = AgentConfig::parse(Path::new("a.yaml"), &text).unwrap();
+        let env = go_env(&config);
+        assert_eq!(env["GOPROXY"], "file:///srv/goproxy");
+        assert_eq!(env["GOMODCACHE"], "/srv/gomodcache");
+    }
+
+    #[test]
+    fn a_failed_build_says_gos_first_error() {
+        let status = std::process::Command::new("false").status().unwrap();
+        let failed = anyhow::Error::from(CommandFailed {
+            what: "go build ./cmd/payment".into(),
+            status,
+            head: vec![
+                "go: downloading example.com/greet v1.2.0".into(),
+                "# example.com/payment/cmd/payment".into(),
+                "cmd/payment/main.go:11:2: module lookup disabled by GOPROXY=off".into(),
+            ],
+            tail: vec!["last".into()],
+        });
+        let message = first_go_error("go build ./cmd/payment", &failed);
+        assert_eq!(
+            message,
+            "go build ./cmd/payment failed: cmd/payment/main.go:11:2: module lookup disabled by GOPROXY=off \
+             (go's whole output is in the deployment log)"
+        );
+    }
 }

@@ -125,6 +125,12 @@ pub struct GatewaySpec {
     /// Host port of the gateway. Allocated from the gateway range when absent, then kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    /// Environments merged in order; `env` goes on top (as for a service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+    /// Plain environment variables of the gateway container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// One microservice of a sandbox.
@@ -150,6 +156,25 @@ pub struct ServiceSpec {
     /// the container's state and restarts alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
+    /// How the agent builds the service: the package (`./cmd/account`), build tags and linker flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+}
+
+/// How `go build` is run for a service. Only what a team needs and what cannot run a program on the VM: a package
+/// inside the repository, build tags, and the linker flags `-s`, `-w` and `-X importpath.name=value`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Build {
+    /// The main package, relative to the repository root: `.` (the default) or `./cmd/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// Build tags (`go build -tags`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Linker flags (`go build -ldflags`): `-s`, `-w` and `-X importpath.name=value` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldflags: Option<String>,
 }
 
 /// CPU and memory limits of a container.

@@ -232,13 +232,19 @@ impl ConfigSet {
                 (Kind::SandboxTemplate, &self.templates),
             ] {
                 for sb in list {
-                    for (svc, s) in &sb.value.spec.services {
-                        for (i, env) in s.environments.iter().enumerate() {
+                    let spec = &sb.value.spec;
+                    let users = spec
+                        .services
+                        .iter()
+                        .map(|(svc, s)| (vec!["spec", "services", svc.as_str()], &s.environments))
+                        .chain([(vec!["spec", "gateway"], &spec.gateway.environments)]);
+                    for (at, environments) in users {
+                        for (i, env) in environments.iter().enumerate() {
                             if known.contains(&env.as_str()) {
                                 continue;
                             }
                             let i = i.to_string();
-                            let path = ["spec", "services", svc.as_str(), "environments", i.as_str()];
+                            let path = [at.as_slice(), &["environments", i.as_str()]].concat();
                             let hint = if known.is_empty() {
                                 "add it under environments/".to_string()
                             } else {

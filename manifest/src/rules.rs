@@ -257,6 +257,75 @@ pub fn relative_file(path: &str) -> Result<(), Broken> {
     ))
 }
 
+/// The main package of a Go build: `.` or a relative path inside the repository (`./cmd/account`).
+pub fn go_package(package: &str) -> Result<(), Broken> {
+    let inner = package.strip_prefix("./").unwrap_or(package);
+    let ok = package == "."
+        || (package.starts_with("./")
+            && inner.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+            }));
+    if ok {
+        return Ok(());
+    }
+    Err(broken(
+        format!("build package `{package}` is not `.` or a `./` path inside the repository"),
+        "write the main package's directory, e.g. ./cmd/account",
+    ))
+}
+
+/// A Go build tag: letters, digits, `_` and `.`.
+pub fn build_tag(tag: &str) -> Result<(), Broken> {
+    if !tag.is_empty()
+        && tag
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.'))
+    {
+        return Ok(());
+    }
+    Err(broken(
+        format!("build tag `{tag}` is not a Go build tag"),
+        "use letters, digits, `_` and `.`, e.g. netgo",
+    ))
+}
+
+/// Linker flags: `-s`, `-w` and `-X importpath.name=value` only. Any other flag of Go's linker could name a
+/// program for the VM to run (`-extld`, `-linkmode=external`) or a file to read.
+pub fn ldflags(flags: &str) -> Result<(), Broken> {
+    let hint = "only -s, -w and -X importpath.name=value are allowed (other linker flags can run programs on the VM)";
+    let mut words = flags.split_whitespace();
+    while let Some(word) = words.next() {
+        let assignment = match word {
+            "-s" | "-w" => continue,
+            "-X" => words.next(),
+            w => w.strip_prefix("-X="),
+        };
+        let Some(assignment) = assignment else {
+            return Err(broken(format!("linker flag `{word}` is not allowed"), hint));
+        };
+        let Some((name, value)) = assignment.split_once('=') else {
+            return Err(broken(format!("`-X {assignment}` is not importpath.name=value"), hint));
+        };
+        let name_ok = name.contains('.')
+            && !name.starts_with('-')
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-'));
+        let value_ok = !value
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\'' | '"' | '\\' | '`'));
+        if !name_ok || !value_ok {
+            return Err(broken(format!("`-X {assignment}` is not importpath.name=value"), hint));
+        }
+    }
+    Ok(())
+}
+
 /// Durations such as `90m`, `36h`, `14d`, `2w` or `1d12h`, in seconds.
 pub fn duration_secs(text: &str) -> Result<u64, Broken> {
     let bad = || {
@@ -333,6 +402,51 @@ pub fn cpus(cpus: f64) -> Result<(), Broken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_builds_take_a_package_in_the_repo_tags_and_only_harmless_linker_flags() {
+        for ok in [".", "./cmd/account", "./cmd/card-limit", "./services/v2.1/api"] {
+            assert!(go_package(ok).is_ok(), "{ok} refused");
+        }
+        for bad in [
+            "",
+            "cmd/x",
+            "./",
+            "./../x",
+            "./a/../../b",
+            "/abs",
+            "./a b",
+            "./a;b",
+            "-o",
+            "./-x/../y",
+        ] {
+            assert!(go_package(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(build_tag("netgo").is_ok() && build_tag("osusergo").is_ok());
+        assert!(build_tag("a,b").is_err() && build_tag("").is_err() && build_tag("-x").is_err());
+        for ok in [
+            "",
+            "-s -w",
+            "-X main.version=1.2.3",
+            "-X=main.commit=abc -s",
+            "-X example.com/a/b.v=x-y_z",
+        ] {
+            assert!(ldflags(ok).is_ok(), "{ok:?} refused");
+        }
+        for bad in [
+            "-extld=/bin/sh",
+            "-linkmode=external -extld sh",
+            "-X",
+            "-X main.version",
+            "-X -extld=sh",
+            "-X main.v='x'",
+            "-s -r /tmp",
+            "-H windows",
+        ] {
+            let err = ldflags(bad).unwrap_err();
+            assert!(err.hint.unwrap().contains("-s, -w and -X"), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_must_be_short_lowercase_dns_labels() {

@@ -41,6 +41,13 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
     if let Some(port) = spec.gateway.port {
         push(out, src, &["spec", "gateway", "port"], false, rules::port(port));
     }
+    environments_and_env(
+        &["spec", "gateway"],
+        &spec.gateway.environments,
+        &spec.gateway.env,
+        src,
+        out,
+    );
     for (name, svc) in &spec.services {
         let at = |field: &'static str| ["spec", "services", name.as_str(), field];
         push(out, src, &["spec", "services", name], true, rules::service_name(name));
@@ -48,15 +55,27 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
         if let Some(port) = svc.port {
             push(out, src, &at("port"), false, rules::port(port));
         }
-        for (i, env) in svc.environments.iter().enumerate() {
-            let i = i.to_string();
-            let path = ["spec", "services", name.as_str(), "environments", i.as_str()];
-            push(out, src, &path, false, rules::object_name("environment name", env));
-        }
-        for var in svc.env.keys() {
-            let path = ["spec", "services", name.as_str(), "env", var.as_str()];
-            push(out, src, &path, true, rules::env_var_name(var));
-            push(out, src, &path, true, rules::plain_variable_not_secret(var));
+        environments_and_env(
+            &["spec", "services", name.as_str()],
+            &svc.environments,
+            &svc.env,
+            src,
+            out,
+        );
+        if let Some(build) = &svc.build {
+            if let Some(package) = &build.package {
+                let path = ["spec", "services", name.as_str(), "build", "package"];
+                push(out, src, &path, false, rules::go_package(package));
+            }
+            for (i, tag) in build.tags.iter().enumerate() {
+                let i = i.to_string();
+                let path = ["spec", "services", name.as_str(), "build", "tags", i.as_str()];
+                push(out, src, &path, false, rules::build_tag(tag));
+            }
+            if let Some(flags) = &build.ldflags {
+                let path = ["spec", "services", name.as_str(), "build", "ldflags"];
+                push(out, src, &path, false, rules::ldflags(flags));
+            }
         }
         if let Some(path) = &svc.health_path {
             push(out, src, &at("healthPath"), false, rules::health_path(path));
@@ -97,6 +116,26 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
             false,
             rules::duration_secs(expire).map(drop),
         );
+    }
+}
+
+/// The `environments` and `env` of a service or of the gateway, at `at`.
+fn environments_and_env(
+    at: &[&str],
+    environments: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    src: &Source,
+    out: &mut Vec<Problem>,
+) {
+    for (i, name) in environments.iter().enumerate() {
+        let i = i.to_string();
+        let path = [at, &["environments", i.as_str()]].concat();
+        push(out, src, &path, false, rules::object_name("environment name", name));
+    }
+    for var in env.keys() {
+        let path = [at, &["env", var.as_str()]].concat();
+        push(out, src, &path, true, rules::env_var_name(var));
+        push(out, src, &path, true, rules::plain_variable_not_secret(var));
     }
 }
 

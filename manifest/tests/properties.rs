@@ -50,6 +50,7 @@ fn service() -> impl Strategy<Value = ServiceSpec> {
                 memory: mib.map(|m| format!("{m}Mi")),
             }),
             health_path,
+            build: None,
         })
 }
 
@@ -93,6 +94,8 @@ fn sandbox() -> impl Strategy<Value = Sandbox> {
                         gateway: GatewaySpec {
                             branch: gw,
                             port: gw_port,
+                            environments: Vec::new(),
+                            env: Default::default(),
                         },
                         services,
                         routes,

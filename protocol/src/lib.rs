@@ -228,6 +228,21 @@ pub struct Deploy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     pub labels: BTreeMap<String, String>,
+    /// How to build a Go service (micro): absent means `go build .` with no tags or linker flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<GoBuild>,
+}
+
+/// The package, tags and linker flags of a Go build, as validated in the manifest (the agent checks them again).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoBuild {
+    /// `.` or `./cmd/<name>`.
+    pub package: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldflags: Option<String>,
 }
 
 impl Role {
@@ -412,6 +427,11 @@ mod tests {
             cpus: Some(0.5),
             memory_bytes: Some(512 << 20),
             labels: [("sdp.managed".to_string(), "true".to_string())].into(),
+            build: Some(GoBuild {
+                package: "./cmd/account".into(),
+                tags: vec!["netgo".into()],
+                ldflags: Some("-s -w -X main.version=1.2".into()),
+            }),
         }
     }
 

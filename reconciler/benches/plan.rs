@@ -47,6 +47,8 @@ fn config() -> (Vec<Sandbox>, Vec<Environment>) {
                 gateway: GatewaySpec {
                     branch: "develop".into(),
                     port: None,
+                    environments: Vec::new(),
+                    env: Default::default(),
                 },
                 services: (0..SERVICES)
                     .map(|s| {
@@ -57,6 +59,7 @@ fn config() -> (Vec<Sandbox>, Vec<Environment>) {
                             port: None,
                             resources: None,
                             health_path: None,
+                            build: None,
                         };
                         (format!("svc-{s}"), spec)
                     })

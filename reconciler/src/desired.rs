@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sdp_manifest::rules;
 use sdp_manifest::{Environment, Resources, Route, Sandbox};
-use sdp_protocol::{Deploy, GATEWAY, container_name, labels};
+use sdp_protocol::{Deploy, GATEWAY, GoBuild, container_name, labels};
 use serde::{Deserialize, Serialize};
 
 /// Annotation that `sdp restart SANDBOX` writes: a change of its value replaces every container of the sandbox.
@@ -89,6 +89,8 @@ pub struct DesiredContainer {
     pub memory_bytes: Option<u64>,
     /// The HTTP path the agent probes for health (label `sdp.health-path`).
     pub health_path: Option<String>,
+    /// How a Go service is built; `None` for the defaults (`go build .`) and for the gateway.
+    pub build: Option<GoBuild>,
     /// A digest of everything above but the commit: label `sdp.spec-hash`, as 16 hex digits.
     pub spec_hash: u64,
 }
@@ -129,6 +131,7 @@ impl DesiredContainer {
             cpus: self.cpus,
             memory_bytes: self.memory_bytes,
             labels,
+            build: self.build.clone(),
         }
     }
 }
@@ -386,7 +389,8 @@ fn compile_one<'a>(
                      branch: &str,
                      env: Arc<MergedEnv>,
                      resources: Option<&Resources>,
-                     health_path: Option<&String>| {
+                     health_path: Option<&String>,
+                     build: Option<GoBuild>| {
         let host_port = mine
             .iter()
             .find(|(s, _)| *s == service)
@@ -410,6 +414,7 @@ fn compile_one<'a>(
                 .and_then(|r| r.memory.as_deref())
                 .and_then(|m| rules::memory_bytes(m).ok()),
             health_path: health_path.cloned(),
+            build,
             spec_hash: 0,
         };
         c.spec_hash = spec_hash(&c, &[restart_all, restart_one]);
@@ -427,10 +432,21 @@ fn compile_one<'a>(
             env,
             spec.resources.as_ref(),
             spec.health_path.as_ref(),
+            spec.build.as_ref().map(go_build),
         )?;
         services.insert(svc.clone(), c);
     }
-    let gateway = container(GATEWAY, &sb.spec.gateway.branch, Arc::default(), None, None)?;
+    let gw = &sb.spec.gateway;
+    // A gateway without environments or env keeps the empty env (digest 0) it always had, so its spec hash, and
+    // so its container, stay what they were before the gateway could have any.
+    let gateway_env = if gw.environments.is_empty() && gw.env.is_empty() {
+        Arc::default()
+    } else {
+        merged
+            .get(&gw.environments, &gw.env, envs)
+            .map_err(|e| format!("gateway: {e}"))?
+    };
+    let gateway = container(GATEWAY, &gw.branch, gateway_env, None, None, None)?;
 
     let mut routes = BTreeMap::new();
     for (svc, route) in &sb.spec.routes {
@@ -459,6 +475,15 @@ fn compile_one<'a>(
         gateway,
         routes,
     })
+}
+
+/// The protocol's build settings of a service; the package defaults to `.`.
+fn go_build(build: &sdp_manifest::Build) -> GoBuild {
+    GoBuild {
+        package: build.package.clone().unwrap_or_else(|| ".".into()),
+        tags: build.tags.clone(),
+        ldflags: build.ldflags.clone(),
+    }
 }
 
 /// FNV-1a-style, 64 bits, over every field in a fixed order with lengths, so that no two specs share a stream.
@@ -520,6 +545,15 @@ fn spec_hash(c: &DesiredContainer, restart: &[Option<&str>]) -> u64 {
     if let Some(path) = &c.health_path {
         h.str("health");
         h.str(path);
+    }
+    if let Some(build) = &c.build {
+        h.str("build");
+        h.str(&build.package);
+        h.bytes(&(build.tags.len() as u64).to_le_bytes());
+        for tag in &build.tags {
+            h.str(tag);
+        }
+        h.str(build.ldflags.as_deref().unwrap_or(""));
     }
     h.0
 }

@@ -24,6 +24,7 @@ fn sandbox_strategy() -> impl Strategy<Value = Option<Sandbox>> {
         port: None,
         resources: None,
         health_path: None,
+        build: None,
     });
     let services = proptest::collection::btree_map(0..3usize, service, 0..=3);
     let routes = proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3);
@@ -78,6 +79,8 @@ fn build(
             gateway: GatewaySpec {
                 branch: BRANCHES[gw].into(),
                 port: None,
+                environments: Vec::new(),
+                env: Default::default(),
             },
             services,
             routes,
