@@ -357,7 +357,7 @@ pub async fn deployment(viewer: Viewer, State(ctx): State<Ctx>, Path(id): Path<u
         .collect();
     let body = format!(
         "<h1>Deployment #{id}</h1>\n<div data-live=\"deployment\"><p>{} {} / {} on <code>{}</code> at <code>{}</code> \
-         &nbsp; reason: {} &nbsp; config <code>{}</code> by {} &nbsp; environments: {}</p>{}\
+         &nbsp; reason: {} &nbsp; triggered by: {} &nbsp; config <code>{}</code> by {} &nbsp; environments: {}</p>{}\
          <h2>Stages</h2>{}</div>\n<h2>Log</h2>\n<div id=\"log\" data-id=\"{id}\" role=\"log\" aria-live=\"polite\"></div>",
         badge(&d["state"]),
         t(&d["sandbox"]),
@@ -365,6 +365,7 @@ pub async fn deployment(viewer: Viewer, State(ctx): State<Ctx>, Path(id): Path<u
         t(&d["branch"]),
         short(&d["commit"]),
         t(&d["reason"]),
+        t(&d["trigger"]),
         short(&d["configCommit"]),
         t(&d["configAuthor"]),
         esc(&list(&d["environments"]).iter().map(text).collect::<Vec<_>>().join(", ")),

@@ -56,6 +56,7 @@ fn main() {
                 config_author: "a".into(),
                 environments: vec![],
                 reason: "bench".into(),
+                trigger: "resync".into(),
                 started_ms: 0,
                 ended_ms: None,
                 state: DeploymentState::Running,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sdp_protocol::{Action, ContainerState, Role, labels};
+use sdp_protocol::{Action, ContainerState, GATEWAY, Role, labels};
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 use tracing::Instrument;
@@ -373,7 +373,7 @@ impl Controller {
                 loop {
                     let (name, reason) = me.next().await;
                     let span = tracing::info_span!("pass", sandbox = %name, trigger = %reason);
-                    me.pass(&name).instrument(span).await;
+                    me.pass_for(&name, &reason).instrument(span).await;
                     me.finished(&name);
                 }
             });
@@ -410,8 +410,14 @@ impl Controller {
         }
     }
 
-    /// One reconcile pass of one sandbox: plan, then run the steps in order until one fails.
+    /// One reconcile pass of one sandbox, asked for by hand (tests).
     pub async fn pass(&self, name: &str) {
+        self.pass_for(name, "requested").await
+    }
+
+    /// One reconcile pass of one sandbox: plan, then run the steps in order until one fails. `trigger` is why the
+    /// pass runs (the merged reasons of its queue entry); deployments record it.
+    pub async fn pass_for(&self, name: &str, trigger: &str) {
         let started = Instant::now();
         self.metrics.passes.fetch_add(1, Ordering::Relaxed);
         let world = self.world();
@@ -478,7 +484,7 @@ impl Controller {
                         s.in_flight = Some(label.clone());
                     });
                     tracing::info!("{label}");
-                    match self.run_step(name, desired, step, &world.snapshot).await {
+                    match self.run_step(name, desired, step, &world.snapshot, trigger).await {
                         Ok(()) => {
                             self.backoff
                                 .lock()
@@ -559,6 +565,7 @@ impl Controller {
         desired: Option<&DesiredSandbox>,
         step: &Step,
         snapshot: &Snapshot,
+        trigger: &str,
     ) -> Result<(), String> {
         let deploy = match &step.action {
             Action::DeployService(d) | Action::DeployGateway(d) => Some(d),
@@ -574,13 +581,19 @@ impl Controller {
             }
             return result;
         };
-        let environments = snapshot
-            .sandboxes
-            .iter()
-            .find(|s| s.metadata.name == name)
-            .and_then(|s| s.spec.services.get(&deploy.service))
-            .map(|s| s.environments.clone())
+        let spec = snapshot.sandboxes.iter().find(|s| s.metadata.name == name);
+        let environments = spec
+            .and_then(|s| match deploy.service.as_str() {
+                GATEWAY => Some(&s.spec.gateway.environments),
+                service => s.spec.services.get(service).map(|s| &s.environments),
+            })
+            .cloned()
             .unwrap_or_default();
+        // Who changed this sandbox: the last commit that touched its own file, not whatever HEAD is.
+        let (config_commit, config_author) = match snapshot.changes.get(name) {
+            Some(change) => (change.commit.clone(), change.author.clone()),
+            None => (snapshot.commit.clone(), snapshot.author.clone()),
+        };
         let record = Deployment {
             id: 0,
             sandbox: name.to_string(),
@@ -588,10 +601,11 @@ impl Controller {
             repo: deploy.service.clone(),
             branch: deploy.branch.clone(),
             commit: deploy.commit.clone(),
-            config_commit: snapshot.commit.clone(),
-            config_author: snapshot.author.clone(),
+            config_commit,
+            config_author,
             environments,
             reason: step.reason.to_string(),
+            trigger: trigger.to_string(),
             started_ms: now_ms(),
             ended_ms: None,
             state: DeploymentState::Running,

@@ -64,7 +64,12 @@ pub struct Deployment {
     pub config_commit: String,
     pub config_author: String,
     pub environments: Vec<String>,
+    /// What the plan found (`branch moved to …`, `spec changed`, `container missing`…).
     pub reason: String,
+    /// Why the pass that deployed ran: `config commit`, `agent report` (a push seen by the agent, or drift),
+    /// `resync`, `retry after backoff`… (merged when several came together). Empty in records from before.
+    #[serde(default)]
+    pub trigger: String,
     /// Unix milliseconds.
     pub started_ms: u64,
     pub ended_ms: Option<u64>,

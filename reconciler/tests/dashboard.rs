@@ -69,6 +69,7 @@ async fn server() -> Server {
             config_author: "Ann Tester <ann@example.com>".into(),
             environments: vec!["shared-dev".into(), "account-dev".into()],
             reason: "missing".into(),
+            trigger: "resync".into(),
             started_ms: 1_795_600_000_000,
             ended_ms: None,
             state: DeploymentState::Failed,

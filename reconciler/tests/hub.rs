@@ -259,6 +259,7 @@ async fn deployment_logs_stream_and_resume_from_last_event_id() {
             config_author: "a".into(),
             environments: vec![],
             reason: "missing".into(),
+            trigger: "resync".into(),
             started_ms: 0,
             ended_ms: None,
             state: sdp_reconciler::store::DeploymentState::Running,

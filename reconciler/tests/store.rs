@@ -16,6 +16,7 @@ fn deployment(sandbox: &str, service: &str) -> Deployment {
         config_author: "Ann <ann@example.com>".into(),
         environments: vec!["shared-dev".into()],
         reason: "missing".into(),
+        trigger: "resync".into(),
         started_ms: 1,
         ended_ms: None,
         state: DeploymentState::Running,
