@@ -3,6 +3,7 @@
 //! Each failed attempt is one log line that names its cause. A reconciler restart or a reset socket never leaves
 //! the agent in a tight loop: every path back to dialing goes through the backoff.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,10 +177,15 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
         let _ = sink.close().await;
     });
 
+    // Repositories a push webhook named: merged while a fetch runs, fetched by the reporter below.
+    let fetch_now: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
+    let fetch_wake = Arc::new(tokio::sync::Notify::new());
+
     // Reports: one now, then on every change found by a scan.
     let reporter = {
         let executor = executor.clone();
         let outbox = outbox.clone();
+        let (fetch_now, fetch_wake) = (fetch_now.clone(), fetch_wake.clone());
         tokio::spawn(async move {
             let mut scan = tokio::time::interval(SCAN_EVERY);
             let mut fetch = tokio::time::interval(Duration::from_secs(executor.config.fetch_secs.max(1)));
@@ -187,6 +193,10 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
                 tokio::select! {
                     _ = scan.tick() => {},
                     _ = fetch.tick() => executor.fetch_tracked().await,
+                    _ = fetch_wake.notified() => {
+                        let names = std::mem::take(&mut *fetch_now.lock().unwrap_or_else(|e| e.into_inner()));
+                        executor.fetch_named(names).await;
+                    }
                 }
                 let Some(scanned) = executor.quiet_report().await else {
                     continue;
@@ -230,6 +240,14 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
                     };
                     outbox.send(AgentFrame::Branches(frame)).await;
                 });
+            }
+            Ok(ReconcilerFrame::Fetch { repo }) => {
+                let mut names = fetch_now.lock().unwrap_or_else(|e| e.into_inner());
+                // Bounded: a flood of webhook calls can name at most this many repositories before a fetch.
+                if names.len() < 64 {
+                    names.insert(repo);
+                }
+                fetch_wake.notify_one();
             }
             Ok(ReconcilerFrame::Action(request)) => {
                 let executor = executor.clone();

@@ -287,6 +287,30 @@ impl Executor {
             .into_iter()
             .map(|(_, service)| service)
             .collect();
+        self.fetch_services(services).await;
+    }
+
+    /// Fetches the repositories a push webhook named, by service name or by the last part of their origin URL;
+    /// names this node does not serve are ignored.
+    pub async fn fetch_named(&self, names: BTreeSet<String>) {
+        let mut services = BTreeSet::new();
+        for (service, path) in &self.config.repos {
+            let repo = Repo {
+                path: path.clone(),
+                credentials: None,
+            };
+            let origin = tokio::task::spawn_blocking(move || repo.origin_name())
+                .await
+                .ok()
+                .flatten();
+            if names.contains(service) || origin.is_some_and(|o| names.contains(&o)) {
+                services.insert(service.clone());
+            }
+        }
+        self.fetch_services(services).await;
+    }
+
+    async fn fetch_services(&self, services: BTreeSet<String>) {
         for service in services {
             let Ok(repo) = self.repo(&service) else { continue };
             let lock = self.repo_lock(&service).await;

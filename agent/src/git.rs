@@ -44,7 +44,7 @@ impl Repo {
             bail!(
                 "git {} failed: {}",
                 args.join(" "),
-                scrub(&String::from_utf8_lossy(&out.stderr))
+                sdp_protocol::scrub(&String::from_utf8_lossy(&out.stderr))
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -60,6 +60,13 @@ impl Repo {
         }
         self.run(&self.path, &["fetch", "--quiet", "--prune", "origin"])?;
         Ok(())
+    }
+
+    /// The last part of `origin`'s URL without `.git`: `account` for `https://host/scm/cc/account.git`.
+    pub fn origin_name(&self) -> Option<String> {
+        let url = self.run(&self.path, &["config", "--get", "remote.origin.url"]).ok()?;
+        let last = url.trim_end_matches('/').rsplit(['/', ':']).next()?;
+        Some(last.trim_end_matches(".git").to_string())
     }
 
     /// Where `origin/<branch>` points after the last fetch.
@@ -128,20 +135,4 @@ impl Repo {
         let spec = format!("{commit}:{}", path.display());
         self.run(&self.path, &["show", &spec])
     }
-}
-
-/// Takes anything that looks like a password in a URL out of git's messages.
-pub fn scrub(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for word in message.split_inclusive(char::is_whitespace) {
-        match (word.find("://"), word.find('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                out.push_str(&word[..scheme + 3]);
-                out.push_str("***");
-                out.push_str(&word[at..]);
-            }
-            _ => out.push_str(word),
-        }
-    }
-    out.trim().to_string()
 }

@@ -37,6 +37,10 @@ pub trait View: Send + Sync + 'static {
     fn deployment(&self, id: u64) -> Option<Value>;
     /// `GET /api/v1/nodes`
     fn nodes(&self) -> Value;
+    /// Why the config repo cannot be followed now (a clone that diverged from its upstream, a fetch that fails).
+    fn source_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Who reads a page: the server's login check puts it into the request; absent, the reader is anonymous (a

@@ -52,6 +52,11 @@ pub async fn overview(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
             ]
         })
         .collect();
+    let source = ctx
+        .view
+        .source_error()
+        .map(|e| format!("<p class=\"error\" role=\"alert\">Config repo: {}</p>\n", esc(&e)))
+        .unwrap_or_default();
     let body = if rows.is_empty() {
         "<h1>Sandboxes</h1><p>No sandbox yet: commit one to the config repo's <code>sandboxes/</code> \
          (<code>sdp apply -f sandbox.yaml</code>).</p>"
@@ -73,7 +78,7 @@ pub async fn overview(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
             )
         )
     };
-    Html(page(&ctx.base, &viewer, "Sandboxes", &body))
+    Html(page(&ctx.base, &viewer, "Sandboxes", &format!("{source}{body}")))
 }
 
 /// `/sandboxes/{name}`: services, routes, drift, the manifest as committed, deployments and events.

@@ -45,6 +45,12 @@ pub enum ReconcilerFrame {
         request_id: u64,
         repo: String,
     },
+    /// A push webhook named a repository: the agent that serves it (by service name, or by the last part of its
+    /// clone's origin URL, `account` for `.../scm/cc/account.git`) fetches it now rather than at its next
+    /// periodic fetch. No answer: the fetch shows in the agent's next report as moved branch heads.
+    Fetch {
+        repo: String,
+    },
 }
 
 /// A repository's branches as its remote lists them, or why they could not be listed.
@@ -407,6 +413,23 @@ pub fn encode<T: Serialize>(frame: &T) -> String {
 /// Decodes one WebSocket text message.
 pub fn decode<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Error> {
     serde_json::from_str(text)
+}
+
+/// Takes anything that looks like a password in a URL (`scheme://user:secret@host`) out of a message, such as
+/// git's, before it reaches a log, an event or an answer.
+pub fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for word in message.split_inclusive(char::is_whitespace) {
+        match (word.find("://"), word.find('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                out.push_str(&word[..scheme + 3]);
+                out.push_str("***");
+                out.push_str(&word[at..]);
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out.trim().to_string()
 }
 
 #[cfg(test)]

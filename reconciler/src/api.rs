@@ -65,10 +65,13 @@ pub fn router_at(api: Api, base: &str) -> Router {
             crate::auth::require_login,
         ));
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws/agent", get(ws_agent))
-        .route("/api/v1/hooks/git", post(git_hook))
+        .route(
+            "/api/v1/hooks/git",
+            post(git_hook).layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
+        )
         .with_state(api)
         .merge(dashboard.assets)
         .merge(crate::auth::routes(auth))
@@ -509,9 +512,34 @@ async fn branches(State(api): State<Api>, Path(repo): Path<String>) -> Response 
     }
 }
 
-async fn git_hook(State(api): State<Api>) -> Response {
+/// A push webhook (Bitbucket Server's `repo:refs_changed`, Bitbucket Cloud's `repo:push`, or any POST): the
+/// config repo is fetched now, and when the body names a repository, the agents that serve it fetch it now too.
+/// Anyone may call it, so it only makes fetches happen sooner: the body is read up to 64 KiB, only a repository
+/// name is taken from it, and repeated calls merge into the fetch under way.
+async fn git_hook(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     api.hook.notify_one();
-    (StatusCode::ACCEPTED, Json(json!({ "fetch": "started" }))).into_response()
+    let repo = hook_repository(&body);
+    let agents = repo.as_deref().map_or(0, |r| api.controller.hub.fetch(r));
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "fetch": "started", "repository": repo, "agentsAsked": agents })),
+    )
+        .into_response()
+}
+
+/// The repository a push webhook's body names: Bitbucket Server's `repository.slug`, else `repository.name`
+/// (Bitbucket Cloud, Gitea, GitHub). Only a plain name is taken: letters, digits, `.`, `_` and `-`.
+pub fn hook_repository(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let repository = value.get("repository")?;
+    let name = repository.get("slug").or_else(|| repository.get("name"))?.as_str()?;
+    let plain = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    plain.then(|| name.to_string())
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
@@ -578,8 +606,31 @@ async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// `ok`, or 503 with what needs an operator: the config repo cannot be followed (a clone that diverged from its
+/// upstream, a fetch that fails), so changes in Bitbucket are not seen.
+async fn healthz(State(api): State<Api>) -> Response {
+    let error = api
+        .controller
+        .source_error
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match error {
+        None => "ok\n".into_response(),
+        Some(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("config repo: {e}\n")).into_response(),
+    }
+}
+
 /// The dashboard reads what the API answers.
 impl sdp_dashboard::View for Api {
+    fn source_error(&self) -> Option<String> {
+        self.controller
+            .source_error
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn sandboxes(&self) -> Value {
         json!(sandbox_list(self))
     }
@@ -610,5 +661,30 @@ impl sdp_dashboard::View for Api {
 
     fn nodes(&self) -> Value {
         node_list(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hook_repository;
+
+    #[test]
+    fn a_push_webhook_names_its_repository_and_nothing_else_is_taken() {
+        let server = br#"{"eventKey":"repo:refs_changed","repository":{"slug":"account","name":"Account Service",
+            "project":{"key":"CC"}},"changes":[{"ref":{"id":"refs/heads/feature/x"},"toHash":"abc"}]}"#;
+        assert_eq!(hook_repository(server).as_deref(), Some("account"));
+        let cloud = br#"{"repository":{"name":"card-limit","full_name":"cc/card-limit"},"push":{"changes":[]}}"#;
+        assert_eq!(hook_repository(cloud).as_deref(), Some("card-limit"));
+        for body in [
+            &b""[..],
+            b"not json",
+            br#"{"repository":{"slug":"../../etc"}}"#,
+            br#"{"repository":{"slug":"a b"}}"#,
+            br#"{"repository":{"slug":".git"}}"#,
+            br#"{"repository":{"slug":7}}"#,
+            br#"{"repo":"account"}"#,
+        ] {
+            assert_eq!(hook_repository(body), None, "{}", String::from_utf8_lossy(body));
+        }
     }
 }

@@ -179,6 +179,9 @@ pub struct Controller {
     pub container_logs: Mutex<HashMap<String, VecDeque<(u64, String)>>>,
     /// Deployment logs held open while lines come in.
     log_writers: Mutex<HashMap<u64, crate::store::LogWriter>>,
+    /// Why the config repo cannot be followed now (cannot fetch, diverged clone), for `/healthz` and the
+    /// dashboard; `None` when the last attempt worked.
+    pub source_error: RwLock<Option<String>>,
     /// Itself, for retries that trigger a pass later.
     me: std::sync::Weak<Controller>,
 }
@@ -200,6 +203,7 @@ impl Controller {
             status: RwLock::default(),
             queue: Mutex::default(),
             wake: Notify::new(),
+            source_error: RwLock::default(),
             backoff: Mutex::default(),
             allocations: Mutex::new(allocations),
             activity: Mutex::new(activity),

@@ -285,6 +285,54 @@ impl Git {
             })
     }
 
+    /// Follows the current branch's upstream, for a config repo clone on the reconciler's VM: fetches it and
+    /// fast-forwards to it. A local commit is never discarded: a clone that has commits of its own and is also
+    /// behind has diverged, which is an error for a person to resolve. No upstream: nothing to do. Hooks are off
+    /// and git never prompts (the operator's credential helper answers, or the fetch fails).
+    pub fn follow_upstream(&self) -> Result<()> {
+        if self
+            .run(&["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"])
+            .is_err()
+        {
+            return Ok(());
+        }
+        let quiet = |args: &[&str]| -> Result<String> {
+            let out = self
+                .command()
+                .args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+                .args(args)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .stdin(Stdio::null())
+                .output()
+                .context("cannot run git")?;
+            if !out.status.success() {
+                bail!(
+                    "git {} failed: {}",
+                    args.join(" "),
+                    sdp_protocol::scrub(&String::from_utf8_lossy(&out.stderr))
+                );
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        quiet(&["fetch", "--quiet"]).context("cannot fetch the config repo's upstream")?;
+        let counts = quiet(&["rev-list", "--left-right", "--count", "HEAD...@{upstream}"])?;
+        let mut counts = counts.split_whitespace().map(|n| n.parse::<usize>().unwrap_or(0));
+        let (ahead, behind) = (counts.next().unwrap_or(0), counts.next().unwrap_or(0));
+        match (ahead, behind) {
+            (_, 0) => Ok(()),
+            (0, _) => quiet(&["merge", "--ff-only", "--quiet", "@{upstream}"])
+                .map(drop)
+                .context("cannot fast-forward the config repo clone to its upstream"),
+            (ahead, behind) => bail!(
+                "the config repo clone at {} has diverged from its upstream: {ahead} local commit(s) are not \
+                 upstream and {behind} upstream commit(s) are not here. SDP never discards a local commit and goes \
+                 on with the local HEAD; push or rebase them by hand (git -C {} pull --rebase && git push)",
+                self.root.display(),
+                self.root.display()
+            ),
+        }
+    }
+
     /// Fetches the upstream and says how many commits the local branch is behind it.
     pub fn behind_upstream(&self) -> Result<usize> {
         self.interactive(&["fetch", "--quiet"])

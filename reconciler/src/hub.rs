@@ -204,6 +204,17 @@ impl Hub {
         .await
     }
 
+    /// Asks every connected agent to fetch `repo` now (each fetches it only if it serves it); how many were asked.
+    pub fn fetch(&self, repo: &str) -> usize {
+        let text = sdp_protocol::encode(&ReconcilerFrame::Fetch { repo: repo.to_string() });
+        let state = self.lock();
+        state
+            .agents
+            .values()
+            .filter(|a| a.tx.send(Message::Text(text.clone().into())).is_ok())
+            .count()
+    }
+
     /// Sends a frame with a new request id to the agent `pick` chooses and waits for its answer, at most
     /// `deadline`; an agent that drops fails the wait at once (see `unregister`).
     async fn ask<T>(

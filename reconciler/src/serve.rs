@@ -267,7 +267,9 @@ async fn shutdown() {
 }
 
 /// The source loop: read HEAD now, then again on a file event (local repo), a git hook call, or every
-/// `poll_secs`. A failure is logged once until it changes, and retried at the next tick.
+/// `poll_secs`. A local clone with an upstream is fetched and fast-forwarded first, on a hook call or a tick (not on
+/// a file event, which its own fetch makes). A failure is logged once until it changes, shown on `/healthz` and
+/// the dashboard, and retried at the next tick.
 fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, poll_secs: u64) {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let watcher = match source.origin() {
@@ -278,11 +280,15 @@ fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, 
         let _watcher = watcher;
         let mut source = Some(source);
         let mut last_error = String::new();
+        let mut follow = true;
+        let mut follow_error: Option<String> = None;
         loop {
             let mut src = source.take().expect("the source is put back after each refresh");
-            let (src, result) = match tokio::task::spawn_blocking(move || {
+            let (src, followed, result) = match tokio::task::spawn_blocking(move || {
+                // Following the upstream fails alone: the local HEAD is read all the same.
+                let followed = if follow { src.follow_upstream() } else { Ok(()) };
                 let r = src.refresh();
-                (src, r)
+                (src, followed, r)
             })
             .await
             {
@@ -293,37 +299,41 @@ fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, 
                 }
             };
             source = Some(src);
-            match result {
-                Ok(Some(snapshot)) => {
-                    last_error.clear();
-                    tracing::info!(
-                        commit = %crate::plan::short(&snapshot.commit),
-                        sandboxes = snapshot.sandboxes.len(),
-                        problems = snapshot.problems.len(),
-                        "config repo read"
-                    );
-                    for p in &snapshot.problems {
-                        tracing::warn!("{}", p.to_string().replace('\n', " "));
-                    }
-                    controller.set_snapshot(snapshot);
+            let read_error = result.as_ref().err().map(|e| format!("{e:#}"));
+            if let Ok(Some(snapshot)) = result {
+                tracing::info!(
+                    commit = %crate::plan::short(&snapshot.commit),
+                    sandboxes = snapshot.sandboxes.len(),
+                    problems = snapshot.problems.len(),
+                    "config repo read"
+                );
+                for p in &snapshot.problems {
+                    tracing::warn!("{}", p.to_string().replace('\n', " "));
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    let e = format!("{e:#}");
-                    if e != last_error {
-                        tracing::error!("cannot read the config repo: {e}");
-                        let _ = controller
-                            .store
-                            .event(now_ms(), None, format!("cannot read the config repo: {e}"));
-                        last_error = e;
-                    }
+                controller.set_snapshot(snapshot);
+            }
+            // A read on a file event did not follow the upstream: what the last attempt said still holds.
+            if follow {
+                follow_error = followed.err().map(|e| format!("{e:#}"));
+            }
+            let error = read_error.or_else(|| follow_error.clone());
+            *controller.source_error.write().unwrap_or_else(|e| e.into_inner()) = error.clone();
+            match error {
+                None => last_error.clear(),
+                Some(e) if e != last_error => {
+                    tracing::error!("cannot follow the config repo: {e}");
+                    let _ = controller
+                        .store
+                        .event(now_ms(), None, format!("cannot follow the config repo: {e}"));
+                    last_error = e;
                 }
+                Some(_) => {}
             }
-            tokio::select! {
-                _ = hook.notified() => {},
-                _ = changed.recv() => {},
-                _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {},
-            }
+            follow = tokio::select! {
+                _ = hook.notified() => true,
+                _ = changed.recv() => false,
+                _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => true,
+            };
         }
     });
 }

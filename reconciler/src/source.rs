@@ -127,6 +127,15 @@ impl Source {
         &self.origin
     }
 
+    /// A local clone with an upstream: fetch it and fast-forward (see `Git::follow_upstream`). Blocking. A remote
+    /// origin is fetched by `refresh` itself.
+    pub fn follow_upstream(&self) -> Result<()> {
+        match &self.origin {
+            Origin::Local(path) => Git::open(path)?.follow_upstream(),
+            Origin::Remote { .. } => Ok(()),
+        }
+    }
+
     /// Fetches (for a remote) and reads HEAD. `None` when HEAD has not moved since the last snapshot. Blocking:
     /// run it off the async threads.
     pub fn refresh(&mut self) -> Result<Option<Snapshot>> {

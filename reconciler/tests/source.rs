@@ -163,3 +163,96 @@ fn each_sandbox_shows_the_last_commit_that_changed_it() {
     let fresh = Source::new(Origin::Local(repo.dir.clone())).refresh().unwrap().unwrap();
     assert_eq!(fresh.changes, snap.changes);
 }
+
+/// A clone of a bare "Bitbucket" repo, as the runbook's local setup has on the reconciler's VM.
+fn clone_of(bare: &std::path::Path, dir: &std::path::Path, repo: &Repo) -> std::path::PathBuf {
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q"])
+        .arg(bare)
+        .arg(dir)
+        .env("HOME", &repo.home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (k, v) in [("user.name", "Bea Reviewer"), ("user.email", "bea@example.com")] {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["config", k, v])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    dir.to_path_buf()
+}
+
+fn git_in(dir: &std::path::Path, repo: &Repo, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("git");
+    cmd.current_dir(dir).args(args);
+    repo.env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_local_clone_follows_its_upstream_and_never_loses_a_local_commit() {
+    let repo = Repo::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bare = tmp.path().join("bitbucket.git");
+    repo.git(&["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
+    let served = clone_of(&bare, &tmp.path().join("served"), &repo);
+    let laptop = clone_of(&bare, &tmp.path().join("laptop"), &repo);
+    let mut source = Source::new(Origin::Local(served.clone()));
+    source.follow_upstream().unwrap();
+    let first = source.refresh().unwrap().unwrap();
+
+    // A merged PR: the served clone fast-forwards to it and the reconciler reads it.
+    let path = laptop.join("sandboxes/qa-login-error.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(
+        &path,
+        text.replace("feature/login-error", "feature/merged-in-bitbucket"),
+    )
+    .unwrap();
+    git_in(&laptop, &repo, &["commit", "-qam", "merged PR"]);
+    git_in(&laptop, &repo, &["push", "-q"]);
+    source.follow_upstream().unwrap();
+    let merged = source.refresh().unwrap().expect("the upstream commit is read");
+    assert_ne!(merged.commit, first.commit);
+    assert_eq!(merged.commit, git_in(&laptop, &repo, &["rev-parse", "HEAD"]));
+    assert!(merged.manifests["qa-login-error"].contains("feature/merged-in-bitbucket"));
+
+    // A commit made on the served clone and another pushed upstream: diverged. The error says so, the local
+    // commit stays, and the local HEAD is still what is read.
+    fs::write(served.join("sandboxes/local-note.txt"), "local\n").unwrap();
+    git_in(&served, &repo, &["add", "-A"]);
+    git_in(&served, &repo, &["commit", "-qm", "local only"]);
+    let local = git_in(&served, &repo, &["rev-parse", "HEAD"]);
+    fs::write(laptop.join("sandboxes/other-note.txt"), "upstream\n").unwrap();
+    git_in(&laptop, &repo, &["add", "-A"]);
+    git_in(&laptop, &repo, &["commit", "-qm", "upstream only"]);
+    git_in(&laptop, &repo, &["push", "-q"]);
+    let err = format!("{:#}", source.follow_upstream().unwrap_err());
+    assert!(err.contains("diverged"), "{err}");
+    assert!(
+        err.contains("1 local commit(s)") && err.contains("1 upstream commit(s)"),
+        "{err}"
+    );
+    assert_eq!(
+        git_in(&served, &repo, &["rev-parse", "HEAD"]),
+        local,
+        "the local commit was kept"
+    );
+    assert_eq!(source.refresh().unwrap().unwrap().commit, local);
+
+    // A clone without an upstream (the demo's, a test's) is read as it is.
+    let mut plain = Source::new(Origin::Local(repo.dir.clone()));
+    plain.follow_upstream().unwrap();
+    assert!(plain.refresh().unwrap().is_some());
+}
