@@ -69,8 +69,9 @@ pub fn binaries() -> &'static Path {
     })
 }
 
-/// The gateway's image in tests: Debian's php-cli from mmdebstrap, imported.
-pub const PHP_IMAGE: &str = "sdp-demo/php:latest";
+/// The gateway's image in tests: Apache with mod_php on a Debian rootfs from mmdebstrap, standing in for
+/// php:8.3-apache (`reconciler/demo/images/php.sh` says what it does not cover).
+pub const PHP_IMAGE: &str = sdp_reconciler::demo::PHP_IMAGE;
 
 fn ensure_image(image: &str, script: &str) {
     let present = Command::new("docker")
@@ -105,10 +106,6 @@ pub fn php_image() -> &'static str {
 /// as the gateway VM reaches the micro VM (the demo's own answer).
 pub use sdp_reconciler::demo::docker_host_ip;
 
-/// The gateway's front controller in tests: `/<service>/<path>` is proxied to `$config['<service>_url']`, read
-/// from config.php on every request, as erangel does.
-pub const GATEWAY_INDEX: &str = include_str!("../../reconciler/demo/gateway-index.php");
-
 /// A gateway repository whose config.php sends `services` to `ocp_url` (the branch's OCP values).
 pub fn gateway_repo(dir: &Path, branch: &str, services: &[&str], ocp_url: &str) -> ServiceRepo {
     let work = dir.join("gateway-work");
@@ -117,7 +114,9 @@ pub fn gateway_repo(dir: &Path, branch: &str, services: &[&str], ocp_url: &str) 
     let mut php = sdp_reconciler::demo::ocp_config_php(services, ocp_url);
     php.push_str("$config['log_threshold'] = 1;\n");
     std::fs::write(work.join("application/config/production/config.php"), php).unwrap();
-    std::fs::write(work.join("index.php"), GATEWAY_INDEX).unwrap();
+    for (path, text) in sdp_reconciler::demo::gateway_files() {
+        std::fs::write(work.join(path), text).unwrap();
+    }
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "gateway"]);
     let origin = dir.join("gateway.git");

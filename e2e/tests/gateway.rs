@@ -48,7 +48,8 @@ fn the_gateway_routes_to_the_sandbox_or_ocp_and_follows_the_manifest() {
         "gateway-gw",
         "gateway",
         &[("gateway", &gateway.clone)],
-        "containerPort: 80\nreload: []\ncommand: [php, -S, 0.0.0.0:80, -t, /var/www/html, /var/www/html/index.php]\n",
+        // The gateway role's defaults: php:8.3-apache's port 80, erangel's mount, apachectl -k graceful.
+        "",
     );
     let gw_yaml = std::fs::read_to_string(&gw).unwrap().replace(runtime_image(), php);
     std::fs::write(&gw, gw_yaml).unwrap();

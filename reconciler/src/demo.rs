@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::serve::ServeConfig;
 
 pub const RUNTIME_IMAGE: &str = "sdp-demo/busybox:latest";
-pub const PHP_IMAGE: &str = "sdp-demo/php:latest";
+pub const PHP_IMAGE: &str = "sdp-demo/php-apache:latest";
 const OCP_CONTAINER: &str = "sdp-demo-ocp";
 const TOKEN: &str = "sdp-demo-token-not-for-production";
 
@@ -42,6 +42,7 @@ const EXAMPLES: [(&str, &str); 5] = [
 ];
 const SERVICE_GO: &str = include_str!("../demo/service.go");
 const GATEWAY_INDEX: &str = include_str!("../demo/gateway-index.php");
+const GATEWAY_HTACCESS: &str = include_str!("../demo/gateway-htaccess");
 const BUSYBOX_SH: &str = include_str!("../demo/images/busybox.sh");
 const PHP_SH: &str = include_str!("../demo/images/php.sh");
 
@@ -189,13 +190,26 @@ pub fn ocp_stand_in_script(services: &[&str]) -> String {
     script
 }
 
-/// A gateway branch's config.php that sends each service to OCP at `{ocp_url}/{service}`.
+/// A gateway branch's config.php, shaped like CodeIgniter 3's `application/config/production/config.php`: the
+/// BASEPATH guard, an empty `base_url`, other settings, each service's `_url` to OCP at `{ocp_url}/{service}`,
+/// and a commented-out route that must stay a comment.
 pub fn ocp_config_php(services: &[&str], ocp_url: &str) -> String {
-    let mut php = String::from("<?php\n// Where this gateway sends each service on OCP\n");
+    let mut php = String::from(
+        "<?php\ndefined('BASEPATH') OR exit('No direct script access allowed');\n\n\
+         /*\n| Base Site URL: empty, so CodeIgniter guesses it from the request\n*/\n\
+         $config['base_url'] = '';\n$config['index_page'] = '';\n$config['uri_protocol']\t= 'REQUEST_URI';\n\
+         $config['charset'] = 'UTF-8';\n\n/*\n| Microservices on OCP\n*/\n",
+    );
     for s in services {
         php.push_str(&format!("$config['{s}_url'] = '{ocp_url}/{s}'; // OCP\n"));
     }
+    php.push_str("// $config['legacy_url'] = 'http://legacy.internal:80';\n$config['sess_driver'] = 'files';\n");
     php
+}
+
+/// The gateway repo's files besides config.php: the front controller and Apache's rewrite to it.
+pub fn gateway_files() -> [(&'static str, &'static str); 2] {
+    [("index.php", GATEWAY_INDEX), (".htaccess", GATEWAY_HTACCESS)]
 }
 
 /// Removes what the demo made: its sandboxes' managed containers and networks, the OCP stand-in, the demo dir.
@@ -244,7 +258,7 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
     build_image(
         PHP_IMAGE,
         PHP_SH,
-        "a Debian rootfs with php-cli from mmdebstrap, about a minute",
+        "Apache with mod_php on a Debian rootfs from mmdebstrap, standing in for php:8.3-apache, about a minute",
         &dir,
     )?;
     let host = docker_host_ip();
@@ -282,10 +296,10 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
         &repos,
         "gateway",
         "develop",
-        &[
-            ("application/config/production/config.php", php),
-            ("index.php", GATEWAY_INDEX.to_string()),
-        ],
+        &[("application/config/production/config.php", php)]
+            .into_iter()
+            .chain(gateway_files().map(|(path, text)| (path, text.to_string())))
+            .collect::<Vec<_>>(),
     )?;
 
     say("making the config repo from examples/");
@@ -333,7 +347,8 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
         "gateway",
         &[("gateway", &gateway)],
         PHP_IMAGE,
-        "containerPort: 80\nreload: []\ncommand: [php, -S, 0.0.0.0:80, -t, /var/www/html, /var/www/html/index.php]\n",
+        // The gateway role's defaults are php:8.3-apache's: port 80, erangel's path, apachectl -k graceful.
+        "",
     )?;
 
     let serve = ServeConfig {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the offline stand-in for php:8.3-apache: a Debian rootfs made by mmdebstrap (Debian's apache2 and
 # libapache2-mod-php, plus php-cli) loaded with `docker load`, as the production VMs load theirs (about a minute;
-# needs Debian's package mirror, never a registry). Usage: php.sh [IMAGE]  (default sdp-demo/php:latest)
+# needs Debian's package mirror, never a registry). Usage: php.sh [IMAGE]  (default sdp-demo/php-apache:latest)
 #
 # Like the official image: PID 1 is Apache (prefork MPM, mod_php) in the foreground, started by
 # /usr/local/bin/apache2-foreground (sources /etc/apache2/envvars, removes a stale pid file, then
@@ -19,7 +19,7 @@
 # ${APACHE_DOCUMENT_ROOT} (default /var/www/html, set with `docker run -e`) instead of the sed the official
 # docs suggest, DirectoryIndex index.php index.html, and mod_rewrite enabled (.htaccess front controllers).
 set -euo pipefail
-image="${1:-sdp-demo/php:latest}"
+image="${1:-sdp-demo/php-apache:latest}"
 case "${image##*/}" in *:*) ;; *) image="$image:latest" ;; esac  # docker load wants a tag
 
 if ! command -v mmdebstrap >/dev/null; then
