@@ -213,10 +213,15 @@ impl ServiceRepo {
         .unwrap();
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "service"]);
+        ServiceRepo::from_work(dir, name, &work)
+    }
+
+    /// `name`'s bare origin ("Bitbucket") and agent clone under `dir`, made from the commits of `work`.
+    pub fn from_work(dir: &Path, name: &str, work: &Path) -> ServiceRepo {
         let origin = dir.join(format!("{name}.git"));
         run(Command::new("git")
             .args(["clone", "-q", "--bare"])
-            .arg(&work)
+            .arg(work)
             .arg(&origin));
         let clone = dir.join(format!("{name}-agent"));
         run(Command::new("git").args(["clone", "-q"]).arg(&origin).arg(&clone));
