@@ -224,6 +224,22 @@ impl Engine {
         Ok(tags)
     }
 
+    /// What an image runs (entrypoint and command, joined) and the ports it exposes: read, nothing created.
+    pub async fn image_runs(&self, image: &str) -> Result<(String, Vec<String>)> {
+        let inspected = self.docker.inspect_image(image).await?;
+        let config = inspected.config.unwrap_or_default();
+        let runs = config
+            .entrypoint
+            .unwrap_or_default()
+            .into_iter()
+            .chain(config.cmd.unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut ports: Vec<String> = config.exposed_ports.unwrap_or_default().into_iter().collect();
+        ports.sort();
+        Ok((runs, ports))
+    }
+
     pub async fn has_image(&self, image: &str) -> Result<bool> {
         Ok(self.docker.inspect_image(image).await.is_ok())
     }

@@ -85,6 +85,123 @@ fn upgrade(authority: &str, path: &str, token: Option<&str>) -> String {
     )
 }
 
+/// The gateway image runs Apache on the container port, as php:8.3-apache does (or the config says its command).
+fn gateway_image(config: &AgentConfig, runs: &str, ports: &[String]) -> Step {
+    let name = "gateway image";
+    let port = format!("{}/tcp", config.container_port());
+    if config.command.is_none() && !runs.contains("apache2") {
+        return fail(
+            name,
+            format!("{} runs `{runs}`, not Apache", config.image),
+            "load php:8.3-apache (or set `command:` in this config to what starts the gateway)",
+        );
+    }
+    if config.command.is_none() && !ports.contains(&port) {
+        return fail(
+            name,
+            format!("{} exposes {ports:?}, not {port}", config.image),
+            "set `containerPort:` to the port Apache listens on in the image",
+        );
+    }
+    pass(
+        name,
+        format!(
+            "runs `{runs}` on {port}; worktree at {} (APACHE_DOCUMENT_ROOT={}), reload `{}`",
+            config.mount_point().display(),
+            config.document_root().display(),
+            config.reload.join(" ")
+        ),
+    )
+}
+
+/// The Go toolchain and where builds find modules: the module cache or proxy that `goEnv` names.
+async fn go_steps(config: &AgentConfig) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut version = tokio::process::Command::new(&config.go);
+    version.arg("version");
+    match version.output().await {
+        Ok(out) if out.status.success() => {
+            steps.push(pass("go", String::from_utf8_lossy(&out.stdout).trim().to_string()))
+        }
+        _ => {
+            steps.push(fail(
+                "go",
+                format!("`{} version` does not run", config.go.display()),
+                "install Go (apt-get install golang-go) or set `go:` to its path",
+            ));
+            return steps;
+        }
+    }
+    let env = crate::executor::go_env(config);
+    let proxy = env.get("GOPROXY").map(String::as_str).unwrap_or("off");
+    match env.get("GOMODCACHE") {
+        Some(cache) => {
+            let download = std::path::Path::new(cache).join("cache/download");
+            let modules = std::fs::read_dir(&download).map(|d| d.count()).unwrap_or(0);
+            if modules > 0 {
+                steps.push(pass(
+                    "go modules",
+                    format!("module cache {cache} holds {modules} module host(s)"),
+                ));
+            } else {
+                steps.push(fail(
+                    "go modules",
+                    format!(
+                        "module cache {cache} holds no modules ({} is missing or empty)",
+                        download.display()
+                    ),
+                    "fill it on a machine with access (GOMODCACHE=DIR go mod download in each service repo) and \
+                     copy it here",
+                ));
+            }
+        }
+        None if proxy == "off" => steps.push(pass(
+            "go modules",
+            "offline, no module cache in goEnv: only repos with vendor/ (or no dependencies) build",
+        )),
+        None => {}
+    }
+    for entry in proxy.split([',', '|']).filter(|p| !matches!(*p, "off" | "direct" | "")) {
+        if let Some(dir) = entry.strip_prefix("file://") {
+            if std::path::Path::new(dir).is_dir() {
+                steps.push(pass("go proxy", format!("{entry} is a directory")));
+            } else {
+                steps.push(fail(
+                    "go proxy",
+                    format!("{dir} is not a directory"),
+                    "copy the module proxy directory there, or fix GOPROXY in goEnv",
+                ));
+            }
+            continue;
+        }
+        let authority = entry
+            .split_once("://")
+            .map_or(entry, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let authority = match (authority.contains(':'), entry.starts_with("https://")) {
+            (true, _) => authority.to_string(),
+            (false, true) => format!("{authority}:443"),
+            (false, false) => format!("{authority}:80"),
+        };
+        let reached = authority
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+        match reached {
+            Some(Ok(_)) => steps.push(pass("go proxy", format!("{entry} accepts connections"))),
+            _ => steps.push(fail(
+                "go proxy",
+                format!("{entry} cannot be reached"),
+                "builds that need modules will fail: check GOPROXY in goEnv and the network to the proxy",
+            )),
+        }
+    }
+    steps
+}
+
 pub async fn run(config: &AgentConfig) -> bool {
     let mut steps = Vec::new();
     let Some((authority, path)) = target(&config.reconciler) else {
@@ -116,6 +233,11 @@ pub async fn run(config: &AgentConfig) -> bool {
     let health = format!("GET {prefix}/healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     match http(&authority, &health) {
         Ok((200, _)) => steps.push(pass(reconciler("http"), format!("{prefix}/healthz answers 200"))),
+        // The reconciler answers, and says what its operator must fix; the agent's connection is not affected.
+        Ok((503, body)) if body.starts_with("config repo:") => steps.push(pass(
+            reconciler("http"),
+            format!("{prefix}/healthz answers, and reports: {body}"),
+        )),
         Ok((code, body)) => steps.push(fail(
             reconciler("http"),
             format!("{prefix}/healthz answered {code}: {body}"),
@@ -163,15 +285,24 @@ pub async fn run(config: &AgentConfig) -> bool {
         )),
         Ok(engine) => {
             steps.push(pass("docker", "the engine answers"));
-            match engine.has_image(&config.image).await {
-                Ok(true) => steps.push(pass(format!("image {}", config.image), "present")),
-                _ => steps.push(fail(
+            match engine.image_runs(&config.image).await {
+                Ok((runs, ports)) => {
+                    steps.push(pass(format!("image {}", config.image), "present"));
+                    if config.role == sdp_protocol::Role::Gateway {
+                        steps.push(gateway_image(config, &runs, &ports));
+                    }
+                }
+                Err(_) => steps.push(fail(
                     format!("image {}", config.image),
                     "not loaded",
                     "SDP never pulls: `docker load -i <image>.tar` on this VM",
                 )),
             }
         }
+    }
+
+    if config.role == sdp_protocol::Role::Micro {
+        steps.extend(go_steps(config).await);
     }
 
     for (service, path) in &config.repos {

@@ -804,7 +804,7 @@ fn go_build_args(build: &GoBuild, vendored: bool) -> Result<Vec<String>> {
 }
 
 /// Go's environment for a build: SDP's offline defaults, then the operator's `goEnv` on top.
-fn go_env(config: &AgentConfig) -> BTreeMap<String, String> {
+pub fn go_env(config: &AgentConfig) -> BTreeMap<String, String> {
     let data = &config.data_dir;
     let mut env: BTreeMap<String, String> = [
         ("CGO_ENABLED", "0".to_string()),

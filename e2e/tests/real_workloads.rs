@@ -264,3 +264,72 @@ fn a_build_without_its_modules_fails_with_gos_own_first_error() {
     let log = std::fs::read_to_string(cluster.path().join(format!("data/logs/{id}.log"))).unwrap();
     assert!(log.contains("module lookup disabled by GOPROXY=off"), "{log}");
 }
+
+/// What `sdp-agent doctor` says of this node (every line, whatever the verdict).
+fn doctor(yaml: &Path) -> String {
+    let out = Command::new(binaries().join("sdp-agent"))
+        .arg("--config")
+        .arg(yaml)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn doctor_checks_go_the_module_cache_and_the_gateway_image() {
+    let php = php_image();
+    let cluster = Cluster::start();
+    let go = cluster.path().join("go");
+    run(Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go-services.sh"))
+        .arg(&go));
+    let filled = cluster.agent_yaml(
+        "micro-doc",
+        "micro",
+        &[],
+        &format!("goEnv:\n  GOMODCACHE: {}\n", go.join("modcache").display()),
+    );
+    let said = doctor(&filled);
+    assert!(said.contains("PASS go: go version go1."), "{said}");
+    assert!(
+        said.contains("PASS go modules: module cache") && said.contains("holds 1 module host(s)"),
+        "{said}"
+    );
+    let empty = cluster.path().join("empty-cache");
+    std::fs::create_dir_all(&empty).unwrap();
+    let unfilled = cluster.agent_yaml(
+        "micro-doc2",
+        "micro",
+        &[],
+        &format!(
+            "goEnv:\n  GOMODCACHE: {}\n  GOPROXY: file://{}/nowhere\n",
+            empty.display(),
+            empty.display()
+        ),
+    );
+    let said = doctor(&unfilled);
+    assert!(
+        said.contains("FAIL go modules") && said.contains("holds no modules"),
+        "{said}"
+    );
+    assert!(
+        said.contains("FAIL go proxy") && said.contains("is not a directory"),
+        "{said}"
+    );
+
+    let gateway = cluster.agent_yaml("gw-doc", "gateway", &[], "");
+    set_yaml(&gateway, runtime_image(), php);
+    let said = doctor(&gateway);
+    assert!(
+        said.contains("PASS gateway image: runs `docker-php-entrypoint apache2-foreground` on 80/tcp")
+            && said.contains("/var/www/html/erangel-ocean"),
+        "{said}"
+    );
+    let busybox = cluster.agent_yaml("gw-doc2", "gateway", &[], "");
+    let said = doctor(&busybox);
+    assert!(
+        said.contains("FAIL gateway image") && said.contains("not Apache"),
+        "{said}"
+    );
+}
