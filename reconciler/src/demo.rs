@@ -99,7 +99,11 @@ fn preflight() -> Result<()> {
         missing.push("Go, to build the demo services: apt-get install golang-go");
     }
     if !missing.is_empty() {
-        bail!("the demo needs:\n  - {}", missing.join("\n  - "));
+        bail!(
+            "the demo needs:\n  - {}\n`deploy/install-deps.sh demo` installs them all (or, without root, names them in \
+             one apt-get line)",
+            missing.join("\n  - ")
+        );
     }
     Ok(())
 }
