@@ -398,6 +398,9 @@ pub struct Cluster {
     pub bearer: Option<String>,
     serve_args: Vec<String>,
     serves: usize,
+    /// What `--repo` says: the config clone's path, or the "Bitbucket" URL of `start_remote`.
+    repo: String,
+    poll_secs: u64,
 }
 
 impl Cluster {
@@ -409,7 +412,30 @@ impl Cluster {
     /// A reconciler served under `base` (empty for the root) with `args` besides the usual ones.
     pub fn start_with(base: &str, args: &[String]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
-        let config = tmp.path().join("config");
+        let config = Cluster::config_repo(tmp.path());
+        let repo = config.display().to_string();
+        Cluster::launch(tmp, config, repo, 1, base, args)
+    }
+
+    /// A reconciler that follows a bare "Bitbucket" repo by URL (`--repo file://...`, polled every `poll_secs`, and
+    /// at once on the git hook), with `config` a developer's clone of it.
+    pub fn start_remote(poll_secs: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = Cluster::config_repo(tmp.path());
+        let bare = tmp.path().join("bitbucket/sdp-config.git");
+        run(Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&work)
+            .arg(&bare));
+        let config = tmp.path().join("laptop");
+        run(Command::new("git").args(["clone", "-q"]).arg(&bare).arg(&config));
+        let repo = format!("file://{}", bare.display());
+        Cluster::launch(tmp, config, repo, poll_secs, "", &["--allow-anonymous".to_string()])
+    }
+
+    /// The config repo a test starts with: the example environments, committed once.
+    fn config_repo(dir: &Path) -> PathBuf {
+        let config = dir.join("config");
         std::fs::create_dir_all(config.join("environments")).unwrap();
         std::fs::create_dir_all(config.join("sandboxes")).unwrap();
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/environments");
@@ -419,6 +445,17 @@ impl Cluster {
         git(&config, &["init", "-q", "-b", "main"]);
         git(&config, &["add", "-A"]);
         git(&config, &["commit", "-qm", "environments"]);
+        config
+    }
+
+    fn launch(
+        tmp: tempfile::TempDir,
+        config: PathBuf,
+        repo: String,
+        poll_secs: u64,
+        base: &str,
+        args: &[String],
+    ) -> Cluster {
         let token = tmp.path().join("token");
         std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
         let port = free_port();
@@ -426,7 +463,7 @@ impl Cluster {
         if !base.is_empty() {
             serve_args.extend(["--base-path".to_string(), base.to_string()]);
         }
-        let serve = Cluster::spawn_serve(tmp.path(), &config, port, &token, &serve_args, 1);
+        let serve = Cluster::spawn_serve(tmp.path(), &repo, poll_secs, port, &token, &serve_args, 1);
         Cluster {
             api: format!("http://127.0.0.1:{port}{base}"),
             tmp,
@@ -438,19 +475,28 @@ impl Cluster {
             bearer: None,
             serve_args,
             serves: 1,
+            repo,
+            poll_secs,
         }
     }
 
-    fn spawn_serve(dir: &Path, config: &Path, port: u16, token: &Path, args: &[String], n: usize) -> Process {
+    fn spawn_serve(
+        dir: &Path,
+        repo: &str,
+        poll_secs: u64,
+        port: u16,
+        token: &Path,
+        args: &[String],
+        n: usize,
+    ) -> Process {
         Process::spawn(
             Command::new(binaries().join("sdp"))
-                .args(["serve", "--repo"])
-                .arg(config)
+                .args(["serve", "--repo", repo])
                 .arg("--data")
                 .arg(dir.join("data"))
                 .args(["--listen", &format!("127.0.0.1:{port}"), "--token-file"])
                 .arg(token)
-                .args(["--resync-secs", "2", "--poll-secs", "1"])
+                .args(["--resync-secs", "2", "--poll-secs", &poll_secs.to_string()])
                 .args(args)
                 // The service account's own git settings, as a test sets them (`gitconfig` in the test's dir).
                 .env("GIT_CONFIG_GLOBAL", dir.join("gitconfig")),
@@ -464,7 +510,8 @@ impl Cluster {
         self.serves += 1;
         self.serve = Cluster::spawn_serve(
             self.tmp.path(),
-            &self.config,
+            &self.repo,
+            self.poll_secs,
             self.port,
             &self.token,
             &self.serve_args,

@@ -273,11 +273,14 @@ async fn shutdown() {
 fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, poll_secs: u64) {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let watcher = match source.origin() {
-        Origin::Local(path) => watch(path, changed_tx),
+        Origin::Local(path) => watch(path, changed_tx.clone()),
         Origin::Remote { .. } => None,
     };
     tokio::spawn(async move {
         let _watcher = watcher;
+        // Held for as long as the loop runs: with no watcher (a remote repo, or a watch that failed) a closed
+        // channel would end every wait at once and fetch in a tight loop.
+        let _changed_tx = changed_tx;
         let mut source = Some(source);
         let mut last_error = String::new();
         let mut follow = true;

@@ -63,6 +63,13 @@ pub(super) fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Asks the reconciler to fetch its config repo now (the git hook), after `sdp apply --push`: without it the push
+/// is seen at the next poll. Best effort: a reconciler that cannot be reached is `--wait`'s to report.
+pub fn fetch_now(server: &Server) {
+    let url = format!("{}/api/v1/hooks/git", server.server.trim_end_matches('/'));
+    let _ = agent().post(&url).send_empty();
+}
+
 /// A GET of the API, with the session of `sdp login` when there is one.
 fn request(server: &Server, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
     let request = agent().get(url);

@@ -197,6 +197,9 @@ pub fn apply(
         .map(|o| o.name.clone())
         .collect();
     let head = repo.git.head_commit()?.map(|(id, _, _)| id).unwrap_or_default();
+    if args.push {
+        super::client::fetch_now(server);
+    }
     super::client::wait_for_sync(server, &sandboxes, &head, limit)
 }
 
