@@ -55,6 +55,14 @@ pub struct AgentConfig {
     /// php:8.3-apache's site configuration serves.
     #[serde(default)]
     pub document_root: Option<PathBuf>,
+    /// The only directory secrets are read from (an Environment's `secrets: {X: {file: ...}}` must name a file
+    /// inside it).
+    #[serde(default = "default_secrets_dir")]
+    pub secrets_dir: PathBuf,
+    /// Let `composer install` run the branch's scripts and plugins (off: `--no-scripts --no-plugins`, since they
+    /// run on this VM as the agent's user, not in a container).
+    #[serde(default)]
+    pub composer_scripts: bool,
     /// Go's environment for builds on this node, on top of SDP's offline defaults (`GOPROXY=off`, `GOFLAGS`
     /// unset, a private `GOPATH` and module cache under the data dir): `GOPROXY`, `GOFLAGS`, `GOPRIVATE`,
     /// `GONOSUMDB`, `GOSUMDB`, `GOMODCACHE`, `GOPATH`... as the operator sets up the node's module cache or
@@ -88,6 +96,10 @@ fn default_config_php() -> PathBuf {
 fn default_reload() -> Vec<String> {
     vec!["apachectl".into(), "-k".into(), "graceful".into()]
 }
+fn default_secrets_dir() -> PathBuf {
+    PathBuf::from("/etc/sdp/secrets")
+}
+
 /// Where the gateway's worktree is mounted by default: erangel's path in production.
 pub const GATEWAY_MOUNT: &str = "/var/www/html/erangel-ocean";
 

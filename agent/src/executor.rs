@@ -27,7 +27,8 @@ use crate::routes;
 struct Meta {
     branch: String,
     commit: String,
-    /// The commit whose binary is built (micro).
+    /// What the binary was built from (micro): the commit, the build settings and Go's environment, so that a
+    /// change of `build:` or `goEnv` rebuilds.
     built: Option<String>,
 }
 
@@ -430,19 +431,30 @@ impl Executor {
         meta.commit = commit.clone();
         self.set_meta(&d.sandbox, &d.service, &meta)?;
 
-        let mut binds = vec![format!("{}:{}", dir.display(), self.config.mount_point().display())];
+        // A Go service only reads its worktree (its binary is built on the host): read-only. The gateway's
+        // CodeIgniter writes its cache and logs under the worktree. Either way the worktree holds no git dir the
+        // agent trusts (see `Repo::checkout`).
+        let mode = if self.config.role == Role::Micro { ":ro" } else { "" };
+        let mut binds = vec![format!(
+            "{}:{}{mode}",
+            dir.display(),
+            self.config.mount_point().display()
+        )];
         let cmd;
         match self.config.role {
             Role::Micro => {
                 let bin_dir = self.binary_dir(&d.sandbox, &d.service);
                 let binary = bin_dir.join("app");
-                if meta.built.as_deref() == Some(commit.as_str()) && binary.exists() {
-                    stage.skip(Stage::Build, "already built at this commit").await;
+                let key = build_key(&commit, d.build.as_ref(), &self.config);
+                if meta.built.as_deref() == Some(key.as_str()) && binary.exists() {
+                    stage
+                        .skip(Stage::Build, "already built at this commit with these settings")
+                        .await;
                 } else {
                     let started = stage.start(Stage::Build).await;
                     let built = self.go_build(&dir, &binary, d.build.as_ref(), &id, out).await;
                     stage.end(Stage::Build, started, built).await?;
-                    meta.built = Some(commit.clone());
+                    meta.built = Some(key);
                     self.set_meta(&d.sandbox, &d.service, &meta)?;
                 }
                 binds.push(format!("{}:/sdp-bin:ro", bin_dir.display()));
@@ -474,7 +486,7 @@ impl Executor {
         }
 
         let started = stage.start(Stage::Start).await;
-        match self.write_files(&d.sandbox, &d.service, &d.files) {
+        match self.write_files(&d.sandbox, &d.service, &dir, &d.files) {
             Ok(mounts) => binds.extend(mounts),
             Err(e) => return stage.end(Stage::Start, started, Err(e)).await,
         }
@@ -490,12 +502,18 @@ impl Executor {
         env.push(format!("SDP_BRANCH={}", d.branch));
         env.push(format!("SDP_COMMIT={commit}"));
         for (name, file) in &d.secret_files {
-            // Read now, sent nowhere but into the container.
-            let value = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read the secret {name} from {file} on node {}", self.config.node));
+            // Read now, off the async threads, and sent nowhere but into the container.
+            let (dir, n, f) = (self.config.secrets_dir.clone(), name.clone(), file.clone());
+            let value = tokio::task::spawn_blocking(move || crate::secrets::read(&dir, &n, &f))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
             match value {
-                Ok(v) => env.push(format!("{name}={}", v.trim_end_matches(['\n', '\r']))),
-                Err(e) => return stage.end(Stage::Start, started, Err(e)).await,
+                Ok(v) => env.push(format!("{name}={v}")),
+                Err(e) => {
+                    let e = e.context(format!("on node {}", self.config.node));
+                    return stage.end(Stage::Start, started, Err(e)).await;
+                }
             }
         }
         let mut labels = d.labels.clone();
@@ -551,7 +569,13 @@ impl Executor {
 
     /// Writes an Environment's `files:` for one container under the data dir (fresh at each deploy) and returns
     /// their read-only mounts, at their paths under the container's working directory.
-    fn write_files(&self, sandbox: &str, service: &str, files: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    fn write_files(
+        &self,
+        sandbox: &str,
+        service: &str,
+        worktree: &Path,
+        files: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
         let root = self.files_dir(sandbox, service);
         if root.exists() {
             std::fs::remove_dir_all(&root).with_context(|| format!("cannot clear {}", root.display()))?;
@@ -563,6 +587,7 @@ impl Executor {
             let host = root.join(path);
             std::fs::create_dir_all(host.parent().expect("a file under the root has a parent"))?;
             write_atomically(&host, content.as_bytes())?;
+            mount_point_in(worktree, path)?;
             let inside = self.config.mount_point().join(path);
             mounts.push(format!("{}:{}:ro", host.display(), inside.display()));
         }
@@ -576,8 +601,12 @@ impl Executor {
         }
         let mut cmd = tokio::process::Command::new(&self.config.composer);
         cmd.current_dir(dir)
-            .args(["install", "--no-dev", "--no-interaction", "--no-progress"])
-            .env("COMPOSER_HOME", self.config.data_dir.join("composer"));
+            .args(["install", "--no-dev", "--no-interaction", "--no-progress"]);
+        if !self.config.composer_scripts {
+            // The branch's scripts and plugins would run here, on the VM: only with the operator's consent.
+            cmd.args(["--no-scripts", "--no-plugins"]);
+        }
+        cmd.env("COMPOSER_HOME", self.config.data_dir.join("composer"));
         run_streamed(cmd, "composer install", id, out).await?;
         Ok(true)
     }
@@ -779,6 +808,35 @@ async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, ou
     Ok(())
 }
 
+/// Makes the file a read-only mount lands on inside the worktree (a read-only bind mount cannot get one made by
+/// Docker), unless the branch has it. Nothing is followed: a branch whose path holds a symlink is refused, so a
+/// pushed `conf -> /etc` cannot make the agent create files outside the worktree.
+fn mount_point_in(worktree: &Path, rel: &str) -> Result<()> {
+    let mut at = worktree.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!(
+                    "the branch has a symbolic link at {rel} (at `{part}`): an Environment file cannot be mounted there"
+                )
+            }
+            Ok(meta) if last && meta.is_dir() => {
+                bail!("the branch has a directory at {rel}: a file cannot be mounted there")
+            }
+            Ok(meta) if !last && !meta.is_dir() => bail!("the branch has a file at `{part}` of {rel}"),
+            Ok(_) => {}
+            Err(_) if last => {
+                std::fs::OpenOptions::new().write(true).create_new(true).open(&at)?;
+            }
+            Err(_) => std::fs::create_dir(&at)?,
+        }
+    }
+    Ok(())
+}
+
 /// `go build`'s arguments after `build` and before `-o BINARY` goes in at 1: checked again here (a frame is not
 /// trusted to carry only what the manifest allowed), vendored code when the repo has `vendor/modules.txt`.
 fn go_build_args(build: &GoBuild, vendored: bool) -> Result<Vec<String>> {
@@ -801,6 +859,12 @@ fn go_build_args(build: &GoBuild, vendored: bool) -> Result<Vec<String>> {
     }
     args.push(build.package.clone());
     Ok(args)
+}
+
+/// What a binary is built from: the commit, the package, tags and flags, and Go's environment.
+fn build_key(commit: &str, build: Option<&GoBuild>, config: &AgentConfig) -> String {
+    let env: Vec<String> = go_env(config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{commit} {build:?} {}", env.join(" "))
 }
 
 /// Go's environment for a build: SDP's offline defaults, then the operator's `goEnv` on top.

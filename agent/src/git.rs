@@ -23,6 +23,8 @@ impl Repo {
     fn git(&self, dir: &Path) -> Command {
         let mut cmd = Command::new("git");
         cmd.arg("-C").arg(dir);
+        // No hook and no fsmonitor ever runs: a branch or a container must not make the agent run a program.
+        cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]);
         // Never prompt: an agent has no terminal.
         cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true");
         if let Some(file) = &self.credentials {
@@ -94,15 +96,51 @@ impl Repo {
             .collect())
     }
 
+    /// The worktree's administrative dir in the repository (`.git/worktrees/<id>`), found from the repository's
+    /// side: its `gitdir` file names `<dir>/.git`. The `.git` file inside the worktree is never read, since the
+    /// worktree is mounted into a container that could rewrite it to point git at a config of its own.
+    fn admin_dir(&self, dir: &Path) -> Option<PathBuf> {
+        let common = self
+            .run(&self.path, &["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .ok()?;
+        let wanted = [Some(dir.to_path_buf()), dir.canonicalize().ok()].map(|d| d.map(|d| d.join(".git")));
+        std::fs::read_dir(Path::new(&common).join("worktrees"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|admin| {
+                std::fs::read_to_string(admin.join("gitdir"))
+                    .is_ok_and(|g| wanted.iter().flatten().any(|w| Path::new(g.trim()) == w.as_path()))
+            })
+    }
+
     /// Checks out `commit` into the worktree at `dir`, creating it if needed. Local changes are discarded: the
-    /// worktree holds exactly the commit.
+    /// worktree holds exactly the commit. git runs with the repository's own paths (`--git-dir`, `--work-tree`),
+    /// never what the worktree holds.
     pub fn checkout(&self, dir: &Path, commit: &str) -> Result<()> {
-        if dir.join(".git").exists() {
-            self.run(dir, &["checkout", "--quiet", "--detach", "--force", commit])?;
-            self.run(dir, &["clean", "-fdxq"])?;
+        if let Some(admin) = self.admin_dir(dir).filter(|_| dir.is_dir()) {
+            let git_dir = format!("--git-dir={}", admin.display());
+            let work_tree = format!("--work-tree={}", dir.display());
+            self.run(
+                dir,
+                &[
+                    &git_dir, &work_tree, "checkout", "--quiet", "--detach", "--force", commit,
+                ],
+            )?;
+            self.run(dir, &[&git_dir, &work_tree, "clean", "-fdxq"])?;
+            // The worktree's own pointer back, as git wrote it, for people who run git in it by hand.
+            let pointer = format!("gitdir: {}\n", admin.display());
+            if std::fs::read_to_string(dir.join(".git")).ok().as_deref() != Some(pointer.as_str()) {
+                let _ = std::fs::remove_file(dir.join(".git"));
+                std::fs::write(dir.join(".git"), pointer)?;
+            }
         } else {
             if let Some(parent) = dir.parent() {
                 std::fs::create_dir_all(parent)?;
+            }
+            // A directory git does not know as a worktree (its registration lost, or left half-made) is replaced.
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
             }
             // A stale registration of a worktree whose directory is gone blocks a new one.
             let _ = self.run(&self.path, &["worktree", "prune"]);
@@ -134,5 +172,93 @@ impl Repo {
     pub fn show(&self, commit: &str, path: &Path) -> Result<String> {
         let spec = format!("{commit}:{}", path.display());
         self.run(&self.path, &["show", &spec])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@e")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@e")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn a_container_that_rewrites_the_worktrees_git_file_cannot_make_the_agent_run_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("main.go"), "package main\n").unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "one"]);
+        let first = git(&work, &["rev-parse", "HEAD"]);
+        let clone = tmp.path().join("clone");
+        git(
+            tmp.path(),
+            &["clone", "-q", work.to_str().unwrap(), clone.to_str().unwrap()],
+        );
+        let repo = Repo {
+            path: clone.clone(),
+            credentials: None,
+        };
+        let dir = tmp.path().join("worktrees/box/account");
+        repo.checkout(&dir, &first).unwrap();
+
+        // What a container with the worktree mounted read-write could do: point `.git` at a git dir of its own
+        // whose config runs a program on any git command (fsmonitor) and whose hooks run on checkout.
+        let marker = tmp.path().join("ran-on-the-host");
+        let evil = dir.join("evil-git");
+        git(tmp.path(), &["init", "-q", "--bare", evil.to_str().unwrap()]);
+        let command = format!("touch {}", marker.display());
+        git(&evil, &["config", "core.fsmonitor", &command]);
+        git(&evil, &["config", "core.worktree", dir.to_str().unwrap()]);
+        let hook = evil.join("hooks/post-checkout");
+        std::fs::write(&hook, format!("#!/bin/sh\n{command}\n")).unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join(".git"), format!("gitdir: {}\n", evil.display())).unwrap();
+
+        // A push, and the agent checks the new commit out.
+        std::fs::write(work.join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
+        git(&work, &["commit", "-qam", "two"]);
+        let second = git(&work, &["rev-parse", "HEAD"]);
+        repo.fetch().unwrap();
+        repo.checkout(&dir, &second).unwrap();
+        assert!(!marker.exists(), "a program of the container's ran as the agent");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("main.go")).unwrap(),
+            "package main\n\nfunc main() {}\n",
+            "the worktree holds the new commit"
+        );
+        assert!(
+            !evil.exists(),
+            "what the container left in the worktree is cleaned away"
+        );
+        let pointer = std::fs::read_to_string(dir.join(".git")).unwrap();
+        assert!(
+            pointer.starts_with("gitdir: ") && pointer.contains("worktrees"),
+            "{pointer}"
+        );
+        assert_eq!(
+            git(&dir, &["rev-parse", "HEAD"]),
+            second,
+            "git in the worktree by hand works again"
+        );
     }
 }

@@ -8,6 +8,7 @@ mod doctor;
 mod executor;
 mod git;
 mod routes;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

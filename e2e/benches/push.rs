@@ -86,16 +86,21 @@ fn main() {
     cluster.commit(&format!("sandboxes/{name}.yaml"), &manifest, "bench sandbox");
     let url = format!("http://127.0.0.1:{gateway_port}/account/");
     let first = git(&account.origin, &["rev-parse", "main"]);
-    wait_for("the first commit through the gateway", Duration::from_secs(300), || {
-        match get_text(&url) {
+    wait_for(
+        "the first commit through the gateway",
+        Duration::from_secs(300),
+        || match get_text(&url) {
             Ok(a) if a.contains(&first) => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 
     // The lone build: its own clone and cache, warmed with the first commit as the agent's is.
     let alone = cluster.path().join("alone");
-    run(Command::new("git").args(["clone", "-q"]).arg(&account.origin).arg(&alone));
+    run(Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&account.origin)
+        .arg(&alone));
     let alone_cache = cluster.path().join("alone-go-cache");
     go_build(&alone, &alone_cache);
 
@@ -114,7 +119,10 @@ fn main() {
             if get_text(&url).is_ok_and(|a| a.contains(&commit)) {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(120), "commit {commit} never answered");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "commit {commit} never answered"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let push = started.elapsed();

@@ -127,6 +127,21 @@ fn real_workloads_converge_and_route_through_apache() {
         "{{range .Mounts}}{{.Destination}}:{{.RW}} {{end}}",
     );
     assert!(mounts.contains("/src/conf/app.yaml:false"), "{mounts}");
+    assert!(
+        mounts.contains("/src:false"),
+        "a Go service's worktree is read-only: {mounts}"
+    );
+    let wrote = Command::new("docker")
+        .args([
+            "exec",
+            &format!("sandbox-{name}-account"),
+            "sh",
+            "-c",
+            "echo x > /src/.git",
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrote.status.success(), "the container wrote into its worktree");
 
     // 2. The gateway container is php:8.3-apache as production runs it.
     let gw_container = format!("sandbox-{name}-gateway");

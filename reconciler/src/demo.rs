@@ -326,9 +326,10 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
     let agent_yaml = |node: &str, role: &str, repos: &[(&str, &Path)], image: &str, extra: &str| -> Result<PathBuf> {
         let mut yaml = format!(
             "node: {node}\nrole: {role}\nreconciler: ws://127.0.0.1:{port}/ws/agent\ntokenFile: {}\naddress: {host}\n\
-             image: {image}\ndataDir: {}\nfetchSecs: 5\nrepos:\n",
+             image: {image}\ndataDir: {}\nfetchSecs: 5\nsecretsDir: {}\nrepos:\n",
             token.display(),
-            dir.join("agents").join(node).display()
+            dir.join("agents").join(node).display(),
+            secrets.display()
         );
         for (s, p) in repos {
             yaml.push_str(&format!("  {s}: {}\n", p.display()));
