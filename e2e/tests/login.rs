@@ -86,7 +86,8 @@ fn cookie_of(set_cookie: &str) -> String {
 }
 
 /// A server whose logins are checked against the test's Bitbucket, and whose service account has a git
-/// credential store holding the right password for it: a login must never succeed through that.
+/// credential store holding the right password for it, and a `url.insteadOf` that sends the login URL to the
+/// repository on disk, where no password is asked: a login must never succeed through either.
 fn server() -> (Cluster, GitServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (bitbucket, url) = login_server(dir.path(), USER, PASSWORD);
@@ -99,7 +100,11 @@ fn server() -> (Cluster, GitServer, tempfile::TempDir) {
     .unwrap();
     std::fs::write(
         cluster.path().join("gitconfig"),
-        format!("[credential]\n\thelper = store --file {}\n", store.display()),
+        format!(
+            "[credential]\n\thelper = store --file {}\n[url \"file://{}\"]\n\tinsteadOf = {url}\n",
+            store.display(),
+            dir.path().join("bitbucket/config.git").display()
+        ),
     )
     .unwrap();
     let healthz = format!("{}/healthz", cluster.api);
@@ -180,6 +185,9 @@ fn login_logout_and_the_limit_on_failures() {
     // `next` never leaves this server.
     let r = post_login(&api, USER, PASSWORD, "https://evil.example/");
     assert_eq!((r.status, r.location.as_str()), (303, format!("{BASE}/").as_str()));
+    // A tab that browsers drop from a Location would make it `//evil.example/`.
+    let tabbed = post_login(&api, USER, PASSWORD, &format!("{BASE}/\t/evil.example/"));
+    assert_eq!(tabbed.location, format!("{BASE}/"));
 
     // Over https (as nginx says in X-Forwarded-Proto) the cookie is Secure; over plain http it cannot be.
     assert!(!r.set_cookie.contains("Secure"));

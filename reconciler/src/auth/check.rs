@@ -70,6 +70,10 @@ pub async fn check_credentials(
         .env("GIT_ASKPASS", askpass)
         .env(ASKPASS_ENV, &socket)
         .env("GIT_TERMINAL_PROMPT", "0")
+        // The service account's own git config (a url.insteadOf, a credential helper, an include) must not
+        // change whom a login is checked against or with which credentials.
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
         .env_remove("SSH_ASKPASS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -264,11 +264,14 @@ impl Auth {
     fn next_or_home(&self, next: Option<&str>) -> String {
         let home = format!("{}/", self.base);
         match next {
+            // Browsers drop tabs and newlines from a Location and read `\` as `/`: `/\t/evil.example/` would
+            // leave the server. No control character, whitespace or backslash at all, then.
             Some(n)
                 if n.starts_with(&home)
                     && !n.starts_with("//")
-                    && !n.contains(['\\', '\r', '\n'])
-                    && !n.contains("/../") =>
+                    && !n.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+                    && !n.contains("/../")
+                    && !n.ends_with("/..") =>
             {
                 n.to_string()
             }
@@ -374,6 +377,18 @@ mod tests {
 
     #[test]
     fn next_stays_on_this_server_under_the_base_path() {
+        // With no base path, `/` is home: the tab trick of the review must not pass.
+        let root = Auth::anonymous("");
+        for bad in [
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/ /evil.example",
+            "/\\evil.example/",
+            "//evil.example",
+        ] {
+            assert_eq!(root.next_or_home(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(root.next_or_home(Some("/sandboxes/qa")), "/sandboxes/qa");
         let auth = Auth::anonymous("/sandbox/credit-card");
         let home = "/sandbox/credit-card/";
         assert_eq!(
