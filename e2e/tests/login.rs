@@ -352,7 +352,7 @@ fn login_logout_and_the_limit_on_failures() {
     // Counted for the operator (since the restart).
     let metrics = get(&format!("{api}/metrics"), None).body;
     for line in [
-        "sdp_logins_total{outcome=\"succeeded\"} 4",
+        "sdp_logins_total{outcome=\"succeeded\"} 5",
         "sdp_logins_total{outcome=\"rejected\"} 16",
         "sdp_logins_total{outcome=\"limited\"} 2",
     ] {
