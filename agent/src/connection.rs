@@ -146,9 +146,13 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
         .map_err(|e| cause(&e))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => match sdp_protocol::decode::<ReconcilerFrame>(&text) {
-            Ok(ReconcilerFrame::Welcome { protocol_version }) => {
+            Ok(ReconcilerFrame::Welcome {
+                protocol_version,
+                installation,
+            }) => {
                 // The same rule on this side: a reconciler of another version is refused, naming both.
                 sdp_protocol::check_version(protocol_version).map_err(|e| e.to_string())?;
+                executor.engine.set_installation(&installation);
             }
             Ok(ReconcilerFrame::Refused { reason }) => return Err(format!("refused by the reconciler: {reason}")),
             Ok(_) => return Err("the reconciler did not answer Hello".into()),

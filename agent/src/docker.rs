@@ -22,6 +22,9 @@ pub struct Engine {
     /// The last probe of each container (by id) and when it was made: probes run every `PROBE_EVERY`, not at
     /// every scan, so a service's log is not filled with health checks.
     probes: std::sync::Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, Probe)>>>,
+    /// The installation this agent works for (from the reconciler's Welcome): objects labelled with another
+    /// one are somebody else's and never listed, stopped or removed.
+    installation: std::sync::Arc<std::sync::RwLock<String>>,
 }
 
 /// A container to create.
@@ -94,7 +97,23 @@ impl Engine {
         Ok(Engine {
             docker,
             probes: Default::default(),
+            installation: Default::default(),
         })
+    }
+
+    pub fn set_installation(&self, id: &str) {
+        *self.installation.write().unwrap_or_else(|e| e.into_inner()) = id.to_string();
+    }
+
+    pub fn installation(&self) -> String {
+        self.installation.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether labels say SDP manages the object for this installation (unlabeled: made before installations
+    /// were labelled, and adopted).
+    fn ours<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        get(labels::MANAGED) == Some("true")
+            && get(labels::INSTALLATION).is_none_or(|i| i == self.installation().as_str())
     }
 
     /// Managed containers of this agent's role, with their restart counts. The gateway agent owns the
@@ -109,7 +128,7 @@ impl Engine {
         let mut out = Vec::new();
         for c in list {
             let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
-            if labels.get(labels::MANAGED).map(String::as_str) != Some("true") {
+            if !self.ours(|k| labels.get(k).map(String::as_str)) {
                 continue;
             }
             let is_gateway = labels.get(labels::SERVICE).map(String::as_str) == Some(sdp_protocol::GATEWAY);
@@ -201,13 +220,7 @@ impl Engine {
             .list_networks(Some(options))
             .await?
             .into_iter()
-            .filter(|n| {
-                n.labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::MANAGED))
-                    .map(String::as_str)
-                    == Some("true")
-            })
+            .filter(|n| self.ours(|k| n.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str)))
             .filter_map(|n| n.name)
             .collect();
         names.sort();
@@ -248,20 +261,18 @@ impl Engine {
     pub async fn ensure_network(&self, sandbox: &str) -> Result<()> {
         let name = network_name(sandbox);
         if let Ok(existing) = self.docker.inspect_network(&name, None).await {
-            let owned = existing
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::MANAGED))
-                .map(String::as_str)
-                == Some("true");
-            if owned {
+            if self.ours(|k| existing.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str)) {
                 return Ok(());
             }
-            bail!("a network named {name} exists and SDP does not own it (no sdp.managed label): rename or remove it");
+            bail!(
+                "a network named {name} exists and belongs to something else (no sdp.managed label, or another SDP \
+                 installation's): rename or remove it"
+            );
         }
         let labels: HashMap<String, String> = [
             (labels::MANAGED.to_string(), "true".to_string()),
             (labels::SANDBOX.to_string(), sandbox.to_string()),
+            (labels::INSTALLATION.to_string(), self.installation()),
         ]
         .into();
         self.docker
@@ -279,31 +290,21 @@ impl Engine {
     pub async fn remove_network(&self, sandbox: &str) -> Result<()> {
         let name = network_name(sandbox);
         match self.docker.inspect_network(&name, None).await {
-            Ok(n)
-                if n.labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::MANAGED))
-                    .map(String::as_str)
-                    == Some("true") =>
-            {
-                self.docker
-                    .remove_network(&name)
-                    .await
-                    .with_context(|| format!("cannot remove network {name}"))
-            }
-            Ok(_) => bail!("network {name} is not SDP's (no sdp.managed label): left alone"),
+            Ok(n) if self.ours(|k| n.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str)) => self
+                .docker
+                .remove_network(&name)
+                .await
+                .with_context(|| format!("cannot remove network {name}")),
+            Ok(_) => bail!("network {name} is not this installation's: left alone"),
             Err(_) => Ok(()),
         }
     }
 
-    /// Whether a container of this name exists, and whether SDP owns it.
+    /// Whether a container of this name exists, and whether it is this installation's.
     async fn owner(&self, name: &str) -> Option<bool> {
         let c = self.docker.inspect_container(name, None).await.ok()?;
-        let managed = c
-            .config
-            .and_then(|c| c.labels)
-            .and_then(|l| l.get(labels::MANAGED).cloned());
-        Some(managed.as_deref() == Some("true"))
+        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+        Some(self.ours(|k| labels.get(k).map(String::as_str)))
     }
 
     /// Replaces the managed container `spec.name` by a new one from `spec`, and starts it.
@@ -317,8 +318,8 @@ impl Engine {
         }
         match self.owner(&spec.name).await {
             Some(false) => bail!(
-                "a container named {} exists and SDP does not own it (no sdp.managed label): rename or remove it \
-                 yourself",
+                "a container named {} exists and belongs to something else (no sdp.managed label, or another SDP \
+                 installation's): rename or remove it yourself",
                 spec.name
             ),
             Some(true) => self.remove(&spec.name).await?,
@@ -405,7 +406,7 @@ impl Engine {
                     .await
                     .with_context(|| format!("cannot stop {name}"))
             }
-            Some(false) => bail!("container {name} is not SDP's (no sdp.managed label): left alone"),
+            Some(false) => bail!("container {name} is not this installation's: left alone"),
             None => Ok(()),
         }
     }
@@ -419,7 +420,7 @@ impl Engine {
                     .await
                     .with_context(|| format!("cannot remove {name}"))
             }
-            Some(false) => bail!("container {name} is not SDP's (no sdp.managed label): left alone"),
+            Some(false) => bail!("container {name} is not this installation's: left alone"),
             None => Ok(()),
         }
     }

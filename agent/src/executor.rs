@@ -518,6 +518,7 @@ impl Executor {
         }
         let mut labels = d.labels.clone();
         labels.insert(labels::COMMIT.into(), commit.clone());
+        labels.insert(labels::INSTALLATION.into(), self.engine.installation());
         let spec = Spec {
             name: d.container.clone(),
             image: self.config.image.clone(),

@@ -277,7 +277,8 @@ pub struct EnvironmentSpec {
     /// Secret environment variables, each a reference to a file on the VM that the agent reads at deploy time.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, SecretRef>,
-    /// Files written into the service's worktree, by relative path.
+    /// Files by relative path and content: the agent writes them under its data dir at each deploy and mounts
+    /// each read-only into the container at that path under the working directory (the worktree's mount).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
 }

@@ -33,6 +33,11 @@ pub enum ReconcilerFrame {
     /// The agent's Hello was accepted.
     Welcome {
         protocol_version: u32,
+        /// The reconciler's installation: the agent labels what it creates with it (`sdp.installation`) and
+        /// reports and touches only objects of this installation (or unlabeled ones, made before the label
+        /// existed), so two installations on one Docker engine never prune each other's sandboxes.
+        #[serde(default)]
+        installation: String,
     },
     /// The agent's Hello was refused; the connection closes after this frame.
     Refused {
@@ -275,6 +280,8 @@ pub mod labels {
     pub const SPEC_HASH: &str = "sdp.spec-hash";
     /// The HTTP path the agent probes on the container's published port (`healthPath` of the manifest).
     pub const HEALTH_PATH: &str = "sdp.health-path";
+    /// The installation (reconciler) that owns the object.
+    pub const INSTALLATION: &str = "sdp.installation";
 }
 
 /// The service name of a sandbox's gateway in names, labels, worktrees and repos.
@@ -540,8 +547,14 @@ mod tests {
 
     #[test]
     fn the_wire_format_is_tagged_and_camel_cased() {
-        let text = encode(&ReconcilerFrame::Welcome { protocol_version: 1 });
-        assert_eq!(text, r#"{"type":"welcome","protocolVersion":1}"#);
+        let text = encode(&ReconcilerFrame::Welcome {
+            protocol_version: 1,
+            installation: "0a1b2c3d4e5f6071".into(),
+        });
+        assert_eq!(
+            text,
+            r#"{"type":"welcome","protocolVersion":1,"installation":"0a1b2c3d4e5f6071"}"#
+        );
         let remove = encode(&Action::RemoveWorktree {
             sandbox: "a".into(),
             service: "s".into(),

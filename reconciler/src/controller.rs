@@ -116,6 +116,9 @@ pub struct World {
 struct Backoff {
     failures: u32,
     until: Instant,
+    /// What the last failure said, shown for as long as the resource waits (a pass in between, woken by
+    /// something else, must not hide it).
+    error: String,
 }
 
 /// Exponential delay with jitter for the `failures`-th failure in a row: 2 s, 4 s, 8 s … 5 min, each ±20 %.
@@ -471,10 +474,10 @@ impl Controller {
                 continue;
             }
             let ok = match self.backing_off(&step.resource) {
-                Some(wait) => {
+                Some((wait, error)) => {
                     failures += 1;
                     problems.push(format!(
-                        "{} is backing off for {:.1} s after a failure",
+                        "{} is backing off for {:.1} s after a failure: {error}",
                         step.resource,
                         wait.as_secs_f64()
                     ));
@@ -499,7 +502,7 @@ impl Controller {
                         }
                         Err(e) => {
                             self.count(step, "failed");
-                            let wait = self.fail(&step.resource);
+                            let wait = self.fail(&step.resource, &e);
                             tracing::warn!("{label} failed: {e}; retry in {:.1} s", wait.as_secs_f64());
                             let _ = self.store.event(now_ms(), Some(name), format!("{label} failed: {e}"));
                             failures += 1;
@@ -682,21 +685,23 @@ impl Controller {
             .or_default() += 1;
     }
 
-    fn backing_off(&self, resource: &str) -> Option<Duration> {
+    fn backing_off(&self, resource: &str) -> Option<(Duration, String)> {
         let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         let b = backoff.get(resource)?;
         let now = Instant::now();
-        (b.until > now).then(|| b.until - now)
+        (b.until > now).then(|| (b.until - now, b.error.clone()))
     }
 
     /// Records a failure of `resource` and says how long it now waits.
-    fn fail(&self, resource: &str) -> Duration {
+    fn fail(&self, resource: &str, error: &str) -> Duration {
         let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         let entry = backoff.entry(resource.to_string()).or_insert(Backoff {
             failures: 0,
             until: Instant::now(),
+            error: String::new(),
         });
         entry.failures += 1;
+        entry.error = error.to_string();
         let wait = backoff_delay(entry.failures, jitter());
         entry.until = Instant::now() + wait;
         wait

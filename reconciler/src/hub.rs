@@ -94,6 +94,8 @@ struct State {
 
 /// The hub. Shared by the HTTP handlers and the controller.
 pub struct Hub {
+    /// Sent in every Welcome (see `Store::installation`); empty until `set_installation`.
+    installation: std::sync::RwLock<String>,
     token: String,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -111,11 +113,16 @@ pub fn now_ms() -> u64 {
 impl Hub {
     pub fn new(token: String, events: mpsc::Sender<HubEvent>) -> Hub {
         Hub {
+            installation: std::sync::RwLock::default(),
             token,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             events,
         }
+    }
+
+    pub fn set_installation(&self, id: String) {
+        *self.installation.write().unwrap_or_else(|e| e.into_inner()) = id;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -271,6 +278,7 @@ impl Hub {
         }
         let welcome = ReconcilerFrame::Welcome {
             protocol_version: PROTOCOL_VERSION,
+            installation: self.installation.read().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         if sink
             .send(Message::Text(sdp_protocol::encode(&welcome).into()))

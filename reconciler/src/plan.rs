@@ -421,7 +421,23 @@ fn route_steps(d: &DesiredSandbox, gateway_deployed: bool, gateway: &RoleView, s
     }
 }
 
-/// The first 12 characters of a commit id.
+/// The first 12 characters of a commit id (characters, not bytes: an agent's report is not trusted to hold hex).
 pub fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+    let end = commit.char_indices().nth(12).map_or(commit.len(), |(i, _)| i);
+    &commit[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn short_commit_ids_cut_on_characters_whatever_an_agent_reports() {
+        assert_eq!(short("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short(""), "");
+        // A report with multi-byte characters once panicked a worker (it sliced bytes).
+        assert_eq!(short("ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(short("0123456789aé"), "0123456789aé");
+    }
 }

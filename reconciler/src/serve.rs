@@ -191,6 +191,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     }
     let (events_tx, mut events) = mpsc::channel(4096);
     let hub = Arc::new(Hub::new(token, events_tx));
+    hub.set_installation(store.installation()?);
     let controller = Controller::new(hub, store, settings, Duration::from_secs(config.resync_secs.max(1)))?;
     controller.spawn(config.concurrency);
 

@@ -191,6 +191,23 @@ impl Store {
         Ok(())
     }
 
+    /// This installation's id, made once from the kernel's randomness and kept: the agents label what they create
+    /// with it, so a second installation on the same Docker engine (a demo, another team's) is somebody else.
+    pub fn installation(&self) -> Result<String> {
+        let id: String = self.get_meta("installation")?;
+        if !id.is_empty() {
+            return Ok(id);
+        }
+        use std::io::Read;
+        let mut bytes = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("cannot read /dev/urandom")?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.put_meta("installation", &id)?;
+        Ok(id)
+    }
+
     pub fn allocations(&self) -> Result<Allocations> {
         let stored: Vec<(String, String, u16)> = self.get_meta("allocations")?;
         Ok(Allocations {
