@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::config::AgentConfig;
 use crate::docker::{Engine, Spec};
+use crate::files;
 use crate::git::Repo;
 use crate::routes;
 
@@ -150,7 +151,7 @@ impl Executor {
     fn set_meta(&self, sandbox: &str, service: &str, meta: &Meta) -> Result<()> {
         let path = self.meta_path(sandbox, service);
         std::fs::create_dir_all(path.parent().expect("meta paths have a parent"))?;
-        write_atomically(&path, serde_json::to_string(meta)?.as_bytes())
+        files::write_atomically(&path, serde_json::to_string(meta)?.as_bytes())
     }
 
     fn files_dir(&self, sandbox: &str, service: &str) -> PathBuf {
@@ -195,8 +196,8 @@ impl Executor {
                     continue;
                 }
                 if self.config.role == Role::Gateway && service == GATEWAY {
-                    let php = self.config.worktree(&sandbox, service).join(&self.config.config_php);
-                    if let Ok(text) = std::fs::read_to_string(&php) {
+                    let worktree = self.config.worktree(&sandbox, service);
+                    if let Ok(text) = files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP) {
                         routes.insert(sandbox.clone(), routes::routes(&text));
                     }
                     if let Ok(text) = std::fs::read_to_string(self.defaults_path(&meta.branch))
@@ -410,6 +411,9 @@ impl Executor {
         let commit = {
             let _guard = lock.lock().await;
             let started = stage.start(Stage::Fetch).await;
+            if let Some(c) = d.commit.as_deref().filter(|c| !is_commit_id(c)) {
+                bail!("the reconciler asked for commit {c:?}, which is not a commit id");
+            }
             let (r, branch, wanted) = (repo.clone(), d.branch.clone(), d.commit.clone());
             let fetched = tokio::task::spawn_blocking(move || -> Result<String> {
                 r.fetch()?;
@@ -480,7 +484,7 @@ impl Executor {
                 let defaults = routes::routes(&pristine);
                 let path = self.defaults_path(&d.branch);
                 std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-                write_atomically(&path, serde_json::to_string(&defaults)?.as_bytes())?;
+                files::write_atomically(&path, serde_json::to_string(&defaults)?.as_bytes())?;
                 cmd = self.config.command.clone();
             }
         }
@@ -547,6 +551,14 @@ impl Executor {
         };
         let build = build.unwrap_or(&default);
         let args = go_build_args(build, dir.join("vendor/modules.txt").is_file())?;
+        // go follows links: one out of the worktree would build (or quote in its errors) a file of the VM.
+        let root = dir.to_path_buf();
+        if let Some(link) = tokio::task::spawn_blocking(move || files::link_leaving(&root)).await?? {
+            bail!(
+                "the branch has a symbolic link {} that leads out of the repository: SDP does not build it",
+                link.display()
+            );
+        }
         let mut cmd = tokio::process::Command::new(&self.config.go);
         cmd.current_dir(dir)
             .args(&args[..1])
@@ -587,8 +599,8 @@ impl Executor {
             sdp_manifest::rules::relative_file(path).map_err(|b| anyhow::anyhow!("{}", b.message))?;
             let host = root.join(path);
             std::fs::create_dir_all(host.parent().expect("a file under the root has a parent"))?;
-            write_atomically(&host, content.as_bytes())?;
-            mount_point_in(worktree, path)?;
+            files::write_atomically(&host, content.as_bytes())?;
+            files::mount_point_in(worktree, path)?;
             let inside = self.config.mount_point().join(path);
             mounts.push(format!("{}:{}:ro", host.display(), inside.display()));
         }
@@ -600,7 +612,13 @@ impl Executor {
         if !dir.join("composer.json").exists() || which(&self.config.composer).is_none() {
             return Ok(false);
         }
+        // Where composer writes is decided here, not by the branch's composer.json (`config.vendor-dir` or
+        // `bin-dir` could name any folder of the VM, a folder on PATH among them).
+        files::no_links(dir, Path::new("vendor"))?;
         let mut cmd = tokio::process::Command::new(&self.config.composer);
+        cmd.env("COMPOSER_VENDOR_DIR", dir.join("vendor"))
+            .env("COMPOSER_BIN_DIR", dir.join("vendor/bin"))
+            .env("COMPOSER_CACHE_DIR", self.config.data_dir.join("composer-cache"));
         cmd.current_dir(dir)
             .args(["install", "--no-dev", "--no-interaction", "--no-progress"]);
         if !self.config.composer_scripts {
@@ -619,8 +637,13 @@ impl Executor {
         let meta = self
             .meta(sandbox, GATEWAY)
             .with_context(|| format!("the gateway of {sandbox} is not deployed on this node"))?;
-        let path = self.config.worktree(sandbox, GATEWAY).join(&self.config.config_php);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let worktree = self.config.worktree(sandbox, GATEWAY);
+        let path = worktree.join(&self.config.config_php);
+        // The folders on the way are the branch's: none may lead out of the worktree. The file itself may be
+        // anything (a container may have replaced it); it is replaced, never followed.
+        files::no_links(&worktree, self.config.config_php.parent().unwrap_or(Path::new("")))?;
+        let live = files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP).ok();
+        let text = live.clone().unwrap_or_default();
         let repo = self.repo(GATEWAY)?;
         let (commit, file) = (meta.commit.clone(), self.config.config_php.clone());
         let pristine = tokio::task::spawn_blocking(move || repo.show(&commit, &file))
@@ -632,14 +655,16 @@ impl Executor {
             return Ok(());
         }
         let container = sdp_protocol::container_name(sandbox, GATEWAY);
-        write_atomically(&path, patched.as_bytes())?;
+        files::write_atomically(&path, patched.as_bytes())?;
         if let Err(e) = self.php_lint(&container, &path).await {
             // Put the file back as it was: a gateway never runs a file that does not parse.
-            write_atomically(&path, text.as_bytes())?;
+            if let Some(live) = &live {
+                files::write_atomically(&path, live.as_bytes())?;
+            }
             return Err(e);
         }
         self.reload(&container).await?;
-        let back = routes::routes(&std::fs::read_to_string(&path)?);
+        let back = routes::routes(&files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP)?);
         let wrong: Vec<&String> = map
             .iter()
             .filter(|(k, v)| back.get(*k) != Some(v))
@@ -809,33 +834,12 @@ async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, ou
     Ok(())
 }
 
-/// Makes the file a read-only mount lands on inside the worktree (a read-only bind mount cannot get one made by
-/// Docker), unless the branch has it. Nothing is followed: a branch whose path holds a symlink is refused, so a
-/// pushed `conf -> /etc` cannot make the agent create files outside the worktree.
-fn mount_point_in(worktree: &Path, rel: &str) -> Result<()> {
-    let mut at = worktree.to_path_buf();
-    let parts: Vec<&str> = rel.split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        at.push(part);
-        let last = i + 1 == parts.len();
-        match std::fs::symlink_metadata(&at) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                bail!(
-                    "the branch has a symbolic link at {rel} (at `{part}`): an Environment file cannot be mounted there"
-                )
-            }
-            Ok(meta) if last && meta.is_dir() => {
-                bail!("the branch has a directory at {rel}: a file cannot be mounted there")
-            }
-            Ok(meta) if !last && !meta.is_dir() => bail!("the branch has a file at `{part}` of {rel}"),
-            Ok(_) => {}
-            Err(_) if last => {
-                std::fs::OpenOptions::new().write(true).create_new(true).open(&at)?;
-            }
-            Err(_) => std::fs::create_dir(&at)?,
-        }
-    }
-    Ok(())
+/// The largest config.php read (CodeIgniter's is about 20 KB).
+const MAX_CONFIG_PHP: u64 = 1 << 20;
+
+/// A commit id as git prints it: 7 to 64 hex digits (never an option, never a path).
+fn is_commit_id(id: &str) -> bool {
+    (7..=64).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 /// `go build`'s arguments after `build` and before `-o BINARY` goes in at 1: checked again here (a frame is not
@@ -921,18 +925,6 @@ fn read_dir_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Writes through a temp file and a rename in the same directory: a reader sees the old file or the new one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("a file path has a parent")?;
-    let tmp = dir.join(format!(
-        ".{}.sdp-tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
 }
 
 /// The program's path if it can be run.

@@ -27,6 +27,8 @@ impl Repo {
         cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]);
         // Never prompt: an agent has no terminal.
         cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true");
+        // A branch's .lfsconfig could name a server of its own, which git-lfs would give the service credential.
+        cmd.env("GIT_LFS_SKIP_SMUDGE", "1");
         if let Some(file) = &self.credentials {
             // The path is checked to hold no single quote when the config is read.
             let helper = format!("!f() {{ test \"$1\" = get && cat '{}'; }}; f", file.display());
@@ -130,9 +132,9 @@ impl Repo {
             self.run(dir, &[&git_dir, &work_tree, "clean", "-fdxq"])?;
             // The worktree's own pointer back, as git wrote it, for people who run git in it by hand.
             let pointer = format!("gitdir: {}\n", admin.display());
-            if std::fs::read_to_string(dir.join(".git")).ok().as_deref() != Some(pointer.as_str()) {
-                let _ = std::fs::remove_file(dir.join(".git"));
-                std::fs::write(dir.join(".git"), pointer)?;
+            let current = crate::files::read_capped(dir, Path::new(".git"), 4096).ok();
+            if current.as_deref() != Some(pointer.as_str()) {
+                crate::files::write_atomically(&dir.join(".git"), pointer.as_bytes())?;
             }
         } else {
             if let Some(parent) = dir.parent() {

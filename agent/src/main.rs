@@ -6,6 +6,7 @@ mod connection;
 mod docker;
 mod doctor;
 mod executor;
+mod files;
 mod git;
 mod routes;
 mod secrets;
@@ -93,7 +94,7 @@ fn routes_command(what: RoutesCommand) -> Result<ExitCode> {
                 wanted.insert(service.to_string(), url.to_string());
             }
             let patched = routes::patch(&text, &wanted).map_err(anyhow::Error::msg)?;
-            executor::write_atomically(&file, patched.as_bytes())?;
+            files::write_atomically(&file, patched.as_bytes())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ pub fn read(dir: &Path, name: &str, file: &str) -> Result<String> {
         Ok(real) if real.starts_with(&real_dir) => {}
         _ => bail!("the secret {name}: {file} is not inside {} on this node", dir.display()),
     }
-    let mut opened = open_no_follow(path)
+    let mut opened = crate::files::open_no_follow(path)
         .map_err(|e| anyhow::anyhow!("cannot read the secret {name} from {file}: {}", io_reason(&e)))?;
     let meta = opened
         .metadata()
@@ -64,15 +64,6 @@ pub fn read(dir: &Path, name: &str, file: &str) -> Result<String> {
         bail!("the secret {name}: {file} holds a NUL byte, which an environment variable cannot");
     }
     Ok(value.to_string())
-}
-
-/// Opens without following a symlink at the last component, and without blocking on a FIFO.
-fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// An I/O error's kind in words, never its OS text alone (which is fine) nor anything read.

@@ -515,14 +515,15 @@ async fn branches(State(api): State<Api>, Path(repo): Path<String>) -> Response 
 /// A push webhook (Bitbucket Server's `repo:refs_changed`, Bitbucket Cloud's `repo:push`, or any POST): the
 /// config repo is fetched now, and when the body names a repository, the agents that serve it fetch it now too.
 /// Anyone may call it, so it only makes fetches happen sooner: the body is read up to 64 KiB, only a repository
-/// name is taken from it, and repeated calls merge into the fetch under way.
+/// name is taken from it, repeated calls merge into the fetch under way, and agents are asked to fetch one
+/// repository at most every `FETCH_EVERY`.
 async fn git_hook(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     api.hook.notify_one();
     let repo = hook_repository(&body);
-    let agents = repo.as_deref().map_or(0, |r| api.controller.hub.fetch(r));
+    let agents_asked = repo.as_deref().is_some_and(|r| api.controller.hub.fetch(r));
     (
         StatusCode::ACCEPTED,
-        Json(json!({ "fetch": "started", "repository": repo, "agentsAsked": agents })),
+        Json(json!({ "fetch": "started", "repository": repo, "agentsAsked": agents_asked })),
     )
         .into_response()
 }
@@ -606,18 +607,21 @@ async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// `ok`, or 503 with what needs an operator: the config repo cannot be followed (a clone that diverged from its
-/// upstream, a fetch that fails), so changes in Bitbucket are not seen.
+/// `ok`, or 503 when the config repo cannot be followed (a clone that diverged from its upstream, a fetch that
+/// fails), so changes in Bitbucket are not seen. Anyone may ask, so the details (paths, hosts) are on the
+/// dashboard and in the log, not here.
 async fn healthz(State(api): State<Api>) -> Response {
-    let error = api
+    let failing = api
         .controller
         .source_error
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    match error {
-        None => "ok\n".into_response(),
-        Some(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("config repo: {e}\n")).into_response(),
+        .is_some();
+    if failing {
+        let text = "config repo: cannot be followed; the dashboard and the reconciler's log say why\n";
+        (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+    } else {
+        "ok\n".into_response()
     }
 }
 

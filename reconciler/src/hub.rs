@@ -93,7 +93,12 @@ struct State {
 }
 
 /// The hub. Shared by the HTTP handlers and the controller.
+/// The shortest time between two webhook fetches of one repository.
+pub const FETCH_EVERY: Duration = Duration::from_secs(3);
+
 pub struct Hub {
+    /// When agents were last asked to fetch each repository (see `fetch`).
+    fetch_asked: Mutex<HashMap<String, std::time::Instant>>,
     /// Sent in every Welcome (see `Store::installation`); empty until `set_installation`.
     installation: std::sync::RwLock<String>,
     token: String,
@@ -113,6 +118,7 @@ pub fn now_ms() -> u64 {
 impl Hub {
     pub fn new(token: String, events: mpsc::Sender<HubEvent>) -> Hub {
         Hub {
+            fetch_asked: Mutex::default(),
             installation: std::sync::RwLock::default(),
             token,
             state: Mutex::new(State::default()),
@@ -211,15 +217,27 @@ impl Hub {
         .await
     }
 
-    /// Asks every connected agent to fetch `repo` now (each fetches it only if it serves it); how many were asked.
-    pub fn fetch(&self, repo: &str) -> usize {
+    /// Asks every connected agent to fetch `repo` now (each fetches it only if it serves it), at most once per
+    /// repository every `FETCH_EVERY`: the webhook is open to anyone, and a flood of calls must not become a flood
+    /// of fetches against Bitbucket with the service credential. Says whether the agents were asked.
+    pub fn fetch(&self, repo: &str) -> bool {
+        {
+            let mut asked = self.fetch_asked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if asked.get(repo).is_some_and(|at| now.duration_since(*at) < FETCH_EVERY) {
+                return false;
+            }
+            if asked.len() >= 1024 {
+                asked.retain(|_, at| now.duration_since(*at) < FETCH_EVERY);
+            }
+            asked.insert(repo.to_string(), now);
+        }
         let text = sdp_protocol::encode(&ReconcilerFrame::Fetch { repo: repo.to_string() });
         let state = self.lock();
-        state
-            .agents
-            .values()
-            .filter(|a| a.tx.send(Message::Text(text.clone().into())).is_ok())
-            .count()
+        for agent in state.agents.values() {
+            let _ = agent.tx.send(Message::Text(text.clone().into()));
+        }
+        true
     }
 
     /// Sends a frame with a new request id to the agent `pick` chooses and waits for its answer, at most

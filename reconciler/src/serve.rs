@@ -286,7 +286,11 @@ fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, 
         let mut last_error = String::new();
         let mut follow = true;
         let mut follow_error: Option<String> = None;
+        let mut followed_at = tokio::time::Instant::now();
         loop {
+            if follow {
+                followed_at = tokio::time::Instant::now();
+            }
             let mut src = source.take().expect("the source is put back after each refresh");
             let (src, followed, result) = match tokio::task::spawn_blocking(move || {
                 // Following the upstream fails alone: the local HEAD is read all the same.
@@ -338,6 +342,11 @@ fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, 
                 _ = changed.recv() => false,
                 _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => true,
             };
+            // The hook is open to anyone: however often it is called, the upstream is fetched at most once a
+            // second (calls in between merge into the next fetch). A file event reads at once.
+            if follow {
+                tokio::time::sleep_until(followed_at + Duration::from_secs(1)).await;
+            }
         }
     });
 }

@@ -143,7 +143,10 @@ impl Source {
             Origin::Local(path) => Git::open(path)?,
             Origin::Remote { url, mirror } => Git::mirror(url, mirror).map_err(|e| {
                 // git may echo the URL; never show its password.
-                anyhow::anyhow!("{}", e.to_string().replace(url.as_str(), &redact_url(url)))
+                anyhow::anyhow!(
+                    "{}",
+                    sdp_protocol::scrub(&e.to_string().replace(url.as_str(), &redact_url(url)))
+                )
             })?,
         };
         let (commit, author, time) = git.head_commit()?.unwrap_or_default();

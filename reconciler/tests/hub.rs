@@ -324,3 +324,14 @@ async fn pages_are_told_when_a_status_changes() {
         .expect("told within 10 s");
     assert!(told.unwrap());
 }
+
+#[test]
+fn webhook_fetches_of_one_repository_are_asked_at_most_every_few_seconds() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let hub = Hub::new(TOKEN.into(), tx);
+    assert!(hub.fetch("account"), "the first call asks the agents");
+    for _ in 0..1000 {
+        assert!(!hub.fetch("account"), "a flood of calls is one fetch");
+    }
+    assert!(hub.fetch("payment"), "another repository is asked on its own");
+}

@@ -1,0 +1,195 @@
+//! Files the agent reads and writes where someone else has a say: worktrees hold what a branch pusher committed
+//! (symlinks included) and, for the gateway, what its container wrote. Nothing here follows a symlink, reads
+//! without a size cap, or blocks on a FIFO; writes go through a fresh temp file and a rename.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// Opens for reading without following a symlink at the last component, and without blocking on a FIFO.
+pub fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Refuses `rel` under `root` when any part of it is a symlink (a part that does not exist yet is fine).
+pub fn no_links(root: &Path, rel: &Path) -> Result<()> {
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => bail!(
+                "{} is a symbolic link in the branch: SDP does not follow links out of a worktree",
+                at.strip_prefix(root).unwrap_or(&at).display()
+            ),
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `rel` under `root` as text: no part a symlink, a regular file, at most `max` bytes.
+pub fn read_capped(root: &Path, rel: &Path, max: u64) -> Result<String> {
+    no_links(root, rel)?;
+    let path = root.join(rel);
+    let file = open_no_follow(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    if meta.len() > max {
+        bail!("{} is larger than {max} bytes", path.display());
+    }
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// Writes through a fresh temp file (created exclusively, never through a link) and a rename in the same
+/// directory: a reader sees the old file or the new one, and a symlink planted at either name is replaced, not
+/// followed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().context("a file path has a parent")?;
+    let tmp = dir.join(format!(
+        ".{}.sdp-tmp-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let written = file.write_all(bytes).and_then(|_| file.sync_data());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Makes the file a read-only mount lands on inside the worktree (a read-only bind mount cannot get one made by
+/// Docker), unless the branch has it. Nothing is followed: a branch whose path holds a symlink is refused, so a
+/// pushed `conf -> /etc` cannot make the agent create files outside the worktree.
+pub fn mount_point_in(worktree: &Path, rel: &str) -> Result<()> {
+    let mut at = worktree.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!(
+                    "the branch has a symbolic link at {rel} (at `{part}`): an Environment file cannot be mounted there"
+                )
+            }
+            Ok(meta) if last && meta.is_dir() => {
+                bail!("the branch has a directory at {rel}: a file cannot be mounted there")
+            }
+            Ok(meta) if !last && !meta.is_dir() => bail!("the branch has a file at `{part}` of {rel}"),
+            Ok(_) => {}
+            Err(_) if last => {
+                std::fs::OpenOptions::new().write(true).create_new(true).open(&at)?;
+            }
+            Err(_) => std::fs::create_dir(&at)?,
+        }
+    }
+    Ok(())
+}
+
+/// The most entries `link_leaving` looks at: a tree larger than this is refused rather than walked for ever.
+const MAX_ENTRIES: usize = 500_000;
+
+/// The first symlink under `root` (its `.git` aside) that resolves outside it: `go build` follows links, and a
+/// pushed `z.go -> /etc/sdp/agent-token` would put the file's first word into the build's error.
+pub fn link_leaving(root: &Path) -> Result<Option<PathBuf>> {
+    let real_root = root.canonicalize()?;
+    let mut pending = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                bail!("the worktree has more than {MAX_ENTRIES} files");
+            }
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_symlink() {
+                // A dangling link leads nowhere; one that resolves must stay inside.
+                if let Ok(target) = path.canonicalize()
+                    && !target.starts_with(&real_root)
+                {
+                    return Ok(Some(path.strip_prefix(root).unwrap_or(&path).to_path_buf()));
+                }
+            } else if kind.is_dir() && !(dir == root && entry.file_name() == ".git") {
+                pending.push(path);
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_planted_by_a_branch_are_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("worktree");
+        let outside = tmp.path().join("authorized_keys");
+        std::fs::write(&outside, "keep me\n").unwrap();
+        std::fs::create_dir_all(root.join("application/config/production")).unwrap();
+        let conf = root.join("application/config/production");
+        // A tracked symlink at the temp name and at the file itself: writes replace them, never follow.
+        std::os::unix::fs::symlink(&outside, conf.join(".config.php.sdp-tmp")).unwrap();
+        std::os::unix::fs::symlink(&outside, conf.join("config.php")).unwrap();
+        write_atomically(&conf.join("config.php"), b"<?php\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me\n");
+        assert!(
+            !std::fs::symlink_metadata(conf.join("config.php"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+
+        // A linked folder on the way, or a link as the file: refused before any read.
+        std::os::unix::fs::symlink(tmp.path(), root.join("linked")).unwrap();
+        assert!(no_links(&root, Path::new("linked/authorized_keys")).is_err());
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero.php")).unwrap();
+        assert!(read_capped(&root, Path::new("zero.php"), 1 << 20).is_err());
+        std::fs::write(root.join("big.php"), vec![b'x'; 2048]).unwrap();
+        assert!(read_capped(&root, Path::new("big.php"), 1024).is_err());
+        assert_eq!(
+            read_capped(&root, Path::new("application/config/production/config.php"), 1024).unwrap(),
+            "<?php\n"
+        );
+
+        // Links that leave the tree are found; links inside it and dangling ones are not.
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::os::unix::fs::symlink("../application", root.join("src/inside")).unwrap();
+        std::os::unix::fs::symlink("/nowhere/at/all", root.join("src/dangling")).unwrap();
+        let found = link_leaving(&root).unwrap().unwrap();
+        assert!(["linked", "zero.php"].contains(&found.to_str().unwrap()), "{found:?}");
+        std::fs::remove_file(root.join("linked")).unwrap();
+        std::fs::remove_file(root.join("zero.php")).unwrap();
+        std::fs::remove_file(conf.join(".config.php.sdp-tmp")).unwrap();
+        assert_eq!(link_leaving(&root).unwrap(), None);
+        std::os::unix::fs::symlink("/etc/hostname", root.join("src/z.go")).unwrap();
+        assert_eq!(link_leaving(&root).unwrap(), Some(PathBuf::from("src/z.go")));
+    }
+}
