@@ -112,14 +112,28 @@ fn internal(e: anyhow::Error) -> Response {
         .into_response()
 }
 
-async fn ws_agent(State(api): State<Api>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn ws_agent(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    ws: WebSocketUpgrade,
+) -> Response {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if let Err(why) = api.controller.hub.authorize(auth) {
         tracing::warn!("agent refused: {why}");
         return (StatusCode::UNAUTHORIZED, why).into_response();
     }
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let peer = crate::auth::limit::client_address(peer, &headers, &api.auth.trusted_proxies)
+        .parse()
+        .ok()
+        .or(peer);
     let hub = api.controller.hub.clone();
-    ws.on_upgrade(move |socket| hub.serve(socket))
+    ws.max_message_size(crate::hub::MAX_FRAME_BYTES)
+        .max_frame_size(crate::hub::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| hub.serve(socket, peer))
 }
 
 /// One line of `GET /api/v1/sandboxes`.

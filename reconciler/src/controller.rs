@@ -380,7 +380,25 @@ impl Controller {
                 loop {
                     let (name, reason) = me.next().await;
                     let span = tracing::info_span!("pass", sandbox = %name, trigger = %reason);
-                    me.pass_for(&name, &reason).instrument(span).await;
+                    // A pass that panics (a bug, or input nobody foresaw) must not take its worker, or its
+                    // sandbox, with it: the sandbox shows the failure and is retried with backoff.
+                    let pass = std::panic::AssertUnwindSafe(me.pass_for(&name, &reason).instrument(span));
+                    if let Err(panic) = futures_util::FutureExt::catch_unwind(pass).await {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        let error = format!("the reconcile pass failed unexpectedly: {what}");
+                        tracing::error!(sandbox = %name, "{error}");
+                        let wait = me.fail(&format!("pass of {name}"), &error);
+                        me.set_status(&name, |s| {
+                            s.sync = Sync::Failed;
+                            s.in_flight = None;
+                            s.last_error = Some(error.clone());
+                        });
+                        me.retry_later(&name, wait);
+                    }
                     me.finished(&name);
                 }
             });

@@ -62,7 +62,16 @@ struct Agent {
 struct Pending {
     conn: u64,
     done: Waiter,
+    /// The deployment an action belongs to: only its agent, and only while it runs, may write into its log and
+    /// stages.
+    deployment: Option<String>,
 }
+
+/// The longest log line kept; the rest is cut, and the cut is said.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// The largest frame an agent may send (a report of a busy node is a few MB).
+pub const MAX_FRAME_BYTES: usize = 32 << 20;
 
 /// Who waits, for which kind of answer.
 enum Waiter {
@@ -178,6 +187,7 @@ impl Hub {
         deadline: Duration,
     ) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
+        let deployment = deployment_id.clone();
         self.ask(
             |agents| agents.get(&role).ok_or_else(|| format!("no {role} agent is connected")),
             |request_id| {
@@ -187,7 +197,7 @@ impl Hub {
                     action,
                 })
             },
-            Waiter::Action(done),
+            (Waiter::Action(done), deployment),
             wait,
             "answer",
             deadline,
@@ -209,7 +219,7 @@ impl Hub {
                 request_id,
                 repo: repo.to_string(),
             },
-            Waiter::Branches(done),
+            (Waiter::Branches(done), None),
             wait,
             "list the branches",
             deadline,
@@ -246,7 +256,7 @@ impl Hub {
         &self,
         pick: impl FnOnce(&BTreeMap<Role, Agent>) -> Result<&Agent, String>,
         frame: impl FnOnce(u64) -> ReconcilerFrame,
-        done: Waiter,
+        (done, deployment): (Waiter, Option<String>),
         wait: oneshot::Receiver<Result<T, String>>,
         what: &str,
         deadline: Duration,
@@ -260,7 +270,7 @@ impl Hub {
             if agent.tx.send(Message::Text(text.into())).is_err() {
                 return Err(format!("agent {node} disconnected"));
             }
-            state.pending.insert(request_id, Pending { conn, done });
+            state.pending.insert(request_id, Pending { conn, done, deployment });
             node
         };
         match tokio::time::timeout(deadline, wait).await {
@@ -273,8 +283,9 @@ impl Hub {
         }
     }
 
-    /// Runs one agent connection to its end.
-    pub async fn serve(self: Arc<Hub>, socket: WebSocket) {
+    /// Runs one agent connection to its end. `peer` is where it connects from (the proxy's `X-Forwarded-For` when
+    /// the peer is this machine or a trusted proxy), to check the address it announces.
+    pub async fn serve(self: Arc<Hub>, socket: WebSocket, peer: Option<std::net::IpAddr>) {
         let (mut sink, mut stream) = socket.split();
         let hello = match tokio::time::timeout(HELLO_WITHIN, stream.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => match sdp_protocol::decode::<AgentFrame>(&text) {
@@ -293,6 +304,10 @@ impl Hub {
         if let Err(e) = sdp_protocol::check_version(hello.protocol_version) {
             tracing::warn!(node = %hello.node, "refused: {e}");
             return refuse(&mut sink, e.to_string()).await;
+        }
+        if let Err(why) = check_hello(&hello, peer) {
+            tracing::warn!(node = %hello.node, "refused: {why}");
+            return refuse(&mut sink, why).await;
         }
         let welcome = ReconcilerFrame::Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -435,9 +450,16 @@ impl Hub {
                 _ => tracing::debug!(request = result.request_id, "result for an action no longer waited for"),
             },
             AgentFrame::Progress(p) => {
-                let _ = self.events.send(HubEvent::Progress(p)).await;
+                if self.runs(conn, Some(&p.deployment_id)) {
+                    let _ = self.events.send(HubEvent::Progress(p)).await;
+                }
             }
-            AgentFrame::LogLine(l) => {
+            AgentFrame::LogLine(mut l) => {
+                if l.deployment_id.is_some() && !self.runs(conn, l.deployment_id.as_deref()) {
+                    tracing::debug!("a log line for a deployment this agent does not run: dropped");
+                    return;
+                }
+                cut_line(&mut l.line);
                 let _ = self.events.send(HubEvent::Log(l)).await;
             }
             AgentFrame::Branches(list) => {
@@ -447,6 +469,15 @@ impl Hub {
             }
             AgentFrame::Hello(_) => tracing::warn!("a second Hello on one connection is ignored"),
         }
+    }
+
+    /// Whether the action of `deployment` waits on this connection.
+    fn runs(&self, conn: u64, deployment: Option<&str>) -> bool {
+        let Some(deployment) = deployment else { return false };
+        self.lock()
+            .pending
+            .values()
+            .any(|p| p.conn == conn && p.deployment.as_deref() == Some(deployment))
     }
 
     /// The waiter of `request_id`, when it waits on this connection.
@@ -469,6 +500,57 @@ impl Hub {
         state.actual = Arc::new(next);
         true
     }
+}
+
+/// Cuts a line longer than `MAX_LOG_LINE` (on a character boundary) and says how much went.
+pub fn cut_line(line: &mut String) {
+    if line.len() <= MAX_LOG_LINE {
+        return;
+    }
+    let mut end = MAX_LOG_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = line.len() - end;
+    line.truncate(end);
+    line.push_str(&format!(" [sdp: {cut} more bytes cut]"));
+}
+
+/// What a Hello may say: a node name of at most 63 plain characters, and an address that is a plain host and, when
+/// it is an IP address and the agent connects from another machine, the one it connects from (the routes of every
+/// sandbox point at the micro agent's address: a token holder must not point them elsewhere).
+pub fn check_hello(hello: &Hello, peer: Option<std::net::IpAddr>) -> Result<(), String> {
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    };
+    if hello.node.is_empty() || hello.node.len() > 63 || !plain(&hello.node) {
+        return Err("the node name must be 1 to 63 letters, digits, `-`, `_` or `.`".into());
+    }
+    if !plain_host(&hello.address) {
+        return Err(format!("address {:?} is not an IP address or host name", hello.address));
+    }
+    if let (Ok(said), Some(peer)) = (hello.address.parse::<std::net::IpAddr>(), peer)
+        && !peer.is_loopback()
+        && said != peer
+    {
+        return Err(format!(
+            "this agent says its address is {said} but connects from {peer}: set `address: {peer}` in its config \
+             (or give a host name)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an agent's `Hello.address` is a plain host: an IP address or a DNS name, nothing that could change the
+/// URL it goes into (`http://{address}:{port}`).
+pub fn plain_host(address: &str) -> bool {
+    address.parse::<std::net::IpAddr>().is_ok()
+        || (!address.is_empty()
+            && address.len() <= 253
+            && address
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')))
 }
 
 async fn refuse(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, reason: String) {

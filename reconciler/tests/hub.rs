@@ -335,3 +335,99 @@ fn webhook_fetches_of_one_repository_are_asked_at_most_every_few_seconds() {
     }
     assert!(hub.fetch("payment"), "another repository is asked on its own");
 }
+
+#[tokio::test]
+async fn an_agent_writes_only_into_deployments_it_runs_and_long_lines_are_cut() {
+    let s = server().await;
+    let store = &s.controller.store;
+    let d = store
+        .start_deployment(sdp_reconciler::store::Deployment {
+            id: 0,
+            sandbox: "box".into(),
+            service: "account".into(),
+            repo: "account".into(),
+            branch: "main".into(),
+            commit: None,
+            config_commit: "c".into(),
+            config_author: "a".into(),
+            environments: vec![],
+            reason: "missing".into(),
+            trigger: "resync".into(),
+            started_ms: 0,
+            ended_ms: None,
+            state: sdp_reconciler::store::DeploymentState::Running,
+            stages: vec![],
+            error: None,
+        })
+        .unwrap();
+    let mut ws = connected(&s.url).await;
+    let line = |deployment_id: Option<String>, container: Option<&str>, line: String| {
+        let frame = AgentFrame::LogLine(sdp_protocol::LogLine {
+            deployment_id,
+            container: container.map(str::to_string),
+            seq: 1,
+            line,
+            dropped_before: 0,
+        });
+        Message::Text(sdp_protocol::encode(&frame).into())
+    };
+    // A deployment nobody asked this agent to run.
+    ws.send(line(Some(d.id.to_string()), None, "forged".into()))
+        .await
+        .unwrap();
+    // A container line of 10 MB.
+    ws.send(line(None, Some("sandbox-box-account"), "x".repeat(10 << 20)))
+        .await
+        .unwrap();
+    let kept = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let lines = s
+                .controller
+                .container_logs
+                .lock()
+                .unwrap()
+                .get("sandbox-box-account")
+                .map(|l| l.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
+            if let Some(lines) = lines {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the container line arrives");
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].len() < 17 * 1024, "{} bytes kept", kept[0].len());
+    assert!(kept[0].ends_with("more bytes cut]"), "the cut is said");
+    assert_eq!(store.log(d.id).len(), 0, "the forged line was written");
+}
+
+#[test]
+fn a_hello_cannot_point_the_routes_elsewhere() {
+    use sdp_reconciler::hub::check_hello;
+    let hello = |node: &str, address: &str| Hello {
+        node: node.into(),
+        role: Role::Micro,
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "t".into(),
+        address: address.into(),
+        repos: vec![],
+        images: vec![],
+    };
+    let peer = Some("172.18.136.92".parse().unwrap());
+    assert!(check_hello(&hello("micro-92", "172.18.136.92"), peer).is_ok());
+    assert!(
+        check_hello(&hello("micro-92", "micro-92.internal"), peer).is_ok(),
+        "a host name"
+    );
+    let err = check_hello(&hello("micro-92", "10.9.9.9"), peer).unwrap_err();
+    assert!(err.contains("connects from 172.18.136.92"), "{err}");
+    // An agent on the reconciler's own machine (the demo, or behind a local proxy that did not say) may say any.
+    assert!(check_hello(&hello("m", "172.17.0.1"), Some("127.0.0.1".parse().unwrap())).is_ok());
+    for bad in ["evil.example/x?", "a b", "http://x", "", "x'"] {
+        assert!(check_hello(&hello("m", bad), peer).is_err(), "{bad:?}");
+    }
+    for bad in ["", "../x", "a b", &"n".repeat(64)] {
+        assert!(check_hello(&hello(bad, "172.18.136.92"), peer).is_err(), "{bad:?}");
+    }
+}

@@ -55,7 +55,11 @@ impl axum::extract::FromRequestParts<std::sync::Arc<super::Auth>> for Client {
     }
 }
 
-fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap, trusted: &[std::net::IpAddr]) -> String {
+pub(crate) fn client_address(
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> String {
     let forwarded = || {
         headers
             .get_all("x-forwarded-for")

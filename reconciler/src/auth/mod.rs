@@ -18,7 +18,7 @@
 //! middleware and the login and logout pages; this one keeps the sessions.
 
 mod check;
-mod limit;
+pub(crate) mod limit;
 mod web;
 
 use std::collections::HashMap;
