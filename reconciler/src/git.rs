@@ -176,18 +176,26 @@ impl Git {
         if !self.has_head() {
             return Ok(Vec::new());
         }
-        let mut args = vec!["ls-tree", "-r", "-z", "HEAD", "--"];
+        let mut args = vec!["ls-tree", "-r", "-z", "-l", "HEAD", "--"];
         args.extend(dirs);
         let listing = self.run(&args)?;
         let mut wanted = Vec::new();
+        // Blobs over the manifest limit are never read (a 300 MB file in a small repo took the reconciler to 1 GB):
+        // each stands as a file just over the limit, which the loader refuses as too large, naming it.
+        let mut oversized = Vec::new();
         for entry in listing.split('\0').filter(|e| !e.is_empty()) {
             // "<mode> <type> <object>\t<path>"; only regular files count, as on disk.
             let Some((meta, path)) = entry.split_once('\t') else {
                 continue;
             };
-            let mut parts = meta.split(' ');
-            let (mode, kind, object) = (parts.next(), parts.next(), parts.next());
+            let mut parts = meta.split_whitespace();
+            let (mode, kind, object, size) = (parts.next(), parts.next(), parts.next(), parts.next());
             if kind != Some("blob") || !matches!(mode, Some("100644" | "100755")) {
+                continue;
+            }
+            let size: u64 = size.and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            if size > sdp_manifest::MAX_FILE_BYTES as u64 {
+                oversized.push(PathBuf::from(path));
                 continue;
             }
             if let Some(object) = object {
@@ -234,6 +242,11 @@ impl Git {
             files.push((path, body.to_vec()));
             rest = rest.get(header_end + 2 + size..).unwrap_or_default();
         }
+        files.extend(
+            oversized
+                .into_iter()
+                .map(|path| (path, vec![b'#'; sdp_manifest::MAX_FILE_BYTES + 1])),
+        );
         Ok(files)
     }
 

@@ -256,3 +256,21 @@ fn a_local_clone_follows_its_upstream_and_never_loses_a_local_commit() {
     plain.follow_upstream().unwrap();
     assert!(plain.refresh().unwrap().is_some());
 }
+
+#[test]
+fn a_huge_manifest_is_refused_unread_and_the_others_go_on() {
+    let repo = Repo::new();
+    // 50 MB of YAML comments: reading it would cost what it weighs, and more to parse.
+    let huge = format!("apiVersion: sdp/v1\nkind: Sandbox\n{}", "# padding padding padding\n".repeat(2_000_000));
+    repo.write("sandboxes/huge.yaml", &huge);
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-qm", "a huge file"]);
+    let mut source = Source::new(Origin::Local(repo.dir.clone()));
+    let snap = source.refresh().unwrap().unwrap();
+    assert_eq!(names(&snap), ["qa-login-error"], "the valid sandbox goes on");
+    let problems: Vec<String> = snap.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        problems.iter().any(|p| p.contains("huge.yaml") && p.contains("over the limit")),
+        "{problems:#?}"
+    );
+}
