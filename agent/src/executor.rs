@@ -679,14 +679,14 @@ impl Executor {
     /// `php -l` of the patched file: on the host when php is there, else in the gateway's container.
     async fn php_lint(&self, container: &str, path: &Path) -> Result<()> {
         let output = if which(Path::new("php")).is_some() {
-            tokio::process::Command::new("php").arg("-l").arg(path).output().await?
+            let mut php = tokio::process::Command::new("php");
+            php.arg("-l").arg(path);
+            bounded(php, "php -l", SHORT_COMMAND).await?
         } else {
             let inside = self.config.mount_point().join(&self.config.config_php);
-            tokio::process::Command::new("docker")
-                .args(["exec", container, "php", "-l"])
-                .arg(inside)
-                .output()
-                .await?
+            let mut exec = tokio::process::Command::new("docker");
+            exec.args(["exec", container, "php", "-l"]).arg(inside);
+            bounded(exec, "docker exec php -l", SHORT_COMMAND).await?
         };
         if !output.status.success() {
             bail!(
@@ -701,12 +701,9 @@ impl Executor {
         if self.config.reload.is_empty() {
             return Ok(());
         }
-        let output = tokio::process::Command::new("docker")
-            .arg("exec")
-            .arg(container)
-            .args(&self.config.reload)
-            .output()
-            .await?;
+        let mut exec = tokio::process::Command::new("docker");
+        exec.arg("exec").arg(container).args(&self.config.reload);
+        let output = bounded(exec, "the gateway's reload", SHORT_COMMAND).await?;
         if !output.status.success() {
             bail!(
                 "reloading the gateway ({}) failed: {}",
@@ -715,6 +712,25 @@ impl Executor {
             );
         }
         Ok(())
+    }
+}
+
+/// How long a lint or a reload may take.
+const SHORT_COMMAND: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a build or `composer install` may take.
+const LONG_COMMAND: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
+/// Runs a command to its end within `limit`, killed if it takes longer (a hung `docker exec` must not hold an
+/// action, and with it the sandbox, for ever).
+async fn bounded(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    limit: std::time::Duration,
+) -> Result<std::process::Output> {
+    cmd.kill_on_drop(true);
+    match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(output) => output.with_context(|| format!("cannot run {what}")),
+        Err(_) => bail!("{what} did not finish within {} s: stopped", limit.as_secs()),
     }
 }
 
@@ -791,7 +807,8 @@ const KEPT_LINES: usize = 20;
 /// Runs a command, its output streamed line by line as the deployment's log.
 async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, out: &Outbox) -> Result<()> {
     cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run {what}: is it installed?"))?;
@@ -819,7 +836,16 @@ async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, ou
     };
     let a = pump(Box::new(stdout));
     let b = pump(Box::new(stderr));
-    let status = child.wait().await?;
+    let status = match tokio::time::timeout(LONG_COMMAND, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            // Dropped with kill_on_drop: the build does not go on behind the agent's back.
+            bail!(
+                "{what} did not finish within {} minutes: stopped",
+                LONG_COMMAND.as_secs() / 60
+            );
+        }
+    };
     let _ = a.await;
     let (head, tail) = b.await.unwrap_or_default();
     if !status.success() {

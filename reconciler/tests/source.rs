@@ -261,7 +261,10 @@ fn a_local_clone_follows_its_upstream_and_never_loses_a_local_commit() {
 fn a_huge_manifest_is_refused_unread_and_the_others_go_on() {
     let repo = Repo::new();
     // 50 MB of YAML comments: reading it would cost what it weighs, and more to parse.
-    let huge = format!("apiVersion: sdp/v1\nkind: Sandbox\n{}", "# padding padding padding\n".repeat(2_000_000));
+    let huge = format!(
+        "apiVersion: sdp/v1\nkind: Sandbox\n{}",
+        "# padding padding padding\n".repeat(2_000_000)
+    );
     repo.write("sandboxes/huge.yaml", &huge);
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-qm", "a huge file"]);
@@ -270,7 +273,9 @@ fn a_huge_manifest_is_refused_unread_and_the_others_go_on() {
     assert_eq!(names(&snap), ["qa-login-error"], "the valid sandbox goes on");
     let problems: Vec<String> = snap.problems.iter().map(|p| p.to_string()).collect();
     assert!(
-        problems.iter().any(|p| p.contains("huge.yaml") && p.contains("over the limit")),
+        problems
+            .iter()
+            .any(|p| p.contains("huge.yaml") && p.contains("over the limit")),
         "{problems:#?}"
     );
 }

@@ -392,11 +392,29 @@ pub fn run_logs(server: &Server, target: &str, follow: bool) -> Result<ExitCode>
     for line in reader.lines() {
         let line = line?;
         if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
-            writeln!(out, "{data}")?;
+            writeln!(out, "{}", printable(data))?;
             out.flush()?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A container's line as a terminal may show it: control characters (escape sequences that would move the cursor,
+/// retitle the window or worse) are written as `\u{1b}`, tabs kept.
+pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// `sdp apply --wait`: follows the reconciler until each sandbox runs `commit` (any commit when empty) and is
@@ -467,5 +485,17 @@ pub fn wait_for_sync(
             return Ok(ExitCode::from(1));
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn a_containers_escape_sequences_reach_the_terminal_as_text() {
+        assert_eq!(printable("plain\ttext"), "plain\ttext");
+        assert_eq!(printable("\x1b]0;pwned\x07red"), "\\u{1b}]0;pwned\\u{7}red");
+        assert_eq!(printable("a\rb"), "a\\u{d}b");
     }
 }
