@@ -431,3 +431,75 @@ fn a_hello_cannot_point_the_routes_elsewhere() {
         assert!(check_hello(&hello(bad, "172.18.136.92"), peer).is_err(), "{bad:?}");
     }
 }
+
+/// A deterministic stream of bytes (xorshift), so a failing case can be replayed.
+fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving() {
+    let s = server().await;
+    let mut ws = connected(&s.url).await;
+    let valid = [
+        sdp_protocol::encode(&AgentFrame::ActualState(sdp_protocol::ActualState {
+            worktrees: vec![sdp_protocol::Worktree {
+                sandbox: "box".into(),
+                service: "account".into(),
+                branch: "main".into(),
+                commit: "ééééééééééééééééé".into(),
+            }],
+            heads: vec![sdp_protocol::BranchHead {
+                repo: "account".into(),
+                branch: "main".into(),
+                commit: "\u{1F600}".repeat(20),
+            }],
+            ..Default::default()
+        })),
+        sdp_protocol::encode(&AgentFrame::ActionResult(ActionResult {
+            request_id: u64::MAX,
+            error: Some("x".repeat(1000)),
+        })),
+        sdp_protocol::encode(&AgentFrame::LogLine(sdp_protocol::LogLine {
+            deployment_id: Some("-1".into()),
+            container: Some("../../etc".into()),
+            seq: 0,
+            line: "\u{0}\u{1b}[2J".into(),
+            dropped_before: u64::MAX,
+        })),
+    ];
+    let mut seed = 0x5eed_u64;
+    // Bounded: 600 frames, each under 4 KiB.
+    for i in 0..600 {
+        let frame = match i % 3 {
+            0 => String::from_utf8_lossy(&noise(&mut seed, (i * 7) % 4000)).into_owned(),
+            1 => {
+                let v = &valid[i % valid.len()];
+                let cut = noise(&mut seed, 1)[0] as usize * v.len() / 256;
+                v.chars().take(cut).collect()
+            }
+            _ => valid[i % valid.len()].clone(),
+        };
+        if ws.send(Message::Text(frame.into())).await.is_err() {
+            break;
+        }
+    }
+    // The hub still serves: a pass over a sandbox with those reports runs, and a new agent is welcomed.
+    s.controller.pass("box").await;
+    let mut again = dial(&s.url, Some(TOKEN)).await.unwrap();
+    again.send(hello(PROTOCOL_VERSION)).await.unwrap();
+    assert!(matches!(next_frame(&mut again).await, ReconcilerFrame::Welcome { .. }));
+    let url = format!("http://{}/healthz", s.url);
+    let health = tokio::task::spawn_blocking(move || ureq::get(&url).call().map(|r| r.status().as_u16()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(health, 200);
+}

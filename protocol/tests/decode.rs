@@ -1,0 +1,37 @@
+//! Whatever arrives on a WebSocket, decoding it never panics: random text, and every cut of real frames of both
+//! directions (what the hub and the agent each decode first).
+
+use proptest::prelude::*;
+use sdp_protocol::{AgentFrame, ReconcilerFrame, decode};
+
+const FRAMES: [&str; 4] = [
+    r#"{"type":"hello","node":"micro-92","role":"micro","protocolVersion":1,"agentVersion":"0.1.0","address":"172.18.136.92","repos":["account"],"images":["alpine:3.20"]}"#,
+    r#"{"type":"actualState","containers":[{"name":"sandbox-a-account","id":"abc","labels":{"sdp.managed":"true"},"state":"running","ports":[9001],"restartCount":0}],"networks":["sandbox-a"],"worktrees":[],"heads":[]}"#,
+    r#"{"type":"action","requestId":7,"deploymentId":"3","action":{"kind":"deployService","sandbox":"a","service":"account","branch":"main","container":"sandbox-a-account","hostPort":9001,"env":{},"labels":{},"build":{"package":"./cmd/account","tags":["netgo"]}}}"#,
+    r#"{"type":"welcome","protocolVersion":1,"installation":"0a1b2c3d4e5f6071"}"#,
+];
+
+proptest! {
+    #[test]
+    fn random_text_never_panics(text in any::<String>()) {
+        let _ = decode::<AgentFrame>(&text);
+        let _ = decode::<ReconcilerFrame>(&text);
+    }
+
+    #[test]
+    fn every_cut_of_a_real_frame_never_panics(which in 0..FRAMES.len(), cut in 0usize..400, junk in any::<String>()) {
+        let frame = FRAMES[which];
+        let cut = cut.min(frame.len());
+        let text = format!("{}{junk}", &frame[..cut]);
+        let _ = decode::<AgentFrame>(&text);
+        let _ = decode::<ReconcilerFrame>(&text);
+    }
+}
+
+#[test]
+fn the_real_frames_decode() {
+    assert!(decode::<AgentFrame>(FRAMES[0]).is_ok());
+    assert!(decode::<AgentFrame>(FRAMES[1]).is_ok());
+    assert!(decode::<ReconcilerFrame>(FRAMES[2]).is_ok());
+    assert!(decode::<ReconcilerFrame>(FRAMES[3]).is_ok());
+}
