@@ -243,11 +243,9 @@ fn backoff_grows_from_two_seconds_to_five_minutes_with_bounded_jitter() {
     }
 }
 
-#[tokio::test]
-async fn deployment_logs_stream_and_resume_from_last_event_id() {
-    let s = server().await;
-    let store = &s.controller.store;
-    let d = store
+/// A deployment of `box`'s account, running.
+fn running_deployment(store: &Store) -> sdp_reconciler::store::Deployment {
+    store
         .start_deployment(sdp_reconciler::store::Deployment {
             id: 0,
             sandbox: "box".into(),
@@ -266,7 +264,14 @@ async fn deployment_logs_stream_and_resume_from_last_event_id() {
             stages: vec![],
             error: None,
         })
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn deployment_logs_stream_and_resume_from_last_event_id() {
+    let s = server().await;
+    let store = &s.controller.store;
+    let d = running_deployment(store);
     for i in 0..3 {
         s.controller.log(sdp_protocol::LogLine {
             deployment_id: Some(d.id.to_string()),
@@ -340,26 +345,7 @@ fn webhook_fetches_of_one_repository_are_asked_at_most_every_few_seconds() {
 async fn an_agent_writes_only_into_deployments_it_runs_and_long_lines_are_cut() {
     let s = server().await;
     let store = &s.controller.store;
-    let d = store
-        .start_deployment(sdp_reconciler::store::Deployment {
-            id: 0,
-            sandbox: "box".into(),
-            service: "account".into(),
-            repo: "account".into(),
-            branch: "main".into(),
-            commit: None,
-            config_commit: "c".into(),
-            config_author: "a".into(),
-            environments: vec![],
-            reason: "missing".into(),
-            trigger: "resync".into(),
-            started_ms: 0,
-            ended_ms: None,
-            state: sdp_reconciler::store::DeploymentState::Running,
-            stages: vec![],
-            error: None,
-        })
-        .unwrap();
+    let d = running_deployment(store);
     let mut ws = connected(&s.url).await;
     let line = |deployment_id: Option<String>, container: Option<&str>, line: String| {
         let frame = AgentFrame::LogLine(sdp_protocol::LogLine {
