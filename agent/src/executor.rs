@@ -296,11 +296,8 @@ impl Executor {
     /// names this node does not serve are ignored.
     pub async fn fetch_named(&self, names: BTreeSet<String>) {
         let mut services = BTreeSet::new();
-        for (service, path) in &self.config.repos {
-            let repo = Repo {
-                path: path.clone(),
-                credentials: None,
-            };
+        for service in self.config.repos.keys() {
+            let Ok(repo) = self.repo(service) else { continue };
             let origin = tokio::task::spawn_blocking(move || repo.origin_name())
                 .await
                 .ok()
@@ -545,10 +542,7 @@ impl Executor {
     /// one, else from the module cache or proxy that the operator's `goEnv` names.
     async fn go_build(&self, dir: &Path, binary: &Path, build: Option<&GoBuild>, id: &str, out: &Outbox) -> Result<()> {
         std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
-        let default = GoBuild {
-            package: ".".into(),
-            ..GoBuild::default()
-        };
+        let default = GoBuild::default();
         let build = build.unwrap_or(&default);
         let args = go_build_args(build, dir.join("vendor/modules.txt").is_file())?;
         // go follows links: one out of the worktree would build (or quote in its errors) a file of the VM.
@@ -616,16 +610,16 @@ impl Executor {
         // `bin-dir` could name any folder of the VM, a folder on PATH among them).
         files::no_links(dir, Path::new("vendor"))?;
         let mut cmd = tokio::process::Command::new(&self.config.composer);
-        cmd.env("COMPOSER_VENDOR_DIR", dir.join("vendor"))
+        cmd.current_dir(dir)
+            .args(["install", "--no-dev", "--no-interaction", "--no-progress"])
+            .env("COMPOSER_HOME", self.config.data_dir.join("composer"))
+            .env("COMPOSER_VENDOR_DIR", dir.join("vendor"))
             .env("COMPOSER_BIN_DIR", dir.join("vendor/bin"))
             .env("COMPOSER_CACHE_DIR", self.config.data_dir.join("composer-cache"));
-        cmd.current_dir(dir)
-            .args(["install", "--no-dev", "--no-interaction", "--no-progress"]);
         if !self.config.composer_scripts {
             // The branch's scripts and plugins would run here, on the VM: only with the operator's consent.
             cmd.args(["--no-scripts", "--no-plugins"]);
         }
-        cmd.env("COMPOSER_HOME", self.config.data_dir.join("composer"));
         run_streamed(cmd, "composer install", id, out).await?;
         Ok(true)
     }
@@ -643,15 +637,13 @@ impl Executor {
         // anything (a container may have replaced it); it is replaced, never followed.
         files::no_links(&worktree, self.config.config_php.parent().unwrap_or(Path::new("")))?;
         let live = files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP).ok();
-        let text = live.clone().unwrap_or_default();
         let repo = self.repo(GATEWAY)?;
         let (commit, file) = (meta.commit.clone(), self.config.config_php.clone());
         let pristine = tokio::task::spawn_blocking(move || repo.show(&commit, &file))
             .await?
             .with_context(|| format!("cannot read config.php of the deployed commit {}", meta.commit))?;
-        let map = wanted;
-        let patched = routes::patch(&pristine, map).map_err(anyhow::Error::msg)?;
-        if patched == text {
+        let patched = routes::patch(&pristine, wanted).map_err(anyhow::Error::msg)?;
+        if live.as_deref() == Some(patched.as_str()) {
             return Ok(());
         }
         let container = sdp_protocol::container_name(sandbox, GATEWAY);
@@ -665,7 +657,7 @@ impl Executor {
         }
         self.reload(&container).await?;
         let back = routes::routes(&files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP)?);
-        let wrong: Vec<&String> = map
+        let wrong: Vec<&String> = wanted
             .iter()
             .filter(|(k, v)| back.get(*k) != Some(v))
             .map(|(k, _)| k)

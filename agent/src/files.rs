@@ -37,18 +37,35 @@ pub fn no_links(root: &Path, rel: &Path) -> Result<()> {
 /// Reads `rel` under `root` as text: no part a symlink, a regular file, at most `max` bytes.
 pub fn read_capped(root: &Path, rel: &Path, max: u64) -> Result<String> {
     no_links(root, rel)?;
-    let path = root.join(rel);
-    let file = open_no_follow(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let meta = file.metadata()?;
+    read_regular(&root.join(rel), max)
+}
+
+/// Reads a regular file of at most `max` bytes as text, without following a link at its last component or
+/// blocking on a FIFO. No error holds a byte of the file.
+pub fn read_regular(path: &Path, max: u64) -> Result<String> {
+    let failed = |e: std::io::Error| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            anyhow::anyhow!("{} is a symbolic link, which is not followed", path.display())
+        } else {
+            anyhow::anyhow!("cannot read {}: {e}", path.display())
+        }
+    };
+    let file = open_no_follow(path).map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
     }
+    let too_large = || anyhow::anyhow!("{} is larger than {max} bytes", path.display());
     if meta.len() > max {
-        bail!("{} is larger than {max} bytes", path.display());
+        return Err(too_large());
     }
     let mut bytes = Vec::new();
-    file.take(max).read_to_end(&mut bytes)?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+    // One byte more than allowed: a file that grew since it was measured is refused, not cut.
+    file.take(max + 1).read_to_end(&mut bytes).map_err(failed)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))
 }
 
 /// Writes through a fresh temp file (created exclusively, never through a link) and a rename in the same

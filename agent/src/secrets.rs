@@ -6,10 +6,9 @@
 //! the agent, not `/dev/zero`), and is at most `MAX_SECRET_BYTES`. The value never appears in an error: a
 //! message names the variable and the file, never a byte of what is in it.
 
-use std::io::Read;
 use std::path::{Component, Path};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// The largest secret value read: a password, a key, a certificate.
 pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
@@ -36,42 +35,14 @@ pub fn read(dir: &Path, name: &str, file: &str) -> Result<String> {
         Ok(real) if real.starts_with(&real_dir) => {}
         _ => bail!("the secret {name}: {file} is not inside {} on this node", dir.display()),
     }
-    let mut opened = crate::files::open_no_follow(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the secret {name} from {file}: {}", io_reason(&e)))?;
-    let meta = opened
-        .metadata()
-        .map_err(|e| anyhow::anyhow!("cannot read the secret {name} from {file}: {}", io_reason(&e)))?;
-    if !meta.file_type().is_file() {
-        bail!("the secret {name}: {file} is not a regular file");
-    }
-    if meta.len() > MAX_SECRET_BYTES {
-        bail!("the secret {name}: {file} is larger than {MAX_SECRET_BYTES} bytes");
-    }
-    let mut bytes = Vec::new();
-    (&mut opened)
-        .take(MAX_SECRET_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("cannot read the secret {name} from {file}: {}", io_reason(&e)))?;
-    if bytes.len() as u64 > MAX_SECRET_BYTES {
-        bail!("the secret {name}: {file} is larger than {MAX_SECRET_BYTES} bytes");
-    }
-    let Ok(text) = String::from_utf8(bytes) else {
-        bail!("the secret {name}: {file} is not UTF-8 text");
-    };
+    let text = crate::files::read_regular(path, MAX_SECRET_BYTES)
+        .with_context(|| format!("cannot read the secret {name} from {file}"))?;
     let value = text.trim_end_matches(['\n', '\r']);
     // Docker and runc refuse such a variable, and their error message would carry the value.
     if value.contains('\0') {
         bail!("the secret {name}: {file} holds a NUL byte, which an environment variable cannot");
     }
     Ok(value.to_string())
-}
-
-/// An I/O error's kind in words, never its OS text alone (which is fine) nor anything read.
-fn io_reason(e: &std::io::Error) -> String {
-    if e.raw_os_error() == Some(libc::ELOOP) {
-        return "it is a symbolic link, which secrets may not be".into();
-    }
-    e.to_string()
 }
 
 #[cfg(test)]

@@ -245,7 +245,7 @@ pub struct Deploy {
 }
 
 /// The package, tags and linker flags of a Go build, as validated in the manifest (the agent checks them again).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoBuild {
     /// `.` or `./cmd/<name>`.
@@ -254,6 +254,17 @@ pub struct GoBuild {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldflags: Option<String>,
+}
+
+/// `go build .`: the repository root, no tags, no linker flags.
+impl Default for GoBuild {
+    fn default() -> GoBuild {
+        GoBuild {
+            package: ".".into(),
+            tags: Vec::new(),
+            ldflags: None,
+        }
+    }
 }
 
 impl Role {

@@ -477,10 +477,11 @@ fn compile_one<'a>(
     })
 }
 
-/// The protocol's build settings of a service; the package defaults to `.`.
+/// The protocol's build settings of a service; the package defaults to GoBuild's (`.`).
 fn go_build(build: &sdp_manifest::Build) -> GoBuild {
+    let default = GoBuild::default();
     GoBuild {
-        package: build.package.clone().unwrap_or_else(|| ".".into()),
+        package: build.package.clone().unwrap_or(default.package),
         tags: build.tags.clone(),
         ldflags: build.ldflags.clone(),
     }
