@@ -41,7 +41,6 @@ fn median(mut times: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let php = php_image();
     let mut cluster = Cluster::start();
     let name = format!("push-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
@@ -72,8 +71,6 @@ fn main() {
         .join("\n");
     std::fs::write(&micro, text + "\n").unwrap();
     let gw = cluster.agent_yaml("gateway-push", "gateway", &[("gateway", &gateway.clone)], "");
-    let text = std::fs::read_to_string(&gw).unwrap().replace(runtime_image(), php);
-    std::fs::write(&gw, text).unwrap();
     cluster.start_agent(&micro, "micro-push");
     cluster.start_agent(&gw, "gateway-push");
 

@@ -556,14 +556,20 @@ impl Cluster {
         self.tmp.path()
     }
 
-    /// Writes an agent config; `extra` is appended as YAML lines.
+    /// Writes an agent config, on the role's image (the busybox stand-in for alpine, or the Apache one for
+    /// php:8.3-apache); `extra` is appended as YAML lines.
     pub fn agent_yaml(&self, node: &str, role: &str, repos: &[(&str, &Path)], extra: &str) -> PathBuf {
+        let image = if role == "gateway" {
+            php_image()
+        } else {
+            runtime_image()
+        };
         let mut yaml = format!(
             "node: {node}\nrole: {role}\nreconciler: {}/ws/agent\ntokenFile: {}\naddress: 127.0.0.1\n\
              image: {}\ndataDir: {}\nfetchSecs: 1\ngoCache: {}\n",
             self.api.replacen("http://", "ws://", 1),
             self.token.display(),
-            runtime_image(),
+            image,
             self.path().join(format!("agent-{node}")).display(),
             std::env::temp_dir().join("sdp-e2e-go-cache").display()
         );

@@ -28,15 +28,12 @@ fn known(cluster: &Cluster, name: &str) -> bool {
 
 #[test]
 fn a_push_is_seen_at_once_on_the_webhook_and_apply_push_wait_returns_synced() {
-    let php = php_image();
     // Polling once an hour: within the test, only the webhook can explain the reconciler seeing a push.
     let mut cluster = Cluster::start_remote(3600);
     let name = format!("bb-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
     let gateway = gateway_repo(cluster.path(), "develop", &["account"], "http://ocp.invalid:8080");
     let gw = cluster.agent_yaml("gateway-bb", "gateway", &[("gateway", &gateway.clone)], "");
-    let text = std::fs::read_to_string(&gw).unwrap().replace(runtime_image(), php);
-    std::fs::write(&gw, text).unwrap();
     cluster.start_agent(&gw, "gateway-bb");
 
     let port = free_port();

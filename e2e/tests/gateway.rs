@@ -23,7 +23,6 @@ fn through(gateway_port: u16, path: &str) -> Result<String, String> {
 
 #[test]
 fn the_gateway_routes_to_the_sandbox_or_ocp_and_follows_the_manifest() {
-    let php = php_image();
     let mut cluster = Cluster::start();
     let name = format!("gw-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
@@ -51,8 +50,6 @@ fn the_gateway_routes_to_the_sandbox_or_ocp_and_follows_the_manifest() {
         // The gateway role's defaults: php:8.3-apache's port 80, erangel's mount, apachectl -k graceful.
         "",
     );
-    let gw_yaml = std::fs::read_to_string(&gw).unwrap().replace(runtime_image(), php);
-    std::fs::write(&gw, gw_yaml).unwrap();
     cluster.start_agent(&micro, "micro-gw");
     cluster.start_agent(&gw, "gateway-gw");
 

@@ -50,7 +50,6 @@ fn set_yaml(file: &Path, from: &str, to: &str) {
 
 #[test]
 fn real_workloads_converge_and_route_through_apache() {
-    let php = php_image();
     let mut cluster = Cluster::start();
     let name = format!("real-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
@@ -81,7 +80,6 @@ fn real_workloads_converge_and_route_through_apache() {
     set_yaml(&micro, "fetchSecs: 1", "fetchSecs: 3600");
     // The gateway agent with the role's defaults: nothing about ports, mounts, reload or commands.
     let gw = cluster.agent_yaml("gateway-real", "gateway", &[("gateway", &gateway.clone)], "");
-    set_yaml(&gw, runtime_image(), php);
     cluster.start_agent(&micro, "micro-real");
     cluster.start_agent(&gw, "gateway-real");
 
@@ -334,7 +332,6 @@ fn doctor_checks_go_the_module_cache_and_the_gateway_image() {
     );
 
     let gateway = cluster.agent_yaml("gw-doc", "gateway", &[], "");
-    set_yaml(&gateway, runtime_image(), php);
     let said = doctor(&gateway);
     assert!(
         said.contains("PASS gateway image: runs `docker-php-entrypoint apache2-foreground` on 80/tcp")
@@ -342,6 +339,7 @@ fn doctor_checks_go_the_module_cache_and_the_gateway_image() {
         "{said}"
     );
     let busybox = cluster.agent_yaml("gw-doc2", "gateway", &[], "");
+    set_yaml(&busybox, php, runtime_image());
     let said = doctor(&busybox);
     assert!(
         said.contains("FAIL gateway image") && said.contains("not Apache"),
