@@ -9,6 +9,7 @@ pub mod controller;
 pub mod demo;
 pub mod desired;
 pub mod git;
+pub mod http;
 pub mod hub;
 pub mod plan;
 pub mod serve;

@@ -59,6 +59,12 @@ pub struct ServeConfig {
     /// (a proxy on this machine, as nginx on the gateway VM, is always trusted).
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connections served at once (agents' WebSockets are not counted once upgraded); the next ones wait.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a whole request head, before its connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
 }
 
 pub fn default_listen() -> SocketAddr {
@@ -78,6 +84,14 @@ fn default_gateway_ports() -> (u16, u16) {
 }
 fn default_service_ports() -> (u16, u16) {
     (9001, 9099)
+}
+/// Well below the unit's `LimitNOFILE` (65536), and far above what a team's browsers, `sdp` clients and log
+/// streams hold open.
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> u64 {
+    10
 }
 fn default_micro_address() -> String {
     "127.0.0.1".into()
@@ -101,6 +115,8 @@ impl ServeConfig {
             login_repo: None,
             allow_anonymous: false,
             trusted_proxies: Vec::new(),
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_header_timeout(),
         }
     }
 
@@ -178,8 +194,23 @@ fn read_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Runs the reconciler until Ctrl-C or SIGTERM.
+/// Runs the reconciler on `config.listen` until Ctrl-C or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another `sdp serve` (or anything else) on that port? `ss -ltnp` shows who",
+            config.listen
+        )
+    })?;
+    serve_on(listener, config, shutdown()).await
+}
+
+/// Runs the reconciler on `listener` until `shutdown` completes.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let settings = config.settings()?;
     let login_repo = config.login_repo()?;
     let token = read_token(&config.token_file)?;
@@ -232,17 +263,12 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         },
         &config.base_path,
     );
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}: is another `sdp serve` (or anything else) on that port? `ss -ltnp` shows who",
-            config.listen
-        )
-    })?;
     tracing::info!("listening on {}", listener.local_addr()?);
-    // With each connection's address: logins are limited per client.
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let limits = crate::http::Limits {
+        max_connections: config.max_connections,
+        header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
+    };
+    crate::http::run(listener, app, limits, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
