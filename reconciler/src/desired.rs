@@ -228,6 +228,24 @@ pub fn compile(
     let mut holders: BTreeMap<u16, (&str, &str)> = ports.iter().map(|(k, p)| (*p, *k)).collect();
     for (key, explicit) in &wanted {
         let Some(port) = explicit else { continue };
+        // Outside its range a port may be another program's on the VM (a database, SDP's own): only the ranges
+        // are SDP's to give.
+        let (range, what) = if key.1 == GATEWAY {
+            (&settings.gateway_ports, "gateway")
+        } else {
+            (&settings.service_ports, "service")
+        };
+        if !range.contains(port) {
+            let reason = format!(
+                "port {port} of {} is outside the {what} ports {}-{} this reconciler gives out: pick one in that \
+                 range or leave `port` out",
+                key.1,
+                range.start(),
+                range.end()
+            );
+            out.held.entry(key.0.to_string()).or_insert(reason);
+            continue;
+        }
         if ports.get(key) == Some(port) {
             continue;
         }

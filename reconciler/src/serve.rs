@@ -169,6 +169,13 @@ impl ServeConfig {
         if g0 <= s1 && s0 <= g1 {
             bail!("the gateway range {g0}-{g1} overlaps the service range {s0}-{s1}");
         }
+        let own = self.listen.port();
+        if (g0..=g1).contains(&own) || (s0..=s1).contains(&own) {
+            bail!(
+                "SDP listens on port {own}, inside the ports it gives to sandboxes (gatewayPorts {g0}-{g1}, \
+                 servicePorts {s0}-{s1}): move `listen` or the ranges"
+            );
+        }
         Ok(Settings {
             gateway_ports: g0..=g1,
             service_ports: s0..=s1,
@@ -196,6 +203,8 @@ fn read_token(path: &Path) -> Result<String> {
 
 /// Runs the reconciler on `config.listen` until Ctrl-C or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<()> {
+    // A config that cannot work is refused before the port is taken.
+    config.settings()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {}: is another `sdp serve` (or anything else) on that port? `ss -ltnp` shows who",

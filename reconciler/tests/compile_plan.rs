@@ -409,6 +409,42 @@ fn allocated_ports_stay_stable_and_are_released_on_delete() {
 }
 
 #[test]
+fn an_explicit_port_outside_its_range_holds_the_sandbox_and_takes_nothing() {
+    let envs_only = sandboxes(&sandbox_yaml("ok", &[("account", "x")]));
+    for (from, to, needle) in [
+        (
+            "      branch: x\n",
+            "      branch: x\n      port: 5432\n",
+            "port 5432 of user is outside the service ports 9001-9099",
+        ),
+        (
+            "      branch: x\n",
+            "      branch: x\n      port: 8085\n",
+            "port 8085 of user is outside the service ports",
+        ),
+        (
+            "  gateway:\n",
+            "  gateway:\n    port: 9005\n",
+            "port 9005 of gateway is outside the gateway ports 8080-8099",
+        ),
+    ] {
+        let yaml = sandbox_yaml("rogue", &[("user", "x")]);
+        assert!(yaml.contains(from), "{yaml}");
+        let (mut all, envs) = sandboxes(&yaml.replacen(from, to, 1));
+        all.extend(envs_only.0.clone());
+        let desired = compile_now(&all, &envs, &Arc::default());
+        assert!(desired.held["rogue"].contains(needle), "{:?}", desired.held);
+        assert!(!desired.sandboxes.contains_key("rogue"));
+        assert!(
+            !desired.allocations.ports.keys().any(|k| k.0 == "rogue"),
+            "{:?}",
+            desired.allocations
+        );
+        assert!(desired.sandboxes.contains_key("ok"), "the others compile as before");
+    }
+}
+
+#[test]
 fn an_exhausted_range_holds_the_sandbox_that_does_not_fit() {
     let (mut all, envs) = sandboxes(&sandbox_yaml("one", &[("account", "x")]));
     all.extend(sandboxes(&sandbox_yaml("two", &[("account", "x")])).0);
