@@ -309,8 +309,9 @@ fn login_logout_and_the_limit_on_failures() {
     );
     assert!(sdp(&["get", "sandboxes"], "").1.contains("log in first"));
 
-    // Three failures within 15 minutes: the fourth attempt is refused before git is asked, even with the right
-    // password and another spelling of the name; another user is not held up.
+    // Three failures within 15 minutes: the fourth attempt from that address is refused before git is asked,
+    // even with the right password and another spelling of the name; another user is not held up, nor the same
+    // user from another machine.
     for _ in 0..3 {
         assert_eq!(post_login(&api, USER, WRONG, "").status, 401);
     }
@@ -320,20 +321,30 @@ fn login_logout_and_the_limit_on_failures() {
     let retry: u64 = r.retry_after.parse().expect("a Retry-After in seconds");
     assert!((800..=900).contains(&retry), "{retry}");
     assert_eq!(post_login(&api, "bob", WRONG, "").status, 401);
-    // One address trying many names is held up too (the address as nginx on this machine reports it).
-    let from = |address: &str, user: &str| {
+    // The address as nginx on this machine reports it.
+    let from = |address: &str, user: &str, password: &str| {
         let r = client()
             .post(format!("{api}/login"))
             .header("X-Forwarded-For", address)
-            .send_form([("username", user), ("password", WRONG)])
+            .send_form([("username", user), ("password", password)])
             .unwrap();
         answer(r).status
     };
+    assert_eq!(
+        from("10.0.0.20", USER, PASSWORD),
+        303,
+        "ann from her own machine is not held up"
+    );
+    // One address trying many names is held up too.
     for i in 0..10 {
-        assert_eq!(from("10.0.0.9", &format!("user{i}")), 401);
+        assert_eq!(from("10.0.0.9", &format!("user{i}"), WRONG), 401);
     }
-    assert_eq!(from("10.0.0.9", "user10"), 429);
-    assert_eq!(from("10.0.0.10", "user11"), 401, "another address is not held up");
+    assert_eq!(from("10.0.0.9", "user10", WRONG), 429);
+    assert_eq!(
+        from("10.0.0.10", "user11", WRONG),
+        401,
+        "another address is not held up"
+    );
 
     // The password is in no log line (of either run) and no file the server wrote; the askpass sockets are gone.
     let log = ["serve-1.log", "serve-2.log"]
@@ -352,7 +363,7 @@ fn login_logout_and_the_limit_on_failures() {
     // Counted for the operator (since the restart).
     let metrics = get(&format!("{api}/metrics"), None).body;
     for line in [
-        "sdp_logins_total{outcome=\"succeeded\"} 5",
+        "sdp_logins_total{outcome=\"succeeded\"} 6",
         "sdp_logins_total{outcome=\"rejected\"} 16",
         "sdp_logins_total{outcome=\"limited\"} 2",
     ] {

@@ -295,8 +295,15 @@ fn serve_refuses_a_taken_port_and_says_who_to_ask() {
     says(&out, 2, &format!("cannot listen on 127.0.0.1:{port}"));
     says(&out, 2, "ss -ltnp");
     // SDP's own port inside the ranges it hands out: a sandbox could be given it.
-    let out = serve(token.to_str().unwrap(), &["--listen", "127.0.0.1:9050", "--allow-anonymous"]);
-    says(&out, 2, "SDP listens on port 9050, inside the ports it gives to sandboxes");
+    let out = serve(
+        token.to_str().unwrap(),
+        &["--listen", "127.0.0.1:9050", "--allow-anonymous"],
+    );
+    says(
+        &out,
+        2,
+        "SDP listens on port 9050, inside the ports it gives to sandboxes",
+    );
     // No token file: refused before anything starts, saying how to make one.
     let out = serve("/nonexistent/token", &["--allow-anonymous"]);
     says(&out, 2, "head -c 32 /dev/urandom");

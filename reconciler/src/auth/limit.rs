@@ -8,31 +8,48 @@ use axum::http::HeaderMap;
 /// How long failed attempts count.
 const LIMIT_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// The two limits on failed logins: per username (3, below Bitbucket's CAPTCHA) and per client address (10, so
-/// one machine cannot try a password on many names).
+/// The limits on failed logins, in proportion to who pays for them:
+/// - per username and client address, 3 (below Bitbucket's CAPTCHA): a client that guesses wrong holds up itself,
+///   not the user it named, who logs in from their own machine as before;
+/// - per username, 10 from all addresses together: guessing one password from many machines stays slow, and
+///   holding a user up takes four machines (one would do it against Bitbucket directly);
+/// - per client address, 10 across all names, so one machine cannot try a password on many users.
 pub(super) struct Limits {
-    pub(super) user: RateLimit,
+    pair: RateLimit,
+    user: RateLimit,
     client: RateLimit,
 }
 
 impl Limits {
     pub(super) fn new() -> Limits {
         Limits {
-            user: RateLimit::new(3, LIMIT_WINDOW),
+            pair: RateLimit::new(3, LIMIT_WINDOW),
+            user: RateLimit::new(10, LIMIT_WINDOW),
             client: RateLimit::new(10, LIMIT_WINDOW),
         }
     }
 
     pub(super) fn retry_after(&self, user: &str, client: &str, now: Instant) -> Option<Duration> {
-        let a = self.user.retry_after(user, now);
-        let b = self.client.retry_after(client, now);
-        a.max(b)
+        let pair = self.pair.retry_after(&pair(user, client), now);
+        let user = self.user.retry_after(user, now);
+        let client = self.client.retry_after(client, now);
+        pair.max(user).max(client)
     }
 
     pub(super) fn fail(&mut self, user: &str, client: &str, now: Instant) {
+        self.pair.fail(&pair(user, client), now);
         self.user.fail(user, now);
         self.client.fail(client, now);
     }
+
+    /// A login that succeeded forgets the client's own failures for that user; others' failures still count.
+    pub(super) fn succeeded(&mut self, user: &str, client: &str) {
+        self.pair.clear(&pair(user, client));
+    }
+}
+
+fn pair(user: &str, client: &str) -> String {
+    format!("{user}\n{client}")
 }
 
 /// Where a login attempt came from: the peer's address, or, when the peer is a proxy SDP trusts (this machine,
@@ -151,6 +168,52 @@ mod tests {
         assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(900)), None);
         limit.clear("ann");
         assert_eq!(limit.retry_after("ann", t0 + Duration::from_secs(41)), None);
+    }
+
+    #[test]
+    fn a_client_that_guesses_wrong_holds_up_itself_and_many_clients_hold_up_the_user() {
+        let t0 = Instant::now();
+        let mut limits = Limits::new();
+        for _ in 0..3 {
+            limits.fail("ann", "10.0.0.66", t0);
+        }
+        assert!(
+            limits.retry_after("ann", "10.0.0.66", t0).is_some(),
+            "the guesser waits"
+        );
+        assert_eq!(
+            limits.retry_after("ann", "10.0.0.7", t0),
+            None,
+            "ann from her own machine does not"
+        );
+        assert_eq!(
+            limits.retry_after("bob", "10.0.0.66", t0),
+            None,
+            "another name from the guesser does not"
+        );
+        for client in ["10.0.0.67", "10.0.0.68"] {
+            for _ in 0..3 {
+                limits.fail("ann", client, t0);
+            }
+        }
+        assert_eq!(
+            limits.retry_after("ann", "10.0.0.7", t0),
+            None,
+            "nine failures from three machines"
+        );
+        limits.fail("ann", "10.0.0.69", t0);
+        assert_eq!(
+            limits.retry_after("ann", "10.0.0.7", t0),
+            Some(LIMIT_WINDOW),
+            "the tenth, from a fourth machine, holds ann up everywhere"
+        );
+        assert_eq!(limits.retry_after("ann", "10.0.0.7", t0 + LIMIT_WINDOW), None);
+        limits.succeeded("ann", "10.0.0.66");
+        assert_eq!(
+            limits.retry_after("ann", "10.0.0.66", t0 + Duration::from_secs(1)),
+            Some(LIMIT_WINDOW - Duration::from_secs(1)),
+            "others' failures still count"
+        );
     }
 
     #[test]

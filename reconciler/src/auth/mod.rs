@@ -188,7 +188,7 @@ impl Auth {
         }
         match check_credentials(&login.repo, user, password, &login.run_dir, &login.askpass).await {
             Ok(()) => {
-                limits().user.clear(&key);
+                limits().succeeded(&key, client);
                 let token = new_token().map_err(|e| Refusal::Unavailable(format!("{e:#}")))?;
                 let (hash, now) = (hash(&token), now_ms());
                 let expires_ms = now + SESSION_TTL.as_millis() as u64;
