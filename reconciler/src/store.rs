@@ -3,11 +3,13 @@
 //! was last active. Deployment logs are append-only files beside it, each with an index of line offsets so that a
 //! tail is read from the end, not scanned.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -99,32 +101,24 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The redb file, for messages about what in it cannot be read.
+    path: PathBuf,
     logs: PathBuf,
     max_events: u64,
 }
 
 impl Store {
-    /// Opens (or creates) the store under `data`.
+    /// Opens (or creates) the store under `data`. A store that cannot be opened is never changed to make it open:
+    /// the error says whether another process holds it, it is damaged (and how to restore it), or it may not be read.
     pub fn open(data: &Path) -> Result<Store> {
-        fs::create_dir_all(data).with_context(|| format!("cannot create the data dir {}", data.display()))?;
+        fs::create_dir_all(data).map_err(|e| cannot_use(data, data, "create the data dir", e))?;
         let logs = data.join("logs");
-        fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+        fs::create_dir_all(&logs).map_err(|e| cannot_use(data, &logs, "create", e))?;
         let path = data.join("sdp.redb");
-        let db = Database::create(&path).with_context(|| {
-            format!(
-                "cannot open {}: is another `sdp serve` using this data dir?",
-                path.display()
-            )
-        })?;
-        let txn = db.begin_write()?;
-        txn.open_table(META)?;
-        txn.open_table(APPLIED)?;
-        txn.open_table(DEPLOYMENTS)?;
-        txn.open_table(EVENTS)?;
-        txn.open_table(SESSIONS)?;
-        txn.commit()?;
+        let db = open_db(&path).map_err(|failure| failure.explain(&path, data))?;
         Ok(Store {
             db: Arc::new(db),
+            path,
             logs,
             max_events: MAX_EVENTS,
         })
@@ -136,11 +130,33 @@ impl Store {
         self
     }
 
+    /// A stored value, or an error that names it (`what`: table and key) and the file. Only a damaged file holds
+    /// bytes that are not the JSON this code wrote.
+    fn decode<T: for<'de> Deserialize<'de>>(&self, bytes: &[u8], what: impl std::fmt::Display) -> Result<T> {
+        serde_json::from_slice(bytes).with_context(|| {
+            format!(
+                "{what} in {} is unreadable: the file is damaged; restore it from a backup as deploy/RUNBOOK.md says \
+                 under \"A damaged store\"",
+                self.path.display()
+            )
+        })
+    }
+
+    /// A value of a list (deployments, events, sessions) that cannot be read is left out and logged, not an error:
+    /// one damaged record must not take the history, the dashboard or the start of the reconciler with it.
+    fn decode_or_skip<T: for<'de> Deserialize<'de>>(&self, bytes: &[u8], what: impl std::fmt::Display) -> Option<T> {
+        self.decode(bytes, what)
+            .map_err(|e| tracing::warn!("left out: {e:#}"))
+            .ok()
+    }
+
+    /// A single value by name. One that cannot be read is an error, not its default: a default would silently move
+    /// every sandbox's ports (allocations) or disown every container (installation).
     fn get_meta<T: for<'de> Deserialize<'de> + Default>(&self, key: &str) -> Result<T> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(META)?;
         Ok(match table.get(key)? {
-            Some(v) => serde_json::from_slice(v.value()).with_context(|| format!("stored {key} is unreadable"))?,
+            Some(v) => self.decode(v.value(), format_args!("{key} (table meta)"))?,
             None => T::default(),
         })
     }
@@ -160,7 +176,10 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (hash, value) = entry?;
-            let s: StoredSession = serde_json::from_slice(value.value())?;
+            // A session that cannot be read only means its user logs in again.
+            let Some(s) = self.decode_or_skip::<StoredSession>(value.value(), "a session (table sessions)") else {
+                continue;
+            };
             if s.expires_ms > now_ms {
                 out.push((hash.value().to_string(), s.user, s.expires_ms));
             }
@@ -264,7 +283,7 @@ impl Store {
         let out = {
             let mut table = txn.open_table(DEPLOYMENTS)?;
             let current: Option<Deployment> = match table.get(id)? {
-                Some(v) => Some(serde_json::from_slice(v.value())?),
+                Some(v) => Some(self.decode(v.value(), format_args!("deployment {id} (table deployments)"))?),
                 None => None,
             };
             match current {
@@ -284,7 +303,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEPLOYMENTS)?;
         Ok(match table.get(id)? {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
+            Some(v) => Some(self.decode(v.value(), format_args!("deployment {id} (table deployments)"))?),
             None => None,
         })
     }
@@ -295,8 +314,11 @@ impl Store {
         let table = txn.open_table(DEPLOYMENTS)?;
         let mut out = Vec::new();
         for row in table.iter()?.rev() {
-            let (_, v) = row?;
-            let d: Deployment = serde_json::from_slice(v.value())?;
+            let (id, v) = row?;
+            let what = format_args!("deployment {} (table deployments)", id.value());
+            let Some(d) = self.decode_or_skip::<Deployment>(v.value(), what) else {
+                continue;
+            };
             if filter(&d) {
                 out.push(d);
                 if out.len() >= limit {
@@ -352,8 +374,11 @@ impl Store {
         let table = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         for row in table.iter()?.rev() {
-            let (_, v) = row?;
-            let e: Event = serde_json::from_slice(v.value())?;
+            let (seq, v) = row?;
+            let Some(e) = self.decode_or_skip::<Event>(v.value(), format_args!("event {} (table events)", seq.value()))
+            else {
+                continue;
+            };
             if sandbox.is_none() || e.sandbox.as_deref() == sandbox {
                 out.push(e);
                 if out.len() >= limit {
@@ -371,6 +396,169 @@ impl Store {
             index: self.logs.join(format!("{deployment}.idx")),
         }
     }
+}
+
+/// Why the redb file could not be opened: redb's error, or the message of a panic inside redb (it asserts on some
+/// damage, a truncated file among them, instead of returning an error).
+enum OpenFailure {
+    Redb(redb::Error),
+    Panicked(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for OpenFailure {
+    fn from(e: E) -> OpenFailure {
+        OpenFailure::Redb(e.into())
+    }
+}
+
+impl OpenFailure {
+    /// The message an operator acts on, for the file at `path` in the data dir `data`.
+    fn explain(self, path: &Path, data: &Path) -> anyhow::Error {
+        let shown = path.display();
+        let detail = match self {
+            OpenFailure::Redb(redb::Error::DatabaseAlreadyOpen) => {
+                return anyhow::anyhow!(
+                    "cannot open {shown}: another process has it open. Is another `sdp serve` using this data dir? \
+                     `fuser -v {shown}` shows which"
+                );
+            }
+            OpenFailure::Redb(redb::Error::Io(e)) => match e.kind() {
+                ErrorKind::UnexpectedEof => format!("it ends too early, as a truncated file does ({e})"),
+                // redb's answer to a file that does not start with its magic number.
+                ErrorKind::InvalidData => "it is not a redb database file".to_string(),
+                _ => return cannot_use(data, path, "open", e),
+            },
+            OpenFailure::Redb(redb::Error::UpgradeRequired(version)) => {
+                return anyhow::anyhow!(
+                    "cannot open {shown}: it is in redb's file format {version}, which this sdp no longer reads. Run \
+                     the sdp that wrote it, or restore a backup made by this one (deploy/RUNBOOK.md, \
+                     \"Backup and restore\")"
+                );
+            }
+            OpenFailure::Redb(redb::Error::Corrupted(why)) => format!("redb: {why}"),
+            OpenFailure::Redb(redb::Error::RepairAborted) => "redb could not repair it".to_string(),
+            OpenFailure::Redb(e) => return anyhow::anyhow!("cannot open {shown}: {e}"),
+            OpenFailure::Panicked(why) => format!("redb: {why}"),
+        };
+        anyhow::anyhow!(
+            "{shown} is damaged ({detail}); sdp has left it as it is. Restore the data dir from a backup as \
+             deploy/RUNBOOK.md says under \"A damaged store\": stop sdp-reconciler, move {shown} and {logs} aside \
+             (`mv {shown} {shown}.damaged`), untar the newest backup into {data}, start. Without a backup, moving \
+             them aside is enough: sdp starts with an empty store (the desired state comes back from git; history \
+             and unpinned ports do not)",
+            logs = data.join("logs").display(),
+            data = data.display()
+        )
+    }
+}
+
+/// An I/O error on the data dir, with what to do when it is about permissions.
+fn cannot_use(data: &Path, path: &Path, doing: &str, e: std::io::Error) -> anyhow::Error {
+    let shown = path.display();
+    match e.kind() {
+        ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "cannot {doing} {shown}: permission denied. The reconciler runs as user sdp and owns its data dir: \
+             `sudo chown -R sdp:sdp {}`",
+            data.display()
+        ),
+        ErrorKind::ReadOnlyFilesystem => {
+            anyhow::anyhow!("cannot {doing} {shown}: the file system is read-only (`findmnt -T {shown}`)")
+        }
+        _ => anyhow::anyhow!("cannot {doing} {shown}: {e}"),
+    }
+}
+
+/// Opens the redb file, creating it and its tables when needed, and reads every table through once, so that damage
+/// is found now, with a clear message, rather than in the middle of a request. A file that is there is first opened
+/// read-only: a damaged one is never written to. Only a file left by an unclean shutdown is opened for writing
+/// before it is checked, because redb repairs it on open (that is what its repair is for).
+fn open_db(path: &Path) -> Result<Database, OpenFailure> {
+    let exists = match fs::metadata(path) {
+        Ok(m) => m.len() > 0, // redb initialises an empty file, as it creates a missing one
+        Err(e) if e.kind() == ErrorKind::NotFound => false,
+        Err(e) => return Err(redb::Error::Io(e).into()),
+    };
+    if exists {
+        match without_panic(|| read_through(&redb::ReadOnlyDatabase::open(path)?)) {
+            Ok(_) => {}
+            Err(OpenFailure::Redb(redb::Error::RepairAborted)) => tracing::warn!(
+                "{} was not closed cleanly (the reconciler was killed, or the machine lost power): redb repairs it",
+                path.display()
+            ),
+            Err(failure) => return Err(failure),
+        }
+    }
+    without_panic(|| {
+        let db = Database::create(path)?;
+        if !read_through(&db)? {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?;
+            txn.open_table(APPLIED)?;
+            txn.open_table(DEPLOYMENTS)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(SESSIONS)?;
+            txn.commit()?;
+        }
+        Ok(db)
+    })
+}
+
+/// Reads every row of every table; says whether all tables are there (a new file has none).
+fn read_through(db: &impl ReadableDatabase) -> Result<bool, OpenFailure> {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &redb::ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<bool, OpenFailure> {
+        match txn.open_table(def) {
+            Ok(table) => {
+                for row in table.iter()? {
+                    row?;
+                }
+                Ok(true)
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    let txn = db.begin_read()?;
+    let all = [
+        table(&txn, META)?,
+        table(&txn, APPLIED)?,
+        table(&txn, DEPLOYMENTS)?,
+        table(&txn, EVENTS)?,
+        table(&txn, SESSIONS)?,
+    ];
+    Ok(all.iter().all(|&there| there))
+}
+
+thread_local! {
+    /// Set while redb works on a file that may be damaged: its panics are caught and reported, not printed.
+    static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `OpenFailure::Panicked` without the panic's own message on stderr (the error that
+/// follows says it better).
+fn without_panic<T>(f: impl FnOnce() -> Result<T, OpenFailure>) -> Result<T, OpenFailure> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "it panicked".to_string());
+        Err(OpenFailure::Panicked(why))
+    })
 }
 
 /// A deployment's log: `N.log` holds the lines, `N.idx` the byte offset of each line as 8 little-endian bytes,
@@ -468,5 +656,32 @@ impl LogWriter {
         self.offset += bytes.len() as u64;
         self.lines += 1;
         Ok(self.lines - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The tests run as root, which no file mode stops: the permission answer is checked on the error itself.
+    #[test]
+    fn permission_denied_says_who_must_own_the_data_dir_and_is_not_damage() {
+        let data = Path::new("/var/lib/sdp");
+        let path = data.join("sdp.redb");
+        let denied = || std::io::Error::from(ErrorKind::PermissionDenied);
+        let err = OpenFailure::Redb(redb::Error::Io(denied()))
+            .explain(&path, data)
+            .to_string();
+        assert!(
+            err.contains("cannot open /var/lib/sdp/sdp.redb: permission denied"),
+            "{err}"
+        );
+        assert!(err.contains("sudo chown -R sdp:sdp /var/lib/sdp"), "{err}");
+        assert!(!err.contains("damaged") && !err.contains("another"), "{err}");
+        let err = cannot_use(data, data, "create the data dir", denied()).to_string();
+        assert!(
+            err.contains("cannot create the data dir /var/lib/sdp: permission denied"),
+            "{err}"
+        );
     }
 }
