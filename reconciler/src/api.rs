@@ -349,7 +349,16 @@ async fn deployment_logs(State(api): State<Api>, Path(id): Path<u64>, headers: H
         loop {
             // Everything written so far, from the file.
             loop {
-                let lines = log.read_from(next, 500).unwrap_or_default();
+                let lines = match log.read_from(next, 500) {
+                    Ok(lines) => lines,
+                    Err(e) => {
+                        // A damaged log ends the stream rather than retrying the same read every second.
+                        tracing::warn!("deployment {id}'s log from line {next}: {e:#}");
+                        let said = "the rest of this log cannot be read (the reconciler's log says why)";
+                        let _ = tx.send(Event::default().event("end").data(said)).await;
+                        return;
+                    }
+                };
                 if lines.is_empty() {
                     break;
                 }

@@ -562,7 +562,9 @@ fn without_panic<T>(f: impl FnOnce() -> Result<T, OpenFailure>) -> Result<T, Ope
 }
 
 /// A deployment's log: `N.log` holds the lines, `N.idx` the byte offset of each line as 8 little-endian bytes,
-/// so line `k` is found with one seek.
+/// so line `k` is found with one seek. The text is the truth and the index is made from it: a crash or a full disk
+/// can leave a line without its index entry, part of a line, or part of an entry, and `writer` mends that before
+/// anything is appended; readers read only what the index covers, and check it against the text.
 pub struct DeploymentLog {
     text: PathBuf,
     index: PathBuf,
@@ -578,18 +580,109 @@ impl DeploymentLog {
         Ok(())
     }
 
-    /// Opens the log for appending line by line, with its files kept open (two writes a line).
+    /// Opens the log for appending line by line, with its files kept open (two writes a line). A torn end left by
+    /// a crash or a full disk is mended first, so that new lines do not land after garbage.
     pub fn writer(&self) -> Result<LogWriter> {
-        let text = OpenOptions::new().create(true).append(true).open(&self.text)?;
-        let index = OpenOptions::new().create(true).append(true).open(&self.index)?;
-        let offset = text.metadata()?.len();
-        let lines = index.metadata()?.len() / 8;
+        let (offset, lines) = self.mend()?;
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))
+        };
         Ok(LogWriter {
-            text,
-            index,
+            text: open(&self.text)?,
+            index: open(&self.index)?,
+            log: DeploymentLog {
+                text: self.text.clone(),
+                index: self.index.clone(),
+            },
             offset,
             lines,
+            torn: false,
         })
+    }
+
+    /// Makes the text end with a whole line and the index hold one entry per line, and says the text's length and
+    /// its number of lines. When the last entry points at the start of the text's last line, which ends the text,
+    /// both agree already (a cheap check, the usual case); otherwise the part line at the end is cut off and the
+    /// index is made again from the text (a whole line that lost its entry keeps its place).
+    fn mend(&self) -> Result<(u64, u64)> {
+        let text_len = file_len(&self.text)?;
+        let index_len = file_len(&self.index)?;
+        if index_len % 8 == 0 && self.last_line_ends_text(index_len / 8, text_len)? {
+            return Ok((text_len, index_len / 8));
+        }
+        let mut text = fs::read(&self.text).with_context(|| format!("cannot read {}", self.text.display()))?;
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let cut = text.len() - whole;
+        text.truncate(whole);
+        let mut index = Vec::with_capacity(text.len() / 32 * 8);
+        let mut start = 0u64;
+        for (i, &b) in text.iter().enumerate() {
+            if b == b'\n' {
+                index.extend_from_slice(&start.to_le_bytes());
+                start = i as u64 + 1;
+            }
+        }
+        let lines = index.len() as u64 / 8;
+        // The new index replaces the old whole (a reader sees one or the other), then the text loses its part line.
+        let fresh = self.index.with_extension("idx.new");
+        fs::write(&fresh, &index).with_context(|| format!("cannot write {}", fresh.display()))?;
+        fs::rename(&fresh, &self.index).with_context(|| format!("cannot replace {}", self.index.display()))?;
+        if cut > 0 {
+            OpenOptions::new()
+                .write(true)
+                .open(&self.text)
+                .and_then(|f| f.set_len(whole as u64))
+                .with_context(|| format!("cannot cut the torn end of {}", self.text.display()))?;
+        }
+        tracing::warn!(
+            "{} had a torn end (the reconciler stopped, or the disk was full, while writing it): {lines} whole \
+             lines kept, {cut} bytes of a part line cut off, its index made again",
+            self.text.display()
+        );
+        Ok((whole as u64, lines))
+    }
+
+    /// Does the index's last entry (of `lines`) start the text's last line, and that line end the text?
+    fn last_line_ends_text(&self, lines: u64, text_len: u64) -> Result<bool> {
+        if lines == 0 {
+            return Ok(text_len == 0);
+        }
+        let last = self.offsets(lines - 1, 1)?[0];
+        // A line longer than this is not one an agent sends: the index is wrong, or the text has more after it.
+        if last >= text_len || text_len - last > 1 << 20 {
+            return Ok(false);
+        }
+        let mut text = File::open(&self.text)?;
+        let from = last.saturating_sub(1);
+        text.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        text.read_to_end(&mut tail)?;
+        let (before, line) = if last == 0 {
+            (true, &tail[..])
+        } else {
+            (tail.first() == Some(&b'\n'), &tail[1..])
+        };
+        Ok(before && line.iter().position(|&b| b == b'\n') == Some(line.len() - 1))
+    }
+
+    /// `count` index entries from line `from`.
+    fn offsets(&self, from: u64, count: u64) -> Result<Vec<u64>> {
+        let mut index = File::open(&self.index)?;
+        index.seek(SeekFrom::Start(from * 8))?;
+        let mut raw = vec![0u8; count as usize * 8];
+        index.read_exact(&mut raw)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| {
+                let mut entry = [0u8; 8];
+                entry.copy_from_slice(c);
+                u64::from_le_bytes(entry)
+            })
+            .collect())
     }
 
     /// How many lines there are.
@@ -601,29 +694,42 @@ impl DeploymentLog {
         self.len() == 0
     }
 
-    /// Lines `from..` (0-based), at most `max`: what an SSE reader resumes with.
+    /// Lines `from..` (0-based), at most `max`: what an SSE reader resumes with. Each line starts where its index
+    /// entry says; one that does not is an error naming the file, never a wrong line.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<String>> {
         let count = self.len();
-        if from >= count {
+        if from >= count || max == 0 {
             return Ok(Vec::new());
         }
-        let mut index = File::open(&self.index)?;
-        index.seek(SeekFrom::Start(from * 8))?;
-        let mut first = [0u8; 8];
-        index.read_exact(&mut first)?;
-        let start = u64::from_le_bytes(first);
+        let wanted = (count - from).min(max as u64);
+        let offsets = self.offsets(from, wanted)?;
+        // From the byte before the first line, which must end the line before it.
         let mut text = File::open(&self.text)?;
-        text.seek(SeekFrom::Start(start))?;
-        let wanted = (count - from).min(max as u64) as usize;
-        let mut out = Vec::with_capacity(wanted);
+        text.seek(SeekFrom::Start(offsets[0].saturating_sub(1)))?;
         let mut reader = std::io::BufReader::new(text);
-        let mut line = String::new();
-        while out.len() < wanted {
+        let mut line = Vec::new();
+        let mut starts_a_line = true;
+        if offsets[0] > 0 {
+            std::io::Read::by_ref(&mut reader).take(1).read_to_end(&mut line)?;
+            starts_a_line = line == b"\n";
+        }
+        let mut out = Vec::with_capacity(offsets.len());
+        let mut at = offsets[0];
+        for (k, &offset) in offsets.iter().enumerate() {
             line.clear();
-            if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
-                break;
+            let read = std::io::BufRead::read_until(&mut reader, b'\n', &mut line)? as u64;
+            if !starts_a_line || offset != at || line.last() != Some(&b'\n') {
+                anyhow::bail!(
+                    "{} does not match its index {} at line {}: the log is damaged (it is mended when the \
+                     deployment writes to it again)",
+                    self.text.display(),
+                    self.index.display(),
+                    from + k as u64
+                );
             }
-            out.push(line.trim_end_matches('\n').to_string());
+            at += read;
+            line.pop();
+            out.push(String::from_utf8_lossy(&line).into_owned());
         }
         Ok(out)
     }
@@ -635,24 +741,51 @@ impl DeploymentLog {
     }
 }
 
+/// The length of a file that may not be there yet.
+fn file_len(path: &Path) -> Result<u64> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 /// A deployment log held open for appending.
 pub struct LogWriter {
     text: File,
     index: File,
+    log: DeploymentLog,
     offset: u64,
     lines: u64,
+    /// A write failed and could not be taken back: the files are mended before the next line.
+    torn: bool,
 }
 
 impl LogWriter {
-    /// Appends one line (newlines in it become spaces) and says its number (0-based).
+    /// Appends one line (newlines in it become spaces) and says its number (0-based). A line that cannot be
+    /// written whole (a full disk) is taken back out of both files, so the next line is not misplaced.
     pub fn append(&mut self, line: &str) -> Result<u64> {
+        if self.torn {
+            // Mending may replace the index file: the fresh writer holds the new one.
+            *self = self.log.writer()?;
+        }
         let clean = line.replace(['\n', '\r'], " ");
         let mut bytes = Vec::with_capacity(clean.len() + 1);
         bytes.extend_from_slice(clean.as_bytes());
         bytes.push(b'\n');
         // The index entry is written after the text, so a reader never finds an offset without its line.
-        self.text.write_all(&bytes)?;
-        self.index.write_all(&self.offset.to_le_bytes())?;
+        let written = self
+            .text
+            .write_all(&bytes)
+            .and_then(|()| self.index.write_all(&self.offset.to_le_bytes()));
+        if let Err(e) = written {
+            let undone = self
+                .index
+                .set_len(self.lines * 8)
+                .and_then(|()| self.text.set_len(self.offset));
+            self.torn = undone.is_err();
+            return Err(e).with_context(|| format!("cannot write {}", self.log.text.display()));
+        }
         self.offset += bytes.len() as u64;
         self.lines += 1;
         Ok(self.lines - 1)
