@@ -420,6 +420,7 @@ async fn container_logs(
     let mut live = api.controller.logs.subscribe();
     let recent: Vec<(u64, String)> = api
         .controller
+        .logs
         .container_logs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -531,7 +532,7 @@ pub fn node_list(api: &Api) -> Value {
 async fn branches(State(api): State<Api>, Path(repo): Path<String>) -> Response {
     match api.controller.hub.branches(&repo, Duration::from_secs(30)).await {
         Ok(list) => Json(json!({ "repo": repo, "branches": list })).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e.to_string() }))).into_response(),
     }
 }
 

@@ -58,6 +58,38 @@ struct Agent {
     tx: mpsc::UnboundedSender<Message>,
 }
 
+/// Why a request to an agent got no good answer: the caller decides by the kind (wait for the agent, or back off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AskError {
+    /// No agent that could answer is connected (`what` says which).
+    NoAgent(String),
+    /// The agent dropped before it answered.
+    Disconnected { node: String },
+    /// No answer within the deadline.
+    TimedOut {
+        node: String,
+        what: String,
+        deadline: Duration,
+    },
+    /// The agent answered with an error.
+    Failed(String),
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AskError::NoAgent(what) => write!(f, "no {what} is connected"),
+            AskError::Disconnected { node } => write!(f, "agent {node} disconnected"),
+            AskError::TimedOut { node, what, deadline } => {
+                write!(f, "agent {node} did not {what} within {} s", deadline.as_secs())
+            }
+            AskError::Failed(error) => f.write_str(error),
+        }
+    }
+}
+
+impl std::error::Error for AskError {}
+
 /// An answer the hub waits for, on one connection.
 struct Pending {
     conn: u64,
@@ -79,19 +111,6 @@ enum Waiter {
     Action(oneshot::Sender<Result<(), String>>),
     /// A repository's branches.
     Branches(oneshot::Sender<Result<Vec<BranchHead>, String>>),
-}
-
-impl Waiter {
-    fn fail(self, why: String) {
-        match self {
-            Waiter::Action(tx) => {
-                let _ = tx.send(Err(why));
-            }
-            Waiter::Branches(tx) => {
-                let _ = tx.send(Err(why));
-            }
-        }
-    }
 }
 
 #[derive(Default)]
@@ -185,11 +204,15 @@ impl Hub {
         action: Action,
         deployment_id: Option<String>,
         deadline: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), AskError> {
         let (done, wait) = oneshot::channel();
         let deployment = deployment_id.clone();
         self.ask(
-            |agents| agents.get(&role).ok_or_else(|| format!("no {role} agent is connected")),
+            |agents| {
+                agents
+                    .get(&role)
+                    .ok_or_else(|| AskError::NoAgent(format!("{role} agent")))
+            },
             |request_id| {
                 ReconcilerFrame::Action(ActionRequest {
                     request_id,
@@ -206,14 +229,14 @@ impl Hub {
     }
 
     /// The branches of `repo`, listed by the agent that serves it (`git ls-remote`), at most `deadline`.
-    pub async fn branches(&self, repo: &str, deadline: Duration) -> Result<Vec<BranchHead>, String> {
+    pub async fn branches(&self, repo: &str, deadline: Duration) -> Result<Vec<BranchHead>, AskError> {
         let (done, wait) = oneshot::channel();
         self.ask(
             |agents| {
                 agents
                     .values()
                     .find(|a| a.info.repos.iter().any(|r| r == repo))
-                    .ok_or_else(|| format!("no connected agent serves a repository named {repo}"))
+                    .ok_or_else(|| AskError::NoAgent(format!("agent that serves a repository named {repo}")))
             },
             |request_id| ReconcilerFrame::ListBranches {
                 request_id,
@@ -254,13 +277,13 @@ impl Hub {
     /// `deadline`; an agent that drops fails the wait at once (see `unregister`).
     async fn ask<T>(
         &self,
-        pick: impl FnOnce(&BTreeMap<Role, Agent>) -> Result<&Agent, String>,
+        pick: impl FnOnce(&BTreeMap<Role, Agent>) -> Result<&Agent, AskError>,
         frame: impl FnOnce(u64) -> ReconcilerFrame,
         (done, deployment): (Waiter, Option<String>),
         wait: oneshot::Receiver<Result<T, String>>,
         what: &str,
         deadline: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, AskError> {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let node = {
             let mut state = self.lock();
@@ -268,17 +291,21 @@ impl Hub {
             let (node, conn) = (agent.info.node.clone(), agent.conn);
             let text = sdp_protocol::encode(&frame(request_id));
             if agent.tx.send(Message::Text(text.into())).is_err() {
-                return Err(format!("agent {node} disconnected"));
+                return Err(AskError::Disconnected { node });
             }
             state.pending.insert(request_id, Pending { conn, done, deployment });
             node
         };
         match tokio::time::timeout(deadline, wait).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(format!("agent {node} disconnected")),
+            Ok(Ok(result)) => result.map_err(AskError::Failed),
+            Ok(Err(_)) => Err(AskError::Disconnected { node }),
             Err(_) => {
                 self.lock().pending.remove(&request_id);
-                Err(format!("agent {node} did not {what} within {} s", deadline.as_secs()))
+                Err(AskError::TimedOut {
+                    node,
+                    what: what.to_string(),
+                    deadline,
+                })
             }
         }
     }
@@ -370,7 +397,7 @@ impl Hub {
             }
         }
         writer.abort();
-        self.unregister(role, conn, &node);
+        self.unregister(role, conn);
         tracing::info!(node = %node, role = %role, "agent disconnected");
         let _ = self.events.send(HubEvent::Disconnected(role)).await;
     }
@@ -418,22 +445,13 @@ impl Hub {
         }
     }
 
-    fn unregister(&self, role: Role, conn: u64, node: &str) {
+    fn unregister(&self, role: Role, conn: u64) {
         let mut state = self.lock();
         if state.agents.get(&role).is_some_and(|a| a.conn == conn) {
             state.agents.remove(&role);
         }
-        let failed: Vec<u64> = state
-            .pending
-            .iter()
-            .filter(|(_, p)| p.conn == conn)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in failed {
-            if let Some(p) = state.pending.remove(&id) {
-                p.done.fail(format!("agent {node} disconnected"));
-            }
-        }
+        // Dropping a waiter's sender ends its wait at once as "disconnected".
+        state.pending.retain(|_, p| p.conn != conn);
     }
 
     async fn handle(&self, role: Role, conn: u64, frame: AgentFrame) {

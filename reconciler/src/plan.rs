@@ -106,6 +106,18 @@ pub struct View<'a> {
     pub gateway: RoleView<'a>,
 }
 
+/// Whether two views hold the same objects, whatever the branch heads (which every view shares).
+pub fn same_objects(a: &View<'_>, b: &View<'_>) -> bool {
+    let same = |x: &RoleView<'_>, y: &RoleView<'_>| {
+        x.containers == y.containers
+            && x.networks == y.networks
+            && x.worktrees == y.worktrees
+            && x.routes == y.routes
+            && x.route_defaults == y.route_defaults
+    };
+    same(&a.micro, &b.micro) && same(&a.gateway, &b.gateway)
+}
+
 impl<'a> View<'a> {
     pub fn of(&self, role: Role) -> &RoleView<'a> {
         match role {

@@ -12,11 +12,15 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::api::Api;
 use crate::auth::Auth;
-use crate::controller::Controller;
+use crate::controller::{Controller, Trigger};
 use crate::desired::Settings;
 use crate::hub::{Hub, HubEvent, now_ms};
 use crate::source::{Origin, Source};
 use crate::store::Store;
+
+/// How long a stop waits for the steps in flight (a Go build may take longer: its deployment is then failed and
+/// retried at the next start).
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Everything `sdp serve` needs; from flags, or from a YAML config file with the same names in camelCase.
 #[derive(Clone, Debug, Deserialize)]
@@ -233,7 +237,7 @@ pub async fn serve_on(
     let hub = Arc::new(Hub::new(token, events_tx));
     hub.set_installation(store.installation()?);
     let controller = Controller::new(hub, store, settings, Duration::from_secs(config.resync_secs.max(1)))?;
-    controller.spawn(config.concurrency);
+    let workers = controller.spawn(config.concurrency);
 
     let hook = Arc::new(Notify::new());
     let origin = Origin::parse(&config.repo, &config.data);
@@ -247,7 +251,7 @@ pub async fn serve_on(
         while let Some(event) = events.recv().await {
             match event {
                 HubEvent::Reported(_) => {
-                    ctl.trigger_changed(&last, "agent report");
+                    ctl.trigger_changed(&last);
                     last = ctl.hub.actual();
                 }
                 HubEvent::Connected(role) => {
@@ -255,7 +259,7 @@ pub async fn serve_on(
                         // Routes to `sandbox` use the micro agent's address.
                         ctl.recompile();
                     }
-                    ctl.trigger_all("agent connected");
+                    ctl.trigger_all(Trigger::AgentConnected);
                 }
                 HubEvent::Disconnected(_) => {}
                 HubEvent::Progress(p) => ctl.progress(p),
@@ -277,7 +281,16 @@ pub async fn serve_on(
         max_connections: config.max_connections,
         header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
     };
-    crate::http::run(listener, app, limits, shutdown).await;
+    let stop = async {
+        shutdown.await;
+        tracing::info!("stopping: no new passes; passes in flight end after their current step");
+        controller.stop();
+    };
+    crate::http::run(listener, app, limits, stop).await;
+    if tokio::time::timeout(STOP_GRACE, workers).await.is_err() {
+        // Its deployment is marked failed at the next start, and retried.
+        tracing::warn!("a step was still running after {STOP_GRACE:?}: left to the next start");
+    }
     tracing::info!("stopped");
     Ok(())
 }

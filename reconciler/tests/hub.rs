@@ -9,9 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{Action, ActionResult, AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame, Role};
 use sdp_reconciler::api::{Api, router};
 use sdp_reconciler::auth::Auth;
-use sdp_reconciler::controller::Controller;
+use sdp_reconciler::controller::{Controller, Trigger};
 use sdp_reconciler::desired::Settings;
-use sdp_reconciler::hub::{Hub, HubEvent};
+use sdp_reconciler::hub::{AskError, Hub, HubEvent};
 use sdp_reconciler::store::Store;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -153,7 +153,7 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
             Duration::from_secs(5),
         )
         .await;
-    assert_eq!(none.unwrap_err(), "no micro agent is connected");
+    assert_eq!(none.unwrap_err().to_string(), "no micro agent is connected");
 
     let mut ws = connected(&s.url).await;
     assert_eq!(hub.nodes()[0].node, "micro-test");
@@ -182,7 +182,7 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
         ws.send(Message::Text(sdp_protocol::encode(&result).into()))
             .await
             .unwrap();
-        assert_eq!(call.await.unwrap(), error.map_or(Ok(()), Err));
+        assert_eq!(call.await.unwrap(), error.map_or(Ok(()), |e| Err(AskError::Failed(e))));
     }
 
     // In flight when the agent goes: it fails at once with the agent's name, not at the deadline.
@@ -203,7 +203,10 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
     let result = tokio::time::timeout(Duration::from_secs(30), call)
         .await
         .expect("not waiting forever");
-    assert_eq!(result.unwrap().unwrap_err(), "agent micro-test disconnected");
+    assert_eq!(
+        result.unwrap().unwrap_err().to_string(),
+        "agent micro-test disconnected"
+    );
     assert!(hub.nodes().is_empty());
 }
 
@@ -211,8 +214,14 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
 async fn triggers_of_a_queued_sandbox_are_merged_into_one_pass() {
     let s = server().await;
     for i in 0..50 {
-        s.controller
-            .trigger("box", if i % 2 == 0 { "config commit" } else { "agent report" });
+        s.controller.trigger(
+            "box",
+            if i % 2 == 0 {
+                Trigger::ConfigCommit
+            } else {
+                Trigger::AgentReport
+            },
+        );
     }
     s.controller.spawn(4);
     let passes = || s.controller.metrics.passes.load(Ordering::Relaxed);
@@ -369,6 +378,7 @@ async fn an_agent_writes_only_into_deployments_it_runs_and_long_lines_are_cut() 
         loop {
             let lines = s
                 .controller
+                .logs
                 .container_logs
                 .lock()
                 .unwrap()
