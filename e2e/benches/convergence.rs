@@ -67,7 +67,7 @@ fn main() {
         .collect();
     let yaml = cluster.agent_yaml("micro-bench", "micro", &repo_list, "containerPort: 8080\n");
     cluster.start_agent(&yaml, "micro-bench");
-    let ports: Vec<u16> = SERVICES.iter().map(|_| free_port()).collect();
+    let ports: Vec<u16> = SERVICES.iter().map(|_| cluster.service_port()).collect();
     let file = format!("sandboxes/{name}.yaml");
     let containers: Vec<String> = SERVICES.iter().map(|s| format!("sandbox-{name}-{s}")).collect();
 

@@ -74,7 +74,7 @@ fn main() {
     cluster.start_agent(&micro, "micro-push");
     cluster.start_agent(&gw, "gateway-push");
 
-    let (gateway_port, account_port) = (free_port(), free_port());
+    let (gateway_port, account_port) = (cluster.gateway_port(), cluster.service_port());
     let manifest = format!(
         "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n    \
          port: {gateway_port}\n  services:\n    account:\n      branch: main\n      port: {account_port}\n  \

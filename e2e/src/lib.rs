@@ -401,6 +401,24 @@ pub struct Cluster {
     /// What `--repo` says: the config clone's path, or the "Bitbucket" URL of `start_remote`.
     repo: String,
     poll_secs: u64,
+    /// This cluster's own gateway and service port ranges (below the kernel's ephemeral ports, and apart from
+    /// other clusters that run at the same time), and the ports handed out of them.
+    pub gateway_ports: std::ops::RangeInclusive<u16>,
+    pub service_ports: std::ops::RangeInclusive<u16>,
+    given: std::sync::Mutex<std::collections::BTreeSet<u16>>,
+}
+
+/// A random number, for port ranges and names.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
 }
 
 impl Cluster {
@@ -463,6 +481,12 @@ impl Cluster {
         if !base.is_empty() {
             serve_args.extend(["--base-path".to_string(), base.to_string()]);
         }
+        // 28 blocks of 200 ports for gateways in 20000-25599, each with its services' block 6000 above.
+        let first = 20000 + (random() % 28) as u16 * 200;
+        let (gateway_ports, service_ports) = (first..=first + 199, first + 6000..=first + 6199);
+        for (flag, range) in [("--gateway-ports", &gateway_ports), ("--service-ports", &service_ports)] {
+            serve_args.extend([flag.to_string(), format!("{}-{}", range.start(), range.end())]);
+        }
         let serve = Cluster::spawn_serve(tmp.path(), &repo, poll_secs, port, &token, &serve_args, 1);
         Cluster {
             api: format!("http://127.0.0.1:{port}{base}"),
@@ -477,7 +501,33 @@ impl Cluster {
             serves: 1,
             repo,
             poll_secs,
+            gateway_ports,
+            service_ports,
+            given: Default::default(),
         }
+    }
+
+    /// A free port for an explicit gateway `port:`, within this cluster's gateway range.
+    pub fn gateway_port(&self) -> u16 {
+        self.port_in(&self.gateway_ports)
+    }
+
+    /// A free port for an explicit service `port:`, within this cluster's service range.
+    pub fn service_port(&self) -> u16 {
+        self.port_in(&self.service_ports)
+    }
+
+    /// From the top of the range down (the reconciler allocates from the bottom up), one not given before and
+    /// free now.
+    fn port_in(&self, range: &std::ops::RangeInclusive<u16>) -> u16 {
+        let mut given = self.given.lock().unwrap();
+        let port = range
+            .clone()
+            .rev()
+            .find(|p| !given.contains(p) && TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port in the cluster's range");
+        given.insert(port);
+        port
     }
 
     fn spawn_serve(

@@ -36,7 +36,7 @@ fn a_push_is_seen_at_once_on_the_webhook_and_apply_push_wait_returns_synced() {
     let gw = cluster.agent_yaml("gateway-bb", "gateway", &[("gateway", &gateway.clone)], "");
     cluster.start_agent(&gw, "gateway-bb");
 
-    let port = free_port();
+    let port = cluster.gateway_port();
     let file = format!("sandboxes/{name}.yaml");
     push(&cluster, &file, &gateway_only(&name, port, "first"));
     std::thread::sleep(Duration::from_secs(3));
@@ -97,7 +97,7 @@ fn without_a_webhook_a_push_is_seen_at_the_next_poll() {
     push(
         &cluster,
         &format!("sandboxes/{name}.yaml"),
-        &gateway_only(&name, free_port(), "x"),
+        &gateway_only(&name, cluster.gateway_port(), "x"),
     );
     // Two polls' worth and some slack; nothing calls the hook.
     wait_for("the pushed sandbox to be read", Duration::from_secs(10), || {

@@ -32,7 +32,7 @@ fn a_reader_logs_in_and_sees_a_new_log_line_arrive() {
         "containerPort: 8080\n",
     );
     cluster.start_agent(&yaml, "micro-web");
-    let port = free_port();
+    let port = cluster.service_port();
     cluster.commit(
         &format!("sandboxes/{name}.yaml"),
         &sandbox_manifest(&name, &[("account", "main", port)], "").replace(

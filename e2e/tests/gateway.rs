@@ -53,7 +53,7 @@ fn the_gateway_routes_to_the_sandbox_or_ocp_and_follows_the_manifest() {
     cluster.start_agent(&micro, "micro-gw");
     cluster.start_agent(&gw, "gateway-gw");
 
-    let (service_port, gateway_port) = (free_port(), free_port());
+    let (service_port, gateway_port) = (cluster.service_port(), cluster.gateway_port());
     let file = format!("sandboxes/{name}.yaml");
     // `sdp apply --wait` commits the sandbox and follows it until it is synced.
     let mine = cluster.path().join(format!("{name}.yaml"));

@@ -73,7 +73,7 @@ fn credentials_from_a_file_fetch_and_never_show() {
     assert!(!text.contains(PASSWORD));
 
     let agent = cluster.start_agent(&yaml, "micro-cred");
-    let port = free_port();
+    let port = cluster.service_port();
     let manifest = format!(
         "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n  services:\n    account:\n      branch: main\n      port: {port}\n"
     );

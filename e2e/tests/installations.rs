@@ -28,7 +28,7 @@ fn installation(tag: &str) -> (Cluster, DockerCleanup, String) {
     let node = format!("micro-{tag}");
     let micro = cluster.agent_yaml(&node, "micro", &[("account", &account.clone)], "");
     cluster.start_agent(&micro, &node);
-    let manifest = sandbox_manifest(&name, &[("account", "main", free_port())], "");
+    let manifest = sandbox_manifest(&name, &[("account", "main", cluster.service_port())], "");
     cluster.commit(&format!("sandboxes/{name}.yaml"), &manifest, "a sandbox");
     let container = format!("sandbox-{name}-account");
     wait_for(

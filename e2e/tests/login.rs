@@ -257,7 +257,7 @@ fn login_logout_and_the_limit_on_failures() {
     let manifest = cluster.path().join("qa-cli.yaml");
     std::fs::write(
         &manifest,
-        sandbox_manifest("qa-cli", &[("account", "main", free_port())], ""),
+        sandbox_manifest("qa-cli", &[("account", "main", cluster.service_port())], ""),
     )
     .unwrap();
     let config = cluster.config.to_str().unwrap().to_string();

@@ -83,7 +83,7 @@ fn real_workloads_converge_and_route_through_apache() {
     cluster.start_agent(&micro, "micro-real");
     cluster.start_agent(&gw, "gateway-real");
 
-    let ports = (free_port(), free_port(), free_port());
+    let ports = (cluster.gateway_port(), cluster.service_port(), cluster.service_port());
     let gateway_port = ports.0;
     cluster.commit("environments/account-files.yaml", ENVIRONMENT, "account's files");
     let file = format!("sandboxes/{name}.yaml");

@@ -28,7 +28,7 @@ fn killed_mid_deploy_the_reconciler_and_the_agent_recover() {
         "containerPort: 8080\n",
     );
     let agent = cluster.start_agent(&yaml, "micro-kd");
-    let port = free_port();
+    let port = cluster.service_port();
     let file = format!("sandboxes/{name}.yaml");
     cluster.commit(
         &file,

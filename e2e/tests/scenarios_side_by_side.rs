@@ -49,7 +49,7 @@ fn two_sandboxes_side_by_side_drift_and_suspend() {
     );
     cluster.start_agent(&yaml, "micro-sc");
 
-    let (a_account, a_payment, b_account) = (free_port(), free_port(), free_port());
+    let (a_account, a_payment, b_account) = (cluster.service_port(), cluster.service_port(), cluster.service_port());
     cluster.commit(
         &format!("sandboxes/{a}.yaml"),
         &sandbox_manifest(

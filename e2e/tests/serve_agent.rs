@@ -50,8 +50,8 @@ fn a_commit_reaches_the_agent_as_actions_and_the_service_answers() {
     let agent = cluster.start_agent(&yaml, "micro-it");
 
     // The commit: a sandbox with one service on ports the test picked.
-    let service_port = free_port();
-    let gateway_port = free_port();
+    let service_port = cluster.service_port();
+    let gateway_port = cluster.gateway_port();
     cluster.commit(
         &format!("sandboxes/{name}.yaml"),
         &sandbox_yaml(&name, service_port, gateway_port),

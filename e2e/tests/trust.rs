@@ -81,7 +81,7 @@ fn branches_and_manifests_cannot_make_the_agents_write_or_read_outside_what_sdp_
         cluster.token.display()
     );
     cluster.commit("environments/leaky.yaml", &leaky, "an environment");
-    let (gateway_port, account_port) = (free_port(), free_port());
+    let (gateway_port, account_port) = (cluster.gateway_port(), cluster.service_port());
     let manifest = format!(
         "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  gateway:\n    branch: develop\n    \
          port: {gateway_port}\n  services:\n    account:\n      branch: main\n      port: {account_port}\n    \

@@ -49,6 +49,20 @@ pub struct ServeArgs {
     /// is always trusted.
     #[arg(long = "trusted-proxy")]
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// Host ports for sandboxes' gateways, FIRST-LAST (default 8080-8099); explicit `port:`s must lie within.
+    #[arg(long, value_parser = port_range)]
+    gateway_ports: Option<(u16, u16)>,
+    /// Host ports for sandboxes' services, FIRST-LAST (default 9001-9099); explicit `port:`s must lie within.
+    #[arg(long, value_parser = port_range)]
+    service_ports: Option<(u16, u16)>,
+}
+
+fn port_range(text: &str) -> Result<(u16, u16), String> {
+    let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("`{p}` is not a port"));
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not a range: write FIRST-LAST, as 9001-9099"))?;
+    Ok((parse(first)?, parse(last)?))
 }
 
 fn config(args: ServeArgs) -> Result<ServeConfig> {
@@ -98,6 +112,12 @@ fn config(args: ServeArgs) -> Result<ServeConfig> {
     }
     if !args.trusted_proxies.is_empty() {
         c.trusted_proxies = args.trusted_proxies;
+    }
+    if let Some(v) = args.gateway_ports {
+        c.gateway_ports = v;
+    }
+    if let Some(v) = args.service_ports {
+        c.service_ports = v;
     }
     if !c.base_path.is_empty() && !c.base_path.starts_with('/') {
         anyhow::bail!("--base-path must start with `/`, as in /sandbox/credit-card");
