@@ -16,8 +16,13 @@ pub struct AgentConfig {
     /// This node's name, as the dashboard shows it.
     pub node: String,
     pub role: Role,
-    /// The reconciler's WebSocket, e.g. `ws://172.18.136.90:3452/ws/agent`.
+    /// The reconciler's WebSocket, e.g. `wss://sdp.example.internal/sandbox/credit-card/ws/agent` behind nginx
+    /// with TLS, or `ws://172.18.136.90:3452/ws/agent` (the token then travels in clear).
     pub reconciler: String,
+    /// A PEM bundle of the CAs trusted for the reconciler's certificate (the company CA) on a `wss://` URL.
+    /// Without it, the system's bundle (`/etc/ssl/certs/ca-certificates.crt`, or `SSL_CERT_FILE`) is trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// File with the token shared with the reconciler.
     pub token_file: PathBuf,
     /// The address other machines reach this node's published ports at.
@@ -119,6 +124,17 @@ impl AgentConfig {
                 config.reconciler
             );
         }
+        if let Some(ca) = &config.ca_file
+            && !config.reconciler.starts_with("wss://")
+        {
+            bail!(
+                "{}: caFile: {} is set, but reconciler `{}` is not a wss:// URL, so no certificate is checked; \
+                 write wss:// (the reconciler behind TLS) or remove caFile",
+                path.display(),
+                ca.display(),
+                config.reconciler
+            );
+        }
         if let Some(file) = &config.git_credentials
             && file.to_string_lossy().contains('\'')
         {
@@ -143,6 +159,28 @@ impl AgentConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The reconciler's host as written in `reconciler:` (an IPv6 address without its brackets).
+    pub fn reconciler_host(&self) -> &str {
+        let rest = self
+            .reconciler
+            .split_once("://")
+            .map_or(self.reconciler.as_str(), |(_, r)| r);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        }
+    }
+
+    /// Whether the token travels in clear: a `ws://` URL to a host that is not this machine.
+    pub fn token_in_clear(&self) -> bool {
+        let host = self.reconciler_host();
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        self.reconciler.starts_with("ws://") && !loopback
     }
 
     pub fn token(&self) -> Result<String> {
@@ -198,6 +236,34 @@ mod tests {
         assert_eq!(ok.role, Role::Micro);
         assert_eq!(ok.mount_point(), PathBuf::from("/src"));
         assert_eq!(ok.container_port(), 8080);
+    }
+
+    #[test]
+    fn ca_file_needs_wss_and_clear_text_is_only_for_this_machine() {
+        let text = "node: micro-92\nrole: micro\nreconciler: ws://127.0.0.1:3452/ws/agent\ntokenFile: /t\naddress: 127.0.0.1\nimage: alpine:3.20\ndataDir: /d\n";
+        let parse = |t: &str| AgentConfig::parse(Path::new("/etc/sdp/agent.yaml"), t);
+        let err = parse(&format!("{text}caFile: /etc/sdp/company-ca.pem\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/sdp/agent.yaml: caFile: /etc/sdp/company-ca.pem"),
+            "{err}"
+        );
+        assert!(err.contains("not a wss:// URL"), "{err}");
+        let wss = text.replace("ws://127.0.0.1:3452", "wss://sdp.example.internal");
+        let ok = parse(&format!("{wss}caFile: /etc/sdp/company-ca.pem\n")).unwrap();
+        assert_eq!(ok.ca_file, Some(PathBuf::from("/etc/sdp/company-ca.pem")));
+        assert_eq!(ok.reconciler_host(), "sdp.example.internal");
+        assert!(!ok.token_in_clear());
+
+        let clear = |url: &str| parse(&text.replace("ws://127.0.0.1:3452", url)).unwrap();
+        assert!(!clear("ws://127.0.0.1:3452").token_in_clear());
+        assert!(!clear("ws://localhost:3452").token_in_clear());
+        assert!(!clear("ws://[::1]:3452").token_in_clear());
+        assert_eq!(clear("ws://[::1]:3452").reconciler_host(), "::1");
+        assert!(clear("ws://172.18.136.90:3452").token_in_clear());
+        assert!(clear("ws://127.0.0.1.example.com").token_in_clear());
+        assert_eq!(clear("ws://172.18.136.90:3452").reconciler_host(), "172.18.136.90");
     }
 
     #[test]

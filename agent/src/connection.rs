@@ -1,7 +1,8 @@
 //! The connection to the reconciler: dial, Hello, then reports, actions and heartbeats until it breaks; dial
 //! again with exponential backoff and full jitter (0.5 s up to 30 s, reset once a connection has lived a while).
 //! Each failed attempt is one log line that names its cause. A reconciler restart or a reset socket never leaves
-//! the agent in a tight loop: every path back to dialing goes through the backoff.
+//! the agent in a tight loop: every path back to dialing goes through the backoff. On a `wss://` URL the TLS
+//! handshake comes first (`tls.rs`), so the token in the upgrade request only ever goes to a trusted server.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -50,6 +51,9 @@ fn random() -> f64 {
 /// What went wrong with one attempt, in the words an operator needs.
 pub fn cause(e: &tungstenite::Error) -> String {
     match e {
+        tungstenite::Error::Io(io) if crate::tls::handshake_error(io).is_some() => crate::tls::handshake_error(io)
+            .map(crate::tls::explain)
+            .unwrap_or_default(),
         tungstenite::Error::Io(io) => match io.kind() {
             std::io::ErrorKind::ConnectionRefused => {
                 "connection refused (is `sdp serve` running and listening?)".into()
@@ -73,8 +77,12 @@ pub fn cause(e: &tungstenite::Error) -> String {
     }
 }
 
-/// Dials forever. `attempts` counts dial attempts (for tests and metrics).
-pub async fn run(executor: Arc<Executor>, attempts: Arc<std::sync::atomic::AtomicU64>) {
+/// Dials forever, over `tls` on a `wss://` URL. `attempts` counts dial attempts (for tests and metrics).
+pub async fn run(
+    executor: Arc<Executor>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    attempts: Arc<std::sync::atomic::AtomicU64>,
+) {
     let config = executor.config.clone();
     let mut failures: u32 = 0;
     loop {
@@ -90,7 +98,7 @@ pub async fn run(executor: Arc<Executor>, attempts: Arc<std::sync::atomic::Atomi
             }
         };
         let started = Instant::now();
-        let outcome = session(&executor, &token).await;
+        let outcome = session(&executor, tls.clone(), &token).await;
         if started.elapsed() >= STABLE_AFTER {
             failures = 0;
         }
@@ -113,7 +121,7 @@ pub async fn run(executor: Arc<Executor>, attempts: Arc<std::sync::atomic::Atomi
 }
 
 /// One connection, from the dial to its end.
-async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
+async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>>, token: &str) -> Result<(), String> {
     let config = &executor.config;
     let mut request = config
         .reconciler
@@ -124,7 +132,11 @@ async fn session(executor: &Arc<Executor>, token: &str) -> Result<(), String> {
         .parse()
         .map_err(|_| "the token is not a valid header value".to_string())?;
     request.headers_mut().insert("Authorization", value);
-    let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+    // The handshake (TLS, then the upgrade with the token) in one: tungstenite writes the request only on a
+    // stream that `wrap_stream` returned, that is after rustls accepted the server's certificate.
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let dial = tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+    let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => return Err(cause(&e)),
         Err(_) => return Err(format!("timed out after {} s", CONNECT_TIMEOUT.as_secs())),

@@ -1,9 +1,11 @@
 //! `sdp-agent doctor`: the diagnostic ladder an operator climbs when an agent does not connect, as one command.
 //! Each step says pass or fail, and how to fix a failure. It does not say Hello, so a running agent's connection
-//! is left alone.
+//! is left alone. On a `wss://` URL every step after TCP goes over TLS, with the certificate checked as the agent
+//! checks it.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::AgentConfig;
@@ -12,43 +14,94 @@ use crate::git::Repo;
 
 struct Step {
     name: String,
-    result: Result<String, (String, String)>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Pass(String),
+    /// Works, but an operator should change it: does not fail the doctor.
+    Warn(String, String),
+    Fail(String, String),
 }
 
 fn pass(name: impl Into<String>, detail: impl Into<String>) -> Step {
     Step {
         name: name.into(),
-        result: Ok(detail.into()),
+        outcome: Outcome::Pass(detail.into()),
+    }
+}
+
+fn warn(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Step {
+    Step {
+        name: name.into(),
+        outcome: Outcome::Warn(detail.into(), hint.into()),
     }
 }
 
 fn fail(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Step {
     Step {
         name: name.into(),
-        result: Err((detail.into(), hint.into())),
+        outcome: Outcome::Fail(detail.into(), hint.into()),
     }
 }
 
-/// `ws://host:port/path` → (host:port, path).
+/// `ws://host:port/path` → (host:port, path); the port defaults to 80, or 443 for `wss://`.
 fn target(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"))?;
+    let (rest, port) = match url.strip_prefix("ws://") {
+        Some(rest) => (rest, 80),
+        None => (url.strip_prefix("wss://")?, 443),
+    };
     let (authority, path) = rest.split_once('/').map_or((rest, "/"), |(a, p)| (a, p));
-    let authority = if authority.contains(':') {
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let authority = if has_port {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{port}")
     };
     Some((authority, format!("/{}", path.trim_start_matches('/'))))
 }
 
-/// One HTTP/1.1 request on a fresh connection; the status code and the body.
-fn http(authority: &str, request: &str) -> std::io::Result<(u16, String)> {
+/// How the doctor reaches the reconciler: plain TCP, or TLS to `host` with the agent's trust.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>),
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A fresh connection, its TLS handshake done.
+fn dial(authority: &str, transport: &Transport) -> std::io::Result<Box<dyn Stream>> {
     let addr = authority
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other("no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+    match transport {
+        Transport::Plain => Ok(Box::new(tcp)),
+        Transport::Tls(config, name) => {
+            let mut tls = rustls::ClientConnection::new(config.clone(), name.clone()).map_err(std::io::Error::other)?;
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp)?;
+            }
+            Ok(Box::new(rustls::StreamOwned::new(tls, tcp)))
+        }
+    }
+}
+
+/// An I/O error in an operator's words: a TLS handshake failure says what to check.
+fn io_cause(e: &std::io::Error) -> String {
+    crate::tls::handshake_error(e).map_or_else(|| e.to_string(), crate::tls::explain)
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status code and the body.
+fn http(authority: &str, transport: &Transport, request: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = dial(authority, transport)?;
     stream.write_all(request.as_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -202,13 +255,30 @@ async fn go_steps(config: &AgentConfig) -> Vec<Step> {
     steps
 }
 
-pub async fn run(config: &AgentConfig) -> bool {
+pub async fn run(config: &AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -> bool {
     let mut steps = Vec::new();
     let Some((authority, path)) = target(&config.reconciler) else {
         println!("FAIL config: reconciler `{}` is not a ws:// URL", config.reconciler);
         return false;
     };
     let reconciler = |s: &str| format!("reconciler {s}");
+    if config.token_in_clear() {
+        steps.push(warn(
+            reconciler("transport"),
+            format!("{} is plain ws://: the agent token travels in clear", config.reconciler),
+            "serve the reconciler behind TLS (deploy/nginx/sdp-tls.conf) and write wss:// with caFile",
+        ));
+    }
+    let transport = match tls {
+        None => Transport::Plain,
+        Some(tls) => match rustls_pki_types::ServerName::try_from(config.reconciler_host().to_string()) {
+            Ok(name) => Transport::Tls(tls, name),
+            Err(e) => {
+                println!("FAIL config: reconciler `{}`: {e}", config.reconciler);
+                return false;
+            }
+        },
+    };
 
     let tcp = authority
         .to_socket_addrs()
@@ -228,10 +298,27 @@ pub async fn run(config: &AgentConfig) -> bool {
             "check the host name",
         )),
     }
+    if let Transport::Tls(..) = &transport {
+        let trusted = match &config.ca_file {
+            Some(ca) => format!("caFile {}", ca.display()),
+            None => "the system's CA bundle".to_string(),
+        };
+        match dial(&authority, &transport) {
+            Ok(_) => steps.push(pass(
+                reconciler("tls"),
+                format!("the certificate of {} is trusted ({trusted})", config.reconciler_host()),
+            )),
+            Err(e) => steps.push(fail(
+                reconciler("tls"),
+                io_cause(&e),
+                format!("the agent trusts {trusted}; `openssl s_client -connect {authority}` shows the certificate"),
+            )),
+        }
+    }
     // Behind a base path (`/sandbox/credit-card/ws/agent`), /healthz sits under the same prefix.
     let prefix = path.strip_suffix("/ws/agent").unwrap_or("");
     let health = format!("GET {prefix}/healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    match http(&authority, &health) {
+    match http(&authority, &transport, &health) {
         Ok((200, _)) => steps.push(pass(reconciler("http"), format!("{prefix}/healthz answers 200"))),
         // The reconciler answers, and says what its operator must fix; the agent's connection is not affected.
         Ok((503, body)) if body.starts_with("config repo:") => steps.push(pass(
@@ -243,9 +330,9 @@ pub async fn run(config: &AgentConfig) -> bool {
             format!("{prefix}/healthz answered {code}: {body}"),
             "something else listens on that port; `ss -ltnp` on the reconciler's VM shows who",
         )),
-        Err(e) => steps.push(fail(reconciler("http"), e.to_string(), "see the tcp step")),
+        Err(e) => steps.push(fail(reconciler("http"), io_cause(&e), "see the tcp and tls steps")),
     }
-    match http(&authority, &upgrade(&authority, &path, None)) {
+    match http(&authority, &transport, &upgrade(&authority, &path, None)) {
         Ok((401, _)) => steps.push(pass(reconciler("websocket"), format!("{path} is the agents' endpoint"))),
         Ok((101, _)) => steps.push(fail(
             reconciler("websocket"),
@@ -258,7 +345,11 @@ pub async fn run(config: &AgentConfig) -> bool {
             "a proxy in between must pass `Upgrade: websocket`; nginx needs proxy_http_version 1.1 and the \
              Upgrade/Connection headers",
         )),
-        Err(e) => steps.push(fail(reconciler("websocket"), format!("reset: {e}"), "see the tcp step")),
+        Err(e) => steps.push(fail(
+            reconciler("websocket"),
+            format!("reset: {}", io_cause(&e)),
+            "see the tcp and tls steps",
+        )),
     }
     match config.token() {
         Err(e) => steps.push(fail(
@@ -266,14 +357,15 @@ pub async fn run(config: &AgentConfig) -> bool {
             format!("{e:#}"),
             "the same file as the reconciler's --token-file",
         )),
-        Ok(token) => match http(&authority, &upgrade(&authority, &path, Some(&token))) {
+        // Sent only over a connection whose TLS handshake succeeded, as the agent does.
+        Ok(token) => match http(&authority, &transport, &upgrade(&authority, &path, Some(&token))) {
             Ok((101, _)) => steps.push(pass("token", "accepted")),
             Ok((code, body)) => steps.push(fail(
                 "token",
                 format!("refused with {code}: {body}"),
                 format!("copy the reconciler's token file to {}", config.token_file.display()),
             )),
-            Err(e) => steps.push(fail("token", e.to_string(), "see the tcp step")),
+            Err(e) => steps.push(fail("token", io_cause(&e), "see the tcp and tls steps")),
         },
     }
 
@@ -333,15 +425,17 @@ pub async fn run(config: &AgentConfig) -> bool {
 
     let mut ok = true;
     for step in &steps {
-        match &step.result {
-            Ok(detail) => println!("PASS {}: {detail}", step.name),
-            Err((detail, hint)) => {
+        let (word, detail, hint) = match &step.outcome {
+            Outcome::Pass(detail) => ("PASS", detail, ""),
+            Outcome::Warn(detail, hint) => ("WARN", detail, hint.as_str()),
+            Outcome::Fail(detail, hint) => {
                 ok = false;
-                println!("FAIL {}: {detail}", step.name);
-                if !hint.is_empty() {
-                    println!("     hint: {hint}");
-                }
+                ("FAIL", detail, hint.as_str())
             }
+        };
+        println!("{word} {}: {detail}", step.name);
+        if !hint.is_empty() {
+            println!("     hint: {hint}");
         }
     }
     ok

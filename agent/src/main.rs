@@ -10,6 +10,7 @@ mod files;
 mod git;
 mod routes;
 mod secrets;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,13 +103,15 @@ fn routes_command(what: RoutesCommand) -> Result<ExitCode> {
 
 fn doctor(config_path: &std::path::Path) -> Result<ExitCode> {
     let config = config::AgentConfig::load(config_path)?;
+    let tls = tls::client(&config, config_path)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ok = runtime.block_on(doctor::run(&config));
+    let ok = runtime.block_on(doctor::run(&config, tls));
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run(config_path: &std::path::Path) -> Result<ExitCode> {
     let config = Arc::new(config::AgentConfig::load(config_path)?);
+    let tls = tls::client(&config, config_path)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -116,6 +119,13 @@ fn run(config_path: &std::path::Path) -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if config.token_in_clear() {
+        tracing::warn!(
+            "reconciler {} is plain ws:// to another machine: the agent token travels in clear; serve the \
+             reconciler behind TLS and write wss:// (see deploy/nginx/sdp-tls.conf)",
+            config.reconciler
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -128,7 +138,7 @@ fn run(config_path: &std::path::Path) -> Result<ExitCode> {
         let executor = Arc::new(executor::Executor::new(config, engine));
         let attempts = Arc::default();
         tokio::select! {
-            _ = connection::run(executor, attempts) => {},
+            _ = connection::run(executor, tls, attempts) => {},
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         }
         Ok::<_, anyhow::Error>(())
