@@ -96,7 +96,11 @@ fn dial(authority: &str, transport: &Transport) -> std::io::Result<Box<dyn Strea
 
 /// An I/O error in an operator's words: a TLS handshake failure says what to check.
 fn io_cause(e: &std::io::Error) -> String {
-    crate::tls::handshake_error(e).map_or_else(|| e.to_string(), crate::tls::explain)
+    match e.kind() {
+        // What a blocking socket's read timeout reports.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "no answer within 5 s".into(),
+        _ => crate::tls::handshake_error(e).map_or_else(|| e.to_string(), crate::tls::explain),
+    }
 }
 
 /// One HTTP/1.1 request on a fresh connection; the status code and the body.
@@ -284,7 +288,8 @@ pub async fn run(config: &AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+        // Closed at once: a server that serves one connection at a time must not wait on this one.
+        .map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(drop));
     match tcp {
         Some(Ok(_)) => steps.push(pass(reconciler("tcp"), format!("{authority} accepts connections"))),
         Some(Err(e)) => steps.push(fail(
@@ -298,6 +303,8 @@ pub async fn run(config: &AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -
             "check the host name",
         )),
     }
+    // Without a trusted handshake, the steps over it (and the token) are skipped.
+    let mut tls_failed = false;
     if let Transport::Tls(..) = &transport {
         let trusted = match &config.ca_file {
             Some(ca) => format!("caFile {}", ca.display()),
@@ -308,65 +315,72 @@ pub async fn run(config: &AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -
                 reconciler("tls"),
                 format!("the certificate of {} is trusted ({trusted})", config.reconciler_host()),
             )),
-            Err(e) => steps.push(fail(
-                reconciler("tls"),
-                io_cause(&e),
-                format!("the agent trusts {trusted}; `openssl s_client -connect {authority}` shows the certificate"),
-            )),
+            Err(e) => {
+                tls_failed = true;
+                steps.push(fail(
+                    reconciler("tls"),
+                    io_cause(&e),
+                    format!(
+                        "the agent trusts {trusted}; `openssl s_client -connect {authority}` shows the certificate"
+                    ),
+                ))
+            }
         }
     }
-    // Behind a base path (`/sandbox/credit-card/ws/agent`), /healthz sits under the same prefix.
-    let prefix = path.strip_suffix("/ws/agent").unwrap_or("");
-    let health = format!("GET {prefix}/healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    match http(&authority, &transport, &health) {
-        Ok((200, _)) => steps.push(pass(reconciler("http"), format!("{prefix}/healthz answers 200"))),
-        // The reconciler answers, and says what its operator must fix; the agent's connection is not affected.
-        Ok((503, body)) if body.starts_with("config repo:") => steps.push(pass(
-            reconciler("http"),
-            format!("{prefix}/healthz answers, and reports: {body}"),
-        )),
-        Ok((code, body)) => steps.push(fail(
-            reconciler("http"),
-            format!("{prefix}/healthz answered {code}: {body}"),
-            "something else listens on that port; `ss -ltnp` on the reconciler's VM shows who",
-        )),
-        Err(e) => steps.push(fail(reconciler("http"), io_cause(&e), "see the tcp and tls steps")),
-    }
-    match http(&authority, &transport, &upgrade(&authority, &path, None)) {
-        Ok((401, _)) => steps.push(pass(reconciler("websocket"), format!("{path} is the agents' endpoint"))),
-        Ok((101, _)) => steps.push(fail(
-            reconciler("websocket"),
-            "upgraded without a token",
-            "this reconciler does not check tokens: is it SDP?",
-        )),
-        Ok((code, body)) => steps.push(fail(
-            reconciler("websocket"),
-            format!("upgrade answered {code}: {body}"),
-            "a proxy in between must pass `Upgrade: websocket`; nginx needs proxy_http_version 1.1 and the \
-             Upgrade/Connection headers",
-        )),
-        Err(e) => steps.push(fail(
-            reconciler("websocket"),
-            format!("reset: {}", io_cause(&e)),
-            "see the tcp and tls steps",
-        )),
-    }
-    match config.token() {
-        Err(e) => steps.push(fail(
-            "token",
-            format!("{e:#}"),
-            "the same file as the reconciler's --token-file",
-        )),
-        // Sent only over a connection whose TLS handshake succeeded, as the agent does.
-        Ok(token) => match http(&authority, &transport, &upgrade(&authority, &path, Some(&token))) {
-            Ok((101, _)) => steps.push(pass("token", "accepted")),
-            Ok((code, body)) => steps.push(fail(
-                "token",
-                format!("refused with {code}: {body}"),
-                format!("copy the reconciler's token file to {}", config.token_file.display()),
+    if !tls_failed {
+        // Behind a base path (`/sandbox/credit-card/ws/agent`), /healthz sits under the same prefix.
+        let prefix = path.strip_suffix("/ws/agent").unwrap_or("");
+        let health = format!("GET {prefix}/healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        match http(&authority, &transport, &health) {
+            Ok((200, _)) => steps.push(pass(reconciler("http"), format!("{prefix}/healthz answers 200"))),
+            // The reconciler answers, and says what its operator must fix; the agent's connection is not affected.
+            Ok((503, body)) if body.starts_with("config repo:") => steps.push(pass(
+                reconciler("http"),
+                format!("{prefix}/healthz answers, and reports: {body}"),
             )),
-            Err(e) => steps.push(fail("token", io_cause(&e), "see the tcp and tls steps")),
-        },
+            Ok((code, body)) => steps.push(fail(
+                reconciler("http"),
+                format!("{prefix}/healthz answered {code}: {body}"),
+                "something else listens on that port; `ss -ltnp` on the reconciler's VM shows who",
+            )),
+            Err(e) => steps.push(fail(reconciler("http"), io_cause(&e), "see the tcp and tls steps")),
+        }
+        match http(&authority, &transport, &upgrade(&authority, &path, None)) {
+            Ok((401, _)) => steps.push(pass(reconciler("websocket"), format!("{path} is the agents' endpoint"))),
+            Ok((101, _)) => steps.push(fail(
+                reconciler("websocket"),
+                "upgraded without a token",
+                "this reconciler does not check tokens: is it SDP?",
+            )),
+            Ok((code, body)) => steps.push(fail(
+                reconciler("websocket"),
+                format!("upgrade answered {code}: {body}"),
+                "a proxy in between must pass `Upgrade: websocket`; nginx needs proxy_http_version 1.1 and the \
+                 Upgrade/Connection headers",
+            )),
+            Err(e) => steps.push(fail(
+                reconciler("websocket"),
+                format!("reset: {}", io_cause(&e)),
+                "see the tcp and tls steps",
+            )),
+        }
+        match config.token() {
+            Err(e) => steps.push(fail(
+                "token",
+                format!("{e:#}"),
+                "the same file as the reconciler's --token-file",
+            )),
+            // Sent only over a connection whose TLS handshake succeeded, as the agent does.
+            Ok(token) => match http(&authority, &transport, &upgrade(&authority, &path, Some(&token))) {
+                Ok((101, _)) => steps.push(pass("token", "accepted")),
+                Ok((code, body)) => steps.push(fail(
+                    "token",
+                    format!("refused with {code}: {body}"),
+                    format!("copy the reconciler's token file to {}", config.token_file.display()),
+                )),
+                Err(e) => steps.push(fail("token", io_cause(&e), "see the tcp and tls steps")),
+            },
+        }
     }
 
     match Engine::connect().await {
