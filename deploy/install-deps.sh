@@ -19,8 +19,10 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v docker >/dev/null || need+=(docker.io)
 if [ "$what" = tests ]; then
   command -v python3 >/dev/null || need+=(python3 python3-pip)
-  # nginx checks the deploy/ location blocks (nginx -t).
+  # nginx checks the deploy/ location blocks (nginx -t) and runs the TLS server block in e2e/tests/tls.rs.
   command -v nginx >/dev/null || need+=(nginx-light)
+  # The TLS test: nginx terminates TLS for the agents with a throwaway CA that openssl makes.
+  command -v openssl >/dev/null || need+=(openssl)
   # The dashboard's browser test: headless Chromium driven over WebDriver.
   command -v chromium >/dev/null || need+=(chromium)
   command -v chromedriver >/dev/null || need+=(chromium-driver)
