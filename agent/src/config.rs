@@ -267,6 +267,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_agent_configs_are_accepted() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(yaml, _)| yaml))
+            .filter(|yaml| yaml.starts_with("node:"))
+            .collect();
+        assert_eq!(blocks.len(), 2, "the micro and the gateway example");
+        for yaml in blocks {
+            let config = AgentConfig::parse(Path::new("README.md"), yaml).unwrap();
+            if config.reconciler.starts_with("wss://") {
+                assert!(config.ca_file.is_some(), "{yaml}");
+            }
+        }
+    }
+
+    #[test]
     fn the_gateway_defaults_are_php_apache_at_erangels_production_path() {
         let text = "node: gw\nrole: gateway\nreconciler: ws://127.0.0.1:3452/ws/agent\ntokenFile: /t\naddress: 127.0.0.1\nimage: php:8.3-apache\ndataDir: /d\n";
         let gw = AgentConfig::parse(Path::new("a.yaml"), text).unwrap();
