@@ -176,7 +176,7 @@ async fn go_steps(config: &AgentConfig) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut version = tokio::process::Command::new(&config.go);
     version.arg("version");
-    match version.output().await {
+    match crate::command::output(version, "go version", crate::command::DEADLINES.short).await {
         Ok(out) if out.status.success() => {
             steps.push(pass("go", String::from_utf8_lossy(&out.stdout).trim().to_string()))
         }
@@ -422,18 +422,14 @@ pub async fn run(config: &AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -
             continue;
         }
         steps.push(pass(name, path.display().to_string()));
-        let repo = Repo {
-            path: path.clone(),
-            credentials: config.git_credentials.clone(),
-        };
-        match tokio::task::spawn_blocking(move || repo.ls_remote()).await {
-            Ok(Ok(n)) => steps.push(pass(format!("git {service}"), format!("origin lists {n} branches"))),
-            Ok(Err(e)) => steps.push(fail(
+        let repo = Repo::new(path.clone(), config.git_credentials.clone());
+        match repo.ls_remote().await {
+            Ok(n) => steps.push(pass(format!("git {service}"), format!("origin lists {n} branches"))),
+            Err(e) => steps.push(fail(
                 format!("git {service}"),
                 format!("{e:#}"),
                 "check gitCredentials (a git-credential-store file: https://user:password@host) and the origin URL",
             )),
-            Err(e) => steps.push(fail(format!("git {service}"), e.to_string(), "")),
         }
     }
 

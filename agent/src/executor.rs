@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::command::{self, DEADLINES};
 use crate::config::AgentConfig;
 use crate::docker::{Engine, Spec};
 use crate::files;
@@ -120,10 +121,7 @@ impl Executor {
                 self.config.node
             )
         })?;
-        Ok(Repo {
-            path: path.clone(),
-            credentials: self.config.git_credentials.clone(),
-        })
+        Ok(Repo::new(path.clone(), self.config.git_credentials.clone()))
     }
 
     async fn repo_lock(&self, service: &str) -> Arc<Mutex<()>> {
@@ -214,7 +212,7 @@ impl Executor {
                 });
             }
         }
-        let heads = self.heads(&worktrees);
+        let heads = self.heads(&worktrees).await;
         Ok(ActualState {
             containers,
             networks,
@@ -226,22 +224,23 @@ impl Executor {
     }
 
     /// Heads of the branches deployed here, as of the last fetch.
-    fn heads(&self, worktrees: &[Worktree]) -> Vec<BranchHead> {
+    async fn heads(&self, worktrees: &[Worktree]) -> Vec<BranchHead> {
         let tracked: BTreeSet<(&str, &str)> = worktrees
             .iter()
             .map(|w| (w.service.as_str(), w.branch.as_str()))
             .collect();
-        tracked
-            .into_iter()
-            .filter_map(|(service, branch)| {
-                let commit = self.repo(service).ok()?.head(branch).ok()?;
-                Some(BranchHead {
+        let mut heads = Vec::new();
+        for (service, branch) in tracked {
+            let Ok(repo) = self.repo(service) else { continue };
+            if let Ok(commit) = repo.head(branch).await {
+                heads.push(BranchHead {
                     repo: service.to_string(),
                     branch: branch.to_string(),
                     commit,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        heads
     }
 
     /// Follows the output of every running managed container of `report` (and stops following the others), as
@@ -298,10 +297,7 @@ impl Executor {
         let mut services = BTreeSet::new();
         for service in self.config.repos.keys() {
             let Ok(repo) = self.repo(service) else { continue };
-            let origin = tokio::task::spawn_blocking(move || repo.origin_name())
-                .await
-                .ok()
-                .flatten();
+            let origin = repo.origin_name().await;
             if names.contains(service) || origin.is_some_and(|o| names.contains(&o)) {
                 services.insert(service.clone());
             }
@@ -314,10 +310,7 @@ impl Executor {
             let Ok(repo) = self.repo(&service) else { continue };
             let lock = self.repo_lock(&service).await;
             let _guard = lock.lock().await;
-            if let Err(e) = tokio::task::spawn_blocking(move || repo.fetch())
-                .await
-                .unwrap_or_else(|e| Err(e.into()))
-            {
+            if let Err(e) = repo.fetch().await {
                 tracing::warn!("cannot fetch {service}: {e:#}");
             }
         }
@@ -338,7 +331,7 @@ impl Executor {
     /// The branches of one of this node's repositories, as its remote lists them.
     pub async fn branches(&self, service: &str) -> Result<Vec<BranchHead>> {
         let repo = self.repo(service)?;
-        let listed = tokio::task::spawn_blocking(move || repo.branches()).await??;
+        let listed = repo.branches().await?;
         Ok(listed
             .into_iter()
             .map(|(branch, commit)| BranchHead {
@@ -385,7 +378,7 @@ impl Executor {
                 let dir = self.config.worktree(&sandbox, &service);
                 let lock = self.repo_lock(&service).await;
                 let _guard = lock.lock().await;
-                tokio::task::spawn_blocking(move || repo.remove_worktree(&dir)).await??;
+                repo.remove_worktree(&dir).await?;
                 let _ = std::fs::remove_file(self.meta_path(&sandbox, &service));
                 let _ = std::fs::remove_dir_all(self.binary_dir(&sandbox, &service));
                 let _ = std::fs::remove_dir_all(self.files_dir(&sandbox, &service));
@@ -411,19 +404,16 @@ impl Executor {
             if let Some(c) = d.commit.as_deref().filter(|c| !is_commit_id(c)) {
                 bail!("the reconciler asked for commit {c:?}, which is not a commit id");
             }
-            let (r, branch, wanted) = (repo.clone(), d.branch.clone(), d.commit.clone());
-            let fetched = tokio::task::spawn_blocking(move || -> Result<String> {
-                r.fetch()?;
-                match wanted {
-                    Some(c) => Ok(c),
-                    None => r.head(&branch),
-                }
-            })
-            .await?;
+            let fetched = match repo.fetch().await {
+                Ok(()) => match &d.commit {
+                    Some(c) => Ok(c.clone()),
+                    None => repo.head(&d.branch).await,
+                },
+                Err(e) => Err(e),
+            };
             let commit = stage.end(Stage::Fetch, started, fetched).await?;
             let started = stage.start(Stage::Checkout).await;
-            let (r, dir2, c2) = (repo.clone(), dir.clone(), commit.clone());
-            let checked = tokio::task::spawn_blocking(move || r.checkout(&dir2, &c2)).await?;
+            let checked = repo.checkout(&dir, &commit).await;
             stage.end(Stage::Checkout, started, checked).await?;
             commit
         };
@@ -477,7 +467,7 @@ impl Executor {
                     Err(e) => stage.end(Stage::Composer, started, Err(e)).await?,
                 }
                 // The OCP values: what this commit's own config.php holds, before any patch.
-                let pristine = repo.show(&commit, &self.config.config_php).unwrap_or_default();
+                let pristine = repo.show(&commit, &self.config.config_php).await.unwrap_or_default();
                 let defaults = routes::routes(&pristine);
                 let path = self.defaults_path(&d.branch);
                 std::fs::create_dir_all(path.parent().expect("has a parent"))?;
@@ -487,7 +477,7 @@ impl Executor {
         }
 
         let started = stage.start(Stage::Start).await;
-        match self.write_files(&d.sandbox, &d.service, &dir, &d.files) {
+        match self.write_files(&d.sandbox, &d.service, &dir, &d.files).await {
             Ok(mounts) => binds.extend(mounts),
             Err(e) => return stage.end(Stage::Start, started, Err(e)).await,
         }
@@ -569,14 +559,15 @@ impl Executor {
             }
         }
         let what = format!("go build {}", build.package);
-        run_streamed(cmd, &what, id, out)
+        run_streamed(cmd, &what, DEADLINES.build, id, out)
             .await
             .map_err(|e| anyhow::anyhow!("{}", first_go_error(&what, &e)))
     }
 
     /// Writes an Environment's `files:` for one container under the data dir (fresh at each deploy) and returns
-    /// their read-only mounts, at their paths under the container's working directory.
-    fn write_files(
+    /// their read-only mounts, at their paths under the container's working directory. Off the async threads:
+    /// each file is synced to disk.
+    async fn write_files(
         &self,
         sandbox: &str,
         service: &str,
@@ -584,21 +575,8 @@ impl Executor {
         files: &BTreeMap<String, String>,
     ) -> Result<Vec<String>> {
         let root = self.files_dir(sandbox, service);
-        if root.exists() {
-            std::fs::remove_dir_all(&root).with_context(|| format!("cannot clear {}", root.display()))?;
-        }
-        let mut mounts = Vec::new();
-        for (path, content) in files {
-            // Checked again here: a frame is not trusted to carry only what the manifest allowed.
-            sdp_manifest::rules::relative_file(path).map_err(|b| anyhow::anyhow!("{}", b.message))?;
-            let host = root.join(path);
-            std::fs::create_dir_all(host.parent().expect("a file under the root has a parent"))?;
-            files::write_atomically(&host, content.as_bytes())?;
-            files::mount_point_in(worktree, path)?;
-            let inside = self.config.mount_point().join(path);
-            mounts.push(format!("{}:{}:ro", host.display(), inside.display()));
-        }
-        Ok(mounts)
+        let (worktree, files, mount_point) = (worktree.to_path_buf(), files.clone(), self.config.mount_point());
+        tokio::task::spawn_blocking(move || write_files(&root, &worktree, &mount_point, &files)).await?
     }
 
     /// `composer install` when composer and composer.json are there: Ok(false) when skipped.
@@ -620,7 +598,7 @@ impl Executor {
             // The branch's scripts and plugins would run here, on the VM: only with the operator's consent.
             cmd.args(["--no-scripts", "--no-plugins"]);
         }
-        run_streamed(cmd, "composer install", id, out).await?;
+        run_streamed(cmd, "composer install", DEADLINES.build, id, out).await?;
         Ok(true)
     }
 
@@ -638,9 +616,9 @@ impl Executor {
         files::no_links(&worktree, self.config.config_php.parent().unwrap_or(Path::new("")))?;
         let live = files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP).ok();
         let repo = self.repo(GATEWAY)?;
-        let (commit, file) = (meta.commit.clone(), self.config.config_php.clone());
-        let pristine = tokio::task::spawn_blocking(move || repo.show(&commit, &file))
-            .await?
+        let pristine = repo
+            .show(&meta.commit, &self.config.config_php)
+            .await
             .with_context(|| format!("cannot read config.php of the deployed commit {}", meta.commit))?;
         let patched = routes::patch(&pristine, wanted).map_err(anyhow::Error::msg)?;
         if live.as_deref() == Some(patched.as_str()) {
@@ -673,12 +651,14 @@ impl Executor {
         let output = if which(Path::new("php")).is_some() {
             let mut php = tokio::process::Command::new("php");
             php.arg("-l").arg(path);
-            bounded(php, "php -l", SHORT_COMMAND).await?
+            command::output(php, "php -l", DEADLINES.short).await?
         } else {
             let inside = self.config.mount_point().join(&self.config.config_php);
             let mut exec = tokio::process::Command::new("docker");
             exec.args(["exec", container, "php", "-l"]).arg(inside);
-            bounded(exec, "docker exec php -l", SHORT_COMMAND).await?
+            // Killing `docker exec` does not stop what it started in the container; a wedged container is the
+            // health checks' business, the action ends either way.
+            command::output(exec, "docker exec php -l", DEADLINES.short).await?
         };
         if !output.status.success() {
             bail!(
@@ -695,7 +675,7 @@ impl Executor {
         }
         let mut exec = tokio::process::Command::new("docker");
         exec.arg("exec").arg(container).args(&self.config.reload);
-        let output = bounded(exec, "the gateway's reload", SHORT_COMMAND).await?;
+        let output = command::output(exec, "the gateway's reload", DEADLINES.short).await?;
         if !output.status.success() {
             bail!(
                 "reloading the gateway ({}) failed: {}",
@@ -707,23 +687,28 @@ impl Executor {
     }
 }
 
-/// How long a lint or a reload may take.
-const SHORT_COMMAND: std::time::Duration = std::time::Duration::from_secs(60);
-/// How long a build or `composer install` may take.
-const LONG_COMMAND: std::time::Duration = std::time::Duration::from_secs(20 * 60);
-
-/// Runs a command to its end within `limit`, killed if it takes longer (a hung `docker exec` must not hold an
-/// action, and with it the sandbox, for ever).
-async fn bounded(
-    mut cmd: tokio::process::Command,
-    what: &str,
-    limit: std::time::Duration,
-) -> Result<std::process::Output> {
-    cmd.kill_on_drop(true);
-    match tokio::time::timeout(limit, cmd.output()).await {
-        Ok(output) => output.with_context(|| format!("cannot run {what}")),
-        Err(_) => bail!("{what} did not finish within {} s: stopped", limit.as_secs()),
+/// `Executor::write_files` on a blocking thread.
+fn write_files(
+    root: &Path,
+    worktree: &Path,
+    mount_point: &Path,
+    files: &BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    if root.exists() {
+        std::fs::remove_dir_all(root).with_context(|| format!("cannot clear {}", root.display()))?;
     }
+    let mut mounts = Vec::new();
+    for (path, content) in files {
+        // Checked again here: a frame is not trusted to carry only what the manifest allowed.
+        sdp_manifest::rules::relative_file(path).map_err(|b| anyhow::anyhow!("{}", b.message))?;
+        let host = root.join(path);
+        std::fs::create_dir_all(host.parent().expect("a file under the root has a parent"))?;
+        files::write_atomically(&host, content.as_bytes())?;
+        files::mount_point_in(worktree, path)?;
+        let inside = mount_point.join(path);
+        mounts.push(format!("{}:{}:ro", host.display(), inside.display()));
+    }
+    Ok(mounts)
 }
 
 /// Sends Progress frames with timings.
@@ -796,16 +781,19 @@ impl std::error::Error for CommandFailed {}
 /// Lines of a failed command's error output kept for its message, from the start and from the end.
 const KEPT_LINES: usize = 20;
 
-/// Runs a command, its output streamed line by line as the deployment's log.
-async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, out: &Outbox) -> Result<()> {
+/// Runs a command within `limit`, its output streamed line by line as the deployment's log.
+async fn run_streamed(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    limit: std::time::Duration,
+    id: &str,
+    out: &Outbox,
+) -> Result<()> {
     cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {what}: is it installed?"))?;
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
+        .stderr(std::process::Stdio::piped());
+    let mut child = command::Child::spawn(cmd, what)?;
+    let stdout = child.stdout().expect("piped");
+    let stderr = child.stderr().expect("piped");
     let id = (!id.is_empty()).then(|| id.to_string());
     let pump = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
         let out = out.clone();
@@ -828,16 +816,8 @@ async fn run_streamed(mut cmd: tokio::process::Command, what: &str, id: &str, ou
     };
     let a = pump(Box::new(stdout));
     let b = pump(Box::new(stderr));
-    let status = match tokio::time::timeout(LONG_COMMAND, child.wait()).await {
-        Ok(status) => status?,
-        Err(_) => {
-            // Dropped with kill_on_drop: the build does not go on behind the agent's back.
-            bail!(
-                "{what} did not finish within {} minutes: stopped",
-                LONG_COMMAND.as_secs() / 60
-            );
-        }
-    };
+    // Past the deadline the whole group is killed: the build does not go on behind the agent's back.
+    let status = child.wait(limit).await?;
     let _ = a.await;
     let (head, tail) = b.await.unwrap_or_default();
     if !status.success() {

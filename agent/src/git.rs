@@ -6,20 +6,34 @@
 //! `password=...` lines). git reads it through a helper that only answers `get`, so the password is never on a
 //! command line, in a child's environment or in a log, and a failed login never edits the operator's file (as
 //! git's `store` helper would, by erasing the entry).
+//!
+//! git runs through `command`: off the async threads, and killed with its helpers when it outlives its
+//! deadline (a network one for fetch and ls-remote, a shorter one for everything on the node's own disk).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+use crate::command::{self, Deadlines};
 
 /// One repository clone configured on the node.
 #[derive(Clone)]
 pub struct Repo {
     pub path: PathBuf,
     pub credentials: Option<PathBuf>,
+    pub deadlines: Deadlines,
 }
 
 impl Repo {
+    pub fn new(path: PathBuf, credentials: Option<PathBuf>) -> Repo {
+        Repo {
+            path,
+            credentials,
+            deadlines: Deadlines::default(),
+        }
+    }
+
     fn git(&self, dir: &Path) -> Command {
         let mut cmd = Command::new("git");
         cmd.arg("-C").arg(dir);
@@ -38,12 +52,17 @@ impl Repo {
         cmd
     }
 
-    fn run(&self, dir: &Path, args: &[&str]) -> Result<String> {
-        let out = self
-            .git(dir)
-            .args(args)
-            .output()
-            .context("cannot run git: is it installed and on PATH?")?;
+    /// Runs git on the node's disk: its stdout, or an error with its stderr.
+    async fn run(&self, dir: &Path, args: &[&str]) -> Result<String> {
+        self.run_within(dir, args, self.deadlines.local_git).await
+    }
+
+    async fn run_within(&self, dir: &Path, args: &[&str], limit: std::time::Duration) -> Result<String> {
+        let mut cmd = self.git(dir);
+        cmd.args(args);
+        // Named by its subcommand and repository when it times out; by its whole command line when it fails.
+        let verb = args.iter().find(|a| !a.starts_with('-')).copied().unwrap_or("");
+        let out = command::output(cmd, &format!("git {verb} of {}", self.path.display()), limit).await?;
         if !out.status.success() {
             bail!(
                 "git {} failed: {}",
@@ -55,39 +74,54 @@ impl Repo {
     }
 
     /// Fetches every branch of `origin`.
-    pub fn fetch(&self) -> Result<()> {
+    pub async fn fetch(&self) -> Result<()> {
         if !self.path.exists() {
             bail!(
                 "repository {} is not on this node: clone it there first",
                 self.path.display()
             );
         }
-        self.run(&self.path, &["fetch", "--quiet", "--prune", "origin"])?;
+        self.run_within(
+            &self.path,
+            &["fetch", "--quiet", "--prune", "origin"],
+            self.deadlines.network_git,
+        )
+        .await?;
         Ok(())
     }
 
     /// The last part of `origin`'s URL without `.git`: `account` for `https://host/scm/cc/account.git`.
-    pub fn origin_name(&self) -> Option<String> {
-        let url = self.run(&self.path, &["config", "--get", "remote.origin.url"]).ok()?;
+    pub async fn origin_name(&self) -> Option<String> {
+        let url = self
+            .run(&self.path, &["config", "--get", "remote.origin.url"])
+            .await
+            .ok()?;
         let last = url.trim_end_matches('/').rsplit(['/', ':']).next()?;
         Some(last.trim_end_matches(".git").to_string())
     }
 
     /// Where `origin/<branch>` points after the last fetch.
-    pub fn head(&self, branch: &str) -> Result<String> {
+    pub async fn head(&self, branch: &str) -> Result<String> {
         let refname = format!("refs/remotes/origin/{branch}");
         self.run(&self.path, &["rev-parse", "--verify", "-q", &refname])
+            .await
             .with_context(|| format!("branch {branch} is not on origin of {}", self.path.display()))
     }
 
     /// How many branches `origin` has: proves the URL and the credentials.
-    pub fn ls_remote(&self) -> Result<usize> {
-        Ok(self.branches()?.len())
+    pub async fn ls_remote(&self) -> Result<usize> {
+        Ok(self.branches().await?.len())
     }
 
     /// The branches of `origin` with their commits, as `git ls-remote --heads` lists them.
-    pub fn branches(&self) -> Result<Vec<(String, String)>> {
-        let out = self.run(&self.path, &["ls-remote", "--heads", "origin"])?;
+    pub async fn branches(&self) -> Result<Vec<(String, String)>> {
+        let out = self
+            .run_within(
+                &self.path,
+                &["ls-remote", "--heads", "origin"],
+                self.deadlines.network_git,
+            )
+            .await?;
         Ok(out
             .lines()
             .filter_map(|l| l.split_once('\t'))
@@ -101,9 +135,10 @@ impl Repo {
     /// The worktree's administrative dir in the repository (`.git/worktrees/<id>`), found from the repository's
     /// side: its `gitdir` file names `<dir>/.git`. The `.git` file inside the worktree is never read, since the
     /// worktree is mounted into a container that could rewrite it to point git at a config of its own.
-    fn admin_dir(&self, dir: &Path) -> Option<PathBuf> {
+    async fn admin_dir(&self, dir: &Path) -> Option<PathBuf> {
         let common = self
             .run(&self.path, &["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .await
             .ok()?;
         let wanted = [Some(dir.to_path_buf()), dir.canonicalize().ok()].map(|d| d.map(|d| d.join(".git")));
         std::fs::read_dir(Path::new(&common).join("worktrees"))
@@ -119,8 +154,8 @@ impl Repo {
     /// Checks out `commit` into the worktree at `dir`, creating it if needed. Local changes are discarded: the
     /// worktree holds exactly the commit. git runs with the repository's own paths (`--git-dir`, `--work-tree`),
     /// never what the worktree holds.
-    pub fn checkout(&self, dir: &Path, commit: &str) -> Result<()> {
-        if let Some(admin) = self.admin_dir(dir).filter(|_| dir.is_dir()) {
+    pub async fn checkout(&self, dir: &Path, commit: &str) -> Result<()> {
+        if let Some(admin) = self.admin_dir(dir).await.filter(|_| dir.is_dir()) {
             let git_dir = format!("--git-dir={}", admin.display());
             let work_tree = format!("--work-tree={}", dir.display());
             self.run(
@@ -128,8 +163,9 @@ impl Repo {
                 &[
                     &git_dir, &work_tree, "checkout", "--quiet", "--detach", "--force", commit,
                 ],
-            )?;
-            self.run(dir, &[&git_dir, &work_tree, "clean", "-fdxq"])?;
+            )
+            .await?;
+            self.run(dir, &[&git_dir, &work_tree, "clean", "-fdxq"]).await?;
             // The worktree's own pointer back, as git wrote it, for people who run git in it by hand.
             let pointer = format!("gitdir: {}\n", admin.display());
             let current = crate::files::read_capped(dir, Path::new(".git"), 4096).ok();
@@ -142,39 +178,53 @@ impl Repo {
             }
             // A directory git does not know as a worktree (its registration lost, or left half-made) is replaced.
             if dir.exists() {
-                std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+                remove_dir_all(dir)
+                    .await
+                    .with_context(|| format!("cannot replace {}", dir.display()))?;
             }
             // A stale registration of a worktree whose directory is gone blocks a new one.
-            let _ = self.run(&self.path, &["worktree", "prune"]);
+            let _ = self.run(&self.path, &["worktree", "prune"]).await;
             let target = dir.to_string_lossy().into_owned();
             self.run(
                 &self.path,
                 &["worktree", "add", "--quiet", "--detach", "--force", &target, commit],
-            )?;
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// Removes a worktree and its registration.
-    pub fn remove_worktree(&self, dir: &Path) -> Result<()> {
+    pub async fn remove_worktree(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
             let target = dir.to_string_lossy().into_owned();
             if self
                 .run(&self.path, &["worktree", "remove", "--force", &target])
+                .await
                 .is_err()
             {
-                std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+                remove_dir_all(dir)
+                    .await
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
             }
         }
-        let _ = self.run(&self.path, &["worktree", "prune"]);
+        let _ = self.run(&self.path, &["worktree", "prune"]).await;
         Ok(())
     }
 
     /// The content of `path` at `commit`.
-    pub fn show(&self, commit: &str, path: &Path) -> Result<String> {
+    pub async fn show(&self, commit: &str, path: &Path) -> Result<String> {
         let spec = format!("{commit}:{}", path.display());
-        self.run(&self.path, &["show", &spec])
+        self.run(&self.path, &["show", &spec]).await
     }
+}
+
+/// Removes a directory tree (a worktree with its `vendor/` can hold many thousand files) off the async threads.
+async fn remove_dir_all(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 #[cfg(test)]
@@ -182,7 +232,7 @@ mod tests {
     use super::*;
 
     fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
+        let out = std::process::Command::new("git")
             .arg("-C")
             .arg(dir)
             .args(args)
@@ -201,8 +251,8 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    #[test]
-    fn a_container_that_rewrites_the_worktrees_git_file_cannot_make_the_agent_run_anything() {
+    #[tokio::test]
+    async fn a_container_that_rewrites_the_worktrees_git_file_cannot_make_the_agent_run_anything() {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
@@ -216,12 +266,9 @@ mod tests {
             tmp.path(),
             &["clone", "-q", work.to_str().unwrap(), clone.to_str().unwrap()],
         );
-        let repo = Repo {
-            path: clone.clone(),
-            credentials: None,
-        };
+        let repo = Repo::new(clone.clone(), None);
         let dir = tmp.path().join("worktrees/box/account");
-        repo.checkout(&dir, &first).unwrap();
+        repo.checkout(&dir, &first).await.unwrap();
 
         // What a container with the worktree mounted read-write could do: point `.git` at a git dir of its own
         // whose config runs a program on any git command (fsmonitor) and whose hooks run on checkout.
@@ -240,8 +287,8 @@ mod tests {
         std::fs::write(work.join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
         git(&work, &["commit", "-qam", "two"]);
         let second = git(&work, &["rev-parse", "HEAD"]);
-        repo.fetch().unwrap();
-        repo.checkout(&dir, &second).unwrap();
+        repo.fetch().await.unwrap();
+        repo.checkout(&dir, &second).await.unwrap();
         assert!(!marker.exists(), "a program of the container's ran as the agent");
         assert_eq!(
             std::fs::read_to_string(dir.join("main.go")).unwrap(),
@@ -262,5 +309,45 @@ mod tests {
             second,
             "git in the worktree by hand works again"
         );
+    }
+
+    #[tokio::test]
+    async fn a_fetch_from_a_remote_that_never_answers_is_killed_with_its_helpers() {
+        use crate::command::tests::{assert_gone, pid_in};
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin.git");
+        git(tmp.path(), &["init", "-q", "--bare", origin.to_str().unwrap()]);
+        let clone = tmp.path().join("clone");
+        git(
+            tmp.path(),
+            &["clone", "-q", origin.to_str().unwrap(), clone.to_str().unwrap()],
+        );
+        // The remote's side of the fetch, as a stuck server behaves: it starts a child and answers nothing.
+        let (pid, child_pid) = (tmp.path().join("upload-pack.pid"), tmp.path().join("child.pid"));
+        let upload_pack = tmp.path().join("hang.sh");
+        std::fs::write(
+            &upload_pack,
+            format!(
+                "#!/bin/sh\necho $$ > {}\nsleep 600 &\necho $! > {}\nwait\n",
+                pid.display(),
+                child_pid.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&upload_pack, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        git(
+            &clone,
+            &["config", "remote.origin.uploadpack", upload_pack.to_str().unwrap()],
+        );
+
+        let mut repo = Repo::new(clone.clone(), None);
+        repo.deadlines.network_git = std::time::Duration::from_millis(1500);
+        let error = repo.fetch().await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("git fetch of {} took longer than 1500 ms: killed", clone.display())
+        );
+        assert_gone(pid_in(&pid).await, "the remote's upload-pack").await;
+        assert_gone(pid_in(&child_pid).await, "the upload-pack's child").await;
     }
 }

@@ -1,6 +1,7 @@
 //! `sdp-agent`: the only part of SDP that touches a VM: git worktrees, Go builds, Docker and the gateway's
 //! config.php. One binary, two roles (micro and gateway) chosen in its config file.
 
+mod command;
 mod config;
 mod connection;
 mod docker;
