@@ -433,6 +433,30 @@ pub fn decode<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Er
     serde_json::from_str(text)
 }
 
+/// The longest log line that travels, in bytes, the marker of a cut included. An agent cuts the lines of its
+/// containers and builds to it before they are queued (so that its memory is bounded too), and the reconciler cuts
+/// again whatever arrives longer.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Room kept at the end of a cut line for its marker: ` [sdp: 18446744073709551615 more bytes cut]` is 43 bytes.
+const CUT_MARKER_ROOM: usize = 64;
+
+/// Cuts `line` on a character boundary so that, with the marker that says how many bytes went, it holds at most
+/// `MAX_LOG_LINE` bytes. `cut_before` bytes of the line went before it got here (an agent reading a container's
+/// output keeps no more than the limit); a line within the limit with nothing cut is left as it is.
+pub fn cut_line(line: &mut String, cut_before: usize) {
+    if line.len() <= MAX_LOG_LINE && cut_before == 0 {
+        return;
+    }
+    let mut end = line.len().min(MAX_LOG_LINE - CUT_MARKER_ROOM);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = cut_before + (line.len() - end);
+    line.truncate(end);
+    line.push_str(&format!(" [sdp: {cut} more bytes cut]"));
+}
+
 /// Takes anything that looks like a password in a URL (`scheme://user:secret@host`) out of a message, such as
 /// git's, before it reaches a log, an event or an answer.
 pub fn scrub(message: &str) -> String {
@@ -453,6 +477,42 @@ pub fn scrub(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_on_a_character_boundary_and_says_how_much_went() {
+        let mut short = "x".repeat(MAX_LOG_LINE);
+        cut_line(&mut short, 0);
+        assert_eq!(short.len(), MAX_LOG_LINE, "a line at the limit is kept whole");
+
+        // A 3-byte character straddles the cut: it goes whole.
+        let mut long = format!(
+            "{}{}",
+            "x".repeat(MAX_LOG_LINE - CUT_MARKER_ROOM - 1),
+            "€".repeat(10_000)
+        );
+        let total = long.len();
+        cut_line(&mut long, 0);
+        assert!(long.len() <= MAX_LOG_LINE, "{} bytes", long.len());
+        let kept = MAX_LOG_LINE - CUT_MARKER_ROOM - 1;
+        assert_eq!(
+            long,
+            format!("{} [sdp: {} more bytes cut]", "x".repeat(kept), total - kept)
+        );
+
+        // Cut before, by an agent: the count adds up, and a line cut once is not cut again.
+        let mut agent = "y".repeat(MAX_LOG_LINE);
+        cut_line(&mut agent, 5000);
+        let once = agent.clone();
+        assert!(
+            once.ends_with(&format!(" [sdp: {} more bytes cut]", 5000 + CUT_MARKER_ROOM)),
+            "{once:.40}"
+        );
+        cut_line(&mut agent, 0);
+        assert_eq!(agent, once);
+        let mut small = "z".to_string();
+        cut_line(&mut small, 7);
+        assert_eq!(small, "z [sdp: 7 more bytes cut]");
+    }
 
     fn deploy() -> Deploy {
         Deploy {

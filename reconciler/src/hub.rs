@@ -99,9 +99,6 @@ struct Pending {
     deployment: Option<String>,
 }
 
-/// The longest log line kept; the rest is cut, and the cut is said.
-pub const MAX_LOG_LINE: usize = 16 * 1024;
-
 /// The largest frame an agent may send (a report of a busy node is a few MB).
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
 
@@ -477,7 +474,7 @@ impl Hub {
                     tracing::debug!("a log line for a deployment this agent does not run: dropped");
                     return;
                 }
-                cut_line(&mut l.line);
+                sdp_protocol::cut_line(&mut l.line, 0);
                 let _ = self.events.send(HubEvent::Log(l)).await;
             }
             AgentFrame::Branches(list) => {
@@ -518,20 +515,6 @@ impl Hub {
         state.actual = Arc::new(next);
         true
     }
-}
-
-/// Cuts a line longer than `MAX_LOG_LINE` (on a character boundary) and says how much went.
-pub fn cut_line(line: &mut String) {
-    if line.len() <= MAX_LOG_LINE {
-        return;
-    }
-    let mut end = MAX_LOG_LINE;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = line.len() - end;
-    line.truncate(end);
-    line.push_str(&format!(" [sdp: {cut} more bytes cut]"));
 }
 
 /// What a Hello may say: a node name of at most 63 plain characters, and an address that is a plain host and, when
