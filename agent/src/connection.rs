@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::executor::{Executor, Outbox};
+use crate::executor::Executor;
+use crate::outbox::Outbox;
 
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -177,13 +177,12 @@ async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>
     tracing::info!(reconciler = %config.reconciler, "connected");
 
     // Everything to the reconciler goes through one bounded queue, in order.
-    let (tx, mut rx) = mpsc::channel::<AgentFrame>(1024);
-    let outbox = Outbox::new(tx);
+    let (outbox, mut queue) = Outbox::new();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         loop {
             tokio::select! {
-                frame = rx.recv() => match frame {
+                frame = queue.next() => match frame {
                     Some(f) => if sink.send(Message::Text(sdp_protocol::encode(&f).into())).await.is_err() { break },
                     None => break,
                 },

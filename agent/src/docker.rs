@@ -15,6 +15,8 @@ use bollard::query_parameters::{
 };
 use sdp_protocol::{Container, ContainerState, Probe, labels, network_name};
 
+use crate::lines::Lines;
+
 /// The engine, connected and negotiated.
 #[derive(Clone)]
 pub struct Engine {
@@ -369,7 +371,8 @@ impl Engine {
         Ok(created.id)
     }
 
-    /// Follows a container's output from now on, one call of `line` per line, until the container stops.
+    /// Follows a container's output from now on, one call of `line` per line (cut to `MAX_LOG_LINE`; stdout and
+    /// stderr each cut into lines of their own), until the container stops.
     pub async fn follow_logs(&self, id: &str, mut line: impl FnMut(String)) {
         use futures_util::StreamExt;
         let since = std::time::SystemTime::now()
@@ -383,17 +386,16 @@ impl Engine {
             .since(since)
             .build();
         let mut stream = self.docker.logs(id, Some(options));
-        let mut partial = String::new();
+        let (mut out, mut err) = (Lines::default(), Lines::default());
         while let Some(Ok(chunk)) = stream.next().await {
-            partial.push_str(&chunk.to_string());
-            while let Some(end) = partial.find('\n') {
-                let rest = partial.split_off(end + 1);
-                line(partial.trim_end_matches(['\n', '\r']).to_string());
-                partial = rest;
-            }
+            let lines = match chunk {
+                bollard::container::LogOutput::StdErr { .. } => &mut err,
+                _ => &mut out,
+            };
+            lines.push(chunk.as_ref(), &mut line);
         }
-        if !partial.is_empty() {
-            line(partial);
+        for last in [out.finish(), err.finish()].into_iter().flatten() {
+            line(last);
         }
     }
 
@@ -423,5 +425,55 @@ impl Engine {
             Some(false) => bail!("container {name} is not this installation's: left alone"),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sdp_protocol::MAX_LOG_LINE;
+
+    /// The real engine (as every VM has, and the e2e suite needs): a container that prints 1 MB without a newline.
+    #[tokio::test]
+    async fn a_containers_line_without_a_newline_reaches_the_reconciler_cut_and_counted() {
+        let engine = Engine::connect().await.expect("the test machine runs Docker");
+        let name = format!("sdp-agent-test-follow-{}", std::process::id());
+        let body = ContainerCreateBody {
+            image: Some("sdp-demo/busybox:latest".into()),
+            // Starts printing after the follower has begun (Docker's `since` counts whole seconds).
+            cmd: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 2; yes | head -c 1000000 | tr -d '\\n'; echo; echo after".into(),
+            ]),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        engine.docker.create_container(Some(options), body).await.unwrap();
+        engine.docker.start_container(&name, None).await.unwrap();
+        let mut lines = Vec::new();
+        let followed = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            engine.follow_logs(&name, |l| lines.push(l)),
+        )
+        .await;
+        let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = engine.docker.remove_container(&name, Some(remove)).await;
+        followed.expect("the follower ends when the container does");
+        assert_eq!(
+            lines.len(),
+            2,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert!(lines[0].len() <= MAX_LOG_LINE, "{} bytes", lines[0].len());
+        let kept = lines[0].bytes().take_while(|&b| b == b'y').count();
+        assert!(kept > MAX_LOG_LINE / 2);
+        assert_eq!(
+            lines[0][kept..],
+            format!(" [sdp: {} more bytes cut]", 500_000 - kept),
+            "`yes` prints y and a newline: 500,000 y"
+        );
+        assert_eq!(lines[1], "after");
     }
 }

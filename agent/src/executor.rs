@@ -9,18 +9,20 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use sdp_protocol::{
-    Action, ActualState, AgentFrame, BranchHead, Deploy, GATEWAY, GoBuild, LogLine, Progress, Role, Stage, StageState,
-    Worktree, labels, network_name,
+    Action, ActualState, AgentFrame, BranchHead, Deploy, GATEWAY, GoBuild, Progress, Role, Stage, StageState, Worktree,
+    labels, network_name,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{Mutex, mpsc};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
 
 use crate::command::{self, DEADLINES};
 use crate::config::AgentConfig;
 use crate::docker::{Engine, Spec};
 use crate::files;
 use crate::git::Repo;
+use crate::lines::Lines;
+use crate::outbox::Outbox;
 use crate::routes;
 
 /// What the agent remembers of a worktree (beside it, not inside it: the worktree holds only the commit).
@@ -32,61 +34,6 @@ struct Meta {
     /// What the binary was built from (micro): the commit, the build settings and Go's environment, so that a
     /// change of `build:` or `goEnv` rebuilds.
     built: Option<String>,
-}
-
-/// Frames to the reconciler, with lines dropped under pressure counted and reported on the next line that fits.
-#[derive(Clone)]
-pub struct Outbox {
-    tx: mpsc::Sender<AgentFrame>,
-    /// The last report sent, so that an unchanged node is not reported again, whoever scanned it.
-    last_report: Arc<Mutex<Option<ActualState>>>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-    seq: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Outbox {
-    pub fn new(tx: mpsc::Sender<AgentFrame>) -> Outbox {
-        Outbox {
-            tx,
-            last_report: Arc::default(),
-            dropped: Arc::default(),
-            seq: Arc::default(),
-        }
-    }
-
-    /// Frames that must arrive (reports, progress, results): waits for room.
-    pub async fn send(&self, frame: AgentFrame) {
-        let _ = self.tx.send(frame).await;
-    }
-
-    /// Sends a report unless it is the one sent last. Says whether it was sent.
-    pub async fn report(&self, state: ActualState) -> bool {
-        let mut last = self.last_report.lock().await;
-        if last.as_ref() == Some(&state) {
-            return false;
-        }
-        *last = Some(state.clone());
-        // Sent under the lock, so that reports leave in the order they were compared.
-        let _ = self.tx.send(AgentFrame::ActualState(state)).await;
-        true
-    }
-
-    /// A log line: never waits; when the buffer is full the line is dropped and counted.
-    pub fn log(&self, deployment_id: Option<String>, container: Option<String>, line: String) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let seq = self.seq.fetch_add(1, Relaxed) + 1;
-        let dropped_before = self.dropped.swap(0, Relaxed);
-        let frame = AgentFrame::LogLine(LogLine {
-            deployment_id,
-            container,
-            seq,
-            line,
-            dropped_before,
-        });
-        if self.tx.try_send(frame).is_err() {
-            self.dropped.fetch_add(dropped_before + 1, Relaxed);
-        }
-    }
 }
 
 pub struct Executor {
@@ -799,9 +746,9 @@ async fn run_streamed(
         let out = out.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
+            let mut stream = stream;
             let (mut head, mut tail) = (Vec::new(), std::collections::VecDeque::new());
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut keep = |line: String| {
                 out.log(id.clone(), None, line.clone());
                 if head.len() < KEPT_LINES {
                     head.push(line.clone());
@@ -810,6 +757,13 @@ async fn run_streamed(
                 if tail.len() > KEPT_LINES {
                     tail.pop_front();
                 }
+            };
+            let (mut lines, mut buffer) = (Lines::default(), vec![0; 8192]);
+            while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                lines.push(&buffer[..n], &mut keep);
+            }
+            if let Some(last) = lines.finish() {
+                keep(last);
             }
             (head, Vec::from(tail))
         })

@@ -9,6 +9,8 @@ mod doctor;
 mod executor;
 mod files;
 mod git;
+mod lines;
+mod outbox;
 mod routes;
 mod secrets;
 mod tls;
