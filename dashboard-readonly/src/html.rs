@@ -1,7 +1,5 @@
 //! Writing HTML by hand, safely: every value goes through `esc`, and pages share one frame.
 
-use serde_json::Value;
-
 use crate::Viewer;
 
 /// Escapes text for HTML content and attribute values.
@@ -20,35 +18,31 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A JSON value as display text: strings as they are, null as a dash.
-pub fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value that may be absent as display text: a dash when it is.
+pub fn dash(v: Option<&str>) -> &str {
+    v.unwrap_or("-")
 }
 
-/// Escaped display text of a JSON value.
-pub fn t(v: &Value) -> String {
-    esc(&text(v))
+/// Escaped display text of a value that may be absent.
+pub fn t(v: Option<&str>) -> String {
+    esc(dash(v))
 }
 
 /// A status word as a coloured badge (the class is the word itself, from a fixed set in the CSS).
-pub fn badge(v: &Value) -> String {
-    let word = text(v);
+pub fn badge(value: &impl serde::Serialize) -> String {
+    let word = crate::docs::word(value);
     let class: String = word.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     format!("<span class=\"badge {class}\">{}</span>", esc(&word))
 }
 
-/// The first 12 characters of a commit id.
-pub fn short(v: &Value) -> String {
-    esc(&text(v).chars().take(12).collect::<String>())
+/// The first 12 characters of a commit id, escaped; a dash when there is none.
+pub fn short(commit: Option<&str>) -> String {
+    esc(&dash(commit).chars().take(12).collect::<String>())
 }
 
 /// Unix milliseconds as `2026-11-25 10:00:00 UTC`.
-pub fn time(v: &Value) -> String {
-    let Some(ms) = v.as_u64() else { return "-".into() };
+pub fn time(ms: Option<u64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
     sdp_protocol::rfc3339(ms / 1000).replace('T', " ").replace('Z', " UTC")
 }
 

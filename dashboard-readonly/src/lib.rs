@@ -1,5 +1,7 @@
 //! The read-only dashboard: server-rendered pages over a read-only view of the reconciler's state.
 //!
+//! - `docs`: the JSON API's documents, defined once for the API that serves them, the pages that render them
+//!   and `sdp get`, which reads them.
 //! - `View`: what the dashboard reads. The reconciler implements it; the documents are the JSON API's own
 //!   answers, so a page never shows anything the API does not (and secrets reach neither: the desired state holds
 //!   secret *file paths*, the agents read the values on their VMs).
@@ -10,33 +12,33 @@
 //!
 //! Nothing here changes state: every page is a GET, and changes go through git.
 
+pub mod docs;
 mod html;
 mod pages;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::docs::{DeploymentDoc, NodeDoc, SandboxDoc, SandboxSummary};
+use crate::html::esc;
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::routing::get;
-use serde_json::Value;
-
-use crate::html::esc;
 
 /// The reconciler's state as the dashboard reads it: the JSON API's documents.
 pub trait View: Send + Sync + 'static {
     /// `GET /api/v1/sandboxes`
-    fn sandboxes(&self) -> Value;
+    fn sandboxes(&self) -> Vec<SandboxSummary>;
     /// `GET /api/v1/sandboxes/{name}`, or `None` when no such sandbox is known.
-    fn sandbox(&self, name: &str) -> Option<Value>;
+    fn sandbox(&self, name: &str) -> Option<SandboxDoc>;
     /// `GET /api/v1/deployments` with its filters (`sandbox`, `service`, `author`, `state`).
-    fn deployments(&self, filter: &Filter) -> Value;
+    fn deployments(&self, filter: &Filter) -> Vec<DeploymentDoc>;
     /// `GET /api/v1/deployments/{id}`
-    fn deployment(&self, id: u64) -> Option<Value>;
+    fn deployment(&self, id: u64) -> Option<DeploymentDoc>;
     /// `GET /api/v1/nodes`
-    fn nodes(&self) -> Value;
+    fn nodes(&self) -> Vec<NodeDoc>;
     /// Why the config repo cannot be followed now (a clone that diverged from its upstream, a fetch that fails).
     fn source_error(&self) -> Option<String> {
         None

@@ -4,9 +4,10 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::Value;
+use sdp_protocol::labels;
 
-use crate::html::{badge, esc, page, short, t, table, text, time};
+use crate::docs::{DesiredContainer, word};
+use crate::html::{badge, esc, page, short, t, table, time};
 use crate::{Ctx, Filter, Viewer};
 
 fn not_found(ctx: &Ctx, viewer: &Viewer, what: &str) -> Response {
@@ -14,39 +15,35 @@ fn not_found(ctx: &Ctx, viewer: &Viewer, what: &str) -> Response {
     (StatusCode::NOT_FOUND, Html(page(&ctx.base, viewer, "Not found", &body))).into_response()
 }
 
-fn list(v: &Value) -> Vec<Value> {
-    v.as_array().cloned().unwrap_or_default()
-}
-
 /// `/`: every sandbox with its sync status, health, gateway URL, owner and last change.
 pub async fn overview(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
     let sandboxes = ctx.view.sandboxes();
-    let rows: Vec<Vec<String>> = list(&sandboxes)
+    let rows: Vec<Vec<String>> = sandboxes
         .iter()
         .map(|sb| {
-            let name = text(&sb["name"]);
+            let name = &sb.name;
             vec![
                 format!(
                     "<a href=\"{}/sandboxes/{}\">{}</a>",
                     esc(&ctx.base),
-                    esc(&name),
-                    esc(&name)
+                    esc(name),
+                    esc(name)
                 ),
-                badge(&sb["sync"]),
-                badge(&sb["health"]),
-                match sb["gatewayUrl"].as_str() {
+                badge(&sb.sync),
+                badge(&sb.health),
+                match &sb.gateway_url {
                     Some(url) => format!("<code>{}</code>", esc(url)),
                     None => "<span class=\"muted\">-</span>".into(),
                 },
-                t(&sb["owner"]),
+                t(sb.owner.as_deref()),
                 format!(
                     "<code>{}</code> {}<br><span class=\"muted\">{}</span>",
-                    short(&sb["lastCommit"]),
-                    t(&sb["lastAuthor"]),
-                    time(&sb["lastTime"].as_u64().map(|s| s * 1000).into())
+                    short(Some(&sb.last_commit)),
+                    esc(&sb.last_author),
+                    time(Some(sb.last_time.saturating_mul(1000)))
                 ),
-                sb["error"]
-                    .as_str()
+                sb.error
+                    .as_deref()
                     .map(|e| format!("<span class=\"error\">{}</span>", esc(e)))
                     .unwrap_or_default(),
             ]
@@ -90,38 +87,32 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
             &format!("No sandbox {name} in the config repo or on the VMs."),
         );
     };
-    let status = &sb["status"];
-    let change = &sb["lastChange"];
-    let changed = if change.is_null() {
-        String::new()
-    } else {
-        format!(
+    let status = &sb.status;
+    let changed = match &sb.last_change {
+        None => String::new(),
+        Some(change) => format!(
             " &nbsp; last changed in <code>{}</code> by {} at {}",
-            short(&change["commit"]),
-            t(&change["author"]),
-            time(&change["time"].as_u64().map(|s| s * 1000).into())
-        )
+            short(Some(&change.commit)),
+            esc(&change.author),
+            time(Some(change.time.saturating_mul(1000)))
+        ),
     };
     let mut body = format!(
         "<h1>Sandbox {}</h1>\n<div data-live=\"summary\"><p>{} {} &nbsp; gateway: <code>{}</code> &nbsp; config \
          <code>{}</code> by {}{changed}</p>",
         esc(&name),
-        badge(&status["sync"]),
-        badge(&status["health"]),
-        t(&sb["gatewayUrl"]),
-        short(&sb["configCommit"]),
-        t(&sb["configAuthor"]),
+        badge(&status.sync),
+        badge(&status.health),
+        t(sb.gateway_url.as_deref()),
+        short(Some(&sb.config_commit)),
+        esc(&sb.config_author),
     );
-    for (label, v) in [
-        ("Held", &sb["held"]),
-        ("Config errors", &sb["configErrors"]),
-        ("Last error", &status["lastError"]),
+    for (label, msg) in [
+        ("Held", sb.held.clone()),
+        ("Config errors", sb.config_errors.as_ref().map(|e| e.join("\n"))),
+        ("Last error", status.last_error.clone()),
     ] {
-        if !v.is_null() {
-            let msg = match v {
-                Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join("\n"),
-                other => text(other),
-            };
+        if let Some(msg) = msg {
             body.push_str(&format!(
                 "<p><strong>{label}:</strong> <span class=\"error\">{}</span></p>",
                 esc(&msg)
@@ -130,48 +121,50 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
     }
     body.push_str("</div>\n");
 
-    let containers = list(&sb["actual"]["containers"]);
-    let deployments = list(&sb["deployments"]);
-    let desired = &sb["desired"];
-    let mut services: Vec<(String, Value)> = desired["services"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    let containers = &sb.actual.containers;
+    let deployments = &sb.deployments;
+    let desired = sb.desired.as_ref();
+    let mut services: Vec<(&str, &DesiredContainer)> = desired
+        .map(|d| d.services.iter().map(|(k, v)| (k.as_str(), v)).collect())
         .unwrap_or_default();
-    if !desired["gateway"].is_null() {
-        services.push(("gateway".into(), desired["gateway"].clone()));
+    if let Some(d) = desired {
+        services.push(("gateway", &d.gateway));
     }
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|(svc, d)| {
-            let c = containers.iter().find(|c| c["name"] == d["container"]);
-            let last = deployments.iter().find(|dep| dep["service"].as_str() == Some(svc));
+            let c = containers.iter().find(|c| c.name == d.container);
+            let last = deployments.iter().find(|dep| dep.service == *svc);
             vec![
                 esc(svc),
-                t(&d["branch"]),
+                esc(&d.branch),
                 c.map_or("-".into(), |c| {
-                    format!("<code>{}</code>", short(&c["labels"]["sdp.commit"]))
+                    format!(
+                        "<code>{}</code>",
+                        short(c.labels.get(labels::COMMIT).map(String::as_str))
+                    )
                 }),
                 c.map_or("<span class=\"badge missing\">missing</span>".into(), |c| {
-                    let probe = &c["probe"];
-                    if probe.is_null() {
-                        badge(&c["state"])
-                    } else {
-                        let class = if probe["ok"] == true { "yes" } else { "NO" };
-                        format!(
-                            "{} <span class=\"{class}\" title=\"health path\">health: {}</span>",
-                            badge(&c["state"]),
-                            t(&probe["detail"])
-                        )
+                    match &c.probe {
+                        None => badge(&c.state),
+                        Some(probe) => {
+                            let class = if probe.ok { "yes" } else { "NO" };
+                            format!(
+                                "{} <span class=\"{class}\" title=\"health path\">health: {}</span>",
+                                badge(&c.state),
+                                esc(&probe.detail)
+                            )
+                        }
                     }
                 }),
-                t(&d["hostPort"]),
+                d.host_port.to_string(),
                 last.map_or("-".into(), |dep| {
                     format!(
                         "<a href=\"{}/deployments/{}\">#{}</a> {}",
                         esc(&ctx.base),
-                        t(&dep["id"]),
-                        t(&dep["id"]),
-                        badge(&dep["state"])
+                        dep.id,
+                        dep.id,
+                        badge(&dep.state)
                     )
                 }),
             ]
@@ -206,30 +199,33 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         .collect();
     body.push_str(&format!("<h2>Container logs</h2>\n{logs}"));
 
-    let live = &sb["actual"]["routes"];
-    let defaults = &sb["actual"]["routeDefaults"];
-    let wanted = desired["routes"].as_object().cloned().unwrap_or_default();
-    let mut keys: Vec<String> = wanted.keys().cloned().collect();
-    if let Some(d) = defaults.as_object() {
-        keys.extend(d.keys().filter(|k| !wanted.contains_key(*k)).cloned());
+    let live = sb.actual.routes.as_ref();
+    let defaults = sb.actual.route_defaults.as_ref();
+    let no_routes = Default::default();
+    let wanted = desired.map_or(&no_routes, |d| &d.routes);
+    let mut keys: Vec<&String> = wanted.keys().collect();
+    if let Some(d) = defaults {
+        keys.extend(d.keys().filter(|k| !wanted.contains_key(*k)));
     }
     let route_rows: Vec<Vec<String>> = keys
         .iter()
         .map(|k| {
-            let target = wanted.get(k).cloned().unwrap_or_else(|| defaults[k.as_str()].clone());
-            let kind = if wanted.contains_key(k) { "sandbox / URL" } else { "OCP" };
-            let now = &live[k.as_str()];
-            let matches = if now.is_null() {
-                "unknown"
-            } else if *now == target {
-                "yes"
+            let target = wanted.get(*k).or_else(|| defaults.and_then(|d| d.get(*k)));
+            let kind = if wanted.contains_key(*k) {
+                "sandbox / URL"
             } else {
-                "NO"
+                "OCP"
+            };
+            let now = live.and_then(|l| l.get(*k));
+            let matches = match now {
+                None => "unknown",
+                Some(now) if Some(now) == target => "yes",
+                Some(_) => "NO",
             };
             vec![
                 esc(k),
-                format!("{kind}: <code>{}</code>", t(&target)),
-                format!("<code>{}</code>", t(now)),
+                format!("{kind}: <code>{}</code>", t(target.map(String::as_str))),
+                format!("<code>{}</code>", t(now.map(String::as_str))),
                 format!("<span class=\"{matches}\">{matches}</span>"),
             ]
         })
@@ -239,19 +235,19 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         table(&["Service", "Target", "Live config.php value", "Match"], &route_rows)
     ));
 
-    let pending = list(&status["pending"]);
-    let drift = if pending.is_empty() {
+    let drift = if status.pending.is_empty() {
         "<p class=\"muted\">None: the VMs are as git says.</p>".to_string()
     } else {
-        let items: String = pending
+        let items: String = status
+            .pending
             .iter()
             .map(|p| {
                 format!(
                     "<li>{} <code>{}</code> on {} <span class=\"muted\">({})</span></li>",
-                    t(&p["action"]["kind"]),
-                    t(&p["resource"]),
-                    t(&p["role"]),
-                    t(&p["reason"]["kind"])
+                    esc(&p.action.kind),
+                    esc(&p.resource),
+                    esc(&word(&p.role)),
+                    esc(&p.reason.kind())
                 )
             })
             .collect();
@@ -261,10 +257,11 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         "<h2>Drift (the pending plan)</h2>\n<div data-live=\"drift\">{drift}</div>"
     ));
 
-    let events: Vec<Vec<String>> = list(&sb["events"])
+    let events: Vec<Vec<String>> = sb
+        .events
         .iter()
         .take(20)
-        .map(|e| vec![time(&e["atMs"]), t(&e["message"])])
+        .map(|e| vec![time(Some(e.at_ms)), esc(&e.message)])
         .collect();
     body.push_str(&format!(
         "<h2>Recent events</h2>\n<div data-live=\"events\">{}</div>",
@@ -272,32 +269,28 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
     ));
     body.push_str(&format!(
         "<h2>Manifest as committed</h2>\n<pre>{}</pre>",
-        t(&sb["manifest"])
+        t(sb.manifest.as_deref())
     ));
     Html(page(&ctx.base, &viewer, &format!("Sandbox {name}"), &body)).into_response()
 }
 
 /// `/deployments`: the audit trail, filterable by sandbox, service, author and state.
 pub async fn history(viewer: Viewer, State(ctx): State<Ctx>, Query(filter): Query<Filter>) -> Html<String> {
-    let list_ = ctx.view.deployments(&filter);
-    let rows: Vec<Vec<String>> = list(&list_)
+    let rows: Vec<Vec<String>> = ctx
+        .view
+        .deployments(&filter)
         .iter()
         .map(|d| {
             vec![
-                format!(
-                    "<a href=\"{}/deployments/{}\">#{}</a>",
-                    esc(&ctx.base),
-                    t(&d["id"]),
-                    t(&d["id"])
-                ),
-                t(&d["sandbox"]),
-                t(&d["service"]),
-                t(&d["branch"]),
-                format!("<code>{}</code>", short(&d["commit"])),
-                t(&d["configAuthor"]),
-                time(&d["startedMs"]),
-                badge(&d["state"]),
-                t(&d["reason"]),
+                format!("<a href=\"{}/deployments/{}\">#{}</a>", esc(&ctx.base), d.id, d.id),
+                esc(&d.sandbox),
+                esc(&d.service),
+                esc(&d.branch),
+                format!("<code>{}</code>", short(d.commit.as_deref())),
+                esc(&d.config_author),
+                time(Some(d.started_ms)),
+                badge(&d.state),
+                esc(&d.reason),
             ]
         })
         .collect();
@@ -349,14 +342,14 @@ pub async fn deployment(viewer: Viewer, State(ctx): State<Ctx>, Path(id): Path<u
     let Some(d) = ctx.view.deployment(id) else {
         return not_found(&ctx, &viewer, &format!("No deployment {id}."));
     };
-    let stages: Vec<Vec<String>> = list(&d["stages"])
+    let stages: Vec<Vec<String>> = d
+        .stages
         .iter()
         .map(|s| {
-            let ms = s["elapsedMs"].as_u64().unwrap_or(0);
             vec![
-                t(&s["stage"]),
-                badge(&s["state"]),
-                format!("{:.1} s", ms as f64 / 1000.0),
+                esc(&word(&s.stage)),
+                badge(&s.state),
+                format!("{:.1} s", s.elapsed_ms as f64 / 1000.0),
             ]
         })
         .collect();
@@ -364,18 +357,18 @@ pub async fn deployment(viewer: Viewer, State(ctx): State<Ctx>, Path(id): Path<u
         "<h1>Deployment #{id}</h1>\n<div data-live=\"deployment\"><p>{} {} / {} on <code>{}</code> at <code>{}</code> \
          &nbsp; reason: {} &nbsp; triggered by: {} &nbsp; config <code>{}</code> by {} &nbsp; environments: {}</p>{}\
          <h2>Stages</h2>{}</div>\n<h2>Log</h2>\n<div id=\"log\" data-id=\"{id}\" role=\"log\" aria-live=\"polite\"></div>",
-        badge(&d["state"]),
-        t(&d["sandbox"]),
-        t(&d["service"]),
-        t(&d["branch"]),
-        short(&d["commit"]),
-        t(&d["reason"]),
-        t(&d["trigger"]),
-        short(&d["configCommit"]),
-        t(&d["configAuthor"]),
-        esc(&list(&d["environments"]).iter().map(text).collect::<Vec<_>>().join(", ")),
-        d["error"]
-            .as_str()
+        badge(&d.state),
+        esc(&d.sandbox),
+        esc(&d.service),
+        esc(&d.branch),
+        short(d.commit.as_deref()),
+        esc(&d.reason),
+        esc(&d.trigger),
+        short(Some(&d.config_commit)),
+        esc(&d.config_author),
+        esc(&d.environments.join(", ")),
+        d.error
+            .as_deref()
             .map(|e| format!("<p class=\"error\">{}</p>", esc(e)))
             .unwrap_or_default(),
         table(&["Stage", "State", "Duration"], &stages),
@@ -385,36 +378,38 @@ pub async fn deployment(viewer: Viewer, State(ctx): State<Ctx>, Path(id): Path<u
 
 /// `/nodes`: the agents, their last heartbeat, images, repositories and branch heads.
 pub async fn nodes(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
-    let nodes = ctx.view.nodes();
-    let rows: Vec<Vec<String>> = list(&nodes)
+    let rows: Vec<Vec<String>> = ctx
+        .view
+        .nodes()
         .iter()
         .map(|n| {
-            let node = &n["node"];
-            let heads = list(&n["heads"])
+            let node = &n.node;
+            let heads = n
+                .heads
                 .iter()
                 .map(|h| {
                     format!(
                         "{} <code>{}</code> {}",
-                        t(&h["repo"]),
-                        t(&h["branch"]),
-                        short(&h["commit"])
+                        esc(&h.repo),
+                        esc(&h.branch),
+                        short(Some(&h.commit))
                     )
                 })
                 .collect::<Vec<_>>()
                 .join("<br>");
             vec![
-                t(&node["node"]),
-                t(&node["role"]),
-                t(&node["address"]),
-                time(&node["lastSeenMs"]),
-                esc(&list(&node["images"]).iter().map(text).collect::<Vec<_>>().join(", ")),
-                list(&node["repos"])
+                esc(&node.node),
+                esc(&word(&node.role)),
+                esc(&node.address),
+                time(Some(node.last_seen_ms)),
+                esc(&node.images.join(", ")),
+                node.repos
                     .iter()
                     .map(|r| {
                         format!(
                             "<details data-branches=\"{}\"><summary>{}</summary><span class=\"muted\">listing…</span></details>",
-                            t(r),
-                            t(r)
+                            esc(r),
+                            esc(r)
                         )
                     })
                     .collect::<String>(),

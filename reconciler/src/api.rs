@@ -4,8 +4,12 @@
 //!
 //! Secret values never pass here: the desired state holds secret *file paths*, and agents read the values on
 //! their VM.
+//!
+//! Every answer is a typed document of `sdp_dashboard::docs` (converted from the reconciler's own types in
+//! `docs`), the same type the dashboard renders and `sdp get` reads.
 
-use std::collections::BTreeMap;
+mod docs;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,9 +21,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use sdp_protocol::{Container, Role, Worktree, labels};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use sdp_dashboard::docs::{Actual, BranchesDoc, DeploymentDoc, ErrorDoc, HookDoc, NodeDoc, SandboxDoc, SandboxSummary};
+use sdp_protocol::{Role, labels};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::auth::Auth;
@@ -99,17 +104,17 @@ pub fn router_at(api: Api, base: &str) -> Router {
     }
 }
 
+fn error(code: StatusCode, error: String) -> Response {
+    (code, Json(ErrorDoc { error })).into_response()
+}
+
 fn not_found(what: String) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": what }))).into_response()
+    error(StatusCode::NOT_FOUND, what)
 }
 
 fn internal(e: anyhow::Error) -> Response {
     tracing::error!("{e:#}");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({ "error": format!("{e:#}") })),
-    )
-        .into_response()
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
 }
 
 async fn ws_agent(
@@ -134,25 +139,6 @@ async fn ws_agent(
     ws.max_message_size(crate::hub::MAX_FRAME_BYTES)
         .max_frame_size(crate::hub::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| hub.serve(socket, peer))
-}
-
-/// One line of `GET /api/v1/sandboxes`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxSummary {
-    pub name: String,
-    pub owner: Option<String>,
-    pub sync: Sync,
-    pub health: crate::controller::Health,
-    /// The URL to put into the mobile app.
-    pub gateway_url: Option<String>,
-    pub services: usize,
-    /// The last commit that changed this sandbox's file (HEAD's when git cannot say).
-    pub last_commit: String,
-    pub last_author: String,
-    /// Its commit time, unix seconds.
-    pub last_time: u64,
-    pub error: Option<String>,
 }
 
 fn gateway_url(api: &Api, d: &DesiredSandbox) -> Option<String> {
@@ -197,8 +183,8 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
                 .or(status.last_error.clone());
             SandboxSummary {
                 owner: d.and_then(|d| d.owner.clone()),
-                sync: status.sync,
-                health: status.health,
+                sync: status.sync.into(),
+                health: status.health.into(),
                 gateway_url: d.and_then(|d| gateway_url(api, d)),
                 services: d.map_or(0, |d| d.services.len()),
                 last_commit: change.map_or_else(|| world.snapshot.commit.clone(), |c| c.commit.clone()),
@@ -211,17 +197,6 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
         .collect()
 }
 
-/// One sandbox's part of the agents' reports.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ActualOfSandbox {
-    containers: Vec<Container>,
-    worktrees: Vec<Worktree>,
-    /// The gateway's live `<service>_url` map.
-    routes: Option<BTreeMap<String, String>>,
-    route_defaults: Option<BTreeMap<String, String>>,
-}
-
 async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match sandbox_doc(&api, &name) {
         Some(doc) => Json(doc).into_response(),
@@ -230,7 +205,7 @@ async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
 }
 
 /// Everything about one sandbox: desired, actual, drift, status, errors, manifest, events, deployments.
-pub fn sandbox_doc(api: &Api, name: &str) -> Option<Value> {
+pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
     let name = name.to_string();
     let world = api.controller.world();
     let d = world.desired.sandboxes.get(&name);
@@ -245,7 +220,7 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<Value> {
         return None;
     }
     let status = status_or_new(api, &name, d);
-    let mine = ActualOfSandbox {
+    let actual = Actual {
         containers: view
             .micro
             .containers
@@ -269,22 +244,22 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<Value> {
         .store
         .deployments(|dep| dep.sandbox == name, 20)
         .unwrap_or_default();
-    Some(json!({
-        "name": name,
-        "desired": d,
-        "held": world.desired.held.get(&name),
-        "configErrors": world.snapshot.errors.get(&name),
-        "gatewayUrl": d.and_then(|d| gateway_url(api, d)),
-        "status": status,
-        "actual": mine,
-        "manifest": world.snapshot.manifests.get(&name),
-        "configCommit": world.snapshot.commit,
-        "configAuthor": world.snapshot.author,
+    Some(SandboxDoc {
+        desired: d.map(Into::into),
+        held: world.desired.held.get(&name).cloned(),
+        config_errors: world.snapshot.errors.get(&name).cloned(),
+        gateway_url: d.and_then(|d| gateway_url(api, d)),
+        status: (&status).into(),
+        actual,
+        manifest: world.snapshot.manifests.get(&name).cloned(),
+        config_commit: world.snapshot.commit.clone(),
+        config_author: world.snapshot.author.clone(),
         // The last commit that changed this sandbox's own file (`configCommit` is the one the VMs follow).
-        "lastChange": world.snapshot.changes.get(&name),
-        "events": events,
-        "deployments": deployments,
-    }))
+        last_change: world.snapshot.changes.get(&name).map(Into::into),
+        events: events.into_iter().map(Into::into).collect(),
+        deployments: deployments.into_iter().map(Into::into).collect(),
+        name,
+    })
 }
 
 #[derive(Default, Deserialize)]
@@ -304,21 +279,23 @@ async fn deployments(State(api): State<Api>, Query(q): Query<DeploymentQuery>) -
 }
 
 /// Deployments, newest first, filtered.
-pub fn deployment_list(api: &Api, q: &DeploymentQuery) -> anyhow::Result<Vec<Deployment>> {
+pub fn deployment_list(api: &Api, q: &DeploymentQuery) -> anyhow::Result<Vec<DeploymentDoc>> {
     let filter = |d: &Deployment| {
         q.sandbox.as_ref().is_none_or(|s| &d.sandbox == s)
             && q.service.as_ref().is_none_or(|s| &d.service == s)
             && q.author.as_ref().is_none_or(|a| d.config_author.contains(a.as_str()))
             && q.state.is_none_or(|s| d.state == s)
     };
-    api.controller
+    let list = api
+        .controller
         .store
-        .deployments(filter, q.limit.unwrap_or(100).min(1000))
+        .deployments(filter, q.limit.unwrap_or(100).min(1000))?;
+    Ok(list.into_iter().map(Into::into).collect())
 }
 
 async fn deployment(State(api): State<Api>, Path(id): Path<u64>) -> Response {
     match api.controller.store.deployment(id) {
-        Ok(Some(d)) => Json(d).into_response(),
+        Ok(Some(d)) => Json(DeploymentDoc::from(d)).into_response(),
         Ok(None) => not_found(format!("no deployment {id}")),
         Err(e) => internal(e),
     }
@@ -504,35 +481,33 @@ async fn changes(State(api): State<Api>) -> Response {
     sse_from(rx)
 }
 
-async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
+async fn nodes(State(api): State<Api>) -> Json<Vec<NodeDoc>> {
     Json(node_list(&api))
 }
 
 /// The connected agents with what they report.
-pub fn node_list(api: &Api) -> Value {
+pub fn node_list(api: &Api) -> Vec<NodeDoc> {
     let actual = api.controller.hub.actual();
-    let nodes: Vec<serde_json::Value> = api
-        .controller
+    api.controller
         .hub
         .nodes()
         .into_iter()
         .map(|n| {
             let state = actual.of(n.role);
-            json!({
-                "node": n,
-                "containers": state.containers.len(),
-                "heads": state.heads,
-            })
+            NodeDoc {
+                containers: state.containers.len(),
+                heads: state.heads.clone(),
+                node: n.into(),
+            }
         })
-        .collect();
-    json!(nodes)
+        .collect()
 }
 
 /// A repository's branches, listed now by the agent that serves it: so engineers pick a branch that exists.
 async fn branches(State(api): State<Api>, Path(repo): Path<String>) -> Response {
     match api.controller.hub.branches(&repo, Duration::from_secs(30)).await {
-        Ok(list) => Json(json!({ "repo": repo, "branches": list })).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e.to_string() }))).into_response(),
+        Ok(branches) => Json(BranchesDoc { repo, branches }).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }
 
@@ -545,11 +520,12 @@ async fn git_hook(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     api.hook.notify_one();
     let repo = hook_repository(&body);
     let agents_asked = repo.as_deref().is_some_and(|r| api.controller.hub.fetch(r));
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "fetch": "started", "repository": repo, "agentsAsked": agents_asked })),
-    )
-        .into_response()
+    let answer = HookDoc {
+        fetch: "started".into(),
+        repository: repo,
+        agents_asked,
+    };
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
 }
 
 /// The repository a push webhook's body names: Bitbucket Server's `repository.slug`, else `repository.name`
@@ -659,15 +635,15 @@ impl sdp_dashboard::View for Api {
             .clone()
     }
 
-    fn sandboxes(&self) -> Value {
-        json!(sandbox_list(self))
+    fn sandboxes(&self) -> Vec<SandboxSummary> {
+        sandbox_list(self)
     }
 
-    fn sandbox(&self, name: &str) -> Option<Value> {
+    fn sandbox(&self, name: &str) -> Option<SandboxDoc> {
         sandbox_doc(self, name)
     }
 
-    fn deployments(&self, filter: &sdp_dashboard::Filter) -> Value {
+    fn deployments(&self, filter: &sdp_dashboard::Filter) -> Vec<DeploymentDoc> {
         let q = DeploymentQuery {
             sandbox: filter.sandbox.clone().filter(|s| !s.is_empty()),
             service: filter.service.clone().filter(|s| !s.is_empty()),
@@ -675,19 +651,17 @@ impl sdp_dashboard::View for Api {
             state: filter
                 .state
                 .as_deref()
-                .and_then(|s| serde_json::from_value(json!(s)).ok()),
+                .and_then(|s| serde_json::from_value(Value::String(s.into())).ok()),
             limit: Some(200),
         };
-        deployment_list(self, &q)
-            .map(|l| json!(l))
-            .unwrap_or_else(|_| json!([]))
+        deployment_list(self, &q).unwrap_or_default()
     }
 
-    fn deployment(&self, id: u64) -> Option<Value> {
-        self.controller.store.deployment(id).ok().flatten().map(|d| json!(d))
+    fn deployment(&self, id: u64) -> Option<DeploymentDoc> {
+        self.controller.store.deployment(id).ok().flatten().map(Into::into)
     }
 
-    fn nodes(&self) -> Value {
+    fn nodes(&self) -> Vec<NodeDoc> {
         node_list(self)
     }
 }

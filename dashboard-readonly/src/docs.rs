@@ -1,0 +1,345 @@
+//! The JSON API's documents, defined once: the reconciler serialises them (`/api/v1/...`), the dashboard renders
+//! them, and `sdp get` deserialises them. A field renamed here is renamed for all three, and a reader that uses
+//! a field the API no longer sends does not compile.
+//!
+//! Why here, in `sdp-dashboard`: the reconciler depends on this crate (it implements `View` and serves the
+//! pages), so the API and the CLI, which live in the reconciler, can use these types without a cycle; and the
+//! dashboard, which cannot depend on the reconciler, needs them to render. `sdp-protocol` would be reachable too,
+//! but it is the agents' wire format, versioned by `PROTOCOL_VERSION`: the API's answers to people and scripts are
+//! another contract, and changing one should not look like changing the other. The parts that the agents report
+//! (`Container`, `Worktree`, `BranchHead`, `GoBuild`, `Role`, stages) are the protocol's own types, served as the
+//! agents sent them.
+//!
+//! These are plain data: the reconciler converts its own types into them (status, desired state, stored
+//! deployments), so the store's records and the controller's state can change without changing the API, and the
+//! other way round. Field names are the wire format that users' scripts read: rename one only when it is wrong.
+
+use std::collections::BTreeMap;
+
+use sdp_protocol::{BranchHead, Container, GoBuild, Role, Stage, StageState, Worktree};
+use serde::{Deserialize, Serialize};
+
+/// One line of `GET /api/v1/sandboxes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSummary {
+    pub name: String,
+    pub owner: Option<String>,
+    pub sync: Sync,
+    pub health: Health,
+    /// The URL to put into the mobile app.
+    pub gateway_url: Option<String>,
+    pub services: usize,
+    /// The last commit that changed this sandbox's file (HEAD's when git cannot say).
+    pub last_commit: String,
+    pub last_author: String,
+    /// Its commit time, unix seconds.
+    pub last_time: u64,
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/sandboxes/{name}`: everything about one sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDoc {
+    pub name: String,
+    /// What git says should run; `None` when the sandbox is held, invalid or only on the VMs.
+    pub desired: Option<DesiredSandbox>,
+    /// Why the sandbox cannot be compiled (a port taken, an environment gone): what runs keeps running.
+    pub held: Option<String>,
+    /// Why its manifest does not validate.
+    pub config_errors: Option<Vec<String>>,
+    /// The URL to put into the mobile app.
+    pub gateway_url: Option<String>,
+    pub status: Status,
+    /// What the agents report of this sandbox.
+    pub actual: Actual,
+    /// The manifest as committed.
+    pub manifest: Option<String>,
+    /// The config commit the VMs follow.
+    pub config_commit: String,
+    pub config_author: String,
+    /// The last commit that changed this sandbox's own file.
+    pub last_change: Option<Change>,
+    /// Newest first.
+    pub events: Vec<Event>,
+    /// Newest first.
+    pub deployments: Vec<DeploymentDoc>,
+}
+
+/// The sync status of a sandbox, as Argo CD users know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sync {
+    Synced,
+    OutOfSync,
+    Progressing,
+    Failed,
+    Suspended,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// Nothing is meant to run (suspended), or nothing is known yet (or a word this version does not know).
+    #[serde(other)]
+    Unknown,
+}
+
+/// What the API shows of a sandbox besides its desired and actual state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub sync: Sync,
+    pub health: Health,
+    /// The drift: what the next pass would do, with reasons.
+    pub pending: Vec<PendingStep>,
+    /// The action running now.
+    pub in_flight: Option<String>,
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the last pass.
+    pub last_pass_ms: Option<u64>,
+}
+
+/// A step of the pending plan: what, where and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingStep {
+    pub role: Role,
+    /// A container's name, or what else the step is about (`routes of qa-login-error`).
+    pub resource: String,
+    pub action: PendingAction,
+    pub reason: Reason,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingAction {
+    /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…
+    pub kind: String,
+}
+
+/// Why a step is in the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Reason {
+    Missing,
+    SpecChanged,
+    BranchMoved {
+        commit: String,
+    },
+    ContainerNotRunning {
+        state: String,
+    },
+    RoutesDiffer {
+        services: Vec<String>,
+    },
+    RoutesUnknown,
+    GatewayRedeployed,
+    Suspended,
+    NotDesired,
+    /// A reason this version does not know (a newer reconciler).
+    #[serde(other)]
+    Other,
+}
+
+/// One sandbox as it should be on the VMs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredSandbox {
+    pub name: String,
+    pub owner: Option<String>,
+    pub mode: Mode,
+    /// The Go services by service name.
+    pub services: BTreeMap<String, DesiredContainer>,
+    pub gateway: DesiredContainer,
+    /// The gateway's `<service>_url` values that differ from OCP: `sandbox` and explicit URLs, resolved.
+    pub routes: BTreeMap<String, String>,
+}
+
+/// Why a sandbox runs nothing although it is in git.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "reason")]
+pub enum Mode {
+    Active,
+    /// Containers stopped, ports kept: `suspend: true`, or idle past `expireAfter`.
+    Suspended(String),
+}
+
+/// One container as it should be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredContainer {
+    pub sandbox: String,
+    /// The service name, or `gateway`.
+    pub service: String,
+    pub container: String,
+    pub branch: String,
+    pub host_port: u16,
+    pub env: MergedEnv,
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub health_path: Option<String>,
+    pub build: Option<GoBuild>,
+    /// Label `sdp.spec-hash`.
+    pub spec_hash: u64,
+}
+
+/// A service's environments merged in order, then its inline env.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergedEnv {
+    pub env: BTreeMap<String, String>,
+    /// Secret variables as file paths on the VM: references, never values.
+    pub secret_files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, String>,
+}
+
+/// One sandbox's part of the agents' reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Actual {
+    pub containers: Vec<Container>,
+    pub worktrees: Vec<Worktree>,
+    /// The gateway's live `<service>_url` map.
+    pub routes: Option<BTreeMap<String, String>>,
+    /// The OCP value of each `<service>_url` key: what the gateway branch's own config.php held.
+    pub route_defaults: Option<BTreeMap<String, String>>,
+}
+
+/// One commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub commit: String,
+    /// `Name <email>`
+    pub author: String,
+    /// Commit time, unix seconds.
+    pub time: u64,
+}
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub sandbox: Option<String>,
+    pub message: String,
+}
+
+/// `GET /api/v1/deployments/{id}`, and each line of `GET /api/v1/deployments`: one deploy of one container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentDoc {
+    pub id: u64,
+    pub sandbox: String,
+    pub service: String,
+    /// The repository, by the service name the agents know it under.
+    pub repo: String,
+    pub branch: String,
+    /// The service commit, once known.
+    pub commit: Option<String>,
+    pub config_commit: String,
+    pub config_author: String,
+    pub environments: Vec<String>,
+    /// What the plan found (`branch moved to …`, `spec changed`, `container missing`…).
+    pub reason: String,
+    /// Why the pass that deployed ran (`config commit`, `agent report`, `resync`…); empty in old records.
+    #[serde(default)]
+    pub trigger: String,
+    /// Unix milliseconds.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub state: DeploymentState,
+    pub stages: Vec<StageRecord>,
+    pub error: Option<String>,
+}
+
+/// How a deployment ended, or that it has not yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeploymentState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One stage of a deployment as the agent reported it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub state: StageState,
+    pub elapsed_ms: u64,
+}
+
+/// One line of `GET /api/v1/nodes`: a connected agent with what it reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDoc {
+    pub node: Agent,
+    /// Managed containers it reports.
+    pub containers: usize,
+    /// Heads of the remote branches that the desired state tracks.
+    pub heads: Vec<BranchHead>,
+}
+
+/// A connected agent, as its Hello and heartbeats describe it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub node: String,
+    pub role: Role,
+    pub address: String,
+    pub agent_version: String,
+    pub repos: Vec<String>,
+    pub images: Vec<String>,
+    /// Unix milliseconds.
+    pub connected_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// `GET /api/v1/repos/{repo}/branches`: a repository's branches, listed now by the agent that serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchesDoc {
+    pub repo: String,
+    pub branches: Vec<BranchHead>,
+}
+
+/// `POST /api/v1/hooks/git`: the config repo is fetched now, and the agents that serve `repository` too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookDoc {
+    /// Always `started`.
+    pub fetch: String,
+    pub repository: Option<String>,
+    pub agents_asked: bool,
+}
+
+/// Any answer that is not a 2xx: what went wrong, in words a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDoc {
+    pub error: String,
+}
+
+/// A status word as the API writes it (`Synced`, `running`, `micro`…): for badges and tables.
+pub fn word(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+impl Reason {
+    /// The word the API writes as its `kind` (`specChanged`, `branchMoved`…).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("kind")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into())
+    }
+}

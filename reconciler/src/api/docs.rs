@@ -1,0 +1,269 @@
+//! The reconciler's own types as the API's documents (`sdp_dashboard::docs`): the controller's status, the
+//! compiled desired state, the store's records and the hub's agents. Each conversion names every field, so a
+//! field added on either side is a compile error here, not a field that silently never reaches the API.
+
+use sdp_dashboard::docs;
+
+use crate::controller::{Health, PendingStep, Status, Sync};
+use crate::desired::{DesiredContainer, DesiredSandbox, MergedEnv, Mode};
+use crate::git::Change;
+use crate::hub::NodeInfo;
+use crate::plan::Reason;
+use crate::store::{Deployment, DeploymentState, Event, StageRecord};
+
+impl From<Sync> for docs::Sync {
+    fn from(sync: Sync) -> docs::Sync {
+        match sync {
+            Sync::Synced => docs::Sync::Synced,
+            Sync::OutOfSync => docs::Sync::OutOfSync,
+            Sync::Progressing => docs::Sync::Progressing,
+            Sync::Failed => docs::Sync::Failed,
+            Sync::Suspended => docs::Sync::Suspended,
+        }
+    }
+}
+
+impl From<Health> for docs::Health {
+    fn from(health: Health) -> docs::Health {
+        match health {
+            Health::Healthy => docs::Health::Healthy,
+            Health::Degraded => docs::Health::Degraded,
+            Health::Unhealthy => docs::Health::Unhealthy,
+            Health::Unknown => docs::Health::Unknown,
+        }
+    }
+}
+
+impl From<&Status> for docs::Status {
+    fn from(s: &Status) -> docs::Status {
+        let Status {
+            sync,
+            health,
+            pending,
+            in_flight,
+            last_error,
+            last_pass_ms,
+        } = s;
+        docs::Status {
+            sync: (*sync).into(),
+            health: (*health).into(),
+            pending: pending.iter().map(docs::PendingStep::from).collect(),
+            in_flight: in_flight.clone(),
+            last_error: last_error.clone(),
+            last_pass_ms: *last_pass_ms,
+        }
+    }
+}
+
+impl From<&PendingStep> for docs::PendingStep {
+    fn from(step: &PendingStep) -> docs::PendingStep {
+        docs::PendingStep {
+            role: step.role,
+            resource: step.resource.clone(),
+            action: docs::PendingAction {
+                kind: step.action.kind.to_string(),
+            },
+            reason: (&step.reason).into(),
+        }
+    }
+}
+
+impl From<&Reason> for docs::Reason {
+    fn from(reason: &Reason) -> docs::Reason {
+        match reason {
+            Reason::Missing => docs::Reason::Missing,
+            Reason::SpecChanged => docs::Reason::SpecChanged,
+            Reason::BranchMoved { commit } => docs::Reason::BranchMoved { commit: commit.clone() },
+            Reason::ContainerNotRunning { state } => docs::Reason::ContainerNotRunning { state: state.clone() },
+            Reason::RoutesDiffer { services } => docs::Reason::RoutesDiffer {
+                services: services.clone(),
+            },
+            Reason::RoutesUnknown => docs::Reason::RoutesUnknown,
+            Reason::GatewayRedeployed => docs::Reason::GatewayRedeployed,
+            Reason::Suspended => docs::Reason::Suspended,
+            Reason::NotDesired => docs::Reason::NotDesired,
+        }
+    }
+}
+
+impl From<&DesiredSandbox> for docs::DesiredSandbox {
+    fn from(d: &DesiredSandbox) -> docs::DesiredSandbox {
+        let DesiredSandbox {
+            name,
+            owner,
+            mode,
+            services,
+            gateway,
+            routes,
+        } = d;
+        docs::DesiredSandbox {
+            name: name.clone(),
+            owner: owner.clone(),
+            mode: match mode {
+                Mode::Active => docs::Mode::Active,
+                Mode::Suspended(why) => docs::Mode::Suspended(why.clone()),
+            },
+            services: services.iter().map(|(k, c)| (k.clone(), c.into())).collect(),
+            gateway: gateway.into(),
+            routes: routes.clone(),
+        }
+    }
+}
+
+impl From<&DesiredContainer> for docs::DesiredContainer {
+    fn from(c: &DesiredContainer) -> docs::DesiredContainer {
+        let DesiredContainer {
+            sandbox,
+            service,
+            container,
+            branch,
+            host_port,
+            env,
+            cpus,
+            memory_bytes,
+            health_path,
+            build,
+            spec_hash,
+        } = c;
+        // The digest is the reconciler's own shortcut, never shown.
+        let MergedEnv {
+            env,
+            secret_files,
+            files,
+            digest: _,
+        } = &**env;
+        docs::DesiredContainer {
+            sandbox: sandbox.to_string(),
+            service: service.clone(),
+            container: container.clone(),
+            branch: branch.clone(),
+            host_port: *host_port,
+            env: docs::MergedEnv {
+                env: env.clone(),
+                secret_files: secret_files.clone(),
+                files: files.clone(),
+            },
+            cpus: *cpus,
+            memory_bytes: *memory_bytes,
+            health_path: health_path.clone(),
+            build: build.clone(),
+            spec_hash: *spec_hash,
+        }
+    }
+}
+
+impl From<&Change> for docs::Change {
+    fn from(c: &Change) -> docs::Change {
+        docs::Change {
+            commit: c.commit.clone(),
+            author: c.author.clone(),
+            time: c.time,
+        }
+    }
+}
+
+impl From<Event> for docs::Event {
+    fn from(e: Event) -> docs::Event {
+        let Event {
+            seq,
+            at_ms,
+            sandbox,
+            message,
+        } = e;
+        docs::Event {
+            seq,
+            at_ms,
+            sandbox,
+            message,
+        }
+    }
+}
+
+impl From<DeploymentState> for docs::DeploymentState {
+    fn from(state: DeploymentState) -> docs::DeploymentState {
+        match state {
+            DeploymentState::Running => docs::DeploymentState::Running,
+            DeploymentState::Succeeded => docs::DeploymentState::Succeeded,
+            DeploymentState::Failed => docs::DeploymentState::Failed,
+        }
+    }
+}
+
+impl From<Deployment> for docs::DeploymentDoc {
+    fn from(d: Deployment) -> docs::DeploymentDoc {
+        let Deployment {
+            id,
+            sandbox,
+            service,
+            repo,
+            branch,
+            commit,
+            config_commit,
+            config_author,
+            environments,
+            reason,
+            trigger,
+            started_ms,
+            ended_ms,
+            state,
+            stages,
+            error,
+        } = d;
+        docs::DeploymentDoc {
+            id,
+            sandbox,
+            service,
+            repo,
+            branch,
+            commit,
+            config_commit,
+            config_author,
+            environments,
+            reason,
+            trigger,
+            started_ms,
+            ended_ms,
+            state: state.into(),
+            stages: stages
+                .into_iter()
+                .map(
+                    |StageRecord {
+                         stage,
+                         state,
+                         elapsed_ms,
+                     }| docs::StageRecord {
+                        stage,
+                        state,
+                        elapsed_ms,
+                    },
+                )
+                .collect(),
+            error,
+        }
+    }
+}
+
+impl From<NodeInfo> for docs::Agent {
+    fn from(n: NodeInfo) -> docs::Agent {
+        let NodeInfo {
+            node,
+            role,
+            address,
+            agent_version,
+            repos,
+            images,
+            connected_ms,
+            last_seen_ms,
+        } = n;
+        docs::Agent {
+            node,
+            role,
+            address,
+            agent_version,
+            repos,
+            images,
+            connected_ms,
+            last_seen_ms,
+        }
+    }
+}
