@@ -319,6 +319,23 @@ pub struct HookDoc {
     pub agents_asked: bool,
 }
 
+/// `POST /api/v1/login`, the CLI's login: checked with `git ls-remote`, then forgotten. No `Debug`: it holds a
+/// password.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// The answer to a `LoginRequest` that succeeded: a session token for `Authorization: Bearer`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginDoc {
+    pub token: String,
+    pub user: String,
+    pub expires_in_secs: u64,
+}
+
 /// Any answer that is not a 2xx: what went wrong, in words a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDoc {
@@ -341,5 +358,25 @@ impl Reason {
             .ok()
             .and_then(|v| v.get("kind")?.as_str().map(str::to_string))
             .unwrap_or_else(|| "?".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Health, Reason, word};
+
+    #[test]
+    fn a_word_from_a_newer_reconciler_is_read_not_refused() {
+        let reason: Reason = serde_json::from_str(r#"{"kind":"imageMissing","image":"alpine:3.21"}"#).unwrap();
+        assert_eq!(reason, Reason::Other);
+        let health: Health = serde_json::from_str(r#""Starting""#).unwrap();
+        assert_eq!(health, Health::Unknown);
+    }
+
+    #[test]
+    fn words_are_the_wire_names() {
+        assert_eq!(Reason::BranchMoved { commit: "abc".into() }.kind(), "branchMoved");
+        assert_eq!(word(&Health::Degraded), "Degraded");
+        assert_eq!(word(&sdp_protocol::Role::Gateway), "gateway");
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use sdp_dashboard::docs::{SandboxSummary, Sync, word};
 
 use crate::serve::ServeConfig;
 
@@ -417,23 +418,15 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
         if server.is_finished() {
             break;
         }
-        let Ok(list) =
-            crate::cli::client::get(&crate::cli::client::Server { server: api.clone() }, "/api/v1/sandboxes")
-        else {
+        let server = crate::cli::client::Server { server: api.clone() };
+        let Ok(list) = crate::cli::client::get_doc::<Vec<SandboxSummary>>(&server, "/api/v1/sandboxes") else {
             continue;
         };
         let line: Vec<String> = list
-            .as_array()
-            .into_iter()
-            .flatten()
+            .iter()
             .map(|sb| {
-                let error = sb["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
-                format!(
-                    "{} {} {}{error}",
-                    sb["name"].as_str().unwrap_or("?"),
-                    sb["sync"].as_str().unwrap_or("?"),
-                    sb["health"].as_str().unwrap_or("?")
-                )
+                let error = sb.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+                format!("{} {} {}{error}", sb.name, word(&sb.sync), word(&sb.health))
             })
             .collect();
         let line = line.join(", ");
@@ -441,18 +434,13 @@ pub fn up(dir: &Path, port: u16) -> Result<ExitCode> {
             println!("  [{:>5.1} s] {line}", started.elapsed().as_secs_f64());
             last = line;
         }
-        let synced = list
-            .as_array()
-            .is_some_and(|l| !l.is_empty() && l.iter().all(|s| s["sync"] == "Synced"));
+        let synced = !list.is_empty() && list.iter().all(|s| s.sync == Sync::Synced);
         if synced && !announced {
             announced = true;
             println!();
-            for sb in list.as_array().into_iter().flatten() {
-                let url = sb["gatewayUrl"].as_str().unwrap_or("-");
-                println!(
-                    "Sandbox {} is synced. Its gateway: {url}",
-                    sb["name"].as_str().unwrap_or("?")
-                );
+            for sb in &list {
+                let url = sb.gateway_url.as_deref().unwrap_or("-");
+                println!("Sandbox {} is synced. Its gateway: {url}", sb.name);
                 println!("  curl {url}/account/   -> the sandbox's own account service (feature/login-error)");
                 println!("  curl {url}/payment/   -> OCP (the stand-in)");
             }

@@ -10,8 +10,8 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
 use axum::routing::{get, post};
 use sdp_dashboard::Viewer;
+use sdp_dashboard::docs::{ErrorDoc, LoginDoc, LoginRequest};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{Auth, Client, Refusal, SESSION_TTL};
 
@@ -50,9 +50,9 @@ pub async fn require_login(State(auth): State<Arc<Auth>>, mut request: Request, 
     }
     (
         StatusCode::UNAUTHORIZED,
-        Json(json!({ "error": format!(
-            "log in first: `sdp login` (CLI) or {}/login (browser)", auth.base
-        ) })),
+        Json(ErrorDoc {
+            error: format!("log in first: `sdp login` (CLI) or {}/login (browser)", auth.base),
+        }),
     )
         .into_response()
 }
@@ -140,22 +140,21 @@ async fn logout(State(auth): State<Arc<Auth>>, headers: HeaderMap) -> Response {
     response
 }
 
-#[derive(Deserialize)]
-struct ApiLogin {
-    username: String,
-    password: String,
-}
-
 /// The CLI's login: the same check, the token in the answer instead of a cookie.
-async fn api_login(State(auth): State<Arc<Auth>>, Client(client): Client, Json(body): Json<ApiLogin>) -> Response {
+async fn api_login(State(auth): State<Arc<Auth>>, Client(client): Client, Json(body): Json<LoginRequest>) -> Response {
     match auth.log_in(&body.username, &body.password, &client).await {
-        Ok(token) => Json(json!({
-            "token": token,
-            "user": body.username.trim(),
-            "expiresInSecs": SESSION_TTL.as_secs(),
-        }))
+        Ok(token) => Json(LoginDoc {
+            token,
+            user: body.username.trim().to_string(),
+            expires_in_secs: SESSION_TTL.as_secs(),
+        })
         .into_response(),
-        Err(refusal) => refused(&refusal, Json(json!({ "error": refusal.message(repo_of(&auth)) }))),
+        Err(refusal) => refused(
+            &refusal,
+            Json(ErrorDoc {
+                error: refusal.message(repo_of(&auth)),
+            }),
+        ),
     }
 }
 

@@ -1,10 +1,15 @@
 //! The commands that read a running reconciler over its JSON API: `sdp get`, `sdp logs`.
+//!
+//! The answers are read into the API's own document types (`sdp_dashboard::docs`), the ones the server
+//! serialises; `-o json` and `-o yaml` print the answer as it came, fields this version does not know included.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use sdp_dashboard::docs::{BranchesDoc, DeploymentDoc, ErrorDoc, NodeDoc, SandboxDoc, SandboxSummary, Sync, word};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Where the reconciler is.
@@ -98,9 +103,27 @@ pub fn get(server: &Server, path: &str) -> Result<Value> {
         return Err(NeedsLogin(server.server.clone()).into());
     }
     if status >= 400 {
-        bail!("{}", value["error"].as_str().unwrap_or(&text));
+        match serde_json::from_value::<ErrorDoc>(value) {
+            Ok(e) => bail!("{}", e.error),
+            Err(_) => bail!("{text}"),
+        }
     }
     Ok(value)
+}
+
+/// GET a document of the API as its type (`SandboxDoc`, `Vec<DeploymentDoc>`…).
+pub fn get_doc<T: DeserializeOwned>(server: &Server, path: &str) -> Result<T> {
+    read(server, path, get(server, path)?)
+}
+
+/// An answer of `path` as the document it should be.
+fn read<T: DeserializeOwned>(server: &Server, path: &str, value: Value) -> Result<T> {
+    serde_json::from_value(value).with_context(|| {
+        format!(
+            "the reconciler at {} answered {path} with a document this sdp cannot read: is it another version?",
+            server.server
+        )
+    })
 }
 
 /// The reconciler wants a login this CLI has not got (or that expired): waiting will not help.
@@ -119,22 +142,31 @@ impl std::fmt::Display for NeedsLogin {
 
 impl std::error::Error for NeedsLogin {}
 
-fn print(value: &Value, output: Output, table: impl FnOnce(&Value) -> String) -> Result<()> {
+/// GETs `path` and prints it: as it came for `-o json` and `-o yaml`, else read as `T` into a table.
+fn show<T: DeserializeOwned>(
+    server: &Server,
+    path: &str,
+    output: Output,
+    table: impl FnOnce(T) -> String,
+) -> Result<()> {
+    let value = get(server, path)?;
     let text = match output {
-        Output::Json => serde_json::to_string_pretty(value)?,
-        Output::Yaml => serde_saphyr::to_string(value).context("cannot write YAML")?,
-        Output::Table => table(value),
+        Output::Json => serde_json::to_string_pretty(&value)?,
+        Output::Yaml => serde_saphyr::to_string(&value).context("cannot write YAML")?,
+        Output::Table => table(read(server, path, value)?),
     };
     println!("{}", text.trim_end());
     Ok(())
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value that may be absent, as a cell: a dash when it is.
+fn s(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_string()
+}
+
+/// The first 12 characters of a commit id.
+fn short(commit: &str) -> String {
+    commit.chars().take(12).collect()
 }
 
 /// Columns padded to their widest cell, as kubectl prints them.
@@ -173,24 +205,20 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
     match what {
         GetWhat::Sandboxes { output } => {
-            let list = get(server, "/api/v1/sandboxes")?;
-            print(&list, output, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+            show(server, "/api/v1/sandboxes", output, |list: Vec<SandboxSummary>| {
+                let now = crate::hub::now_ms() / 1000;
+                let rows: Vec<Vec<String>> = list
+                    .iter()
                     .map(|sb| {
                         vec![
-                            s(&sb["name"]),
-                            s(&sb["sync"]),
-                            s(&sb["health"]),
-                            s(&sb["gatewayUrl"]),
-                            s(&sb["services"]),
-                            s(&sb["owner"]),
-                            sb["lastTime"].as_u64().map_or("-".into(), |t| {
-                                crate::desired::human((crate::hub::now_ms() / 1000).saturating_sub(t))
-                            }),
-                            s(&sb["error"]),
+                            sb.name.clone(),
+                            word(&sb.sync),
+                            word(&sb.health),
+                            s(sb.gateway_url.as_deref()),
+                            sb.services.to_string(),
+                            s(sb.owner.as_deref()),
+                            crate::desired::human(now.saturating_sub(sb.last_time)),
+                            s(sb.error.as_deref()),
                         ]
                     })
                     .collect();
@@ -203,66 +231,70 @@ pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
             })?;
         }
         GetWhat::Sandbox { name, output } => {
-            let sb = get(server, &format!("/api/v1/sandboxes/{name}"))?;
-            print(&sb, output, sandbox_table)?;
+            show(
+                server,
+                &format!("/api/v1/sandboxes/{name}"),
+                output,
+                |sb: SandboxDoc| sandbox_table(&sb),
+            )?;
         }
         GetWhat::Deployments { sandbox, output } => {
             let query = sandbox.map(|s| format!("?sandbox={s}")).unwrap_or_default();
-            let list = get(server, &format!("/api/v1/deployments{query}"))?;
-            print(&list, output, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| {
-                        vec![
-                            s(&d["id"]),
-                            s(&d["sandbox"]),
-                            s(&d["service"]),
-                            s(&d["branch"]),
-                            d["commit"]
-                                .as_str()
-                                .map_or("-".into(), |c| c.chars().take(12).collect()),
-                            s(&d["state"]),
-                            s(&d["reason"]),
-                            s(&d["error"]),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "ID", "SANDBOX", "SERVICE", "BRANCH", "COMMIT", "STATE", "REASON", "ERROR",
-                    ],
-                    &rows,
-                )
-            })?;
+            show(
+                server,
+                &format!("/api/v1/deployments{query}"),
+                output,
+                |list: Vec<DeploymentDoc>| {
+                    let rows: Vec<Vec<String>> = list
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.id.to_string(),
+                                d.sandbox.clone(),
+                                d.service.clone(),
+                                d.branch.clone(),
+                                d.commit.as_deref().map_or("-".into(), short),
+                                word(&d.state),
+                                d.reason.clone(),
+                                s(d.error.as_deref()),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "ID", "SANDBOX", "SERVICE", "BRANCH", "COMMIT", "STATE", "REASON", "ERROR",
+                        ],
+                        &rows,
+                    )
+                },
+            )?;
         }
         GetWhat::Branches { repo, output } => {
-            let list = get(server, &format!("/api/v1/repos/{repo}/branches"))?;
-            print(&list, output, |v| {
-                let rows: Vec<Vec<String>> = v["branches"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|b| vec![s(&b["branch"]), s(&b["commit"])])
-                    .collect();
-                table(&["BRANCH", "COMMIT"], &rows)
-            })?;
+            show(
+                server,
+                &format!("/api/v1/repos/{repo}/branches"),
+                output,
+                |list: BranchesDoc| {
+                    let rows: Vec<Vec<String>> = list
+                        .branches
+                        .iter()
+                        .map(|b| vec![b.branch.clone(), b.commit.clone()])
+                        .collect();
+                    table(&["BRANCH", "COMMIT"], &rows)
+                },
+            )?;
         }
         GetWhat::Nodes { output } => {
-            let list = get(server, "/api/v1/nodes")?;
-            print(&list, output, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+            show(server, "/api/v1/nodes", output, |list: Vec<NodeDoc>| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
                     .map(|n| {
                         vec![
-                            s(&n["node"]["node"]),
-                            s(&n["node"]["role"]),
-                            s(&n["node"]["address"]),
-                            s(&n["containers"]),
-                            n["node"]["images"].as_array().map_or(0, |a| a.len()).to_string(),
+                            n.node.node.clone(),
+                            word(&n.node.role),
+                            n.node.address.clone(),
+                            n.containers.to_string(),
+                            n.node.images.len().to_string(),
                         ]
                     })
                     .collect();
@@ -273,96 +305,88 @@ pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sandbox_table(sb: &Value) -> String {
+/// `sdp get sandbox NAME`: its status, services, routes, drift and recent events.
+pub fn sandbox_table(sb: &SandboxDoc) -> String {
     let mut out = String::new();
-    let status = &sb["status"];
+    let status = &sb.status;
     out.push_str(&format!(
         "Name:     {}\nSync:     {}\nHealth:   {}\nGateway:  {}\nConfig:   {} by {}\n",
-        s(&sb["name"]),
-        s(&status["sync"]),
-        s(&status["health"]),
-        s(&sb["gatewayUrl"]),
-        sb["configCommit"]
-            .as_str()
-            .map_or("-".into(), |c| c.chars().take(12).collect::<String>()),
-        s(&sb["configAuthor"]),
+        sb.name,
+        word(&status.sync),
+        word(&status.health),
+        s(sb.gateway_url.as_deref()),
+        short(&sb.config_commit),
+        sb.config_author,
     ));
     for (label, v) in [
-        ("Held", &sb["held"]),
-        ("Error", &status["lastError"]),
-        ("Config errors", &sb["configErrors"]),
+        ("Held", sb.held.clone()),
+        ("Error", status.last_error.clone()),
+        ("Config errors", sb.config_errors.as_ref().map(|e| e.join("; "))),
     ] {
-        if !v.is_null() {
-            out.push_str(&format!("{label}: {}\n", s(v)));
+        if let Some(v) = v {
+            out.push_str(&format!("{label}: {v}\n"));
         }
     }
-    let containers = sb["actual"]["containers"].as_array().cloned().unwrap_or_default();
-    let desired = &sb["desired"];
-    let mut services: Vec<(String, &Value)> = desired["services"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v)).collect())
-        .unwrap_or_default();
-    if !desired["gateway"].is_null() {
-        services.push(("gateway".into(), &desired["gateway"]));
+    let containers = &sb.actual.containers;
+    let mut services: Vec<(&str, &sdp_dashboard::docs::DesiredContainer)> = Vec::new();
+    if let Some(desired) = &sb.desired {
+        services.extend(desired.services.iter().map(|(k, v)| (k.as_str(), v)));
+        services.push(("gateway", &desired.gateway));
     }
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|(svc, d)| {
-            let c = containers.iter().find(|c| c["name"] == d["container"]);
+            let c = containers.iter().find(|c| c.name == d.container);
             vec![
-                svc.clone(),
-                s(&d["branch"]),
-                c.and_then(|c| c["labels"]["sdp.commit"].as_str())
-                    .map_or("-".into(), |x| x.chars().take(12).collect()),
-                c.map_or("missing".into(), |c| match c["probe"]["detail"].as_str() {
-                    Some(probe) => format!("{} (health: {probe})", s(&c["state"])),
-                    None => s(&c["state"]),
+                svc.to_string(),
+                d.branch.clone(),
+                c.and_then(|c| c.labels.get(sdp_protocol::labels::COMMIT))
+                    .map_or("-".into(), |x| short(x)),
+                c.map_or("missing".into(), |c| match &c.probe {
+                    Some(probe) => format!("{} (health: {})", word(&c.state), probe.detail),
+                    None => word(&c.state),
                 }),
-                s(&d["hostPort"]),
+                d.host_port.to_string(),
             ]
         })
         .collect();
     out.push('\n');
     out.push_str(&table(&["SERVICE", "BRANCH", "COMMIT", "STATE", "PORT"], &rows));
-    let routes = &desired["routes"];
-    let live = &sb["actual"]["routes"];
-    if let Some(map) = routes.as_object().filter(|m| !m.is_empty()) {
+    let routes = sb.desired.as_ref().map(|d| &d.routes).filter(|m| !m.is_empty());
+    let live = sb.actual.routes.as_ref();
+    if let Some(map) = routes {
         let rows: Vec<Vec<String>> = map
             .iter()
             .map(|(svc, url)| {
-                let now = &live[svc.as_str()];
-                let matches = if now.is_null() {
-                    "unknown"
-                } else if now == url {
-                    "yes"
-                } else {
-                    "NO"
+                let now = live.and_then(|l| l.get(svc));
+                let matches = match now {
+                    None => "unknown",
+                    Some(now) if now == url => "yes",
+                    Some(_) => "NO",
                 };
-                vec![svc.clone(), s(url), s(now), matches.into()]
+                vec![svc.clone(), url.clone(), s(now.map(String::as_str)), matches.into()]
             })
             .collect();
         out.push_str("\n\n");
         out.push_str(&table(&["ROUTE", "TARGET", "LIVE", "MATCH"], &rows));
     }
-    let pending = status["pending"].as_array().cloned().unwrap_or_default();
     out.push_str("\n\nDrift: ");
-    if pending.is_empty() {
+    if status.pending.is_empty() {
         out.push_str("none");
     }
-    for p in &pending {
+    for p in &status.pending {
         out.push_str(&format!(
             "\n  {} {} on {} ({})",
-            p["action"]["kind"].as_str().unwrap_or("?"),
-            s(&p["resource"]),
-            s(&p["role"]),
-            s(&p["reason"]["kind"])
+            p.action.kind,
+            p.resource,
+            word(&p.role),
+            p.reason.kind()
         ));
     }
-    let events = sb["events"].as_array().cloned().unwrap_or_default();
-    if !events.is_empty() {
+    if !sb.events.is_empty() {
         out.push_str("\n\nEvents (newest first):");
-        for e in events.iter().take(8) {
-            out.push_str(&format!("\n  {}", s(&e["message"])));
+        for e in sb.events.iter().take(8) {
+            out.push_str(&format!("\n  {}", e.message));
         }
     }
     out
@@ -383,8 +407,10 @@ pub fn run_logs(server: &Server, target: &str, follow: bool) -> Result<ExitCode>
     if response.status().as_u16() >= 400 {
         let mut response = response;
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        bail!("{}", v["error"].as_str().unwrap_or(&text));
+        match serde_json::from_str::<ErrorDoc>(&text) {
+            Ok(e) => bail!("{}", e.error),
+            Err(_) => bail!("{text}"),
+        }
     }
     let reader = BufReader::new(response.into_body().into_reader());
     let stdout = std::io::stdout();
@@ -432,34 +458,35 @@ pub fn wait_for_sync(
     loop {
         let mut done = 0;
         for name in sandboxes {
-            let line = match get(server, &format!("/api/v1/sandboxes/{name}")) {
+            let line = match get_doc::<SandboxDoc>(server, &format!("/api/v1/sandboxes/{name}")) {
                 Err(e) if e.is::<NeedsLogin>() => return Err(e),
                 Err(e) => format!("{e:#}"),
                 Ok(sb) => {
-                    let status = &sb["status"];
-                    let seen = commit.is_empty() || sb["configCommit"].as_str() == Some(commit);
-                    let sync = status["sync"].as_str().unwrap_or("?").to_string();
+                    let status = &sb.status;
+                    let seen = commit.is_empty() || sb.config_commit == commit;
                     if !seen {
                         "waiting for the reconciler to read the commit".to_string()
                     } else {
-                        if matches!(sync.as_str(), "Synced" | "Suspended") {
+                        if matches!(status.sync, Sync::Synced | Sync::Suspended) {
                             done += 1;
                         }
-                        if sync == "Failed" {
+                        if status.sync == Sync::Failed {
                             failed_since.entry(name.clone()).or_insert_with(std::time::Instant::now);
                         } else {
                             failed_since.remove(name);
                         }
-                        let doing = status["inFlight"]
-                            .as_str()
+                        let doing = status
+                            .in_flight
+                            .as_deref()
                             .map(|s| format!(": {s}"))
                             .unwrap_or_default();
-                        let left = status["pending"].as_array().map_or(0, |p| p.len());
-                        let error = status["lastError"]
-                            .as_str()
+                        let left = status.pending.len();
+                        let error = status
+                            .last_error
+                            .as_deref()
                             .map(|e| format!(" ({e})"))
                             .unwrap_or_default();
-                        format!("{sync}, {left} step(s) left{doing}{error}")
+                        format!("{}, {left} step(s) left{doing}{error}", word(&status.sync))
                     }
                 }
             };

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
+use sdp_dashboard::docs::{ErrorDoc, LoginDoc, LoginRequest};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::client::{Server, agent};
 
@@ -116,32 +116,35 @@ pub fn run_login(server: &Server, username: Option<String>, password_stdin: bool
     let mut response = agent()
         .post(&url)
         .header("Content-Type", "application/json")
-        .send(json!({ "username": username, "password": password }).to_string())
+        .send(serde_json::to_string(&LoginRequest {
+            username: username.clone(),
+            password,
+        })?)
         .with_context(|| format!("cannot reach the reconciler at {}", server.server))?;
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
-    let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status != 200 {
-        bail!("{}", doc["error"].as_str().unwrap_or(&text));
+        match serde_json::from_str::<ErrorDoc>(&text) {
+            Ok(e) => bail!("{}", e.error),
+            Err(_) => bail!("{text}"),
+        }
     }
+    let doc: LoginDoc = serde_json::from_str(&text).context("the reconciler sent no token")?;
     let mut sessions = load();
     sessions.retain(|_, s| s.expires > now());
     sessions.insert(
         key(server),
         Saved {
-            token: doc["token"]
-                .as_str()
-                .context("the reconciler sent no token")?
-                .to_string(),
+            token: doc.token,
             user: username.clone(),
-            expires: now() + doc["expiresInSecs"].as_u64().unwrap_or(0),
+            expires: now() + doc.expires_in_secs,
         },
     );
     let file = save(&sessions)?;
     println!(
         "logged in to {} as {username} for {} h (session kept in {})",
         key(server),
-        doc["expiresInSecs"].as_u64().unwrap_or(0) / 3600,
+        doc.expires_in_secs / 3600,
         file.display()
     );
     Ok(ExitCode::SUCCESS)
