@@ -1,0 +1,384 @@
+//! The API's documents over real HTTP on 127.0.0.1, with two agents connected over the real WebSocket: what
+//! `sdp serve` answers deserialises into the same types `sdp get` reads, and those types write back exactly
+//! the JSON that was served (no field lost, renamed or added on the way).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sdp_dashboard::docs::{
+    BranchesDoc, DeploymentDoc, DeploymentState, NodeDoc, Reason, SandboxDoc, SandboxSummary, Sync,
+};
+use sdp_protocol::{
+    ActionResult, ActualState, AgentFrame, BranchHead, BranchList, Container, ContainerState, Hello, PROTOCOL_VERSION,
+    Probe, ReconcilerFrame, Role, Worktree,
+};
+use sdp_reconciler::api::{Api, router};
+use sdp_reconciler::auth::Auth;
+use sdp_reconciler::cli::client;
+use sdp_reconciler::controller::Controller;
+use sdp_reconciler::desired::Settings;
+use sdp_reconciler::hub::{Hub, HubEvent};
+use sdp_reconciler::source::{Origin, Source};
+use sdp_reconciler::store::Store;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+const SANDBOX: &str = "qa-login-error";
+
+struct Server {
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+/// The examples, a sandbox that does not validate and one whose port is taken (held).
+fn config_repo() -> BTreeMap<PathBuf, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files = BTreeMap::new();
+    for dir in ["sandboxes", "templates", "environments"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            files.insert(
+                PathBuf::from(dir).join(path.file_name().unwrap()),
+                std::fs::read_to_string(&path).unwrap(),
+            );
+        }
+    }
+    let example = files[&PathBuf::from("sandboxes/qa-login-error.yaml")].clone();
+    files.insert(
+        "sandboxes/twin.yaml".into(),
+        example.replace("name: qa-login-error", "name: twin"),
+    );
+    files.insert(
+        "sandboxes/broken.yaml".into(),
+        example
+            .replace("name: qa-login-error", "name: broken")
+            .replace("branch: feature/login-error", "brnch: feature/login-error"),
+    );
+    files
+}
+
+/// An agent that reports one sandbox's containers, worktrees and routes, lists branches, and fails every
+/// action it is sent (so a pass leaves pending steps, an error and failed deployments behind).
+async fn agent(url: &str, role: Role) {
+    let mut request = format!("ws://{url}/ws/agent").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (node, repo, service) = match role {
+        Role::Micro => ("micro-test", "account", "account"),
+        Role::Gateway => ("gateway-test", "gateway", "gateway"),
+    };
+    let send = |frame: AgentFrame| Message::Text(sdp_protocol::encode(&frame).into());
+    ws.send(send(AgentFrame::Hello(Hello {
+        node: node.into(),
+        role,
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        address: "127.0.0.1".into(),
+        repos: vec![repo.into()],
+        images: vec!["alpine:3.20".into()],
+    })))
+    .await
+    .unwrap();
+    let container = sdp_protocol::container_name(SANDBOX, service);
+    let mut report = ActualState {
+        containers: vec![Container {
+            name: container,
+            id: format!("{node}-id"),
+            labels: BTreeMap::from([
+                (sdp_protocol::labels::MANAGED.into(), "true".into()),
+                (sdp_protocol::labels::SANDBOX.into(), SANDBOX.into()),
+                (sdp_protocol::labels::SERVICE.into(), service.into()),
+                (sdp_protocol::labels::COMMIT.into(), "0123456789abcdef0123".into()),
+            ]),
+            state: ContainerState::Running,
+            ports: vec![9001],
+            restart_count: 2,
+            exit_code: None,
+            probe: Some(Probe {
+                ok: false,
+                detail: "HTTP 503".into(),
+            }),
+        }],
+        networks: vec![sdp_protocol::network_name(SANDBOX)],
+        worktrees: vec![Worktree {
+            sandbox: SANDBOX.into(),
+            service: service.into(),
+            branch: "develop".into(),
+            commit: "0123456789abcdef0123".into(),
+        }],
+        heads: vec![BranchHead {
+            repo: repo.into(),
+            branch: "develop".into(),
+            commit: "0123456789abcdef0123".into(),
+        }],
+        ..ActualState::default()
+    };
+    if role == Role::Gateway {
+        let routes = BTreeMap::from([("account".to_string(), "http://172.18.136.92:9105".to_string())]);
+        report.routes.insert(SANDBOX.into(), routes.clone());
+        report.route_defaults.insert(SANDBOX.into(), routes);
+    }
+    ws.send(send(AgentFrame::ActualState(report))).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else { continue };
+            let answer = match sdp_protocol::decode::<ReconcilerFrame>(&text).unwrap() {
+                ReconcilerFrame::Action(a) => AgentFrame::ActionResult(ActionResult {
+                    request_id: a.request_id,
+                    error: Some("this test agent does nothing".into()),
+                }),
+                ReconcilerFrame::ListBranches { request_id, repo } => AgentFrame::Branches(BranchList {
+                    request_id,
+                    branches: vec![BranchHead {
+                        repo: repo.clone(),
+                        branch: "develop".into(),
+                        commit: "0123456789abcdef0123".into(),
+                    }],
+                    repo,
+                    error: None,
+                }),
+                _ => continue,
+            };
+            if ws.send(send(answer)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+async fn server() -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let (tx, mut events) = tokio::sync::mpsc::channel(256);
+    let hub = Arc::new(Hub::new(TOKEN.into(), tx));
+    let store = Store::open(data.path()).unwrap();
+    let controller = Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap();
+    let ctl = controller.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            match e {
+                HubEvent::Log(l) => ctl.log(l),
+                HubEvent::Progress(p) => ctl.progress(p),
+                _ => {}
+            }
+        }
+    });
+    let mut source = Source::new(Origin::Local(data.path().to_path_buf()));
+    let snapshot = source.read(
+        "c0ffee1234567890".into(),
+        "Ann Tester <ann@example.com>".into(),
+        1_795_600_000,
+        config_repo(),
+    );
+    controller.set_snapshot(snapshot);
+    let app = router(Api {
+        controller: controller.clone(),
+        hook: Arc::default(),
+        auth: Arc::new(Auth::anonymous("")),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    agent(&url, Role::Micro).await;
+    agent(&url, Role::Gateway).await;
+    // Both reports in, then one pass, whose actions the agents fail.
+    for _ in 0..100 {
+        if controller.hub.nodes().len() == 2 && !controller.hub.actual().gateway.routes.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    controller.pass(SANDBOX).await;
+    Server {
+        url: format!("http://{url}"),
+        _data: data,
+    }
+}
+
+/// The raw answer of a GET, as JSON.
+async fn raw(url: String) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut r = agent.get(&url).call().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{url}");
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// What `sdp get` reads from `path`: the CLI's own request, into the CLI's own type.
+async fn cli<T: DeserializeOwned + Send + 'static>(s: &Server, path: &str) -> anyhow::Result<T> {
+    let server = client::Server { server: s.url.clone() };
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || client::get_doc::<T>(&server, &path))
+        .await
+        .unwrap()
+}
+
+/// The document of `path` as `sdp get` reads it, after checking that it writes back exactly what was served.
+async fn round_trip<T: DeserializeOwned + Serialize + Send + 'static>(s: &Server, path: &str) -> T {
+    let served = raw(format!("{}{path}", s.url)).await;
+    let read: T = cli(s, path).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&read).unwrap(),
+        served,
+        "{path}: what sdp get read is not what the API served"
+    );
+    read
+}
+
+#[tokio::test]
+async fn what_the_api_serves_sdp_get_reads_whole() {
+    let s = server().await;
+
+    let list: Vec<SandboxSummary> = round_trip(&s, "/api/v1/sandboxes").await;
+    let names: Vec<&str> = list.iter().map(|sb| sb.name.as_str()).collect();
+    assert_eq!(names, ["broken", "qa-login-error", "twin"]);
+    assert_eq!(list[1].sync, Sync::Failed);
+    assert_eq!(list[1].gateway_url.as_deref(), Some("http://127.0.0.1:8081"));
+
+    let sb: SandboxDoc = round_trip(&s, "/api/v1/sandboxes/qa-login-error").await;
+    let desired = sb.desired.as_ref().expect("the example compiles");
+    assert_eq!(desired.services["account"].host_port, 9001);
+    assert_eq!(
+        desired.services["account"].env.secret_files["DB_PASSWORD"], "/etc/sdp/secrets/account-db-password",
+        "a secret is its file path"
+    );
+    assert_eq!(sb.status.sync, Sync::Failed);
+    assert!(sb.status.last_pass_ms.is_some());
+    assert!(
+        sb.status
+            .pending
+            .iter()
+            .any(|p| p.action.kind == "deployService" && p.reason == Reason::SpecChanged),
+        "{:?}",
+        sb.status.pending
+    );
+    assert_eq!(sb.actual.containers.len(), 2);
+    assert_eq!(sb.actual.containers[0].probe.as_ref().unwrap().detail, "HTTP 503");
+    assert!(sb.actual.routes.as_ref().unwrap().contains_key("account"));
+    assert_eq!(sb.deployments.len(), 2);
+    assert!(
+        sb.events
+            .iter()
+            .any(|e| e.message.contains("this test agent does nothing"))
+    );
+    let table = client::sandbox_table(&sb);
+    for line in [
+        "Sync:     Failed",
+        "Health:   Degraded",
+        "deployService sandbox-qa-login-error-account on micro (specChanged)",
+        "running (health: HTTP 503)",
+    ] {
+        assert!(table.contains(line), "{line} missing from:\n{table}");
+    }
+
+    let broken: SandboxDoc = round_trip(&s, "/api/v1/sandboxes/broken").await;
+    assert!(broken.desired.is_none());
+    assert!(broken.config_errors.unwrap()[0].contains("brnch"));
+
+    let deployments: Vec<DeploymentDoc> = round_trip(&s, "/api/v1/deployments").await;
+    assert_eq!(deployments.len(), 2);
+    assert!(deployments.iter().all(|d| d.state == DeploymentState::Failed));
+    let one: DeploymentDoc = round_trip(&s, "/api/v1/deployments/1").await;
+    assert_eq!(one.environments, ["shared-dev", "account-dev"]);
+
+    let nodes: Vec<NodeDoc> = round_trip(&s, "/api/v1/nodes").await;
+    let roles: Vec<Role> = nodes.iter().map(|n| n.node.role).collect();
+    assert_eq!(roles, [Role::Micro, Role::Gateway]);
+    assert_eq!(nodes[0].heads[0].repo, "account");
+
+    let branches: BranchesDoc = round_trip(&s, "/api/v1/repos/account/branches").await;
+    assert_eq!(branches.branches[0].branch, "develop");
+}
+
+/// Renaming a field in the documents would still round-trip (both ends use the same type): these are the
+/// names that the e2e tests and users' scripts read, checked on the wire.
+#[tokio::test]
+async fn the_wire_keeps_the_names_scripts_read() {
+    let s = server().await;
+    let sb = raw(format!("{}/api/v1/sandboxes/qa-login-error", s.url)).await;
+    for pointer in [
+        "/configCommit",
+        "/configAuthor",
+        "/configErrors",
+        "/gatewayUrl",
+        "/lastChange",
+        "/status/sync",
+        "/status/lastError",
+        "/status/lastPassMs",
+        "/status/inFlight",
+        "/status/pending/0/action/kind",
+        "/status/pending/0/reason/kind",
+        "/actual/routes/account",
+        "/actual/routeDefaults/account",
+        "/desired/services/account/hostPort",
+        "/desired/mode/kind",
+        "/events/0/atMs",
+        "/deployments/0/configAuthor",
+        "/manifest",
+    ] {
+        assert!(sb.pointer(pointer).is_some(), "{pointer} missing: {sb:#}");
+    }
+    let list = raw(format!("{}/api/v1/sandboxes", s.url)).await;
+    for pointer in [
+        "/0/name",
+        "/0/sync",
+        "/0/health",
+        "/0/lastCommit",
+        "/0/lastTime",
+        "/0/error",
+    ] {
+        assert!(list.pointer(pointer).is_some(), "{pointer} missing: {list:#}");
+    }
+    let d = raw(format!("{}/api/v1/deployments/1", s.url)).await;
+    for pointer in [
+        "/commit",
+        "/configCommit",
+        "/stages",
+        "/trigger",
+        "/startedMs",
+        "/endedMs",
+        "/state",
+    ] {
+        assert!(d.pointer(pointer).is_some(), "{pointer} missing: {d:#}");
+    }
+    let nodes = raw(format!("{}/api/v1/nodes", s.url)).await;
+    for pointer in [
+        "/0/node/node",
+        "/0/node/lastSeenMs",
+        "/0/containers",
+        "/0/heads/0/commit",
+    ] {
+        assert!(nodes.pointer(pointer).is_some(), "{pointer} missing: {nodes:#}");
+    }
+}
+
+#[tokio::test]
+async fn an_error_reaches_sdp_get_as_the_servers_words() {
+    let s = server().await;
+    let e = cli::<SandboxDoc>(&s, "/api/v1/sandboxes/nobody").await.unwrap_err();
+    assert_eq!(e.to_string(), "no sandbox nobody in the config repo or on the VMs");
+    let e = cli::<BranchesDoc>(&s, "/api/v1/repos/nothing/branches")
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no connected agent serves a repository named nothing");
+    // A document of another kind is refused with a hint, not read as an empty one.
+    let e = cli::<SandboxDoc>(&s, "/api/v1/sandboxes").await.unwrap_err();
+    assert!(e.to_string().contains("cannot read: is it another version?"), "{e:#}");
+}
