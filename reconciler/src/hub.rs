@@ -61,7 +61,7 @@ struct Agent {
 /// Why a request to an agent got no good answer: the caller decides by the kind (wait for the agent, or back off).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AskError {
-    /// No agent that could answer is connected (`what` says which).
+    /// No agent that could answer is connected (the message says which).
     NoAgent(String),
     /// The agent dropped before it answered.
     Disconnected { node: String },
@@ -78,7 +78,7 @@ pub enum AskError {
 impl std::fmt::Display for AskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AskError::NoAgent(what) => write!(f, "no {what} is connected"),
+            AskError::NoAgent(message) => f.write_str(message),
             AskError::Disconnected { node } => write!(f, "agent {node} disconnected"),
             AskError::TimedOut { node, what, deadline } => {
                 write!(f, "agent {node} did not {what} within {} s", deadline.as_secs())
@@ -208,7 +208,7 @@ impl Hub {
             |agents| {
                 agents
                     .get(&role)
-                    .ok_or_else(|| AskError::NoAgent(format!("{role} agent")))
+                    .ok_or_else(|| AskError::NoAgent(format!("no {role} agent is connected")))
             },
             |request_id| {
                 ReconcilerFrame::Action(ActionRequest {
@@ -233,7 +233,7 @@ impl Hub {
                 agents
                     .values()
                     .find(|a| a.info.repos.iter().any(|r| r == repo))
-                    .ok_or_else(|| AskError::NoAgent(format!("agent that serves a repository named {repo}")))
+                    .ok_or_else(|| AskError::NoAgent(format!("no connected agent serves a repository named {repo}")))
             },
             |request_id| ReconcilerFrame::ListBranches {
                 request_id,
