@@ -83,6 +83,14 @@ pub struct AgentConfig {
     /// Seconds between fetches of the repositories with deployed branches, so that a push is seen.
     #[serde(default = "default_fetch_secs")]
     pub fetch_secs: u64,
+    /// On SIGTERM, seconds the actions in flight may run on to their end before they are abandoned (a build is
+    /// killed and done again when the agent is back). Keep it below systemd's `TimeoutStopSec`.
+    #[serde(default = "default_stop_grace_secs")]
+    pub stop_grace_secs: u64,
+}
+
+fn default_stop_grace_secs() -> u64 {
+    20
 }
 
 fn default_fetch_secs() -> u64 {

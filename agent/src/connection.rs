@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -27,6 +28,8 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 const SILENCE: Duration = Duration::from_secs(45);
 /// How often the node is scanned for drift, and fetched for moved branches.
 const SCAN_EVERY: Duration = Duration::from_secs(5);
+/// On a stop, how long the last frames (results, the final report) may take to reach the reconciler.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// The delay before attempt `n` (1-based) after failures: full jitter over an exponential ceiling.
 pub fn backoff(n: u32, random: f64) -> Duration {
@@ -77,15 +80,21 @@ pub fn cause(e: &tungstenite::Error) -> String {
     }
 }
 
-/// Dials forever, over `tls` on a `wss://` URL. `attempts` counts dial attempts (for tests and metrics).
+/// Dials until `stop` turns true, over `tls` on a `wss://` URL. `attempts` counts dial attempts (for tests and
+/// metrics). A stop during a connection lets its actions end (at most the config's `stopGraceSecs`), abandons the
+/// rest and says so to the reconciler, then closes the connection.
 pub async fn run(
     executor: Arc<Executor>,
     tls: Option<Arc<rustls::ClientConfig>>,
     attempts: Arc<std::sync::atomic::AtomicU64>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let config = executor.config.clone();
     let mut failures: u32 = 0;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = match config.token() {
             Ok(t) => t,
@@ -93,12 +102,15 @@ pub async fn run(
                 failures += 1;
                 let wait = backoff(failures, random());
                 tracing::error!("{e:#}; retry in {:.1} s", wait.as_secs_f64());
-                tokio::time::sleep(wait).await;
+                sleep_unless_stopped(wait, &mut stop).await;
                 continue;
             }
         };
         let started = Instant::now();
-        let outcome = session(&executor, tls.clone(), &token).await;
+        let outcome = session(&executor, tls.clone(), &token, stop.clone()).await;
+        if *stop.borrow() {
+            return;
+        }
         if started.elapsed() >= STABLE_AFTER {
             failures = 0;
         }
@@ -116,12 +128,24 @@ pub async fn run(
                 wait.as_secs_f64()
             ),
         }
-        tokio::time::sleep(wait).await;
+        sleep_unless_stopped(wait, &mut stop).await;
+    }
+}
+
+async fn sleep_unless_stopped(wait: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        _ = stop.wait_for(|stop| *stop) => {}
     }
 }
 
 /// One connection, from the dial to its end.
-async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>>, token: &str) -> Result<(), String> {
+async fn session(
+    executor: &Arc<Executor>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
     let config = &executor.config;
     let mut request = config
         .reconciler
@@ -136,7 +160,14 @@ async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>
     // stream that `wrap_stream` returned, that is after rustls accepted the server's certificate.
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
     let dial = tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
-    let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+    let dial = async {
+        tokio::select! {
+            dialed = tokio::time::timeout(CONNECT_TIMEOUT, dial) => Some(dialed),
+            _ = stop.wait_for(|stop| *stop) => None,
+        }
+    };
+    let Some(dialed) = dial.await else { return Ok(()) };
+    let (ws, _) = match dialed {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => return Err(cause(&e)),
         Err(_) => return Err(format!("timed out after {} s", CONNECT_TIMEOUT.as_secs())),
@@ -227,8 +258,17 @@ async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>
         })
     };
 
+    // Actions in flight, by request id: a stop waits for them, or abandons them and says so.
+    let running = Running::default();
     let result = loop {
-        let message = match tokio::time::timeout(SILENCE, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(SILENCE, stream.next()) => next,
+            _ = stop.wait_for(|stop| *stop) => {
+                finish(executor, &running, &outbox).await;
+                break Ok(());
+            }
+        };
+        let message = match next {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => break Err(cause(&e)),
             Ok(None) => break Ok(()),
@@ -267,7 +307,9 @@ async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>
             Ok(ReconcilerFrame::Action(request)) => {
                 let executor = executor.clone();
                 let outbox = outbox.clone();
-                tokio::spawn(async move {
+                let request_id = request.request_id;
+                let done = running.clone();
+                let task = tokio::spawn(async move {
                     let what = serde_json::to_value(&request.action)
                         .ok()
                         .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
@@ -287,7 +329,9 @@ async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>
                             error: result.err().map(|e| format!("{e:#}")),
                         }))
                         .await;
+                    done.remove(request.request_id);
                 });
+                running.add(request_id, task.abort_handle());
             }
             Ok(other) => tracing::debug!("ignored frame {other:?}"),
             Err(e) => tracing::warn!("unreadable frame from the reconciler: {e}"),
@@ -295,6 +339,84 @@ async fn session(executor: &Arc<Executor>, tls: Option<Arc<rustls::ClientConfig>
     };
     reporter.abort();
     executor.unfollow_all();
-    writer.abort();
+    if *stop.borrow() {
+        // The last results and report go out before the connection closes: the writer ends once every sender
+        // is gone.
+        drop(outbox);
+        if tokio::time::timeout(FLUSH_GRACE, writer).await.is_err() {
+            tracing::warn!("the last frames did not reach the reconciler within {FLUSH_GRACE:?}");
+        }
+    } else {
+        writer.abort();
+    }
     result
+}
+
+/// The actions a connection runs, by request id.
+#[derive(Clone, Default)]
+struct Running(
+    Arc<(
+        std::sync::Mutex<std::collections::HashMap<u64, tokio::task::AbortHandle>>,
+        tokio::sync::Notify,
+    )>,
+);
+
+impl Running {
+    fn add(&self, id: u64, task: tokio::task::AbortHandle) {
+        // A task that ended before it was added is not kept.
+        if !task.is_finished() {
+            self.0.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, task);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.0.1.notify_waiters();
+    }
+
+    fn is_empty(&self) -> bool {
+        let mut all = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, task| !task.is_finished());
+        all.is_empty()
+    }
+
+    fn take(&self) -> Vec<(u64, tokio::task::AbortHandle)> {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).drain().collect()
+    }
+}
+
+/// A stop: the actions in flight may end within `stopGraceSecs`; what still runs then is abandoned (its programs
+/// killed with their groups; a build's binary and config.php are only ever replaced whole, and a checkout's
+/// stale lock is cleared at the next start) and each gets an answer that says so; then a last report.
+async fn finish(executor: &Arc<Executor>, running: &Running, outbox: &Outbox) {
+    let grace = Duration::from_secs(executor.config.stop_grace_secs);
+    tracing::info!("stopping: waiting up to {grace:?} for the actions in flight");
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let notified = running.0.1.notified();
+        tokio::pin!(notified);
+        // Registered before looking, so an action that ends in between wakes this wait.
+        notified.as_mut().enable();
+        if running.is_empty() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            break;
+        }
+    }
+    for (request_id, task) in running.take() {
+        task.abort();
+        tracing::warn!(request = request_id, "action abandoned: the agent is stopping");
+        outbox
+            .send(AgentFrame::ActionResult(sdp_protocol::ActionResult {
+                request_id,
+                error: Some(
+                    "the agent was stopped (SIGTERM) during this action and abandoned it; it is done again when \
+                     the agent is back"
+                        .into(),
+                ),
+            }))
+            .await;
+    }
+    if let Ok(report) = executor.report().await {
+        outbox.report(report).await;
+    }
+    tracing::info!("stopped");
 }

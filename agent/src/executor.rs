@@ -61,6 +61,17 @@ impl Executor {
         }
     }
 
+    /// At start, before any git runs: the index locks a killed git left in the agent's own worktrees.
+    pub async fn clear_stale_locks(&self) {
+        let owned = self.config.data_dir.join("worktrees");
+        for service in self.config.repos.keys() {
+            let Ok(repo) = self.repo(service) else { continue };
+            for lock in repo.clear_stale_locks(&owned).await {
+                tracing::warn!("removed {}, left by a git that was killed mid-checkout", lock.display());
+            }
+        }
+    }
+
     fn repo(&self, service: &str) -> Result<Repo> {
         let path = self.config.repos.get(service).with_context(|| {
             format!(
@@ -292,12 +303,18 @@ impl Executor {
     /// Runs one action.
     pub async fn run(&self, action: Action, deployment: Option<String>, out: &Outbox) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
+        /// Counts the action out however it ends: also when it is abandoned (its future dropped) by a stop.
+        struct Busy<'a>(&'a Executor);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.generation.fetch_add(1, SeqCst);
+                self.0.busy.fetch_sub(1, SeqCst);
+            }
+        }
         self.busy.fetch_add(1, SeqCst);
         self.generation.fetch_add(1, SeqCst);
-        let result = self.run_action(action, deployment, out).await;
-        self.generation.fetch_add(1, SeqCst);
-        self.busy.fetch_sub(1, SeqCst);
-        result
+        let _busy = Busy(self);
+        self.run_action(action, deployment, out).await
     }
 
     /// A report for the periodic scan: `None` when an action ran during the scan (its own report, sent when it
@@ -490,11 +507,14 @@ impl Executor {
                 link.display()
             );
         }
+        // Built beside the binary and moved over it once whole: the running container's binary is never half
+        // written (a build killed at a deadline or by a stop leaves only `app.new`, rebuilt next time).
+        let fresh = binary.with_extension("new");
         let mut cmd = tokio::process::Command::new(&self.config.go);
         cmd.current_dir(dir)
             .args(&args[..1])
             .arg("-o")
-            .arg(binary)
+            .arg(&fresh)
             .args(&args[1..]);
         for (key, value) in go_env(&self.config) {
             cmd.env(key, value);
@@ -508,7 +528,8 @@ impl Executor {
         let what = format!("go build {}", build.package);
         run_streamed(cmd, &what, DEADLINES.build, id, out)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", first_go_error(&what, &e)))
+            .map_err(|e| anyhow::anyhow!("{}", first_go_error(&what, &e)))?;
+        std::fs::rename(&fresh, binary).with_context(|| format!("cannot move the built binary to {}", binary.display()))
     }
 
     /// Writes an Environment's `files:` for one container under the data dir (fresh at each deploy) and returns

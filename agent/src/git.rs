@@ -151,6 +151,36 @@ impl Repo {
             })
     }
 
+    /// Removes the `index.lock` that a git killed mid-checkout (by a deadline, a stop, or a crash of the node) left
+    /// in the administrative dir of a worktree under `owned`: the agent's own worktrees, where no git of anyone
+    /// else runs, and where a stale lock would fail every later checkout. Called at start, before any git runs.
+    /// Says which locks it removed.
+    pub async fn clear_stale_locks(&self, owned: &Path) -> Vec<PathBuf> {
+        let Ok(common) = self
+            .run(&self.path, &["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .await
+        else {
+            return Vec::new();
+        };
+        let owned = owned.canonicalize().unwrap_or_else(|_| owned.to_path_buf());
+        let Ok(entries) = std::fs::read_dir(Path::new(&common).join("worktrees")) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for admin in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let lock = admin.join("index.lock");
+            let ours =
+                std::fs::read_to_string(admin.join("gitdir")).is_ok_and(|g| Path::new(g.trim()).starts_with(&owned));
+            if ours
+                && std::fs::symlink_metadata(&lock).is_ok_and(|m| m.is_file())
+                && std::fs::remove_file(&lock).is_ok()
+            {
+                removed.push(lock);
+            }
+        }
+        removed
+    }
+
     /// Checks out `commit` into the worktree at `dir`, creating it if needed. Local changes are discarded: the
     /// worktree holds exactly the commit. git runs with the repository's own paths (`--git-dir`, `--work-tree`),
     /// never what the worktree holds.

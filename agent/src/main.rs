@@ -139,12 +139,36 @@ fn run(config_path: &std::path::Path) -> Result<ExitCode> {
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         tracing::info!(node = %config.node, role = %config.role, "sdp-agent {} starting", env!("CARGO_PKG_VERSION"));
         let executor = Arc::new(executor::Executor::new(config, engine));
+        executor.clear_stale_locks().await;
         let attempts = Arc::default();
-        tokio::select! {
-            _ = connection::run(executor, tls, attempts) => {},
-            _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
-        }
+        // SIGTERM (systemd) or Ctrl-C: the connection lets its actions end, or abandons them saying so, and
+        // closes; a second signal stops at once.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stopped().await;
+            tracing::info!("stop asked for");
+            stop_tx.send_replace(true);
+            stopped().await;
+            tracing::warn!("second stop signal: exiting now");
+            std::process::exit(1);
+        });
+        connection::run(executor, tls, attempts, stop).await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The next SIGTERM or Ctrl-C.
+async fn stopped() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
