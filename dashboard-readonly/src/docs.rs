@@ -128,6 +128,10 @@ pub enum Reason {
     BranchMoved {
         commit: String,
     },
+    /// The manifest pins a commit that is not the one running.
+    Pinned {
+        commit: String,
+    },
     ContainerNotRunning {
         state: String,
     },
@@ -175,6 +179,9 @@ pub struct DesiredContainer {
     pub service: String,
     pub container: String,
     pub branch: String,
+    /// The pinned commit (`commit:` in the manifest), which runs whatever the branch's head; `None`: the head.
+    #[serde(default)]
+    pub commit: Option<String>,
     pub host_port: u16,
     pub env: MergedEnv,
     pub cpus: Option<f64>,

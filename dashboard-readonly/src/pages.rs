@@ -144,6 +144,9 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
                         short(c.labels.get(labels::COMMIT).map(String::as_str))
                     )
                 }),
+                d.commit.as_deref().map_or("-".into(), |pin| {
+                    format!("<code title=\"{}\">{}</code>", esc(pin), short(Some(pin)))
+                }),
                 c.map_or("<span class=\"badge missing\">missing</span>".into(), |c| {
                     match &c.probe {
                         None => badge(&c.state),
@@ -177,6 +180,7 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
                 "Service",
                 "Branch",
                 "Deployed commit",
+                "Pinned to",
                 "Container",
                 "Port",
                 "Last deployment"

@@ -122,6 +122,11 @@ fn is_false(b: &bool) -> bool {
 pub struct GatewaySpec {
     /// Branch of the gateway repository to run.
     pub branch: String,
+    /// A pin: the full commit id (40 lowercase hex digits) to run instead of the branch's head. Pushes to the
+    /// branch do not move a pinned gateway; the commit need not be on the branch, only in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{40}$"))]
+    pub commit: Option<String>,
     /// Host port of the gateway. Allocated from the gateway range when absent, then kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
@@ -139,6 +144,11 @@ pub struct GatewaySpec {
 pub struct ServiceSpec {
     /// Branch of the service's repository to build and run.
     pub branch: String,
+    /// A pin: the full commit id (40 lowercase hex digits) to build and run instead of the branch's head. Pushes
+    /// to the branch do not move a pinned service; the commit need not be on the branch, only in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{40}$"))]
+    pub commit: Option<String>,
     /// Environments merged in order; `env` goes on top.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub environments: Vec<String>,

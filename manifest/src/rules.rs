@@ -115,6 +115,23 @@ pub fn branch(name: &str) -> Result<(), Broken> {
     }
 }
 
+/// A pinned commit: a full commit id as git prints it, 40 lowercase hex digits. A short id could become ambiguous
+/// as the repository grows, and a branch or tag name would move.
+pub fn commit_id(id: &str) -> Result<(), Broken> {
+    if id.len() == 40 && id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        return Ok(());
+    }
+    let shown: String = id
+        .chars()
+        .take(60)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    Err(broken(
+        format!("commit `{shown}` is not a full commit id (40 lowercase hex digits)"),
+        "write the whole id as `git rev-parse <commit>` prints it, or leave `commit` out to follow the branch",
+    ))
+}
+
 /// Explicit host ports.
 pub fn port(port: u32) -> Result<(), Broken> {
     if (MIN_PORT..=MAX_PORT).contains(&port) {
@@ -468,6 +485,25 @@ mod tests {
             "", "-x", "a..b", "a b", "a:b", "a/", "/a", "a//b", "a.lock", "x/.y", "@", "a@{b", "a.", "a~1",
         ] {
             assert!(branch(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn pinned_commits_are_full_lowercase_ids() {
+        assert!(commit_id("0123456789abcdef0123456789abcdef01234567").is_ok());
+        for bad in [
+            "",
+            "0123456",
+            "0123456789ABCDEF0123456789ABCDEF01234567",
+            "0123456789abcdef0123456789abcdef0123456",
+            "0123456789abcdef0123456789abcdef012345678",
+            "0123456789abcdef0123456789abcdef0123456g",
+            "main",
+            "--upload-pack=x",
+            "0123456789abcdef0123456789abcdef0123456\n",
+        ] {
+            let err = commit_id(bad).unwrap_err();
+            assert!(err.message.contains("40 lowercase hex"), "{bad:?}: {}", err.message);
         }
     }
 

@@ -38,6 +38,15 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
         false,
         rules::branch(&spec.gateway.branch),
     );
+    if let Some(commit) = &spec.gateway.commit {
+        push(
+            out,
+            src,
+            &["spec", "gateway", "commit"],
+            false,
+            rules::commit_id(commit),
+        );
+    }
     if let Some(port) = spec.gateway.port {
         push(out, src, &["spec", "gateway", "port"], false, rules::port(port));
     }
@@ -52,6 +61,9 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
         let at = |field: &'static str| ["spec", "services", name.as_str(), field];
         push(out, src, &["spec", "services", name], true, rules::service_name(name));
         push(out, src, &at("branch"), false, rules::branch(&svc.branch));
+        if let Some(commit) = &svc.commit {
+            push(out, src, &at("commit"), false, rules::commit_id(commit));
+        }
         if let Some(port) = svc.port {
             push(out, src, &at("port"), false, rules::port(port));
         }

@@ -100,6 +100,12 @@ fn an_independent_validator_accepts_the_examples_and_refuses_broken_ones() {
     let mut quote_in_route = good.clone();
     quote_in_route["spec"]["routes"]["a"] = serde_json::json!("http://x'y");
     add(Kind::Sandbox, quote_in_route, false);
+    let mut pinned = good.clone();
+    pinned["spec"]["gateway"]["commit"] = serde_json::json!("0123456789abcdef0123456789abcdef01234567");
+    add(Kind::Sandbox, pinned.clone(), true);
+    let mut short_pin = pinned;
+    short_pin["spec"]["gateway"]["commit"] = serde_json::json!("0123456");
+    add(Kind::Sandbox, short_pin, false);
     add(
         Kind::Environment,
         serde_json::json!({"apiVersion": "sdp/v1", "kind": "Environment", "metadata": {"name": "e"},

@@ -39,26 +39,30 @@ fn service() -> impl Strategy<Value = ServiceSpec> {
         prop::option::of(1024u32..=65535),
         prop::option::of((prop::option::of(1u32..=64), prop::option::of(6u32..4096))),
         prop::option::of("/[a-z0-9/_.-]{0,20}"),
+        prop::option::of("[0-9a-f]{40}"),
     )
-        .prop_map(|(branch, environments, env, port, res, health_path)| ServiceSpec {
-            branch,
-            environments,
-            env,
-            port,
-            resources: res.map(|(quarters, mib)| Resources {
-                cpus: quarters.map(|q| f64::from(q) / 4.0),
-                memory: mib.map(|m| format!("{m}Mi")),
-            }),
-            health_path,
-            build: None,
-        })
+        .prop_map(
+            |(branch, environments, env, port, res, health_path, commit)| ServiceSpec {
+                branch,
+                commit,
+                environments,
+                env,
+                port,
+                resources: res.map(|(quarters, mib)| Resources {
+                    cpus: quarters.map(|q| f64::from(q) / 4.0),
+                    memory: mib.map(|m| format!("{m}Mi")),
+                }),
+                health_path,
+                build: None,
+            },
+        )
 }
 
 fn sandbox() -> impl Strategy<Value = Sandbox> {
     (
         label(),
         prop::option::of("[a-z]{1,10}"),
-        branch(),
+        (branch(), prop::option::of("[0-9a-f]{40}")),
         prop::option::of(1024u32..=65535),
         prop::collection::btree_map("[a-z][a-z0-9]{0,12}", service(), 0..5),
         prop::collection::btree_map("[a-z][a-z0-9]{0,12}", 0..3usize, 0..5),
@@ -92,7 +96,8 @@ fn sandbox() -> impl Strategy<Value = Sandbox> {
                     },
                     spec: SandboxSpec {
                         gateway: GatewaySpec {
-                            branch: gw,
+                            branch: gw.0,
+                            commit: gw.1,
                             port: gw_port,
                             environments: Vec::new(),
                             env: Default::default(),

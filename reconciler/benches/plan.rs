@@ -46,6 +46,7 @@ fn config() -> (Vec<Sandbox>, Vec<Environment>) {
             spec: SandboxSpec {
                 gateway: GatewaySpec {
                     branch: "develop".into(),
+                    commit: None,
                     port: None,
                     environments: Vec::new(),
                     env: Default::default(),
@@ -54,6 +55,7 @@ fn config() -> (Vec<Sandbox>, Vec<Environment>) {
                     .map(|s| {
                         let spec = ServiceSpec {
                             branch: format!("feature/f-{}", (i + s) % 7),
+                            commit: None,
                             environments: vec!["shared-dev".into()],
                             env: [("LOG_LEVEL".to_string(), "debug".to_string())].into(),
                             port: None,

@@ -83,6 +83,10 @@ pub struct DesiredContainer {
     pub service: String,
     pub container: String,
     pub branch: String,
+    /// The pinned commit (`commit:` in the manifest): what runs whatever the branch's head. `None`: the head.
+    /// Not part of the spec hash: it is the commit wanted, compared with the container's `sdp.commit`, so pinning
+    /// the commit that already runs (or unpinning it while it is still the head) replaces nothing.
+    pub commit: Option<String>,
     pub host_port: u16,
     pub env: Arc<MergedEnv>,
     pub cpus: Option<f64>,
@@ -91,7 +95,7 @@ pub struct DesiredContainer {
     pub health_path: Option<String>,
     /// How a Go service is built; `None` for the defaults (`go build .`) and for the gateway.
     pub build: Option<GoBuild>,
-    /// A digest of everything above but the commit: label `sdp.spec-hash`, as 16 hex digits.
+    /// A digest of everything above but the pinned commit: label `sdp.spec-hash`, as 16 hex digits.
     pub spec_hash: u64,
 }
 
@@ -405,6 +409,7 @@ fn compile_one<'a>(
         .collect();
     let container = |service: &str,
                      branch: &str,
+                     commit: Option<&String>,
                      env: Arc<MergedEnv>,
                      resources: Option<&Resources>,
                      health_path: Option<&String>,
@@ -425,6 +430,7 @@ fn compile_one<'a>(
             service: service.to_string(),
             container: container_name(name, service),
             branch: branch.to_string(),
+            commit: commit.cloned(),
             host_port,
             env,
             cpus: resources.and_then(|r| r.cpus),
@@ -447,6 +453,7 @@ fn compile_one<'a>(
         let c = container(
             svc,
             &spec.branch,
+            spec.commit.as_ref(),
             env,
             spec.resources.as_ref(),
             spec.health_path.as_ref(),
@@ -464,7 +471,7 @@ fn compile_one<'a>(
             .get(&gw.environments, &gw.env, envs)
             .map_err(|e| format!("gateway: {e}"))?
     };
-    let gateway = container(GATEWAY, &gw.branch, gateway_env, None, None, None)?;
+    let gateway = container(GATEWAY, &gw.branch, gw.commit.as_ref(), gateway_env, None, None, None)?;
 
     let mut routes = BTreeMap::new();
     for (svc, route) in &sb.spec.routes {
@@ -546,7 +553,8 @@ impl Fnv {
     }
 }
 
-/// Everything that makes the container what it is, except the commit (a moved branch is its own reason).
+/// Everything that makes the container what it is, except the commit (a moved branch or a new pin is its own
+/// reason).
 fn spec_hash(c: &DesiredContainer, restart: &[Option<&str>]) -> u64 {
     let mut h = Fnv::new();
     for field in [&*c.sandbox, &c.service, &c.branch, &c.container] {

@@ -20,9 +20,19 @@ use crate::desired::{DesiredContainer, DesiredSandbox, Mode};
 pub enum Reason {
     Missing,
     SpecChanged,
-    BranchMoved { commit: String },
-    ContainerNotRunning { state: String },
-    RoutesDiffer { services: Vec<String> },
+    BranchMoved {
+        commit: String,
+    },
+    /// The manifest pins a commit that is not the one running.
+    Pinned {
+        commit: String,
+    },
+    ContainerNotRunning {
+        state: String,
+    },
+    RoutesDiffer {
+        services: Vec<String>,
+    },
     RoutesUnknown,
     GatewayRedeployed,
     Suspended,
@@ -35,6 +45,7 @@ impl fmt::Display for Reason {
             Reason::Missing => f.write_str("missing"),
             Reason::SpecChanged => f.write_str("spec changed"),
             Reason::BranchMoved { commit } => write!(f, "branch moved to commit {}", short(commit)),
+            Reason::Pinned { commit } => write!(f, "pinned to {}", short(commit)),
             Reason::ContainerNotRunning { state } => write!(f, "container {state}"),
             Reason::RoutesDiffer { services } => write!(f, "routes differ: {}", services.join(", ")),
             Reason::RoutesUnknown => f.write_str("routes not reported yet"),
@@ -360,12 +371,16 @@ fn container_steps(role: Role, want: &DesiredContainer, active: bool, actual: &V
         .iter()
         .find(|h| h.repo == want.service && h.branch == want.branch)
         .map(|h| h.commit.as_str());
+    // A pin is the commit wanted whatever the branch's head; else the head, once an agent has reported it.
+    let wanted = want.commit.as_deref().or(head);
     let reason = match current {
         None => Some(Reason::Missing),
         Some(c) if !want.has_spec(c.labels.get(labels::SPEC_HASH)) => Some(Reason::SpecChanged),
-        Some(c) if head.is_some() && c.labels.get(labels::COMMIT).map(String::as_str) != head => {
-            Some(Reason::BranchMoved {
-                commit: head.unwrap_or_default().to_string(),
+        Some(c) if wanted.is_some() && c.labels.get(labels::COMMIT).map(String::as_str) != wanted => {
+            let commit = wanted.unwrap_or_default().to_string();
+            Some(match want.commit {
+                Some(_) => Reason::Pinned { commit },
+                None => Reason::BranchMoved { commit },
             })
         }
         Some(c) if c.state != ContainerState::Running => Some(Reason::ContainerNotRunning {
@@ -374,7 +389,7 @@ fn container_steps(role: Role, want: &DesiredContainer, active: bool, actual: &V
         Some(_) => None,
     };
     let Some(reason) = reason else { return false };
-    let deploy = Box::new(want.deploy(head.map(str::to_string)));
+    let deploy = Box::new(want.deploy(wanted.map(str::to_string)));
     let action = match role {
         Role::Micro => Action::DeployService(deploy),
         Role::Gateway => Action::DeployGateway(deploy),

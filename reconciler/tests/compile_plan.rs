@@ -528,3 +528,106 @@ fn account_of(actual: &mut Actual) -> &mut Container {
         .find(|c| c.name == "sandbox-qa-login-error-account")
         .unwrap()
 }
+
+#[test]
+fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
+    const PIN: &str = "1234567890abcdef1234567890abcdef12345678";
+    const HEAD: &str = "c0ffee1234567890c0ffee1234567890c0ffee12";
+    let (desired, mut actual) = converged_example();
+    // The branch has a head and the container runs it.
+    actual.micro.heads.push(BranchHead {
+        repo: "account".into(),
+        branch: "feature/login-error".into(),
+        commit: HEAD.into(),
+    });
+    account_of(&mut actual)
+        .labels
+        .insert(labels::COMMIT.into(), HEAD.into());
+    assert!(
+        plan(
+            "qa-login-error",
+            desired.sandboxes.get("qa-login-error"),
+            &actual.view("qa-login-error")
+        )
+        .is_empty()
+    );
+
+    // Pinned to an older commit: the account container goes there, and only it.
+    let (mut sb, envs) = examples();
+    sb[0].spec.services.get_mut("account").unwrap().commit = Some(PIN.into());
+    let pinned = compile_now(&sb, &envs, &desired.allocations);
+    assert_eq!(
+        pinned.sandboxes["qa-login-error"].services["account"].spec_hash,
+        desired.sandboxes["qa-login-error"].services["account"].spec_hash,
+        "a pin is the commit wanted, not a new spec"
+    );
+    let step = only_step(&pinned, &actual);
+    assert_eq!(step.reason, Reason::Pinned { commit: PIN.into() });
+    assert_eq!(step.reason.to_string(), "pinned to 1234567890ab");
+    let Action::DeployService(d) = &step.action else {
+        panic!("{step:?}")
+    };
+    assert_eq!(
+        d.commit.as_deref(),
+        Some(PIN),
+        "the deploy asks for the pin, not the head"
+    );
+    common::apply(&step, &mut actual);
+    assert!(
+        plan(
+            "qa-login-error",
+            pinned.sandboxes.get("qa-login-error"),
+            &actual.view("qa-login-error")
+        )
+        .is_empty()
+    );
+
+    // A push moves the branch: a pinned service stays where it is.
+    let head = actual.micro.heads.iter_mut().find(|h| h.repo == "account").unwrap();
+    head.commit = "feedfacefeedfacefeedfacefeedfacefeedface".into();
+    assert!(
+        plan(
+            "qa-login-error",
+            pinned.sandboxes.get("qa-login-error"),
+            &actual.view("qa-login-error")
+        )
+        .is_empty(),
+        "a pinned container follows no branch"
+    );
+
+    // Unpinned, it goes to the branch's head again.
+    let step = only_step(&desired, &actual);
+    assert_eq!(
+        step.reason,
+        Reason::BranchMoved {
+            commit: "feedfacefeedfacefeedfacefeedfacefeedface".into()
+        }
+    );
+
+    // The gateway is pinned the same way; before any agent reported a head, the pin is still asked for.
+    let (mut sb, envs) = examples();
+    sb[0].spec.gateway.commit = Some(PIN.into());
+    let gateway_pinned = compile_now(&sb, &envs, &desired.allocations);
+    let mut fresh = Actual::default();
+    let steps = plan(
+        "qa-login-error",
+        gateway_pinned.sandboxes.get("qa-login-error"),
+        &fresh.view("qa-login-error"),
+    );
+    let gateway = steps
+        .iter()
+        .find_map(|s| match &s.action {
+            Action::DeployGateway(d) => Some(d.commit.clone()),
+            _ => None,
+        })
+        .expect("the gateway is deployed");
+    assert_eq!(gateway.as_deref(), Some(PIN));
+    converge(&gateway_pinned, &mut fresh);
+    let gw = fresh
+        .gateway
+        .containers
+        .iter()
+        .find(|c| c.labels.get(labels::SERVICE).map(String::as_str) == Some(GATEWAY))
+        .unwrap();
+    assert_eq!(gw.labels.get(labels::COMMIT).map(String::as_str), Some(PIN));
+}

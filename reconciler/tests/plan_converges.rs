@@ -15,10 +15,17 @@ use sdp_reconciler::plan::{Actual, plan};
 const SANDBOXES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 const SERVICES: [&str; 3] = ["account", "payment", "user"];
 const BRANCHES: [&str; 3] = ["main", "develop", "feature/x"];
+/// Commits a service or gateway may be pinned to: not any branch's head, so only the pin can put them there.
+const PINS: [&str; 2] = [
+    "1111111111111111111111111111111111111111",
+    "2222222222222222222222222222222222222222",
+];
 
 fn sandbox_strategy() -> impl Strategy<Value = Option<Sandbox>> {
-    let service = (0..3usize, 0..3usize).prop_map(|(branch, level)| ServiceSpec {
+    let pin = proptest::option::of(0..2usize);
+    let service = (0..3usize, 0..3usize, pin.clone()).prop_map(|(branch, level, pin)| ServiceSpec {
         branch: BRANCHES[branch].into(),
+        commit: pin.map(|p| PINS[p].to_string()),
         environments: vec![],
         env: [("LOG_LEVEL".to_string(), ["debug", "info", "warn"][level].to_string())].into(),
         port: None,
@@ -31,7 +38,7 @@ fn sandbox_strategy() -> impl Strategy<Value = Option<Sandbox>> {
     proptest::option::weighted(
         0.8,
         (
-            0..3usize,
+            (0..3usize, pin),
             services,
             routes,
             any::<bool>(),
@@ -42,7 +49,7 @@ fn sandbox_strategy() -> impl Strategy<Value = Option<Sandbox>> {
 }
 
 fn build(
-    gw: usize,
+    (gw, gw_pin): (usize, Option<usize>),
     services: BTreeMap<usize, ServiceSpec>,
     routes: BTreeMap<usize, usize>,
     suspend: bool,
@@ -78,6 +85,7 @@ fn build(
         spec: SandboxSpec {
             gateway: GatewaySpec {
                 branch: BRANCHES[gw].into(),
+                commit: gw_pin.map(|p| PINS[p].to_string()),
                 port: None,
                 environments: Vec::new(),
                 env: Default::default(),
@@ -243,7 +251,7 @@ fn unmanaged(actual: &Actual) -> Vec<String> {
 }
 
 /// What differs between the VMs and the desired state, judged without the planner: running containers with the
-/// desired spec hash and the branch's head, stopped ones when suspended, networks, the gateway's routes, and
+/// desired spec hash and their pin or else the branch's head, stopped ones when suspended, networks, the gateway's routes, and
 /// nothing managed that is not desired.
 fn violations(desired: &Desired, actual: &Actual) -> Vec<String> {
     let mut out = Vec::new();
@@ -276,8 +284,15 @@ fn violations(desired: &Desired, actual: &Actual) -> Vec<String> {
                     if c.labels.get(labels::SPEC_HASH) != Some(&deploy.spec_hash_label()) {
                         out.push(format!("{} has an old spec", c.name));
                     }
-                    if head.is_some_and(|h| c.labels.get(labels::COMMIT) != Some(&h.commit)) {
-                        out.push(format!("{} is not at its branch head", c.name));
+                    match &deploy.commit {
+                        Some(pin) if c.labels.get(labels::COMMIT) != Some(pin) => {
+                            out.push(format!("{} is not at its pin {pin}", c.name))
+                        }
+                        Some(_) => {}
+                        None if head.is_some_and(|h| c.labels.get(labels::COMMIT) != Some(&h.commit)) => {
+                            out.push(format!("{} is not at its branch head", c.name))
+                        }
+                        None => {}
                     }
                 }
             }

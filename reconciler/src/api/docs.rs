@@ -74,6 +74,7 @@ impl From<&Reason> for docs::Reason {
             Reason::Missing => docs::Reason::Missing,
             Reason::SpecChanged => docs::Reason::SpecChanged,
             Reason::BranchMoved { commit } => docs::Reason::BranchMoved { commit: commit.clone() },
+            Reason::Pinned { commit } => docs::Reason::Pinned { commit: commit.clone() },
             Reason::ContainerNotRunning { state } => docs::Reason::ContainerNotRunning { state: state.clone() },
             Reason::RoutesDiffer { services } => docs::Reason::RoutesDiffer {
                 services: services.clone(),
@@ -117,6 +118,7 @@ impl From<&DesiredContainer> for docs::DesiredContainer {
             service,
             container,
             branch,
+            commit,
             host_port,
             env,
             cpus,
@@ -137,6 +139,7 @@ impl From<&DesiredContainer> for docs::DesiredContainer {
             service: service.clone(),
             container: container.clone(),
             branch: branch.clone(),
+            commit: commit.clone(),
             host_port: *host_port,
             env: docs::MergedEnv {
                 env: env.clone(),

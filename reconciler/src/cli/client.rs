@@ -342,6 +342,7 @@ pub fn sandbox_table(sb: &SandboxDoc) -> String {
                 d.branch.clone(),
                 c.and_then(|c| c.labels.get(sdp_protocol::labels::COMMIT))
                     .map_or("-".into(), |x| short(x)),
+                d.commit.as_deref().map_or("-".into(), short),
                 c.map_or("missing".into(), |c| match &c.probe {
                     Some(probe) => format!("{} (health: {})", word(&c.state), probe.detail),
                     None => word(&c.state),
@@ -351,7 +352,10 @@ pub fn sandbox_table(sb: &SandboxDoc) -> String {
         })
         .collect();
     out.push('\n');
-    out.push_str(&table(&["SERVICE", "BRANCH", "COMMIT", "STATE", "PORT"], &rows));
+    out.push_str(&table(
+        &["SERVICE", "BRANCH", "COMMIT", "PINNED", "STATE", "PORT"],
+        &rows,
+    ));
     let routes = sb.desired.as_ref().map(|d| &d.routes).filter(|m| !m.is_empty());
     let live = sb.actual.routes.as_ref();
     if let Some(map) = routes {
