@@ -370,7 +370,7 @@ impl Executor {
             }
             let fetched = match repo.fetch().await {
                 Ok(()) => match &d.commit {
-                    Some(c) => Ok(c.clone()),
+                    Some(c) => repo.ensure_commit(c).await.map(|()| c.clone()),
                     None => repo.head(&d.branch).await,
                 },
                 Err(e) => Err(e),

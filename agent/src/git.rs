@@ -108,6 +108,34 @@ impl Repo {
             .with_context(|| format!("branch {branch} is not on origin of {}", self.path.display()))
     }
 
+    /// Makes sure `commit` is in the repository, for a deploy pinned to it: the fetch of the branches brings
+    /// every commit on them, but a pin may name one that is on no branch (a pull request's ref, a branch since
+    /// force-pushed or deleted), so a commit still missing is asked of `origin` by its id. One that origin does
+    /// not have either is an error that says so.
+    pub async fn ensure_commit(&self, commit: &str) -> Result<()> {
+        let object = format!("{commit}^{{commit}}");
+        let present = ["cat-file", "-e", object.as_str()];
+        if self.run(&self.path, &present).await.is_ok() {
+            return Ok(());
+        }
+        let fetched = self
+            .run_within(
+                &self.path,
+                &["fetch", "--quiet", "origin", commit],
+                self.deadlines.network_git,
+            )
+            .await;
+        if self.run(&self.path, &present).await.is_ok() {
+            return Ok(());
+        }
+        let why = fetched.err().map(|e| format!(" ({e:#})")).unwrap_or_default();
+        bail!(
+            "commit {commit} is neither in {} nor on its origin{why}: pin a commit of this repository, or remove \
+             the pin to follow the branch",
+            self.path.display()
+        )
+    }
+
     /// How many branches `origin` has: proves the URL and the credentials.
     pub async fn ls_remote(&self) -> Result<usize> {
         Ok(self.branches().await?.len())
@@ -339,6 +367,49 @@ mod tests {
             second,
             "git in the worktree by hand works again"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_commit_on_no_branch_is_fetched_by_its_id_and_one_that_does_not_exist_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("main.go"), "package main\n").unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "one"]);
+        let clone = tmp.path().join("clone");
+        git(
+            tmp.path(),
+            &["clone", "-q", work.to_str().unwrap(), clone.to_str().unwrap()],
+        );
+        // A commit that only a pull request's ref holds: no branch of origin leads to it.
+        std::fs::write(work.join("main.go"), "package main // pr\n").unwrap();
+        git(&work, &["commit", "-qam", "pr"]);
+        let pr = git(&work, &["rev-parse", "HEAD"]);
+        git(&work, &["update-ref", "refs/pull/1/from", &pr]);
+        git(&work, &["reset", "-q", "--hard", "HEAD~1"]);
+
+        let repo = Repo::new(clone.clone(), None);
+        repo.fetch().await.unwrap();
+        repo.ensure_commit(&pr).await.unwrap();
+        let dir = tmp.path().join("worktrees/box/account");
+        repo.checkout(&dir, &pr).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("main.go")).unwrap(),
+            "package main // pr\n"
+        );
+
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        let error = repo.ensure_commit(missing).await.unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "commit {missing} is neither in {} nor on its origin",
+                clone.display()
+            )),
+            "{error}"
+        );
+        assert!(error.ends_with("or remove the pin to follow the branch"), "{error}");
     }
 
     #[tokio::test]
