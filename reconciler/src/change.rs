@@ -85,7 +85,7 @@ impl RepoState {
     }
 
     /// Where an object currently lives: its file and its document's byte range there.
-    fn locate(&self, object: &ObjectRef, label_root: &Path) -> Option<(PathBuf, Range<usize>)> {
+    pub fn locate(&self, object: &ObjectRef, label_root: &Path) -> Option<(PathBuf, Range<usize>)> {
         let source = self.set.source_of(object.kind, &object.name)?;
         let rel = source
             .file
@@ -379,9 +379,34 @@ fn sandbox_summary(object: &ObjectRef, before: Option<&Sandbox>, after: Option<&
             port(a.gateway.port)
         ));
     }
+    pin_summary(
+        object,
+        "gateway",
+        b.gateway.commit.as_deref(),
+        a.gateway.commit.as_deref(),
+        &a.gateway.branch,
+        out,
+    );
     for (name, svc) in &a.services {
+        if let Some(old) = b.services.get(name) {
+            let what = format!("service {name}");
+            pin_summary(
+                object,
+                &what,
+                old.commit.as_deref(),
+                svc.commit.as_deref(),
+                &svc.branch,
+                out,
+            );
+        }
+        let pin_only = |old: &sdp_manifest::ServiceSpec| {
+            let mut old = old.clone();
+            old.commit = svc.commit.clone();
+            old == *svc
+        };
         match b.services.get(name) {
             None => out.push(format!("{object}: service {name} added on {}", svc.branch)),
+            Some(old) if old.commit != svc.commit && pin_only(old) => {}
             Some(old) if old.branch != svc.branch => out.push(format!(
                 "{object}: service {name} moves from {} to {}",
                 old.branch, svc.branch
@@ -414,6 +439,27 @@ fn sandbox_summary(object: &ObjectRef, before: Option<&Sandbox>, after: Option<&
     }
     if out.len() == start && before != after {
         out.push(format!("{object}: metadata or comments changed"));
+    }
+}
+
+/// A pin set, moved or taken away.
+fn pin_summary(
+    object: &ObjectRef,
+    what: &str,
+    before: Option<&str>,
+    after: Option<&str>,
+    branch: &str,
+    out: &mut Vec<String>,
+) {
+    match (before, after) {
+        (None, Some(c)) => out.push(format!("{object}: {what} pinned to {}", crate::plan::short(c))),
+        (Some(old), Some(c)) if old != c => out.push(format!(
+            "{object}: {what} pin moves from {} to {}",
+            crate::plan::short(old),
+            crate::plan::short(c)
+        )),
+        (Some(_), None) => out.push(format!("{object}: {what} unpinned: follows {branch} again")),
+        _ => {}
     }
 }
 

@@ -11,6 +11,7 @@ pub mod desired;
 pub mod git;
 pub mod http;
 pub mod hub;
+pub mod pins;
 pub mod plan;
 pub mod serve;
 pub mod source;

@@ -18,14 +18,14 @@ use crate::change::{self, FileChange, RepoState};
 use crate::git::Git;
 
 /// The config repo, read from its HEAD commit.
-struct Repo {
-    git: Git,
+pub(super) struct Repo {
+    pub(super) git: Git,
     /// What problems are labelled with: the repo path as the user gave it.
-    label_root: PathBuf,
-    state: RepoState,
+    pub(super) label_root: PathBuf,
+    pub(super) state: RepoState,
 }
 
-fn open(dir: &Path) -> Result<Repo> {
+pub(super) fn open(dir: &Path) -> Result<Repo> {
     let git = Git::open(dir)?;
     let folders: Vec<&str> = Kind::ALL.iter().map(|k| k.folder()).collect();
     let mut files = BTreeMap::new();
@@ -66,7 +66,7 @@ fn read_incoming(file: &Path) -> Result<Option<(String, Vec<Parsed>)>> {
 }
 
 /// The problems the change brings: those of the repo after it that the repo did not have before.
-fn new_problems(before: &ConfigSet, after: &ConfigSet) -> Vec<Problem> {
+pub(super) fn new_problems(before: &ConfigSet, after: &ConfigSet) -> Vec<Problem> {
     after
         .problems
         .iter()
@@ -85,11 +85,11 @@ fn user_labels(changes: &[FileChange], file: &Path, text: &str) -> BTreeMap<Path
         .collect()
 }
 
-struct Plan {
-    changes: Vec<FileChange>,
-    objects: Vec<ObjectRef>,
-    problems: Vec<Problem>,
-    summary: Vec<String>,
+pub(super) struct Plan {
+    pub(super) changes: Vec<FileChange>,
+    pub(super) objects: Vec<ObjectRef>,
+    pub(super) problems: Vec<Problem>,
+    pub(super) summary: Vec<String>,
 }
 
 fn plan_apply(repo: &Repo, file: &Path, text: &str, incoming: &[Parsed]) -> Plan {
@@ -111,7 +111,7 @@ fn plan_apply(repo: &Repo, file: &Path, text: &str, incoming: &[Parsed]) -> Plan
     }
 }
 
-fn show(plan: &Plan) {
+pub(super) fn show(plan: &Plan) {
     for c in &plan.changes {
         print!("{}", c.unified_diff());
     }
@@ -312,7 +312,7 @@ pub fn restart(target: &str, args: &CommitArgs) -> Result<ExitCode> {
 }
 
 /// Now as `2026-11-25T10:00:00Z`.
-fn utc_now() -> String {
+pub(super) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -320,7 +320,7 @@ fn utc_now() -> String {
     sdp_protocol::rfc3339(secs)
 }
 
-fn describe(objects: &[ObjectRef]) -> String {
+pub(super) fn describe(objects: &[ObjectRef]) -> String {
     let names: Vec<String> = objects
         .iter()
         .map(|o| format!("{} {}", o.kind.as_str().to_lowercase(), o.name))
@@ -337,7 +337,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Writes the changes, commits exactly those files, and pushes if asked. Anything that fails before the commit
 /// is made puts every file back as it was on disk.
-fn commit(
+pub(super) fn commit(
     repo: &Repo,
     changes: &[FileChange],
     message: &str,

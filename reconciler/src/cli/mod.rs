@@ -4,6 +4,7 @@ pub mod client;
 mod gitops;
 mod login;
 mod new;
+mod pins;
 mod schema;
 mod serve;
 mod validate;
@@ -109,6 +110,54 @@ enum Command {
     Logout,
     /// Run the reconciler: read the config repo, accept agents, reconcile, serve the API and dashboard.
     Serve(serve::ServeArgs),
+    /// Pin SERVICE (or `gateway`) of SANDBOX to COMMIT, or without `=COMMIT` to the commit it runs now (from
+    /// --server): pushes to its branch then no longer move it.
+    Pin {
+        sandbox: String,
+        /// SERVICE or SERVICE=COMMIT (a full 40-hex commit id).
+        target: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove the pin of SERVICE (or `gateway`) of SANDBOX: it follows its branch's head again.
+    Unpin {
+        sandbox: String,
+        service: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Commit templates/NAME.yaml: SANDBOX with every container pinned to the commit it runs now (from --server).
+    Snapshot {
+        sandbox: String,
+        name: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+    },
+    /// Write a snapshot's branches and pins into SANDBOX's own file (only those bytes change) and commit it.
+    Rollback {
+        sandbox: String,
+        /// The snapshot (a template) to go back to.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Commit sandboxes/DST.yaml, a copy of SRC with the same branches, pins, environments, env and routes and
+    /// new ports (explicit ports dropped).
+    Clone {
+        src: String,
+        dst: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Remove an object from the config repo and commit the removal.
     Delete {
         #[arg(value_enum)]
@@ -130,6 +179,24 @@ struct CommitArgs {
     /// Push the commit to the upstream with your own git credentials.
     #[arg(long)]
     push: bool,
+}
+
+/// `--wait` for the commands that change a sandbox.
+#[derive(Args)]
+struct WaitArgs {
+    /// After the commit, follow the reconciler (--server) until the sandbox is synced, with its progress.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 600)]
+    wait_secs: u64,
+}
+
+impl WaitArgs {
+    fn with<'a>(&self, server: &'a client::Server) -> pins::Wait<'a> {
+        self.wait
+            .then_some((server, std::time::Duration::from_secs(self.wait_secs)))
+    }
 }
 
 #[derive(Subcommand)]
@@ -197,6 +264,26 @@ pub fn main() -> ExitCode {
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
         Command::Serve(args) => serve::run(args),
         Command::Restart { target, commit } => gitops::restart(&target, &commit),
+        Command::Pin {
+            sandbox,
+            target,
+            commit,
+            wait,
+        } => pins::pin(&cli.server, &sandbox, &target, &commit, wait.with(&cli.server)),
+        Command::Unpin {
+            sandbox,
+            service,
+            commit,
+            wait,
+        } => pins::unpin(&sandbox, &service, &commit, wait.with(&cli.server)),
+        Command::Snapshot { sandbox, name, commit } => pins::snapshot(&cli.server, &sandbox, &name, &commit),
+        Command::Rollback {
+            sandbox,
+            to,
+            commit,
+            wait,
+        } => pins::rollback(&sandbox, &to, &commit, wait.with(&cli.server)),
+        Command::Clone { src, dst, commit, wait } => pins::clone(&src, &dst, &commit, wait.with(&cli.server)),
         Command::Demo { down, dir, port } => {
             let dir = dir.unwrap_or_else(|| {
                 let base = std::env::var_os("XDG_DATA_HOME")
