@@ -163,6 +163,9 @@ pub fn pin(text: &str, name: &str, service: &str, commit: Option<&str>) -> Resul
     )
 }
 
+/// A container's branch and pin.
+type At<'a> = (&'a str, Option<&'a String>);
+
 /// Writes a snapshot's branches and pins into sandbox `name`'s file: each container the snapshot and the sandbox
 /// share gets the snapshot's branch and commit (a container the snapshot does not pin is unpinned). Also says
 /// what it left alone.
@@ -174,21 +177,18 @@ pub fn rollback(
 ) -> Result<(String, Vec<String>), String> {
     let mut out = text.to_string();
     let mut notes = Vec::new();
-    let mut pairs: Vec<(&str, &str, Option<&String>, &str, Option<&String>)> = vec![(
+    // Each container both have: (service, its branch and pin now, the snapshot's).
+    let mut pairs: Vec<(&str, At, At)> = vec![(
         GATEWAY,
-        current.spec.gateway.branch.as_str(),
-        current.spec.gateway.commit.as_ref(),
-        snapshot.spec.gateway.branch.as_str(),
-        snapshot.spec.gateway.commit.as_ref(),
+        (&current.spec.gateway.branch, current.spec.gateway.commit.as_ref()),
+        (&snapshot.spec.gateway.branch, snapshot.spec.gateway.commit.as_ref()),
     )];
     for (svc, spec) in &current.spec.services {
         match snapshot.spec.services.get(svc) {
             Some(then) => pairs.push((
                 svc,
-                &spec.branch,
-                spec.commit.as_ref(),
-                &then.branch,
-                then.commit.as_ref(),
+                (&spec.branch, spec.commit.as_ref()),
+                (&then.branch, then.commit.as_ref()),
             )),
             None => notes.push(format!(
                 "service {svc} is not in snapshot {}: left as it is",
@@ -204,7 +204,7 @@ pub fn rollback(
             ));
         }
     }
-    for (svc, branch, commit, then_branch, then_commit) in pairs {
+    for (svc, (branch, commit), (then_branch, then_commit)) in pairs {
         if branch != then_branch {
             out = set_key(
                 &out,
