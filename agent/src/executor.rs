@@ -579,9 +579,10 @@ impl Executor {
             .with_context(|| format!("the gateway of {sandbox} is not deployed on this node"))?;
         let worktree = self.config.worktree(sandbox, GATEWAY);
         let path = worktree.join(&self.config.config_php);
-        // The folders on the way are the branch's: none may lead out of the worktree. The file itself may be
+        // The folders on the way are the branch's and the container's: none is ever followed as a link, also when
+        // one is swapped while the agent works (files.rs reaches the folder by descriptor). The file itself may be
         // anything (a container may have replaced it); it is replaced, never followed.
-        files::no_links(&worktree, self.config.config_php.parent().unwrap_or(Path::new("")))?;
+        files::open_dir_beneath(&worktree, self.config.config_php.parent().unwrap_or(Path::new("")))?;
         let live = files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP).ok();
         let repo = self.repo(GATEWAY)?;
         let pristine = repo
@@ -593,11 +594,11 @@ impl Executor {
             return Ok(());
         }
         let container = sdp_protocol::container_name(sandbox, GATEWAY);
-        files::write_atomically(&path, patched.as_bytes())?;
+        files::write_beneath(&worktree, &self.config.config_php, patched.as_bytes())?;
         if let Err(e) = self.php_lint(&container, &path).await {
             // Put the file back as it was: a gateway never runs a file that does not parse.
             if let Some(live) = &live {
-                files::write_atomically(&path, live.as_bytes())?;
+                files::write_beneath(&worktree, &self.config.config_php, live.as_bytes())?;
             }
             return Err(e);
         }

@@ -3,6 +3,7 @@
 //! without a size cap, or blocks on a FIFO; writes go through a fresh temp file and a rename.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,23 +35,129 @@ pub fn no_links(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads `rel` under `root` as text: no part a symlink, a regular file, at most `max` bytes.
+/// `openat(2)` of `name` in the directory `dir`, never following a symlink at `name`.
+fn open_at(dir: &OwnedFd, name: &std::ffi::OsStr, flags: libc::c_int, mode: libc::c_uint) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let name =
+        std::ffi::CString::new(name.as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated string that outlive the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The folder `rel` beneath `root`, opened one part at a time from `root`'s descriptor, never through a symlink.
+/// What the agent then reads or writes there is reached through this descriptor, not by path: a container that
+/// swaps a folder of its worktree for a link to the VM, between a check and a write, cannot redirect either.
+pub fn open_dir_beneath(root: &Path, rel: &Path) -> Result<OwnedFd> {
+    let mut dir: OwnedFd = std::fs::File::open(root)
+        .with_context(|| format!("cannot open {}", root.display()))?
+        .into();
+    for part in rel.components() {
+        let std::path::Component::Normal(name) = part else {
+            bail!("{} is not a plain relative path", rel.display());
+        };
+        dir = open_at(&dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| {
+            let at = root.join(rel);
+            match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => anyhow::anyhow!(
+                    "{} is a symbolic link or not a folder in the worktree: SDP does not follow links out of a \
+                     worktree",
+                    rel.display()
+                ),
+                _ => anyhow::anyhow!("cannot open {}: {e}", at.display()),
+            }
+        })?;
+    }
+    Ok(dir)
+}
+
+/// Splits a file's relative path into its folder and its name.
+fn parent_and_name(rel: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    let name = rel
+        .file_name()
+        .with_context(|| format!("{} names no file", rel.display()))?;
+    Ok((rel.parent().unwrap_or(Path::new("")), name))
+}
+
+/// Reads `rel` under `root` as text: reached without following any symlink, a regular file, at most `max`
+/// bytes.
 pub fn read_capped(root: &Path, rel: &Path, max: u64) -> Result<String> {
-    no_links(root, rel)?;
-    read_regular(&root.join(rel), max)
+    let (folder, name) = parent_and_name(rel)?;
+    let dir = open_dir_beneath(root, folder)?;
+    let path = root.join(rel);
+    let file = open_at(&dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| read_error(&path, e))?;
+    read_open(std::fs::File::from(file), &path, max)
+}
+
+/// Writes `rel` under `root` through a fresh temp file and a rename in its folder, the folder reached without
+/// following any symlink (see [`open_dir_beneath`]): a reader sees the old file or the new one, a symlink at the
+/// file's name is replaced, and no swap of a folder on the way redirects the write.
+pub fn write_beneath(root: &Path, rel: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let (folder, name) = parent_and_name(rel)?;
+    let dir = open_dir_beneath(root, folder)?;
+    let path = root.join(rel);
+    let tmp = format!(
+        ".{}.sdp-tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = std::ffi::OsStr::new(&tmp);
+    let file = open_at(&dir, tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644)
+        .with_context(|| format!("cannot write beside {}", path.display()))?;
+    let mut file = std::fs::File::from(file);
+    let c = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_bytes()).expect("no NUL in a path part");
+    let (tmp_c, name_c) = (c(tmp), c(name));
+    let written = file.write_all(bytes).and_then(|_| file.sync_data());
+    // SAFETY: both names are NUL-terminated strings and `dir` an open descriptor, all outliving the calls.
+    let renamed = written.and_then(|_| {
+        let r = unsafe { libc::renameat(dir.as_raw_fd(), tmp_c.as_ptr(), dir.as_raw_fd(), name_c.as_ptr()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    if let Err(e) = renamed {
+        // SAFETY: as above.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), tmp_c.as_ptr(), 0) };
+        return Err(e).with_context(|| format!("cannot replace {}", path.display()));
+    }
+    Ok(())
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        anyhow::anyhow!("{} is a symbolic link, which is not followed", path.display())
+    } else {
+        anyhow::anyhow!("cannot read {}: {e}", path.display())
+    }
 }
 
 /// Reads a regular file of at most `max` bytes as text, without following a link at its last component or
 /// blocking on a FIFO. No error holds a byte of the file.
 pub fn read_regular(path: &Path, max: u64) -> Result<String> {
-    let failed = |e: std::io::Error| {
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            anyhow::anyhow!("{} is a symbolic link, which is not followed", path.display())
-        } else {
-            anyhow::anyhow!("cannot read {}: {e}", path.display())
-        }
-    };
-    let file = open_no_follow(path).map_err(failed)?;
+    let file = open_no_follow(path).map_err(|e| read_error(path, e))?;
+    read_open(file, path, max)
+}
+
+/// Reads an open file as `read_regular` does.
+fn read_open(file: std::fs::File, path: &Path, max: u64) -> Result<String> {
+    let failed = |e: std::io::Error| read_error(path, e);
     let meta = file.metadata().map_err(failed)?;
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
@@ -163,6 +270,46 @@ pub fn link_leaving(root: &Path) -> Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_swapped_for_a_link_redirects_neither_a_write_nor_a_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (worktree, outside) = (tmp.path().join("worktree"), tmp.path().join("outside"));
+        let rel = Path::new("application/config/production/config.php");
+        std::fs::create_dir_all(worktree.join("application/config/production")).unwrap();
+        std::fs::create_dir_all(outside.join("production")).unwrap();
+        std::fs::write(outside.join("production/config.php"), "<?php // the VM's\n").unwrap();
+        write_beneath(&worktree, rel, b"<?php // first\n").unwrap();
+        assert_eq!(read_capped(&worktree, rel, 1024).unwrap(), "<?php // first\n");
+        // What a container does between the agent's check and its write: the folder becomes a link to the VM.
+        std::fs::rename(worktree.join("application/config"), tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, worktree.join("application/config")).unwrap();
+        let e = write_beneath(&worktree, rel, b"<?php // patched\n").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e:#}");
+        assert!(
+            read_capped(&worktree, rel, 1024).is_err(),
+            "a read is not redirected either"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("production/config.php")).unwrap(),
+            "<?php // the VM's\n"
+        );
+        let stray: Vec<_> = std::fs::read_dir(outside.join("production")).unwrap().collect();
+        assert_eq!(stray.len(), 1, "no temp file outside either");
+        // A link at the file's own name is replaced, not followed.
+        std::fs::remove_file(worktree.join("application/config")).unwrap();
+        std::fs::rename(tmp.path().join("moved"), worktree.join("application/config")).unwrap();
+        let file = worktree.join(rel);
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(outside.join("production/config.php"), &file).unwrap();
+        assert!(read_capped(&worktree, rel, 1024).is_err(), "a link is not read through");
+        write_beneath(&worktree, rel, b"<?php // patched\n").unwrap();
+        assert!(!std::fs::symlink_metadata(&file).unwrap().file_type().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("production/config.php")).unwrap(),
+            "<?php // the VM's\n"
+        );
+    }
 
     #[test]
     fn links_planted_by_a_branch_are_never_followed() {

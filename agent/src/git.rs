@@ -310,6 +310,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_index_lock_left_by_a_killed_checkout_is_cleared_at_start_in_the_agents_worktrees_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("main.go"), "package main\n").unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "one"]);
+        let first = git(&work, &["rev-parse", "HEAD"]);
+        let clone = tmp.path().join("clone");
+        git(
+            tmp.path(),
+            &["clone", "-q", work.to_str().unwrap(), clone.to_str().unwrap()],
+        );
+        let repo = Repo::new(clone.clone(), None);
+        let owned = tmp.path().join("data/worktrees");
+        let ours = owned.join("box/account");
+        repo.checkout(&ours, &first).await.unwrap();
+        // Someone else's worktree of the same clone, outside the agent's data dir.
+        let theirs = tmp.path().join("by-hand");
+        git(
+            &clone,
+            &["worktree", "add", "-q", "--detach", theirs.to_str().unwrap(), &first],
+        );
+        let admin = |dir: &Path| {
+            let pointer = std::fs::read_to_string(dir.join(".git")).unwrap();
+            PathBuf::from(pointer.trim().strip_prefix("gitdir: ").unwrap())
+        };
+        for dir in [&ours, &theirs] {
+            std::fs::write(admin(dir).join("index.lock"), "").unwrap();
+        }
+        assert!(
+            repo.checkout(&ours, &first).await.is_err(),
+            "a stale lock fails every checkout"
+        );
+
+        let removed = repo.clear_stale_locks(&owned).await;
+        assert_eq!(removed, [admin(&ours).join("index.lock")]);
+        assert!(
+            admin(&theirs).join("index.lock").exists(),
+            "a lock in a worktree not the agent's stays"
+        );
+        repo.checkout(&ours, &first).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_container_that_rewrites_the_worktrees_git_file_cannot_make_the_agent_run_anything() {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
