@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use sdp_manifest::rules;
 use sdp_protocol::{
     Action, ActualState, AgentFrame, BranchHead, Deploy, GATEWAY, GoBuild, Progress, Role, Stage, StageState, Worktree,
     labels, network_name,
@@ -330,6 +331,7 @@ impl Executor {
     }
 
     async fn run_action(&self, action: Action, deployment: Option<String>, out: &Outbox) -> Result<()> {
+        check_action(&action)?;
         match action {
             Action::EnsureNetwork { sandbox } => self.engine.ensure_network(&sandbox).await,
             Action::DeployService(d) | Action::DeployGateway(d) => self.deploy(&d, deployment, out).await,
@@ -819,7 +821,6 @@ fn is_commit_id(id: &str) -> bool {
 /// `go build`'s arguments after `build` and before `-o BINARY` goes in at 1: checked again here (a frame is not
 /// trusted to carry only what the manifest allowed), vendored code when the repo has `vendor/modules.txt`.
 fn go_build_args(build: &GoBuild, vendored: bool) -> Result<Vec<String>> {
-    use sdp_manifest::rules;
     let refuse = |b: rules::Broken| anyhow::anyhow!("{}", b.message);
     rules::go_package(&build.package).map_err(refuse)?;
     let mut args = vec!["build".to_string(), "-trimpath".into(), "-buildvcs=false".into()];
@@ -913,9 +914,125 @@ pub fn which(program: &Path) -> Option<PathBuf> {
     })
 }
 
+/// The names in an action, checked as the manifest checks them before anything is done: they become paths
+/// (worktrees, builds, files) and Docker names, so a reconciler, or whoever holds the agent token, that sends
+/// `../../victim` gets a refusal, not a path out of the data dir.
+fn check_action(action: &Action) -> Result<()> {
+    let refuse = |b: rules::Broken| anyhow::anyhow!("refused: {}", b.message);
+    let sandbox = |name: &str| rules::object_name("sandbox", name).map_err(refuse);
+    let service = |name: &str| {
+        if name == GATEWAY {
+            Ok(())
+        } else {
+            rules::service_name(name).map_err(refuse)
+        }
+    };
+    let container = |name: &str| {
+        let rest = name.strip_prefix("sandbox-").unwrap_or_default();
+        let ok = !rest.is_empty()
+            && rest.len() <= 72
+            && rest
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+        if ok {
+            Ok(())
+        } else {
+            let shown: String = name
+                .chars()
+                .take(80)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            Err(anyhow::anyhow!(
+                "refused: `{shown}` is not the name of a sandbox's container"
+            ))
+        }
+    };
+    match action {
+        Action::EnsureNetwork { sandbox: s } | Action::RemoveNetwork { sandbox: s } => sandbox(s),
+        Action::Stop { container: c } | Action::RemoveContainer { container: c } => container(c),
+        Action::RemoveWorktree { sandbox: s, service: v } => sandbox(s).and_then(|_| service(v)),
+        Action::SetRoutes { sandbox: s, routes } => {
+            sandbox(s)?;
+            for (key, url) in routes {
+                service(key)?;
+                rules::route_url(url).map_err(refuse)?;
+            }
+            Ok(())
+        }
+        Action::DeployService(d) | Action::DeployGateway(d) => {
+            sandbox(&d.sandbox)?;
+            service(&d.service)?;
+            if d.container != sdp_protocol::container_name(&d.sandbox, &d.service) {
+                bail!(
+                    "refused: a deploy of {}/{} names container `{}`",
+                    d.sandbox,
+                    d.service,
+                    d.container
+                );
+            }
+            rules::branch(&d.branch).map_err(refuse)?;
+            rules::port(u32::from(d.host_port)).map_err(refuse)?;
+            for key in d.env.keys().chain(d.secret_files.keys()) {
+                rules::env_var_name(key).map_err(refuse)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_would_leave_the_data_dir_or_name_another_container_are_refused() {
+        let deploy = |sandbox: &str, service: &str, container: &str| {
+            Action::DeployService(Box::new(sdp_protocol::Deploy {
+                sandbox: sandbox.into(),
+                service: service.into(),
+                branch: "main".into(),
+                commit: None,
+                container: container.into(),
+                host_port: 9001,
+                env: BTreeMap::new(),
+                secret_files: BTreeMap::new(),
+                files: BTreeMap::new(),
+                cpus: None,
+                memory_bytes: None,
+                labels: BTreeMap::new(),
+                build: None,
+            }))
+        };
+        assert!(check_action(&deploy("box", "account", "sandbox-box-account")).is_ok());
+        assert!(check_action(&deploy("box", "gateway", "sandbox-box-gateway")).is_ok());
+        for hostile in [
+            Action::RemoveWorktree {
+                sandbox: "../../victim".into(),
+                service: "account".into(),
+            },
+            Action::RemoveWorktree {
+                sandbox: "box".into(),
+                service: "../account".into(),
+            },
+            Action::EnsureNetwork { sandbox: "Box".into() },
+            Action::RemoveNetwork { sandbox: "".into() },
+            Action::RemoveContainer {
+                container: "bystander".into(),
+            },
+            Action::Stop {
+                container: "sandbox-../x".into(),
+            },
+            Action::SetRoutes {
+                sandbox: "box".into(),
+                routes: [("account".into(), "http://x'; system('id');".into())].into(),
+            },
+            deploy("box", "account", "bystander"),
+            deploy("a/b", "account", "sandbox-a/b-account"),
+        ] {
+            let e = check_action(&hostile).unwrap_err();
+            assert!(e.to_string().starts_with("refused: "), "{hostile:?}: {e}");
+        }
+    }
 
     fn build(package: &str) -> GoBuild {
         GoBuild {
