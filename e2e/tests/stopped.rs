@@ -47,6 +47,13 @@ fn deployments(api: &str, sandbox: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Whether a deployment's build stage has started and not ended.
+fn building_now(d: &serde_json::Value) -> bool {
+    d["stages"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|s| s["stage"] == "build" && s["state"] == "started"))
+}
+
 /// Sends SIGTERM and waits for the process to exit on its own; its exit status.
 fn terminate(process: &mut Process, within: Duration) -> std::process::ExitStatus {
     run(Command::new("kill").args(["-TERM", &process.child.id().to_string()]));
@@ -129,11 +136,7 @@ fn sigterm_mid_build_and_mid_pass_leaves_nothing_half_written_and_both_come_back
         let d = deployments(&api, &name);
         match d.first() {
             Some(latest)
-                if latest["commit"] == slow.as_str()
-                    && latest["state"] == "running"
-                    && latest["stages"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().any(|s| s["stage"] == "build" && s["state"] == "started")) =>
+                if latest["commit"] == slow.as_str() && latest["state"] == "running" && building_now(latest) =>
             {
                 Ok(latest["id"].clone())
             }
@@ -172,7 +175,10 @@ fn sigterm_mid_build_and_mid_pass_leaves_nothing_half_written_and_both_come_back
     let rebuilding = wait_for("the build to run again", LONG, || {
         let d = deployments(&api, &name);
         match d.first() {
-            Some(latest) if latest["id"] != building && latest["state"] == "running" => Ok(latest["id"].clone()),
+            // The agent has it: its build stage started.
+            Some(latest) if latest["id"] != building && latest["state"] == "running" && building_now(latest) => {
+                Ok(latest["id"].clone())
+            }
             _ => Err(format!("{d:?}\n{}", cluster.logs())),
         }
     });
@@ -191,11 +197,23 @@ fn sigterm_mid_build_and_mid_pass_leaves_nothing_half_written_and_both_come_back
             _ => Err(format!("{history:#?}\n{}", cluster.logs())),
         }
     });
+    // The agent finished the build the old reconciler had asked for; the new one waited for its first report
+    // (sent when that action ended) instead of planning against an empty picture, so nothing was redeployed.
+    wait_for("the sandbox to be synced", LONG, || {
+        let sb = cluster.get(&format!("/api/v1/sandboxes/{name}"))?;
+        if sb["status"]["sync"] == "Synced" {
+            Ok(())
+        } else {
+            Err(sb.to_string())
+        }
+    });
+    let later: Vec<_> = deployments(&api, &name)
+        .into_iter()
+        .filter(|d| d["id"].as_u64() > rebuilding.as_u64())
+        .collect();
     assert!(
-        history
-            .iter()
-            .any(|d| d["commit"] == slow.as_str() && d["state"] == "succeeded"),
-        "{history:?}"
+        later.is_empty(),
+        "redeployed after the restart: {later:#?}\n{history:#?}"
     );
 
     // The worktree holds exactly the deployed commit, nothing else; the gateway's config.php is whole and routes

@@ -31,6 +31,8 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 pub enum HubEvent {
     /// An agent's report changed what is on its VM.
     Reported(Role),
+    /// A connection's first report: what waited for it can be planned now.
+    FirstReport(Role),
     Connected(Role),
     Disconnected(Role),
     Progress(Progress),
@@ -56,6 +58,18 @@ struct Agent {
     info: NodeInfo,
     conn: u64,
     tx: mpsc::UnboundedSender<Message>,
+    /// Whether this connection has sent its report yet: until then, what the hub holds of its role may be stale
+    /// or empty (a reconciler that just started), and nothing of that role is planned against it.
+    reported: bool,
+}
+
+/// Whether a role's agent can be acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    NotConnected,
+    /// Connected, its first report not in yet (an agent busy with an action sends it when the action ends).
+    NoReportYet,
+    Ready,
 }
 
 /// Why a request to an agent got no good answer: the caller decides by the kind (wait for the agent, or back off).
@@ -192,6 +206,15 @@ impl Hub {
     /// The address of the connected agent of `role`.
     pub fn address(&self, role: Role) -> Option<String> {
         self.lock().agents.get(&role).map(|a| a.info.address.clone())
+    }
+
+    /// Whether the agent of `role` is connected and has reported on this connection.
+    pub fn readiness(&self, role: Role) -> Readiness {
+        match self.lock().agents.get(&role) {
+            None => Readiness::NotConnected,
+            Some(a) if !a.reported => Readiness::NoReportYet,
+            Some(_) => Readiness::Ready,
+        }
     }
 
     /// Sends an action to the agent of `role` and waits for its result, at most `deadline`.
@@ -432,6 +455,7 @@ impl Hub {
                 },
                 conn,
                 tx,
+                reported: false,
             },
         );
     }
@@ -454,7 +478,18 @@ impl Hub {
     async fn handle(&self, role: Role, conn: u64, frame: AgentFrame) {
         match frame {
             AgentFrame::ActualState(report) => {
-                if self.store_report(role, report) {
+                let first = {
+                    let mut state = self.lock();
+                    match state.agents.get_mut(&role) {
+                        Some(a) if a.conn == conn => !std::mem::replace(&mut a.reported, true),
+                        _ => false,
+                    }
+                };
+                // The first report of a connection wakes what waited for it, even when it says nothing new.
+                let changed = self.store_report(role, report);
+                if first {
+                    let _ = self.events.send(HubEvent::FirstReport(role)).await;
+                } else if changed {
                     let _ = self.events.send(HubEvent::Reported(role)).await;
                 }
             }

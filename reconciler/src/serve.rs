@@ -254,6 +254,11 @@ pub async fn serve_on(
                     ctl.trigger_changed(&last);
                     last = ctl.hub.actual();
                 }
+                HubEvent::FirstReport(_) => {
+                    ctl.trigger_changed(&last);
+                    last = ctl.hub.actual();
+                    ctl.trigger_all(Trigger::AgentConnected);
+                }
                 HubEvent::Connected(role) => {
                     if role == sdp_protocol::Role::Micro {
                         // Routes to `sandbox` use the micro agent's address.

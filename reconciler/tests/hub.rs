@@ -499,3 +499,37 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
         .unwrap();
     assert_eq!(health, 200);
 }
+
+#[tokio::test]
+async fn an_agent_is_acted_on_only_once_its_connection_has_reported() {
+    use sdp_reconciler::hub::Readiness;
+    let s = server().await;
+    let hub = &s.controller.hub;
+    assert_eq!(hub.readiness(Role::Micro), Readiness::NotConnected);
+    let mut ws = connected(&s.url).await;
+    // Connected, nothing reported yet: what the hub holds of the role is no picture of the VM.
+    assert_eq!(hub.readiness(Role::Micro), Readiness::NoReportYet);
+    let report = AgentFrame::ActualState(sdp_protocol::ActualState::default());
+    ws.send(Message::Text(sdp_protocol::encode(&report).into()))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if hub.readiness(Role::Micro) == Readiness::Ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        hub.readiness(Role::Micro),
+        Readiness::Ready,
+        "an empty report counts: it is one"
+    );
+    drop(ws);
+    for _ in 0..100 {
+        if hub.readiness(Role::Micro) == Readiness::NotConnected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hub.readiness(Role::Micro), Readiness::NotConnected);
+}

@@ -13,7 +13,7 @@ use super::status::{PendingStep, Sync, health};
 use super::trigger::{Trigger, Triggers};
 use super::{Controller, World};
 use crate::desired::{DesiredSandbox, Mode};
-use crate::hub::{AskError, now_ms};
+use crate::hub::{AskError, Readiness, now_ms};
 use crate::plan::{Step, plan};
 use crate::source::Snapshot;
 use crate::store::{Deployment, DeploymentState};
@@ -143,13 +143,19 @@ impl Controller {
                 findings.problems.push("the reconciler is stopping".into());
                 break;
             }
-            if self.hub.address(step.role).is_none() {
-                // Checked before a deployment is recorded for nothing; the agent's return wakes every sandbox.
-                findings
-                    .problems
-                    .push(format!("waiting for a {} agent to connect", step.role));
-                blocked.insert(step.role);
-                continue;
+            match self.hub.readiness(step.role) {
+                Readiness::Ready => {}
+                // Checked before a deployment is recorded for nothing; the agent's first report wakes every
+                // sandbox. Until it is in, what the hub holds of the role may be empty (a reconciler that just
+                // started) or stale, and acting on it would redeploy what runs.
+                waiting => {
+                    findings.problems.push(match waiting {
+                        Readiness::NotConnected => format!("waiting for a {} agent to connect", step.role),
+                        _ => format!("waiting for the first report of the {} agent", step.role),
+                    });
+                    blocked.insert(step.role);
+                    continue;
+                }
             }
             if let Some((wait, error)) = self.backoff.waiting(&step.resource) {
                 findings.failures += 1;
