@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use sdp_protocol::{BranchHead, Container, GoBuild, Role, Stage, StageState, Worktree};
+use sdp_protocol::{ActualState, BranchHead, Container, GoBuild, Role, Stage, StageState, Worktree};
 use serde::{Deserialize, Serialize};
 
 /// One line of `GET /api/v1/sandboxes`.
@@ -324,6 +324,54 @@ pub struct HookDoc {
     pub fetch: String,
     pub repository: Option<String>,
     pub agents_asked: bool,
+}
+
+/// `GET /api/v1/actual`: what the reconciler compiles and plans with besides the config repo's files, so that
+/// `sdp plan` compiles a change with the same allocations, settings and clock and plans it against the same
+/// reports. Secret values are not in it: the specs and the reports hold secret file paths only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActualDoc {
+    /// The config commit the reconciler follows now.
+    pub config_commit: String,
+    /// That commit's sandboxes as the reconciler compiles them (a broken one at its last valid spec).
+    pub sandboxes: Vec<sdp_manifest::Sandbox>,
+    /// The roles whose agent is connected now; a role without one reports nothing.
+    pub connected: Vec<Role>,
+    /// The micro agent's last report, as the planner reads it.
+    pub micro: ActualState,
+    /// The gateway agent's last report.
+    pub gateway: ActualState,
+    /// The host ports given out, each kept while its sandbox and service exist.
+    pub ports: Vec<PortDoc>,
+    pub settings: CompileSettings,
+    /// The reconciler's clock, unix seconds.
+    pub now: u64,
+    /// When each sandbox last changed or deployed, unix seconds: `expireAfter` counts from it.
+    pub last_activity: BTreeMap<String, u64>,
+}
+
+/// One host port given to a sandbox's service (or its `gateway`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortDoc {
+    pub sandbox: String,
+    pub service: String,
+    pub port: u16,
+}
+
+/// The reconciler's settings that compile reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompileSettings {
+    /// First and last port given to gateways.
+    pub gateway_ports: [u16; 2],
+    /// First and last port given to services.
+    pub service_ports: [u16; 2],
+    /// Where the gateways reach the micro VM's ports: the micro agent's address once it has connected.
+    pub micro_address: String,
+    /// How long an expired sandbox stays suspended before it is removed, in seconds.
+    pub retention_secs: u64,
 }
 
 /// `POST /api/v1/login`, the CLI's login: checked with `git ls-remote`, then forgotten. No `Debug`: it holds a

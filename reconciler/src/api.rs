@@ -8,7 +8,7 @@
 //! Every answer is a typed document of `sdp_dashboard::docs` (converted from the reconciler's own types in
 //! `docs`), the same type the dashboard renders and `sdp get` reads.
 
-mod docs;
+pub mod docs;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +21,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use sdp_dashboard::docs::{Actual, BranchesDoc, DeploymentDoc, ErrorDoc, HookDoc, NodeDoc, SandboxDoc, SandboxSummary};
+use sdp_dashboard::docs::{
+    Actual, ActualDoc, BranchesDoc, DeploymentDoc, ErrorDoc, HookDoc, NodeDoc, SandboxDoc, SandboxSummary,
+};
 use sdp_protocol::{Role, labels};
 use serde::Deserialize;
 use serde_json::Value;
@@ -61,6 +63,7 @@ pub fn router_at(api: Api, base: &str) -> Router {
         .route("/api/v1/deployments/{id}", get(deployment))
         .route("/api/v1/deployments/{id}/logs", get(deployment_logs))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/actual", get(actual))
         .route("/api/v1/changes", get(changes))
         .route("/api/v1/repos/{repo}/branches", get(branches))
         .with_state(api.clone())
@@ -501,6 +504,32 @@ pub fn node_list(api: &Api) -> Vec<NodeDoc> {
             }
         })
         .collect()
+}
+
+async fn actual(State(api): State<Api>) -> Json<ActualDoc> {
+    Json(actual_doc(&api))
+}
+
+/// What the planner reads besides the config repo, for `sdp plan`: the agents' reports, the allocations, the
+/// settings and clock that compile reads, and the sandboxes it compiles now.
+pub fn actual_doc(api: &Api) -> ActualDoc {
+    let c = &api.controller;
+    let actual = c.hub.actual();
+    let clock = c.clock();
+    ActualDoc {
+        config_commit: c.world().snapshot.commit.clone(),
+        sandboxes: c.world().snapshot.sandboxes.clone(),
+        connected: [Role::Micro, Role::Gateway]
+            .into_iter()
+            .filter(|r| c.hub.address(*r).is_some())
+            .collect(),
+        micro: actual.micro.clone(),
+        gateway: actual.gateway.clone(),
+        ports: docs::ports(&c.allocations()),
+        settings: (&c.compile_settings()).into(),
+        now: clock.now,
+        last_activity: clock.last_activity,
+    }
 }
 
 /// A repository's branches, listed now by the agent that serves it: so engineers pick a branch that exists.

@@ -51,6 +51,18 @@ pub struct Clock {
     pub last_activity: BTreeMap<String, u64>,
 }
 
+/// `expireAfter` counts from a sandbox's last change: each sandbox of `new` whose spec differs from `old`'s (or
+/// that `old` lacks) changed at `now`; a sandbox no longer in `new` is forgotten.
+pub fn note_changes(old: &[Sandbox], new: &[Sandbox], activity: &mut BTreeMap<String, u64>, now: u64) {
+    for sb in new {
+        let before = old.iter().find(|o| o.metadata.name == sb.metadata.name);
+        if before != Some(sb) {
+            activity.insert(sb.metadata.name.clone(), now);
+        }
+    }
+    activity.retain(|name, _| new.iter().any(|s| &s.metadata.name == name));
+}
+
 /// Why a sandbox runs nothing although it is in git.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "reason")]

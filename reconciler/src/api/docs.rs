@@ -5,7 +5,7 @@
 use sdp_dashboard::docs;
 
 use crate::controller::{Health, PendingStep, Status, Sync};
-use crate::desired::{DesiredContainer, DesiredSandbox, MergedEnv, Mode};
+use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Mode, Settings};
 use crate::git::Change;
 use crate::hub::NodeInfo;
 use crate::plan::Reason;
@@ -267,6 +267,63 @@ impl From<NodeInfo> for docs::Agent {
             images,
             connected_ms,
             last_seen_ms,
+        }
+    }
+}
+
+/// The allocations as a list, in the store's order (sandbox, then service).
+pub fn ports(allocations: &Allocations) -> Vec<docs::PortDoc> {
+    allocations
+        .ports
+        .iter()
+        .map(|((sandbox, service), port)| docs::PortDoc {
+            sandbox: sandbox.clone(),
+            service: service.clone(),
+            port: *port,
+        })
+        .collect()
+}
+
+/// The list back into allocations (`sdp plan`).
+pub fn allocations(ports: &[docs::PortDoc]) -> Allocations {
+    Allocations {
+        ports: ports
+            .iter()
+            .map(|p| ((p.sandbox.clone(), p.service.clone()), p.port))
+            .collect(),
+    }
+}
+
+impl From<&Settings> for docs::CompileSettings {
+    fn from(s: &Settings) -> docs::CompileSettings {
+        let Settings {
+            gateway_ports,
+            service_ports,
+            micro_address,
+            retention_secs,
+        } = s;
+        docs::CompileSettings {
+            gateway_ports: [*gateway_ports.start(), *gateway_ports.end()],
+            service_ports: [*service_ports.start(), *service_ports.end()],
+            micro_address: micro_address.clone(),
+            retention_secs: *retention_secs,
+        }
+    }
+}
+
+impl From<&docs::CompileSettings> for Settings {
+    fn from(s: &docs::CompileSettings) -> Settings {
+        let docs::CompileSettings {
+            gateway_ports,
+            service_ports,
+            micro_address,
+            retention_secs,
+        } = s;
+        Settings {
+            gateway_ports: gateway_ports[0]..=gateway_ports[1],
+            service_ports: service_ports[0]..=service_ports[1],
+            micro_address: micro_address.clone(),
+            retention_secs: *retention_secs,
         }
     }
 }

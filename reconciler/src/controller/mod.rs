@@ -32,7 +32,7 @@ use std::time::Duration;
 use sdp_protocol::Role;
 use tokio::time::Instant;
 
-use crate::desired::{Allocations, Clock, Desired, Settings, compile};
+use crate::desired::{Allocations, Clock, Desired, Settings, compile, note_changes};
 use crate::hub::{Hub, now_ms};
 use crate::source::Snapshot;
 use crate::store::Store;
@@ -135,13 +135,7 @@ impl Controller {
         {
             let old = self.world().snapshot;
             let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-            for sb in &snapshot.sandboxes {
-                let before = old.sandboxes.iter().find(|o| o.metadata.name == sb.metadata.name);
-                if before != Some(sb) {
-                    activity.insert(sb.metadata.name.clone(), now);
-                }
-            }
-            activity.retain(|name, _| snapshot.sandboxes.iter().any(|s| &s.metadata.name == name));
+            note_changes(&old.sandboxes, &snapshot.sandboxes, &mut activity, now);
             if let Err(e) = self.store.set_activity(&activity) {
                 tracing::error!("cannot store activity: {e:#}");
             }
@@ -167,14 +161,8 @@ impl Controller {
     /// sandboxes' desired state changed (by the clock: `expireAfter`, retention; or by the micro agent's address).
     pub fn recompile(&self) -> Vec<String> {
         let snapshot = self.world().snapshot;
-        let mut settings = self.settings.clone();
-        if let Some(address) = self.hub.address(Role::Micro) {
-            settings.micro_address = address;
-        }
-        let clock = Clock {
-            now: now_ms() / 1000,
-            last_activity: self.activity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        };
+        let settings = self.compile_settings();
+        let clock = self.clock();
         let mut allocations = self.allocations.lock().unwrap_or_else(|e| e.into_inner());
         let desired = compile(
             &snapshot.sandboxes,
@@ -199,6 +187,28 @@ impl Controller {
             .filter(|n| old.sandboxes.get(*n) != new.sandboxes.get(*n) || old.held.get(*n) != new.held.get(*n))
             .cloned()
             .collect()
+    }
+
+    /// The settings compile reads: the reconciler's own, with the micro agent's address once it has connected.
+    pub fn compile_settings(&self) -> Settings {
+        let mut settings = self.settings.clone();
+        if let Some(address) = self.hub.address(Role::Micro) {
+            settings.micro_address = address;
+        }
+        settings
+    }
+
+    /// Now, and when each sandbox last changed or deployed: what compile reads for `expireAfter`.
+    pub fn clock(&self) -> Clock {
+        Clock {
+            now: now_ms() / 1000,
+            last_activity: self.activity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// The port allocations as last stored.
+    pub fn allocations(&self) -> Arc<Allocations> {
+        self.allocations.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Asks for a pass of `name` now.
