@@ -312,3 +312,262 @@ fn serve_refuses_a_taken_port_and_says_who_to_ask() {
     says(&out, 2, "--login-repo https://");
     says(&out, 2, "--allow-anonymous");
 }
+
+/// The lines the last commit removed and added (`-...` and `+...`, without the file headers), and the files it
+/// touched.
+fn last_commit_lines(repo: &Repo) -> (Vec<String>, String) {
+    let diff = repo.git(&["show", "-U0", "--format=", "HEAD"]);
+    let lines = diff
+        .lines()
+        .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"))
+        .map(str::to_string)
+        .collect();
+    let files = repo
+        .git(&["show", "--name-only", "--format=", "HEAD"])
+        .trim()
+        .to_string();
+    (lines, files)
+}
+
+const QA: &str = "sandboxes/qa-login-error.yaml";
+
+#[test]
+fn suspend_and_resume_commit_one_line_and_keep_every_other_byte() {
+    let repo = Repo::new();
+    let original = fs::read_to_string(repo.dir.join(QA)).unwrap();
+    let out = repo.sdp(&["suspend", "qa-login-error"]);
+    says(&out, 0, "+  suspend: true");
+    says(&out, 0, "Sandbox qa-login-error: suspended");
+    assert_eq!(
+        last_commit_lines(&repo),
+        (vec!["+  suspend: true".to_string()], QA.to_string())
+    );
+    assert_eq!(
+        fs::read_to_string(repo.dir.join(QA)).unwrap(),
+        original.replace("  expireAfter: 14d\n", "  expireAfter: 14d\n  suspend: true\n"),
+        "comments and layout are kept"
+    );
+    assert_eq!(
+        repo.git(&["log", "-1", "--format=%an|%s"]).trim(),
+        "Ann Tester|suspend qa-login-error"
+    );
+
+    // Suspending again changes nothing and says so.
+    let head = repo.head();
+    says(&repo.sdp(&["suspend", "qa-login-error"]), 0, "unchanged");
+    assert_eq!(repo.head(), head);
+
+    let out = repo.sdp(&["resume", "qa-login-error", "-m", "QA-2: back on"]);
+    says(&out, 0, "Sandbox qa-login-error: resumed");
+    assert_eq!(
+        last_commit_lines(&repo),
+        (
+            vec!["-  suspend: true".to_string(), "+  suspend: false".to_string()],
+            QA.to_string()
+        )
+    );
+    assert_eq!(repo.git(&["log", "-1", "--format=%s"]).trim(), "QA-2: back on");
+    assert_eq!(repo.status(), "");
+}
+
+#[test]
+fn route_and_branch_replace_only_their_values_and_comments_stay_in_their_column() {
+    let repo = Repo::new();
+    let out = repo.sdp(&[
+        "route",
+        "qa-login-error",
+        "account=ocp",
+        "payment=http://172.18.136.92:9106",
+    ]);
+    says(&out, 0, "route account sandbox -> ocp");
+    says(&out, 0, "route payment ocp -> http://172.18.136.92:9106");
+    assert_eq!(
+        last_commit_lines(&repo),
+        (
+            vec![
+                "-    account: sandbox                  # to this sandbox's own container".to_string(),
+                "-    payment: ocp                      # to OCP (also the default for any service not listed)"
+                    .to_string(),
+                "+    account: ocp                      # to this sandbox's own container".to_string(),
+                "+    payment: http://172.18.136.92:9106 # to OCP (also the default for any service not listed)"
+                    .to_string(),
+            ],
+            QA.to_string()
+        )
+    );
+    // A service the file does not route yet gets a line at the end of routes.
+    says(
+        &repo.sdp(&["route", "qa-login-error", "card=http://10.0.0.7:80"]),
+        0,
+        "route card ocp -> http://10.0.0.7:80",
+    );
+    assert_eq!(last_commit_lines(&repo).0, ["+    card: http://10.0.0.7:80"]);
+    let text = fs::read_to_string(repo.dir.join(QA)).unwrap();
+    assert!(
+        text.contains(
+            "    user: http://172.18.136.92:9105   # to an explicit URL\n    card: http://10.0.0.7:80\n  expireAfter"
+        ),
+        "{text}"
+    );
+
+    let out = repo.sdp(&[
+        "branch",
+        "qa-login-error",
+        "account=feature/login-fix",
+        "gateway=release/7",
+    ]);
+    says(
+        &out,
+        0,
+        "service account moves from feature/login-error to feature/login-fix",
+    );
+    says(&out, 0, "gateway moves from develop to release/7");
+    assert_eq!(
+        last_commit_lines(&repo),
+        (
+            vec![
+                "-    branch: develop".to_string(),
+                "+    branch: release/7".to_string(),
+                "-      branch: feature/login-error".to_string(),
+                "+      branch: feature/login-fix".to_string(),
+            ],
+            QA.to_string()
+        )
+    );
+    assert_eq!(repo.git(&["log", "-1", "--format=%s"]).trim(), "branch qa-login-error");
+    says(&repo.sdp(&["validate", "."]), 0, "valid");
+    assert_eq!(repo.status(), "");
+}
+
+#[test]
+fn refused_one_line_changes_leave_the_repo_as_it_was() {
+    let repo = Repo::new();
+    let head = repo.head();
+    let unchanged = |repo: &Repo| {
+        assert_eq!(repo.head(), head, "no commit");
+        assert_eq!(repo.status(), "", "no changed file");
+    };
+    says(
+        &repo.sdp(&["suspend", "nobody"]),
+        2,
+        "sandbox nobody is not in the config repo",
+    );
+    unchanged(&repo);
+    says(
+        &repo.sdp(&["branch", "qa-login-error", "payment=main"]),
+        2,
+        "has no service payment; its services are: account, gateway",
+    );
+    unchanged(&repo);
+    says(
+        &repo.sdp(&["branch", "qa-login-error", "account"]),
+        2,
+        "write it as SERVICE=BRANCH",
+    );
+    unchanged(&repo);
+    // Valid YAML, but the repo would not validate: a route to a container the sandbox does not run, a branch git
+    // refuses.
+    says(
+        &repo.sdp(&["route", "qa-login-error", "payment=sandbox"]),
+        1,
+        "route `payment: sandbox` points at a service this sandbox does not run",
+    );
+    unchanged(&repo);
+    says(
+        &repo.sdp(&["branch", "qa-login-error", "account=-x"]),
+        1,
+        "starts with '-'",
+    );
+    unchanged(&repo);
+    says(&repo.sdp(&["route", "qa-login-error", "user=ftp://x"]), 1, "refused");
+    unchanged(&repo);
+
+    // Someone's edit in progress on the file is never overwritten.
+    let mine = fs::read_to_string(repo.dir.join(QA)).unwrap() + "# mine, not committed\n";
+    repo.write(QA, &mine);
+    says(&repo.sdp(&["suspend", "qa-login-error"]), 2, "uncommitted changes");
+    assert_eq!(fs::read_to_string(repo.dir.join(QA)).unwrap(), mine);
+    assert_eq!(repo.head(), head);
+    assert_eq!(repo.status(), format!(" M {QA}\n"));
+}
+
+/// The golden file of `sdp plan --format json` on the examples against an empty world; `UPDATE_GOLDEN=1`
+/// writes it anew.
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, actual).unwrap();
+    }
+    let expected =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 makes it)", path.display()));
+    assert_eq!(
+        actual, expected,
+        "sdp plan's JSON changed; if that is meant, run with UPDATE_GOLDEN=1"
+    );
+}
+
+#[test]
+fn plan_exits_two_when_something_would_change_zero_when_nothing_and_one_on_invalid_input() {
+    let repo = Repo::new();
+    // No --server: an empty world, and the text says so.
+    let out = repo.sdp(&["plan"]);
+    says(&out, 2, "Planned against an empty world");
+    says(&out, 2, "deploy sandbox-qa-login-error-account on micro (missing)");
+    says(&out, 2, "+ 9001 qa-login-error/account");
+
+    // A suspended sandbox (ports given, nothing started) and a held one (a port outside the ranges) beside it.
+    repo.write(
+        "sandboxes/qa-paused.yaml",
+        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: qa-paused\nspec:\n  gateway:\n    branch: develop\n  services:\n    payment:\n      branch: main\n  suspend: true\n",
+    );
+    repo.write(
+        "sandboxes/qa-held.yaml",
+        "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: qa-held\nspec:\n  gateway:\n    branch: develop\n    port: 7000\n",
+    );
+    let out = repo.sdp(&["plan", ".", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let json = String::from_utf8(out.stdout).unwrap();
+    golden("plan-examples.json", &json);
+    // Stable: the same answer twice.
+    let again = repo.sdp(&["plan", ".", "--format", "json"]);
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), json);
+
+    // The working tree is planned, as CI checks it out: an invalid file is exit 1, with its place.
+    let broken = fs::read_to_string(repo.dir.join(QA))
+        .unwrap()
+        .replace("branch: develop", "branch: -x");
+    repo.write(QA, &broken);
+    let out = repo.sdp(&["plan", "--format", "json"]);
+    says(
+        &out,
+        1,
+        "sandboxes/qa-login-error.yaml:10:13: branch `-x` starts with '-'",
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["valid"], false);
+    says(&repo.sdp(&["plan", "/nonexistent"]), 1, "is not a config repo");
+    // A reconciler that cannot be reached is no plan, not a change.
+    repo.git(&["checkout", "--", QA]);
+    says(
+        &repo.sdp(&["plan", "--server", "http://127.0.0.1:9"]),
+        1,
+        "cannot reach the reconciler",
+    );
+    let out = repo.sdp(&["plan"]);
+    says(
+        &out,
+        2,
+        "sandbox qa-held (added)\n  held, nothing is done to it: port 7000 of gateway is outside",
+    );
+    says(&out, 2, "sandbox qa-paused (added, suspended: suspend: true)");
+    fs::remove_file(repo.dir.join("sandboxes/qa-held.yaml")).unwrap();
+    fs::remove_file(repo.dir.join("sandboxes/qa-paused.yaml")).unwrap();
+
+    // No sandbox at all: nothing would change.
+    repo.git(&["rm", "-q", QA]);
+    let out = repo.sdp(&["plan"]);
+    says(&out, 0, "nothing would change (exit 0)");
+}

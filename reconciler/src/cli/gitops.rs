@@ -416,3 +416,70 @@ fn write_change(root: &Path, change: &FileChange) -> Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// `sdp suspend`, `sdp resume`, `sdp route` and `sdp branch`: sets a few values of one sandbox's spec in its file
+/// (`edit.rs`: only their bytes change), validates the whole repo with the change, shows the diff and commits
+/// like `apply`. Refused, changing nothing: an unknown sandbox or service, a result that does not validate or
+/// does not read back as asked, a file with uncommitted changes.
+pub fn edit(
+    sandbox: &str,
+    edits: &[crate::edit::SpecEdit],
+    verb: &str,
+    args: &CommitArgs,
+    wait: Option<(&super::client::Server, std::time::Duration)>,
+) -> Result<ExitCode> {
+    let repo = open(&args.repo)?;
+    let object = crate::edit::sandbox_ref(sandbox);
+    let change =
+        crate::edit::edit_sandbox(&repo.state, &repo.label_root, sandbox, edits).map_err(anyhow::Error::msg)?;
+    if change.is_noop() {
+        println!("{object}: unchanged (already as asked)");
+        if let Some((server, limit)) = wait {
+            return super::client::wait_for_sync(server, &[sandbox.to_string()], "", limit);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let changes = vec![change];
+    let after = repo.state.after(&changes, &repo.label_root, &BTreeMap::new());
+    let mut problems = new_problems(&repo.state.set, &after);
+    if problems.is_empty() {
+        let reread = after.sandboxes.iter().find(|o| o.value.metadata.name == sandbox);
+        for e in edits {
+            if !reread.is_some_and(|o| e.holds(&o.value)) {
+                let file = repo.label_root.join(&changes[0].path);
+                problems.push(Problem::new(
+                    file,
+                    sdp_manifest::Pos::new(1, 1),
+                    format!("after the edit the file does not read back as `{e}`; make this change by hand"),
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        super::print_problems(&problems);
+        eprintln!(
+            "{verb} refused: {} problem(s) with the change; nothing was changed",
+            problems.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let plan = Plan {
+        summary: change::summarize(&repo.state.set, &after, std::slice::from_ref(&object)),
+        objects: vec![object],
+        changes,
+        problems,
+    };
+    show(&plan);
+    let default = format!("{verb} {sandbox}");
+    let message = args.message.as_deref().unwrap_or(&default);
+    let code = commit(&repo, &plan.changes, message, args.push, None)?;
+    let Some((server, limit)) = wait else { return Ok(code) };
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let head = repo.git.head_commit()?.map(|(id, _, _)| id).unwrap_or_default();
+    if args.push {
+        super::client::fetch_now(server);
+    }
+    super::client::wait_for_sync(server, &[sandbox.to_string()], &head, limit)
+}

@@ -5,6 +5,7 @@ mod gitops;
 mod login;
 mod new;
 mod pins;
+mod plan;
 mod schema;
 mod serve;
 mod validate;
@@ -13,6 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::edit::SpecEdit;
 
 #[derive(Parser)]
 #[command(
@@ -60,12 +63,8 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         commit: CommitArgs,
-        /// After the commit, follow the reconciler (--server) until the sandbox is synced, with its progress.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits, in seconds.
-        #[arg(long, default_value_t = 600)]
-        wait_secs: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Run SDP on this host with the examples: a reconciler, both agents, demo services and gateway.
     Demo {
@@ -84,6 +83,53 @@ enum Command {
         target: String,
         #[command(flatten)]
         commit: CommitArgs,
+    },
+    /// Stop a sandbox's containers, keeping its ports and configuration, by committing `suspend: true`.
+    Suspend {
+        sandbox: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Start a suspended sandbox again by committing `suspend: false`.
+    Resume {
+        sandbox: String,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Send a service, through the sandbox's gateway, to the sandbox's own container, to OCP or to a URL, by
+    /// committing its `routes:` entry.
+    Route {
+        sandbox: String,
+        #[arg(required = true, value_name = "SERVICE=sandbox|ocp|URL")]
+        routes: Vec<String>,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Move services (or the gateway: SERVICE `gateway`) to other branches by committing their `branch:`.
+    Branch {
+        sandbox: String,
+        #[arg(required = true, value_name = "SERVICE=BRANCH")]
+        branches: Vec<String>,
+        #[command(flatten)]
+        commit: CommitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// What a config repo would make the reconciler do (a PR check): validate it, compile it as the reconciler
+    /// does and plan it against what the reconciler at --server sees (else an empty world). Exit 0: nothing would
+    /// change, 2: something would, 1: invalid input or no plan could be made.
+    Plan {
+        /// The config repo's root (its working tree, as checked out).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Show what a running reconciler knows: sandboxes, one sandbox, deployments, nodes.
     Get {
@@ -199,6 +245,16 @@ impl WaitArgs {
     }
 }
 
+/// `SERVICE=VALUE` arguments as pairs.
+fn pairs(args: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("`{a}`: write it as SERVICE={what}"),
+        })
+        .collect()
+}
+
 #[derive(Subcommand)]
 enum NewWhat {
     /// Write sandboxes/NAME.yaml from a template, with kind and name changed and everything else kept.
@@ -239,7 +295,16 @@ pub fn main() -> ExitCode {
     if let Some(code) = crate::auth::askpass_main() {
         return code;
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // `sdp plan` plans against an empty world unless a server is named (flag or SDP_SERVER), not the default.
+    let server_given = !matches!(
+        matches.value_source("server"),
+        None | Some(clap::parser::ValueSource::DefaultValue)
+    );
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Validate { paths, format } => validate::run(&paths, format == Format::Json),
         Command::Schema { out } => schema::run(&out),
@@ -252,14 +317,48 @@ pub fn main() -> ExitCode {
                 },
         } => new::run(&repo, &name, &from_template),
         Command::Diff { file, repo } => gitops::diff(&repo, &file),
-        Command::Apply {
-            file,
+        Command::Apply { file, commit, wait } => gitops::apply(&file, &commit, wait.with(&cli.server)),
+        Command::Suspend { sandbox, commit, wait } => gitops::edit(
+            &sandbox,
+            &[SpecEdit::Suspend(true)],
+            "suspend",
+            &commit,
+            wait.with(&cli.server),
+        ),
+        Command::Resume { sandbox, commit, wait } => gitops::edit(
+            &sandbox,
+            &[SpecEdit::Suspend(false)],
+            "resume",
+            &commit,
+            wait.with(&cli.server),
+        ),
+        Command::Route {
+            sandbox,
+            routes,
             commit,
             wait,
-            wait_secs,
-        } => {
-            let wait = wait.then_some((&cli.server, std::time::Duration::from_secs(wait_secs)));
-            gitops::apply(&file, &commit, wait)
+        } => pairs(&routes, "sandbox|ocp|URL").and_then(|routes| {
+            let edits: Vec<SpecEdit> = routes
+                .into_iter()
+                .map(|(service, target)| SpecEdit::Route { service, target })
+                .collect();
+            gitops::edit(&sandbox, &edits, "route", &commit, wait.with(&cli.server))
+        }),
+        Command::Branch {
+            sandbox,
+            branches,
+            commit,
+            wait,
+        } => pairs(&branches, "BRANCH").and_then(|branches| {
+            let edits: Vec<SpecEdit> = branches
+                .into_iter()
+                .map(|(service, branch)| SpecEdit::Branch { service, branch })
+                .collect();
+            gitops::edit(&sandbox, &edits, "branch", &commit, wait.with(&cli.server))
+        }),
+        Command::Plan { path, format } => {
+            let server = server_given.then_some(&cli.server);
+            plan::run(&path, server, format == Format::Json)
         }
         Command::Delete { kind, name, commit } => gitops::delete(kind.kind(), &name, &commit),
         Command::Serve(args) => serve::run(args),
