@@ -271,11 +271,85 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         "<h2>Recent events</h2>\n<div data-live=\"events\">{}</div>",
         table(&["When", "What"], &events)
     ));
+    body.push_str(&commands(&name, desired));
     body.push_str(&format!(
         "<h2>Manifest as committed</h2>\n<pre>{}</pre>",
         t(sb.manifest.as_deref())
     ));
     Html(page(&ctx.base, &viewer, &format!("Sandbox {name}"), &body)).into_response()
+}
+
+/// "Change it": for each thing a user may want to change, the command that commits it, as text to copy (the page
+/// stays read-only: every change is a commit).
+fn commands(name: &str, desired: Option<&crate::docs::DesiredSandbox>) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |what: String, command: String| rows.push((what, command));
+    match desired.map(|d| &d.mode) {
+        Some(crate::docs::Mode::Suspended(why)) if why == "suspend: true" => {
+            row("Start it again".into(), format!("sdp resume {name}"));
+        }
+        Some(crate::docs::Mode::Suspended(_)) => row(
+            "Wake it (any change to its file counts as activity for expireAfter)".into(),
+            format!("sdp restart {name}"),
+        ),
+        _ => row(
+            "Stop its containers, keeping its ports and settings".into(),
+            format!("sdp suspend {name}"),
+        ),
+    }
+    if let Some(d) = desired {
+        let gateway = "gateway".to_string();
+        for (svc, c) in d.services.iter().chain(std::iter::once((&gateway, &d.gateway))) {
+            row(
+                format!("Run {svc} from another branch (now {})", c.branch),
+                format!("sdp branch {name} {svc}=BRANCH"),
+            );
+        }
+        for (svc, c) in &d.services {
+            // A route to the sandbox's own container is its URL on the micro VM: its host port.
+            let own = d
+                .routes
+                .get(svc)
+                .is_some_and(|url| url.ends_with(&format!(":{}", c.host_port)));
+            if own {
+                row(
+                    format!("Send the gateway's {svc} calls to OCP"),
+                    format!("sdp route {name} {svc}=ocp"),
+                );
+            } else {
+                row(
+                    format!("Send the gateway's {svc} calls to this sandbox's container"),
+                    format!("sdp route {name} {svc}=sandbox"),
+                );
+            }
+        }
+        row(
+            "Send another service's calls to a URL".into(),
+            format!("sdp route {name} SERVICE=http://HOST:PORT"),
+        );
+        for svc in d.services.keys().chain(std::iter::once(&gateway)) {
+            row(
+                format!("Replace the {svc} container"),
+                format!("sdp restart {name}/{svc}"),
+            );
+            row(format!("Follow {svc}'s output"), format!("sdp logs {name}/{svc} -f"));
+        }
+    }
+    row(
+        "Anything else: edit its file, then commit it".into(),
+        format!("sdp apply -f sandboxes/{name}.yaml"),
+    );
+    row("Remove it".into(), format!("sdp delete sandbox {name}"));
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(what, command)| vec![esc(&what), format!("<code class=\"cmd\">{}</code>", esc(&command))])
+        .collect();
+    format!(
+        "<h2>Change it</h2>\n<p class=\"muted\">Every change is a commit to the config repo. Run these in your clone \
+         of it; add <code>--push</code> to push the commit and <code>--wait</code> to follow it until it is synced. \
+         <code>sdp plan</code> shows what a change would do before it is merged.</p>\n{}",
+        table(&["To", "Run"], &rows)
+    )
 }
 
 /// `/deployments`: the audit trail, filterable by sandbox, service, author and state.

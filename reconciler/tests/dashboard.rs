@@ -135,6 +135,14 @@ async fn every_page_answers_under_the_base_path() {
         "Manifest as committed",
         "account",
         "data-logs=\"account\" data-sandbox=\"qa-login-error\"",
+        // What to run to change it: the page shows the commands and changes nothing itself.
+        "<h2>Change it</h2>",
+        "<code class=\"cmd\">sdp suspend qa-login-error</code>",
+        "<code class=\"cmd\">sdp branch qa-login-error account=BRANCH</code>",
+        "<code class=\"cmd\">sdp branch qa-login-error gateway=BRANCH</code>",
+        "<code class=\"cmd\">sdp route qa-login-error account=ocp</code>",
+        "<code class=\"cmd\">sdp restart qa-login-error/account</code>",
+        "<code class=\"cmd\">sdp logs qa-login-error/gateway -f</code>",
     ] {
         assert!(html.contains(needle), "{needle} missing from the sandbox page");
     }
