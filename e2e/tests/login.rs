@@ -126,6 +126,8 @@ fn login_logout_and_the_limit_on_failures() {
     let r = get(&format!("{api}/api/v1/sandboxes"), None);
     assert_eq!(r.status, 401);
     assert!(r.body.contains("log in first"), "{}", r.body);
+    // What `sdp plan` reads is behind the same login.
+    assert_eq!(get(&format!("{api}/api/v1/actual"), None).status, 401);
     for open in ["/healthz", "/metrics", "/static/sdp.css", "/static/sdp.js", "/login"] {
         assert_eq!(get(&format!("{api}{open}"), None).status, 200, "{open} needs no login");
     }

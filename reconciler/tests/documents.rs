@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sdp_dashboard::docs::{
-    BranchesDoc, DeploymentDoc, DeploymentState, NodeDoc, Reason, SandboxDoc, SandboxSummary, Sync,
+    ActualDoc, BranchesDoc, DeploymentDoc, DeploymentState, NodeDoc, Reason, SandboxDoc, SandboxSummary, Sync,
 };
 use sdp_protocol::{
     ActionResult, ActualState, AgentFrame, BranchHead, BranchList, Container, ContainerState, Hello, PROTOCOL_VERSION,
@@ -305,6 +305,25 @@ async fn what_the_api_serves_sdp_get_reads_whole() {
 
     let branches: BranchesDoc = round_trip(&s, "/api/v1/repos/account/branches").await;
     assert_eq!(branches.branches[0].branch, "develop");
+
+    // What `sdp plan` compiles and plans with: both agents' reports, the ports given, the settings, the specs.
+    let actual: ActualDoc = round_trip(&s, "/api/v1/actual").await;
+    assert_eq!(actual.connected, [Role::Micro, Role::Gateway]);
+    assert_eq!(actual.micro.containers[0].name, "sandbox-qa-login-error-account");
+    assert_eq!(actual.micro.heads[0].repo, "account");
+    assert!(actual.gateway.routes.contains_key(SANDBOX), "{actual:?}");
+    assert!(
+        actual
+            .ports
+            .iter()
+            .any(|p| p.sandbox == SANDBOX && p.service == "account" && p.port == 9001),
+        "{:?}",
+        actual.ports
+    );
+    assert_eq!(actual.settings.service_ports, [9001, 9099]);
+    let names: Vec<&str> = actual.sandboxes.iter().map(|s| s.metadata.name.as_str()).collect();
+    assert_eq!(names, [SANDBOX], "the valid sandboxes, as the reconciler compiles them");
+    assert!(actual.last_activity.contains_key(SANDBOX));
 }
 
 /// Renaming a field in the documents would still round-trip (both ends use the same type): these are the
@@ -357,6 +376,22 @@ async fn the_wire_keeps_the_names_scripts_read() {
         "/state",
     ] {
         assert!(d.pointer(pointer).is_some(), "{pointer} missing: {d:#}");
+    }
+    let actual = raw(format!("{}/api/v1/actual", s.url)).await;
+    for pointer in [
+        "/configCommit",
+        "/sandboxes/0/metadata/name",
+        "/connected/0",
+        "/micro/containers/0/labels",
+        "/gateway/routes",
+        "/ports/0/sandbox",
+        "/settings/gatewayPorts/1",
+        "/settings/microAddress",
+        "/settings/retentionSecs",
+        "/now",
+        "/lastActivity",
+    ] {
+        assert!(actual.pointer(pointer).is_some(), "{pointer} missing: {actual:#}");
     }
     let nodes = raw(format!("{}/api/v1/nodes", s.url)).await;
     for pointer in [
