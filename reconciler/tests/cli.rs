@@ -571,3 +571,46 @@ fn plan_exits_two_when_something_would_change_zero_when_nothing_and_one_on_inval
     let out = repo.sdp(&["plan"]);
     says(&out, 0, "nothing would change (exit 0)");
 }
+
+#[test]
+fn the_bitbucket_pipeline_runs_validate_and_plan_with_flags_sdp_knows() {
+    let path = examples().join("ci/bitbucket-pipelines.yml");
+    let yaml = fs::read_to_string(&path).unwrap();
+    let pipeline: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    let step = &pipeline["pipelines"]["pull-requests"]["**"][0]["step"];
+    let script: Vec<&str> = step["script"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(script.contains(&"sdp validate ."), "{script:?}");
+    assert!(
+        script.iter().any(|l| l.contains("sdp plan . --server \"$SDP_SERVER\"")),
+        "{script:?}"
+    );
+    // Each `sdp ...` command as the shell would run it, against a server that is not there: refused for that,
+    // never for a flag or subcommand sdp does not know.
+    let repo = Repo::new();
+    for line in script {
+        for part in line.split([';', '|', '>']) {
+            let Some(command) = part.trim().strip_prefix("sdp ") else {
+                continue;
+            };
+            let args: Vec<String> = command
+                .split_whitespace()
+                .map(|w| {
+                    w.replace("\"$SDP_SERVER\"", "http://127.0.0.1:9")
+                        .replace("\"$SDP_USER\"", "ann")
+                })
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = repo.sdp(&args);
+            let said = text(&out);
+            assert!(
+                !said.contains("unexpected argument") && !said.contains("unrecognized subcommand"),
+                "sdp {command}: {said}"
+            );
+        }
+    }
+}
