@@ -97,13 +97,14 @@ fn now_ms() -> u64 {
 
 #[test]
 fn plan_lists_exactly_the_actions_the_reconciler_then_performs() {
-    let mut cluster = Cluster::start();
     let name = format!("pl-{}", suffix());
     let added = format!("{name}-b");
+    // Declared before the cluster, so dropped after it: a reconciler still running would make them again.
     let _cleanup = (
         DockerCleanup { sandbox: name.clone() },
         DockerCleanup { sandbox: added.clone() },
     );
+    let mut cluster = Cluster::start();
     let host = docker_host_ip();
     let ocp = OcpStandIn::start(&["account", "payment", "user"]);
     let ocp_url = format!("http://{host}:{}", ocp.port);
