@@ -381,6 +381,35 @@ impl Drop for DockerCleanup {
     }
 }
 
+/// A cluster leaves nothing on the engine: its reconciler and agents are stopped first (a cleanup that ran while
+/// they still worked would see them make containers again), then every container and network labelled with its
+/// installation goes.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.serve.kill();
+        for agent in &mut self.agents {
+            agent.kill();
+        }
+        let Ok(installation) =
+            sdp_reconciler::store::Store::open(&self.tmp.path().join("data")).and_then(|store| store.installation())
+        else {
+            return;
+        };
+        let label = format!("label=sdp.installation={installation}");
+        for (list, remove) in [
+            (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
+            (&["network", "ls", "-q", "--filter"][..], &["network", "rm"][..]),
+        ] {
+            let Ok(out) = Command::new("docker").args(list).arg(&label).output() else {
+                continue;
+            };
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(remove).arg(id).output();
+            }
+        }
+    }
+}
+
 /// The agents' token in every test cluster.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 

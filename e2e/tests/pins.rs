@@ -69,11 +69,9 @@ fn a_pinned_service_stays_put_and_a_rollback_brings_the_snapshots_commit_back() 
         "a sandbox",
     );
     let first = git(&account.origin, &["rev-parse", BRANCH]);
-    wait_for(
-        "the first commit to answer",
-        Duration::from_secs(180),
-        answers(service_port, &first),
-    );
+    wait_for("the first commit to answer", Duration::from_secs(180), || {
+        answers(service_port, &first)().map_err(|e| format!("{e}\n{}", cluster.logs()))
+    });
     let container = format!("sandbox-{name}-account");
     let gateway_container = format!("sandbox-{name}-gateway");
     wait_for("the gateway to run", Duration::from_secs(180), || {
