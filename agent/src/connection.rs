@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
+use sdp_protocol::timing::{DIAL, PING_EVERY, SILENCE, random};
 use sdp_protocol::{AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,14 +19,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::executor::Executor;
 use crate::outbox::Outbox;
 
-pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lived this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const PING_EVERY: Duration = Duration::from_secs(15);
-/// A reconciler that sends nothing (not even a ping) for this long is gone.
-const SILENCE: Duration = Duration::from_secs(45);
 /// How often the node is scanned for drift, and fetched for moved branches.
 const SCAN_EVERY: Duration = Duration::from_secs(5);
 /// On a stop, how long the last frames (results, the final report) may take to reach the reconciler.
@@ -33,22 +29,7 @@ const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// The delay before attempt `n` (1-based) after failures: full jitter over an exponential ceiling.
 pub fn backoff(n: u32, random: f64) -> Duration {
-    let ceiling =
-        (BACKOFF_MIN.as_secs_f64() * 2f64.powi(n.saturating_sub(1).min(16) as i32)).min(BACKOFF_MAX.as_secs_f64());
-    // Full jitter, but never below the minimum: a reset must not turn into a hot loop.
-    Duration::from_secs_f64((ceiling * random.clamp(0.0, 1.0)).max(BACKOFF_MIN.as_secs_f64()))
-}
-
-fn random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() % 1_000_000) as f64 / 1_000_000.0
+    DIAL.full_jitter(n, random)
 }
 
 /// What went wrong with one attempt, in the words an operator needs.

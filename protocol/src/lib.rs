@@ -283,6 +283,8 @@ impl fmt::Display for Role {
 }
 
 /// Labels every object SDP creates carries; only objects with `sdp.managed=true` are ever removed.
+pub mod timing;
+
 pub mod labels {
     pub const MANAGED: &str = "sdp.managed";
     pub const SANDBOX: &str = "sdp.sandbox";

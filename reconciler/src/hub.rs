@@ -19,10 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::plan::Actual;
 
-/// How often the hub pings an agent.
-pub const PING_EVERY: Duration = Duration::from_secs(15);
-/// An agent that sends nothing (not even a pong) for this long is dropped.
-pub const SILENCE: Duration = Duration::from_secs(45);
+pub use sdp_protocol::timing::{PING_EVERY, SILENCE, now_ms};
 /// How long an agent has to say Hello after the upgrade.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
@@ -144,14 +141,6 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     events: mpsc::Sender<HubEvent>,
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Hub {

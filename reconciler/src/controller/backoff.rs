@@ -6,23 +6,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sdp_protocol::timing::RESOURCE;
+pub use sdp_protocol::timing::random as jitter;
+
 /// Backoff after the first failure, and its ceiling.
-pub const BACKOFF_MIN: Duration = Duration::from_secs(2);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub const BACKOFF_MIN: Duration = RESOURCE.min;
+pub const BACKOFF_MAX: Duration = RESOURCE.max;
 
 /// Exponential delay with jitter for the `failures`-th failure in a row: 2 s, 4 s, 8 s … 5 min, each ±20 %.
 pub fn backoff_delay(failures: u32, jitter: f64) -> Duration {
-    let base = BACKOFF_MIN.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
-    let capped = base.min(BACKOFF_MAX.as_secs_f64());
-    Duration::from_secs_f64((capped * (0.8 + 0.4 * jitter.clamp(0.0, 1.0))).min(BACKOFF_MAX.as_secs_f64()))
-}
-
-/// A cheap, good-enough random number in [0, 1): no crate for one number.
-pub fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::hub::now_ms());
-    (h.finish() % 10_000) as f64 / 10_000.0
+    RESOURCE.spread(failures, jitter)
 }
 
 /// One resource's failures.
