@@ -309,8 +309,8 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    #[tokio::test]
-    async fn an_index_lock_left_by_a_killed_checkout_is_cleared_at_start_in_the_agents_worktrees_only() {
+    /// A repository `work` with one commit (`first`), and the agent's clone of it, in `tmp`.
+    fn one_commit() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
@@ -324,6 +324,12 @@ mod tests {
             tmp.path(),
             &["clone", "-q", work.to_str().unwrap(), clone.to_str().unwrap()],
         );
+        (tmp, work, clone, first)
+    }
+
+    #[tokio::test]
+    async fn an_index_lock_left_by_a_killed_checkout_is_cleared_at_start_in_the_agents_worktrees_only() {
+        let (tmp, _work, clone, first) = one_commit();
         let repo = Repo::new(clone.clone(), None);
         let owned = tmp.path().join("data/worktrees");
         let ours = owned.join("box/account");
@@ -357,19 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_container_that_rewrites_the_worktrees_git_file_cannot_make_the_agent_run_anything() {
-        let tmp = tempfile::tempdir().unwrap();
-        let work = tmp.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(&work, &["init", "-q", "-b", "main"]);
-        std::fs::write(work.join("main.go"), "package main\n").unwrap();
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-qm", "one"]);
-        let first = git(&work, &["rev-parse", "HEAD"]);
-        let clone = tmp.path().join("clone");
-        git(
-            tmp.path(),
-            &["clone", "-q", work.to_str().unwrap(), clone.to_str().unwrap()],
-        );
+        let (tmp, work, clone, first) = one_commit();
         let repo = Repo::new(clone.clone(), None);
         let dir = tmp.path().join("worktrees/box/account");
         repo.checkout(&dir, &first).await.unwrap();

@@ -664,6 +664,17 @@ impl Cluster {
         file
     }
 
+    /// `agent_yaml` for a micro agent whose `address` is where the gateway's containers reach this host's
+    /// published ports (`docker_host_ip`), as routes to `sandbox` need.
+    pub fn micro_yaml_reachable(&self, node: &str, repos: &[(&str, &Path)], extra: &str) -> PathBuf {
+        let file = self.agent_yaml(node, "micro", repos, extra);
+        let yaml = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("address: 127.0.0.1", &format!("address: {}", docker_host_ip()));
+        std::fs::write(&file, yaml).unwrap();
+        file
+    }
+
     /// Starts `sdp-agent` with a config and waits until the reconciler lists its node.
     pub fn start_agent(&mut self, yaml: &Path, node: &str) -> usize {
         let log = self.path().join(format!("{node}.log"));

@@ -32,17 +32,7 @@ fn the_gateway_routes_to_the_sandbox_or_ocp_and_follows_the_manifest() {
 
     let account = ServiceRepo::new(cluster.path(), "account", "main");
     let gateway = gateway_repo(cluster.path(), "develop", &["account", "payment", "user"], &ocp_url);
-    let micro = cluster.agent_yaml(
-        "micro-gw",
-        "micro",
-        &[("account", &account.clone)],
-        "containerPort: 8080\n",
-    );
-    // The micro agent says the address the gateway's containers reach it at.
-    let micro_yaml = std::fs::read_to_string(&micro)
-        .unwrap()
-        .replace("address: 127.0.0.1", &format!("address: {host}"));
-    std::fs::write(&micro, micro_yaml).unwrap();
+    let micro = cluster.micro_yaml_reachable("micro-gw", &[("account", &account.clone)], "containerPort: 8080\n");
     let gw = cluster.agent_yaml(
         "gateway-gw",
         "gateway",

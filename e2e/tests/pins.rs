@@ -40,19 +40,9 @@ fn a_pinned_service_stays_put_and_a_rollback_brings_the_snapshots_commit_back() 
     let mut cluster = Cluster::start();
     let name = format!("pin-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
-    let host = docker_host_ip();
     let account = ServiceRepo::new(cluster.path(), "account", BRANCH);
     let gateway = gateway_repo(cluster.path(), "develop", &["account"], "http://127.0.0.1:9");
-    let micro = cluster.agent_yaml(
-        "micro-pin",
-        "micro",
-        &[("account", &account.clone)],
-        "containerPort: 8080\n",
-    );
-    let micro_yaml = std::fs::read_to_string(&micro)
-        .unwrap()
-        .replace("address: 127.0.0.1", &format!("address: {host}"));
-    std::fs::write(&micro, micro_yaml).unwrap();
+    let micro = cluster.micro_yaml_reachable("micro-pin", &[("account", &account.clone)], "containerPort: 8080\n");
     let gw = cluster.agent_yaml("gateway-pin", "gateway", &[("gateway", &gateway.clone)], "");
     cluster.start_agent(&micro, "micro-pin");
     cluster.start_agent(&gw, "gateway-pin");

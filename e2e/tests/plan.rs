@@ -111,16 +111,7 @@ fn plan_lists_exactly_the_actions_the_reconciler_then_performs() {
     let account = ServiceRepo::new(cluster.path(), "account", "main");
     account.push("feature/two", "two.go", "package main\n");
     let gateway = gateway_repo(cluster.path(), "develop", &["account", "payment", "user"], &ocp_url);
-    let micro = cluster.agent_yaml(
-        "micro-pl",
-        "micro",
-        &[("account", &account.clone)],
-        "containerPort: 8080\n",
-    );
-    let micro_yaml = std::fs::read_to_string(&micro)
-        .unwrap()
-        .replace("address: 127.0.0.1", &format!("address: {host}"));
-    std::fs::write(&micro, micro_yaml).unwrap();
+    let micro = cluster.micro_yaml_reachable("micro-pl", &[("account", &account.clone)], "containerPort: 8080\n");
     let gw = cluster.agent_yaml("gateway-pl", "gateway", &[("gateway", &gateway.clone)], "");
     cluster.start_agent(&micro, "micro-pl");
     cluster.start_agent(&gw, "gateway-pl");

@@ -97,17 +97,12 @@ fn sigterm_mid_build_and_mid_pass_leaves_nothing_half_written_and_both_come_back
         &["account", "payment"],
         &format!("http://{host}:{}", ocp.port),
     );
-    let micro = cluster.agent_yaml(
+    let micro = cluster.micro_yaml_reachable(
         "micro-st",
-        "micro",
         &[("account", &account.clone)],
         // A stop abandons what still runs after one second: the build below takes far longer.
         "containerPort: 8080\nstopGraceSecs: 1\n",
     );
-    let yaml = std::fs::read_to_string(&micro)
-        .unwrap()
-        .replace("address: 127.0.0.1", &format!("address: {host}"));
-    std::fs::write(&micro, yaml).unwrap();
     let data_dir = cluster.path().join("agent-micro-st");
     let gw = cluster.agent_yaml("gateway-st", "gateway", &[("gateway", &gateway.clone)], "");
     let micro_agent = cluster.start_agent(&micro, "micro-st");

@@ -35,7 +35,6 @@ fn branches_and_manifests_cannot_make_the_agents_write_or_read_outside_what_sdp_
     let mut cluster = Cluster::start();
     let name = format!("trust-{}", suffix());
     let _cleanup = DockerCleanup { sandbox: name.clone() };
-    let host = docker_host_ip();
     let victim = cluster.path().join("victim-authorized_keys");
     std::fs::write(&victim, "ssh-ed25519 AAAA the-operator\n").unwrap();
 
@@ -58,9 +57,8 @@ fn branches_and_manifests_cannot_make_the_agents_write_or_read_outside_what_sdp_
 
     let secrets = cluster.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    let micro = cluster.agent_yaml(
+    let micro = cluster.micro_yaml_reachable(
         "micro-trust",
-        "micro",
         &[
             ("account", &account.clone),
             ("payment", &payment.clone),
@@ -68,10 +66,6 @@ fn branches_and_manifests_cannot_make_the_agents_write_or_read_outside_what_sdp_
         ],
         &format!("secretsDir: {}\n", secrets.display()),
     );
-    let text = std::fs::read_to_string(&micro)
-        .unwrap()
-        .replace("address: 127.0.0.1", &format!("address: {host}"));
-    std::fs::write(&micro, text).unwrap();
     let gw = cluster.agent_yaml("gateway-trust", "gateway", &[("gateway", &gateway.clone)], "");
     cluster.start_agent(&micro, "micro-trust");
     cluster.start_agent(&gw, "gateway-trust");
