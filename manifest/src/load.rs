@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use crate::locate::{Index, Pos};
-use crate::model::{API_VERSION, Environment, INLINE_SECRET, Kind, Sandbox};
+use crate::model::{API_VERSION, Environment, INLINE_SECRET, Kind, Sandbox, SandboxSet};
 use crate::problem::{ObjectRef, Problem};
 use crate::validate;
 
@@ -59,6 +59,7 @@ pub enum Parsed {
     Sandbox(Object<Sandbox>),
     Template(Object<Sandbox>),
     Environment(Object<Environment>),
+    SandboxSet(Object<SandboxSet>),
 }
 
 impl Parsed {
@@ -67,6 +68,7 @@ impl Parsed {
             Parsed::Sandbox(o) => (Kind::Sandbox, &o.value.metadata.name),
             Parsed::Template(o) => (Kind::SandboxTemplate, &o.value.metadata.name),
             Parsed::Environment(o) => (Kind::Environment, &o.value.metadata.name),
+            Parsed::SandboxSet(o) => (Kind::SandboxSet, &o.value.metadata.name),
         };
         ObjectRef {
             kind,
@@ -78,6 +80,7 @@ impl Parsed {
         match self {
             Parsed::Sandbox(o) | Parsed::Template(o) => &o.source,
             Parsed::Environment(o) => &o.source,
+            Parsed::SandboxSet(o) => &o.source,
         }
     }
 }
@@ -265,24 +268,26 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
         let kind = match header_str(&header, "kind") {
             None => {
                 problems.push(
-                    source
-                        .problem_at(&["kind"], "missing or non-text `kind`")
-                        .hint("write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`"),
+                    source.problem_at(&["kind"], "missing or non-text `kind`").hint(
+                        "write `kind: Sandbox`, `kind: SandboxTemplate`, `kind: Environment` or `kind: SandboxSet`",
+                    ),
                 );
                 continue;
             }
-            Some(k) => match Kind::parse(k) {
-                Some(kind) => kind,
-                None => {
-                    let close = Kind::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(k));
-                    let hint = match close {
+            Some(k) => {
+                match Kind::parse(k) {
+                    Some(kind) => kind,
+                    None => {
+                        let close = Kind::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(k));
+                        let hint = match close {
                         Some(c) => format!("did you mean `{c}`? (kinds are case-sensitive)"),
-                        None => "write `kind: Sandbox`, `kind: SandboxTemplate` or `kind: Environment`".into(),
+                        None => "write `kind: Sandbox`, `kind: SandboxTemplate`, `kind: Environment` or `kind: SandboxSet`".into(),
                     };
-                    problems.push(source.problem_at(&["kind"], format!("unknown kind `{k}`")).hint(hint));
-                    continue;
+                        problems.push(source.problem_at(&["kind"], format!("unknown kind `{k}`")).hint(hint));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let object = name.map(|n| ObjectRef {
             kind,
@@ -324,6 +329,16 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Parsed>, Vec<Problem>) {
                 Ok(value) => {
                     validate::environment(&value, &source, &mut problems);
                     Some(Parsed::Environment(Object { value, source }))
+                }
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            },
+            Kind::SandboxSet => match deserialize::<SandboxSet>(file, &blanked) {
+                Ok(value) => {
+                    validate::sandbox_set(&value, &source, &mut problems);
+                    Some(Parsed::SandboxSet(Object { value, source }))
                 }
                 Err(p) => {
                     problems.push(p);

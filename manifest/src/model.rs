@@ -21,16 +21,24 @@ pub enum Kind {
     SandboxTemplate,
     /// Variables, secret file references and files that services pull in by name.
     Environment,
+    /// A sandbox per branch of a service repo whose name matches a pattern, made from a template.
+    SandboxSet,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Sandbox, Kind::SandboxTemplate, Kind::Environment];
+    pub const ALL: [Kind; 4] = [
+        Kind::Sandbox,
+        Kind::SandboxTemplate,
+        Kind::Environment,
+        Kind::SandboxSet,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Sandbox => "Sandbox",
             Kind::SandboxTemplate => "SandboxTemplate",
             Kind::Environment => "Environment",
+            Kind::SandboxSet => "SandboxSet",
         }
     }
 
@@ -44,6 +52,7 @@ impl Kind {
             Kind::Sandbox => "sandboxes",
             Kind::SandboxTemplate => "templates",
             Kind::Environment => "environments",
+            Kind::SandboxSet => "sandboxsets",
         }
     }
 
@@ -53,6 +62,7 @@ impl Kind {
             Kind::Sandbox => "sandbox.json",
             Kind::SandboxTemplate => "sandboxtemplate.json",
             Kind::Environment => "environment.json",
+            Kind::SandboxSet => "sandboxset.json",
         }
     }
 }
@@ -262,6 +272,65 @@ impl JsonSchema for Route {
                 { "type": "string", "pattern": "^https?://[^\\s'\"\\\\$]+$" }
             ]
         })
+    }
+}
+
+/// A sandbox per branch: for every branch of `service`'s repository whose name matches `branches`, a sandbox made
+/// from `template` with that service on that branch. The sandboxes are not files in the repo: the reconciler makes
+/// them from the branches the agents list, and removes one when its branch is gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxSet {
+    /// Always `sdp/v1`.
+    pub api_version: String,
+    /// Always `SandboxSet`.
+    pub kind: Kind,
+    pub metadata: Metadata,
+    pub spec: SandboxSetSpec,
+}
+
+/// What a SandboxSet makes, and how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxSetSpec {
+    /// The SandboxTemplate each sandbox is made from.
+    pub template: String,
+    /// The service (and repository) whose branches make sandboxes; it must be one of the template's services.
+    pub service: String,
+    /// The branches that make a sandbox: a branch name where `*` stands for any characters, `/` included, such
+    /// as `feature/*`. No other wildcard.
+    pub branches: String,
+    /// The first part of each sandbox's name (`<namePrefix>-<branch slug>`): a DNS label of at most 24
+    /// characters. The set's own name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$"))]
+    pub name_prefix: Option<String>,
+    /// At most this many sandboxes, 1 to 50 (10 when absent): the branches are taken in name order (byte order),
+    /// and the ones past the cap are listed as skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max: Option<u32>,
+    /// Idle time before a generated sandbox is suspended (as a sandbox's `expireAfter`); the template's when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<String>,
+    /// `true`: a generated sandbox never expires; it runs until its branch is deleted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_idle: bool,
+}
+
+impl SandboxSet {
+    /// The cap when `max` is absent.
+    pub const DEFAULT_MAX: u32 = 10;
+
+    /// The first part of each generated sandbox's name.
+    pub fn name_prefix(&self) -> &str {
+        self.spec.name_prefix.as_deref().unwrap_or(&self.metadata.name)
+    }
+
+    /// How many sandboxes the set makes at most.
+    pub fn max(&self) -> usize {
+        self.spec.max.unwrap_or(Self::DEFAULT_MAX) as usize
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::load::{self, MAX_FILE_BYTES, Object, Parsed, Source};
 use crate::locate::Pos;
-use crate::model::{Environment, Kind, Sandbox};
+use crate::model::{Environment, Kind, Sandbox, SandboxSet};
 use crate::problem::{ObjectRef, Problem};
 
 /// One file to read, with the kind its folder is meant for when it comes from a config repo's layout.
@@ -26,6 +26,7 @@ pub struct ConfigSet {
     pub sandboxes: Vec<Object<Sandbox>>,
     pub templates: Vec<Object<Sandbox>>,
     pub environments: Vec<Object<Environment>>,
+    pub sets: Vec<Object<SandboxSet>>,
     pub problems: Vec<Problem>,
     /// What was not checked, and why (e.g. references, when single files were read).
     pub notes: Vec<String>,
@@ -105,6 +106,7 @@ impl ConfigSet {
                     Parsed::Sandbox(o) => set.sandboxes.push(o),
                     Parsed::Template(o) => set.templates.push(o),
                     Parsed::Environment(o) => set.environments.push(o),
+                    Parsed::SandboxSet(o) => set.sets.push(o),
                 }
             }
         }
@@ -134,6 +136,13 @@ impl ConfigSet {
                     .find(|o| o.value.metadata.name == name)
                     .map(|o| &o.source);
             }
+            Kind::SandboxSet => {
+                return self
+                    .sets
+                    .iter()
+                    .find(|o| o.value.metadata.name == name)
+                    .map(|o| &o.source);
+            }
         };
         sandboxes
             .iter()
@@ -148,6 +157,7 @@ impl ConfigSet {
         dedupe(&mut self.sandboxes, Kind::Sandbox, &mut problems);
         dedupe(&mut self.templates, Kind::SandboxTemplate, &mut problems);
         dedupe(&mut self.environments, Kind::Environment, &mut problems);
+        dedupe(&mut self.sets, Kind::SandboxSet, &mut problems);
 
         // Each port's first claim: who, and where it is written.
         let mut claimed: BTreeMap<u32, (String, PathBuf, Pos)> = BTreeMap::new();
@@ -274,7 +284,87 @@ impl ConfigSet {
             self.sandboxes.retain(|o| !broken(Kind::Sandbox, o));
             self.templates.retain(|o| !broken(Kind::SandboxTemplate, o));
         }
+        self.check_sets(check_references, &mut problems);
         self.problems.extend(problems);
+    }
+
+    /// Checks of SandboxSets across objects: two sets never share a name prefix (their sandboxes could share
+    /// names) and, for a whole repo, each set's template exists and runs its service.
+    fn check_sets(&mut self, check_references: bool, problems: &mut Vec<Problem>) {
+        let mut refused = Vec::new();
+        let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+        for o in &self.sets {
+            let set = &o.value;
+            let name = &set.metadata.name;
+            let about = Some(ObjectRef {
+                kind: Kind::SandboxSet,
+                name: name.clone(),
+            });
+            if let Some(first) = prefixes.get(set.name_prefix()) {
+                let at: &[&str] = if set.spec.name_prefix.is_some() {
+                    &["spec", "namePrefix"]
+                } else {
+                    &["metadata", "name"]
+                };
+                problems.push(
+                    o.source
+                        .problem_at(
+                            at,
+                            format!("name prefix `{}` is already set {first}'s", set.name_prefix()),
+                        )
+                        .hint("give each set its own `namePrefix`, so that their sandboxes never share a name")
+                        .about(about.clone()),
+                );
+                refused.push(name.clone());
+                continue;
+            }
+            prefixes.insert(set.name_prefix().to_string(), name.clone());
+            if !check_references {
+                continue;
+            }
+            let template = self
+                .templates
+                .iter()
+                .find(|t| t.value.metadata.name == set.spec.template);
+            match template {
+                None => {
+                    let known: Vec<&str> = self.templates.iter().map(|t| t.value.metadata.name.as_str()).collect();
+                    let hint = if known.is_empty() {
+                        "add it under templates/".to_string()
+                    } else {
+                        format!("known templates: {}", known.join(", "))
+                    };
+                    problems.push(
+                        o.source
+                            .problem_at(
+                                &["spec", "template"],
+                                format!("template `{}` does not exist", set.spec.template),
+                            )
+                            .hint(hint)
+                            .about(about),
+                    );
+                    refused.push(name.clone());
+                }
+                Some(t) if !t.value.spec.services.contains_key(&set.spec.service) => {
+                    let services: Vec<&str> = t.value.spec.services.keys().map(String::as_str).collect();
+                    problems.push(
+                        o.source
+                            .problem_at(
+                                &["spec", "service"],
+                                format!(
+                                    "service `{}` is not in template `{}`",
+                                    set.spec.service, set.spec.template
+                                ),
+                            )
+                            .hint(format!("the template runs: {}", services.join(", ")))
+                            .about(about),
+                    );
+                    refused.push(name.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        self.sets.retain(|o| !refused.contains(&o.value.metadata.name));
     }
 }
 
@@ -283,6 +373,12 @@ trait Named {
 }
 
 impl Named for Sandbox {
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+impl Named for SandboxSet {
     fn name(&self) -> &str {
         &self.metadata.name
     }
@@ -355,7 +451,7 @@ fn repo_inputs(root: &Path) -> io::Result<(Vec<InputFile>, Vec<Problem>)> {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
-                "{} is not a config repo: it has none of sandboxes/, templates/, environments/",
+                "{} is not a config repo: it has none of sandboxes/, templates/, environments/, sandboxsets/",
                 root.display()
             ),
         ));

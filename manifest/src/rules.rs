@@ -115,6 +115,54 @@ pub fn branch(name: &str) -> Result<(), Broken> {
     }
 }
 
+/// The longest `namePrefix` of a SandboxSet: room is left in the 40 characters of a sandbox name for `-`, a few
+/// characters of the branch and `--` with an 8-digit hash.
+pub const MAX_NAME_PREFIX_LEN: usize = 24;
+/// The most sandboxes one SandboxSet may make.
+pub const MAX_SET_SIZE: u32 = 50;
+
+/// A SandboxSet's branch pattern: a branch name in which `*` stands for any characters (the only wildcard).
+pub fn branch_pattern(pattern: &str) -> Result<(), Broken> {
+    let hint = "write a branch name with `*` for any characters, such as `feature/*`";
+    if let Some(c) = pattern.chars().find(|c| matches!(c, '?' | '[' | ']' | '{' | '}' | '!')) {
+        return Err(broken(
+            format!("branch pattern `{pattern}` uses `{c}`: only `*` is a wildcard"),
+            hint,
+        ));
+    }
+    // Every `*` stands for at least one character of a valid branch name.
+    let example = pattern.replace('*', "x");
+    branch(&example).map_err(|_| {
+        broken(
+            format!("branch pattern `{pattern}` cannot match a valid branch name"),
+            hint,
+        )
+    })
+}
+
+/// A SandboxSet's cap: 1 to 50 sandboxes.
+pub fn set_max(max: u32) -> Result<(), Broken> {
+    if (1..=MAX_SET_SIZE).contains(&max) {
+        return Ok(());
+    }
+    Err(broken(
+        format!("max {max} is outside 1-{MAX_SET_SIZE}"),
+        "a set makes at least one and at most 50 sandboxes",
+    ))
+}
+
+/// A SandboxSet's name prefix: a DNS label of at most 24 characters.
+pub fn name_prefix(prefix: &str) -> Result<(), Broken> {
+    if is_dns_label(prefix) && prefix.len() <= MAX_NAME_PREFIX_LEN {
+        return Ok(());
+    }
+    Err(broken(
+        format!("name prefix `{prefix}` is not a DNS label of at most {MAX_NAME_PREFIX_LEN} characters"),
+        "generated sandboxes are named `<prefix>-<branch>` within 40 characters: set a short `namePrefix` such as \
+         `feat`",
+    ))
+}
+
 /// A pinned commit: a full commit id as git prints it, 40 lowercase hex digits. A short id could become ambiguous
 /// as the repository grows, and a branch or tag name would move.
 pub fn commit_id(id: &str) -> Result<(), Broken> {

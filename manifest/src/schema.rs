@@ -4,7 +4,7 @@
 use schemars::{JsonSchema, Schema};
 use serde_json::{Value, json};
 
-use crate::model::{API_VERSION, Environment, Kind, Sandbox};
+use crate::model::{API_VERSION, Environment, Kind, Sandbox, SandboxSet};
 
 fn for_type<T: JsonSchema>(kind: Kind) -> Schema {
     let mut schema = schemars::generate::SchemaSettings::draft07()
@@ -14,6 +14,7 @@ fn for_type<T: JsonSchema>(kind: Kind) -> Schema {
         Kind::Sandbox => "SDP Sandbox",
         Kind::SandboxTemplate => "SDP SandboxTemplate",
         Kind::Environment => "SDP Environment",
+        Kind::SandboxSet => "SDP SandboxSet",
     };
     schema.insert("title".into(), json!(title));
     if let Some(Value::Object(props)) = schema.get_mut("properties") {
@@ -32,6 +33,7 @@ pub fn schema_json(kind: Kind) -> Schema {
     match kind {
         Kind::Sandbox | Kind::SandboxTemplate => for_type::<Sandbox>(kind),
         Kind::Environment => for_type::<Environment>(kind),
+        Kind::SandboxSet => for_type::<SandboxSet>(kind),
     }
 }
 

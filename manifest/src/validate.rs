@@ -1,7 +1,7 @@
 //! Semantic checks: what the types cannot say. Per object here; across objects in `repo.rs`.
 
 use crate::load::Source;
-use crate::model::{Environment, Route, Sandbox};
+use crate::model::{Environment, Route, Sandbox, SandboxSet};
 use crate::problem::Problem;
 use crate::rules::{self, Broken};
 
@@ -187,5 +187,58 @@ pub(crate) fn environment(env: &Environment, src: &Source, out: &mut Vec<Problem
     }
     for file in spec.files.keys() {
         push(out, src, &["spec", "files", file], true, rules::relative_file(file));
+    }
+}
+
+/// Checks of a SandboxSet that need nothing but the object itself (its template and service are checked across
+/// objects, in `repo.rs`).
+pub(crate) fn sandbox_set(set: &SandboxSet, src: &Source, out: &mut Vec<Problem>) {
+    push(
+        out,
+        src,
+        &["metadata", "name"],
+        false,
+        rules::object_name("set name", &set.metadata.name),
+    );
+    let spec = &set.spec;
+    push(
+        out,
+        src,
+        &["spec", "template"],
+        false,
+        rules::object_name("template name", &spec.template),
+    );
+    push(
+        out,
+        src,
+        &["spec", "service"],
+        false,
+        rules::service_name(&spec.service),
+    );
+    push(
+        out,
+        src,
+        &["spec", "branches"],
+        false,
+        rules::branch_pattern(&spec.branches),
+    );
+    // A set name too long for a prefix is fine when `namePrefix` is given.
+    let prefix_at: &[&str] = if spec.name_prefix.is_some() {
+        &["spec", "namePrefix"]
+    } else {
+        &["metadata", "name"]
+    };
+    push(out, src, prefix_at, false, rules::name_prefix(set.name_prefix()));
+    if let Some(max) = spec.max {
+        push(out, src, &["spec", "max"], false, rules::set_max(max));
+    }
+    if let Some(expire) = &spec.expire_after {
+        push(
+            out,
+            src,
+            &["spec", "expireAfter"],
+            false,
+            rules::duration_secs(expire).map(drop),
+        );
     }
 }

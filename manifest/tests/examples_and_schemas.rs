@@ -21,6 +21,8 @@ fn the_examples_are_a_valid_config_repo() {
     assert_eq!(names(&set.sandboxes), ["qa-login-error"]);
     assert_eq!(names(&set.templates), ["account-testing", "qa-default"]);
     assert_eq!(set.environments.len(), 2);
+    assert_eq!(set.sets.len(), 1);
+    assert_eq!(set.sets[0].value.spec.template, "account-testing");
     let qa = &set.sandboxes[0].value.spec;
     assert_eq!(qa.services["account"].branch, "feature/login-error");
     assert_eq!(qa.routes["account"], sdp_manifest::Route::Sandbox);
@@ -86,6 +88,21 @@ fn an_independent_validator_accepts_the_examples_and_refuses_broken_ones() {
         let text = fs::read_to_string(&o.source.file).unwrap();
         add(Kind::Environment, serde_saphyr::from_str(&text).unwrap(), true);
     }
+    for o in &set.sets {
+        let text = fs::read_to_string(&o.source.file).unwrap();
+        add(Kind::SandboxSet, serde_saphyr::from_str(&text).unwrap(), true);
+    }
+    let set_doc = serde_json::json!({
+        "apiVersion": "sdp/v1", "kind": "SandboxSet", "metadata": {"name": "s"},
+        "spec": {"template": "t", "service": "account", "branches": "feature/*", "max": 2}
+    });
+    add(Kind::SandboxSet, set_doc.clone(), true);
+    let mut over_cap = set_doc.clone();
+    over_cap["spec"]["max"] = serde_json::json!(51);
+    add(Kind::SandboxSet, over_cap, false);
+    let mut no_template = set_doc;
+    no_template["spec"].as_object_mut().unwrap().remove("template");
+    add(Kind::SandboxSet, no_template, false);
     let good = serde_json::json!({
         "apiVersion": "sdp/v1", "kind": "Sandbox", "metadata": {"name": "x"},
         "spec": {"gateway": {"branch": "main"}, "routes": {"a": "ocp", "b": "http://10.0.0.1:81"}}

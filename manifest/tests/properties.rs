@@ -123,7 +123,7 @@ proptest! {
         prop_assert_eq!(parsed.len(), 1);
         let back = match &parsed[0] {
             Parsed::Sandbox(o) | Parsed::Template(o) => o.value.clone(),
-            Parsed::Environment(_) => panic!("an Environment came back"),
+            Parsed::Environment(_) | Parsed::SandboxSet(_) => panic!("another kind came back"),
         };
         prop_assert_eq!(back, sb);
     }

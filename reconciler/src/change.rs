@@ -340,6 +340,26 @@ pub fn summarize(before: &ConfigSet, after: &ConfigSet, objects: &[ObjectRef]) -
                 };
                 environment_summary(object, find(before).as_ref(), find(after).as_ref(), &mut lines);
             }
+            Kind::SandboxSet => {
+                let find = |set: &ConfigSet| {
+                    set.sets
+                        .iter()
+                        .find(|o| o.value.metadata.name == object.name)
+                        .map(|o| o.value.clone())
+                };
+                match (find(before), find(after)) {
+                    (None, Some(s)) => lines.push(format!(
+                        "set {}: a sandbox per branch {} of {} from template {}",
+                        object.name, s.spec.branches, s.spec.service, s.spec.template
+                    )),
+                    (Some(_), None) => lines.push(format!(
+                        "set {}: removed, and with it every sandbox it made",
+                        object.name
+                    )),
+                    (Some(a), Some(b)) if a != b => lines.push(format!("set {}: changed", object.name)),
+                    _ => {}
+                }
+            }
         }
     }
     lines
