@@ -56,6 +56,10 @@ pub struct SandboxDoc {
     pub actual: Actual,
     /// The manifest as committed.
     pub manifest: Option<String>,
+    /// The SandboxSet that made this sandbox from a branch (annotation `sdp/generatedBy`): it is no file in the
+    /// repo, and goes when its branch does.
+    #[serde(default)]
+    pub generated_by: Option<String>,
     /// The config commit the VMs follow.
     pub config_commit: String,
     pub config_author: String,
@@ -349,6 +353,22 @@ pub struct ActualDoc {
     pub now: u64,
     /// When each sandbox last changed or deployed, unix seconds: `expireAfter` counts from it.
     pub last_activity: BTreeMap<String, u64>,
+    /// The branches of each repository a SandboxSet needs, as the reconciler last listed them: `sdp plan` makes
+    /// the sets' sandboxes from them, as the reconciler does.
+    #[serde(default)]
+    pub branches: BTreeMap<String, Vec<String>>,
+    /// Branches that match a set but have no sandbox, with the reason (over the cap, a name taken).
+    #[serde(default)]
+    pub skipped: Vec<SkippedDoc>,
+}
+
+/// A branch that matches a SandboxSet's pattern but has no sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedDoc {
+    pub set: String,
+    pub branch: String,
+    pub reason: String,
 }
 
 /// One host port given to a sandbox's service (or its `gateway`).

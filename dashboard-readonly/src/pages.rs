@@ -107,6 +107,13 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
         short(Some(&sb.config_commit)),
         esc(&sb.config_author),
     );
+    if let Some(set) = &sb.generated_by {
+        body.push_str(&format!(
+            "<p>Made by SandboxSet <code>{}</code> from a branch: it is no file in the config repo, and goes when \
+             its branch does.</p>",
+            esc(set)
+        ));
+    }
     for (label, msg) in [
         ("Held", sb.held.clone()),
         ("Config errors", sb.config_errors.as_ref().map(|e| e.join("\n"))),

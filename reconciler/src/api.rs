@@ -255,6 +255,13 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
         status: (&status).into(),
         actual,
         manifest: world.snapshot.manifests.get(&name).cloned(),
+        generated_by: world
+            .generated
+            .sandboxes
+            .iter()
+            .find(|s| s.metadata.name == name)
+            .and_then(crate::sets::generated_by)
+            .map(str::to_string),
         config_commit: world.snapshot.commit.clone(),
         config_author: world.snapshot.author.clone(),
         // The last commit that changed this sandbox's own file (`configCommit` is the one the VMs follow).
@@ -518,7 +525,7 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
     let clock = c.clock();
     ActualDoc {
         config_commit: c.world().snapshot.commit.clone(),
-        sandboxes: c.world().snapshot.sandboxes.clone(),
+        sandboxes: c.world().sandboxes().into_owned(),
         connected: [Role::Micro, Role::Gateway]
             .into_iter()
             .filter(|r| c.hub.address(*r).is_some())
@@ -529,6 +536,18 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
         settings: (&c.compile_settings()).into(),
         now: clock.now,
         last_activity: clock.last_activity,
+        branches: c.branches(),
+        skipped: c
+            .world()
+            .generated
+            .skipped
+            .iter()
+            .map(|s| sdp_dashboard::docs::SkippedDoc {
+                set: s.set.clone(),
+                branch: s.branch.clone(),
+                reason: s.reason.clone(),
+            })
+            .collect(),
     }
 }
 

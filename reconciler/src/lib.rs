@@ -16,5 +16,6 @@ pub mod pins;
 pub mod plan;
 pub mod preview;
 pub mod serve;
+pub mod sets;
 pub mod source;
 pub mod store;

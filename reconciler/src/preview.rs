@@ -21,6 +21,8 @@ pub struct Inputs {
     pub allocations: Arc<Allocations>,
     pub settings: Settings,
     pub clock: Clock,
+    /// The branches the reconciler last listed for the SandboxSets' repositories.
+    pub branches: crate::sets::Branches,
 }
 
 /// What the change does to a sandbox in git.

@@ -373,6 +373,11 @@ fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, 
                 }
                 controller.set_snapshot(snapshot);
             }
+            // The sets' branches are listed on the same schedule (a poll, the git hook), in the background.
+            {
+                let controller = controller.clone();
+                tokio::spawn(async move { controller.list_branches().await });
+            }
             // A read on a file event did not follow the upstream: what the last attempt said still holds.
             if follow {
                 follow_error = followed.err().map(|e| format!("{e:#}"));

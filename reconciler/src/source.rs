@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use sdp_manifest::{Environment, Kind, Problem, Sandbox};
+use sdp_manifest::{Environment, Kind, Problem, Sandbox, SandboxSet};
 
 use crate::change::RepoState;
 use crate::git::{Change, Git};
@@ -92,6 +92,10 @@ pub struct Snapshot {
     /// The sandboxes to run: the valid ones, and the broken ones at their last valid spec.
     pub sandboxes: Vec<Sandbox>,
     pub environments: Vec<Environment>,
+    /// The SandboxSets and the templates they make sandboxes from (a broken one at its last valid spec, so that a
+    /// typo never takes its sandboxes down).
+    pub sets: Vec<SandboxSet>,
+    pub templates: Vec<Sandbox>,
     /// Each sandbox's document as committed (its last valid one when it is broken now).
     pub manifests: BTreeMap<String, String>,
     /// Problems of each sandbox, as `file:line:column: message`. A sandbox listed here and in `sandboxes` runs
@@ -263,6 +267,46 @@ impl Source {
                     files_of.insert((Kind::Environment, name.clone()), file.clone());
                 }
                 snap.environments.push(env.clone());
+            }
+        }
+        for o in &set.templates {
+            files_of.insert(
+                (Kind::SandboxTemplate, o.value.metadata.name.clone()),
+                o.source.file.clone(),
+            );
+            snap.templates.push(o.value.clone());
+        }
+        for o in &set.sets {
+            files_of.insert((Kind::SandboxSet, o.value.metadata.name.clone()), o.source.file.clone());
+            snap.sets.push(o.value.clone());
+        }
+        // A broken template or set keeps its last valid spec, as an environment does.
+        for t in &previous.templates {
+            let key = (Kind::SandboxTemplate, t.metadata.name.clone());
+            if !files_of.contains_key(&key) && !broken(key.0, &key.1, &self.files_of).is_empty() {
+                if let Some(file) = self.files_of.get(&key) {
+                    files_of.insert(key.clone(), file.clone());
+                }
+                snap.templates.push(t.clone());
+            }
+        }
+        for s in &previous.sets {
+            let key = (Kind::SandboxSet, s.metadata.name.clone());
+            if !files_of.contains_key(&key) && !broken(key.0, &key.1, &self.files_of).is_empty() {
+                if let Some(file) = self.files_of.get(&key) {
+                    files_of.insert(key.clone(), file.clone());
+                }
+                snap.sets.push(s.clone());
+            }
+        }
+        // A template deleted while a set still names it is kept too: the set is refused, not its sandboxes.
+        for s in &snap.sets {
+            let name = &s.spec.template;
+            if snap.templates.iter().any(|t| &t.metadata.name == name) {
+                continue;
+            }
+            if let Some(t) = previous.templates.iter().find(|t| &t.metadata.name == name) {
+                snap.templates.push(t.clone());
             }
         }
         // Sandboxes that never had a valid spec still show their problems.

@@ -252,6 +252,15 @@ impl Store {
         self.put_meta("activity", activity)
     }
 
+    /// The branches of each repository a SandboxSet needs, as last listed.
+    pub fn branches(&self) -> Result<crate::sets::Branches> {
+        self.get_meta("branches")
+    }
+
+    pub fn set_branches(&self, branches: &crate::sets::Branches) -> Result<()> {
+        self.put_meta("branches", branches)
+    }
+
     pub fn set_applied(&self, container: &str, spec_hash: &str) -> Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(APPLIED)?.insert(container, spec_hash)?;

@@ -68,6 +68,7 @@ fn doc(account_branch: &str, account_runs: bool) -> SandboxDoc {
         }),
         held: None,
         config_errors: None,
+        generated_by: None,
         gateway_url: None,
         status: Status {
             sync: Sync::Synced,

@@ -319,6 +319,7 @@ pub fn sandbox_table(sb: &SandboxDoc) -> String {
         sb.config_author,
     ));
     for (label, v) in [
+        ("Made by set", sb.generated_by.clone()),
         ("Held", sb.held.clone()),
         ("Error", status.last_error.clone()),
         ("Config errors", sb.config_errors.as_ref().map(|e| e.join("; "))),

@@ -30,6 +30,8 @@ struct PlanDoc {
     /// Whether anything would change: the exit code is 2 when it would.
     changes: bool,
     sandboxes: Vec<SandboxPlan>,
+    /// Branches that match a SandboxSet but make no sandbox, with the reason.
+    skipped: Vec<docs::SkippedDoc>,
     ports: PortChanges,
 }
 
@@ -39,6 +41,8 @@ struct SandboxPlan {
     name: String,
     /// `added`, `removed`, `changed` or `unchanged` in git.
     change: &'static str,
+    /// The SandboxSet that makes this sandbox from a branch.
+    generated_by: Option<String>,
     mode: Option<docs::Mode>,
     held: Option<String>,
     actions: Vec<ActionPlan>,
@@ -119,8 +123,29 @@ fn plan(path: &Path, server: Option<&Server>, json: bool) -> Result<ExitCode> {
     };
     let sandboxes: Vec<_> = set.sandboxes.iter().map(|o| o.value.clone()).collect();
     let environments: Vec<_> = set.environments.iter().map(|o| o.value.clone()).collect();
+    // The sets' sandboxes, made as the reconciler makes them: from the branches it last listed.
+    let sets: Vec<_> = set.sets.iter().map(|o| o.value.clone()).collect();
+    let templates: Vec<_> = set.templates.iter().map(|o| o.value.clone()).collect();
+    let generated = crate::sets::generate(&sets, &templates, &inputs.branches, &sandboxes);
+    let sandboxes = crate::sets::with_generated(&sandboxes, &generated);
     let preview = preview(&sandboxes, &environments, &inputs);
-    let doc = document(&preview, server.map(|s| s.server.clone()), commit);
+    let mut doc = document(&preview, server.map(|s| s.server.clone()), commit);
+    for sb in &mut doc.sandboxes {
+        sb.generated_by = sandboxes
+            .iter()
+            .find(|s| s.metadata.name == sb.name)
+            .and_then(crate::sets::generated_by)
+            .map(str::to_string);
+    }
+    doc.skipped = generated
+        .skipped
+        .into_iter()
+        .map(|s| docs::SkippedDoc {
+            set: s.set,
+            branch: s.branch,
+            reason: s.reason,
+        })
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -156,6 +181,7 @@ fn inputs_from(doc: ActualDoc) -> Inputs {
             now: doc.now,
             last_activity: doc.last_activity,
         },
+        branches: doc.branches,
     }
 }
 
@@ -175,6 +201,7 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
             .map(|s| SandboxPlan {
                 name: s.name.clone(),
                 change: s.change.as_str(),
+                generated_by: None,
                 mode: s.mode.as_ref().map(|m| match m {
                     Mode::Active => docs::Mode::Active,
                     Mode::Suspended(why) => docs::Mode::Suspended(why.clone()),
@@ -196,6 +223,7 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
                     .collect(),
             })
             .collect(),
+        skipped: Vec::new(),
         ports: PortChanges {
             added: preview.ports_added.iter().map(port).collect(),
             removed: preview.ports_removed.iter().map(port).collect(),
@@ -237,7 +265,12 @@ fn text(doc: &PlanDoc, settings: &Settings, reported: &[Role]) -> String {
             Some(docs::Mode::Suspended(why)) => format!(", suspended: {why}"),
             _ => String::new(),
         };
-        out.push_str(&format!("\nsandbox {} ({}{mode})\n", sb.name, sb.change));
+        let made = sb
+            .generated_by
+            .as_ref()
+            .map(|set| format!(", made by set {set}"))
+            .unwrap_or_default();
+        out.push_str(&format!("\nsandbox {} ({}{mode}{made})\n", sb.name, sb.change));
         if let Some(why) = &sb.held {
             out.push_str(&format!("  held, nothing is done to it: {why}\n"));
         } else if sb.actions.is_empty() {
@@ -245,6 +278,12 @@ fn text(doc: &PlanDoc, settings: &Settings, reported: &[Role]) -> String {
         }
         for a in &sb.actions {
             out.push_str(&format!("  {}\n", a.says));
+        }
+    }
+    if !doc.skipped.is_empty() {
+        out.push_str("\nskipped branches\n");
+        for s in &doc.skipped {
+            out.push_str(&format!("  set {}, branch {}: {}\n", s.set, s.branch, s.reason));
         }
     }
     if !doc.ports.added.is_empty() || !doc.ports.removed.is_empty() {

@@ -13,6 +13,10 @@
 //!   next: a retry when a backoff runs out, else a resync after `resync` (±10 %, so that a thousand sandboxes do
 //!   not all come at once), or nothing when the sandbox is gone, held or invalid (a commit wakes it).
 //! - **Logs** ([`logs`]): agents' log lines and deployment progress, to files and live readers.
+//! - **Sets** ([`crate::sets`]): the SandboxSets' sandboxes are made from the branches the agents last listed
+//!   ([`Controller::list_branches`], on every poll of the source and on the git hook); a new list recompiles, and a
+//!   sandbox whose branch is gone leaves the desired state, so its pass removes it. A failed listing keeps the last
+//!   list (stored, so a restart keeps it too).
 //! - **Stop**: [`Controller::stop`] makes the workers take no new pass and each pass stop after its current
 //!   step; [`Controller::run`] returns when the passes in flight have.
 
@@ -34,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::desired::{Allocations, Clock, Desired, Settings, compile, note_changes};
 use crate::hub::{Hub, now_ms};
+use crate::sets::{Branches, Generated};
 use crate::source::Snapshot;
 use crate::store::Store;
 
@@ -47,7 +52,29 @@ pub use trigger::{Trigger, Triggers};
 #[derive(Clone, Default)]
 pub struct World {
     pub snapshot: Arc<Snapshot>,
+    /// The SandboxSets' sandboxes, made from the snapshot's sets and the branches last listed.
+    pub generated: Arc<Generated>,
     pub desired: Arc<Desired>,
+}
+
+impl World {
+    /// What compile reads: the config repo's sandboxes, then the generated ones.
+    pub fn sandboxes(&self) -> std::borrow::Cow<'_, [sdp_manifest::Sandbox]> {
+        if self.generated.sandboxes.is_empty() {
+            std::borrow::Cow::Borrowed(&self.snapshot.sandboxes)
+        } else {
+            std::borrow::Cow::Owned(crate::sets::with_generated(&self.snapshot.sandboxes, &self.generated))
+        }
+    }
+
+    /// The spec of sandbox `name`, from the repo or a set.
+    pub fn sandbox(&self, name: &str) -> Option<&sdp_manifest::Sandbox> {
+        self.snapshot
+            .sandboxes
+            .iter()
+            .chain(&self.generated.sandboxes)
+            .find(|s| s.metadata.name == name)
+    }
 }
 
 /// Counters for `/metrics`.
@@ -72,6 +99,10 @@ pub struct Controller {
     /// Port allocations as last stored, and when each sandbox last changed (for `expireAfter`).
     allocations: Mutex<Arc<Allocations>>,
     activity: Mutex<BTreeMap<String, u64>>,
+    /// The branches of each repository a set needs, as last listed (stored).
+    branches: Mutex<Branches>,
+    /// True while a listing of branches runs: a poll that comes meanwhile does not start another.
+    listing: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
     pub logs: logs::Logs,
     /// Counts status changes (sync, health, drift, in-flight, errors, a deployment's stages): live pages wake on
@@ -88,6 +119,7 @@ impl Controller {
     pub fn new(hub: Arc<Hub>, store: Store, settings: Settings, resync: Duration) -> anyhow::Result<Arc<Controller>> {
         let allocations = Arc::new(store.allocations()?);
         let activity = store.activity()?;
+        let branches = store.branches()?;
         Ok(Arc::new(Controller {
             hub,
             store,
@@ -99,6 +131,8 @@ impl Controller {
             backoff: backoff::Backoffs::default(),
             allocations: Mutex::new(allocations),
             activity: Mutex::new(activity),
+            branches: Mutex::new(branches),
+            listing: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             logs: logs::Logs::default(),
             changes: tokio::sync::watch::Sender::new(0),
@@ -129,23 +163,12 @@ impl Controller {
         names
     }
 
-    /// A new snapshot from the source: remember activity, compile, and wake every sandbox.
+    /// A new snapshot from the source: make the sets' sandboxes, remember activity, compile, and wake every
+    /// sandbox.
     pub fn set_snapshot(&self, snapshot: Snapshot) {
-        let now = now_ms() / 1000;
-        {
-            let old = self.world().snapshot;
-            let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-            note_changes(&old.sandboxes, &snapshot.sandboxes, &mut activity, now);
-            if let Err(e) = self.store.set_activity(&activity) {
-                tracing::error!("cannot store activity: {e:#}");
-            }
-        }
         let commit = snapshot.commit.clone();
         let author = snapshot.author.clone();
-        {
-            let mut world = self.world.write().unwrap_or_else(|e| e.into_inner());
-            world.snapshot = Arc::new(snapshot);
-        }
+        self.set_world(Some(Arc::new(snapshot)));
         self.recompile();
         if let Err(e) = self.store.event(
             now_ms(),
@@ -157,16 +180,97 @@ impl Controller {
         self.trigger_all(Trigger::ConfigCommit);
     }
 
+    /// The sandboxes the sets of `snapshot` make from the branches last listed.
+    fn generate(&self, snapshot: &Snapshot) -> Arc<Generated> {
+        let branches = self.branches.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::new(crate::sets::generate(
+            &snapshot.sets,
+            &snapshot.templates,
+            &branches,
+            &snapshot.sandboxes,
+        ))
+    }
+
+    /// Replaces the snapshot (when given) and makes the sets' sandboxes again; a sandbox whose spec differs from
+    /// before (or that is new) counts as changed now, for `expireAfter`. Says whether the generated sandboxes
+    /// changed.
+    fn set_world(&self, snapshot: Option<Arc<Snapshot>>) -> bool {
+        let now = now_ms() / 1000;
+        let mut world = self.world.write().unwrap_or_else(|e| e.into_inner());
+        let old = world.clone();
+        if let Some(snapshot) = snapshot {
+            world.snapshot = snapshot;
+        }
+        let generated = self.generate(&world.snapshot);
+        if generated == old.generated && Arc::ptr_eq(&world.snapshot, &old.snapshot) {
+            return false;
+        }
+        world.generated = generated;
+        let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        note_changes(&old.sandboxes(), &world.sandboxes(), &mut activity, now);
+        if let Err(e) = self.store.set_activity(&activity) {
+            tracing::error!("cannot store activity: {e:#}");
+        }
+        world.generated != old.generated
+    }
+
+    /// The branches of each repository a set needs, as last listed.
+    pub fn branches(&self) -> Branches {
+        self.branches.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new list of `repo`'s branches: when it differs from the last, store it, make the sets' sandboxes again,
+    /// recompile and wake the sandboxes whose desired state changed (a sandbox made or gone among them).
+    pub fn set_branches(&self, repo: &str, mut list: Vec<String>) {
+        list.sort();
+        list.dedup();
+        {
+            let mut branches = self.branches.lock().unwrap_or_else(|e| e.into_inner());
+            if branches.get(repo) == Some(&list) {
+                return;
+            }
+            branches.insert(repo.to_string(), list);
+            if let Err(e) = self.store.set_branches(&branches) {
+                tracing::error!("cannot store the branches of {repo}: {e:#}");
+            }
+        }
+        if !self.set_world(None) {
+            return;
+        }
+        tracing::info!(repo, "branches changed: the sets' sandboxes were made again");
+        for name in self.recompile() {
+            self.trigger(&name, Trigger::ConfigCommit);
+        }
+    }
+
+    /// Asks the agents for the branches of every repository a set needs (`git ls-remote`), and takes each
+    /// answer; a failed listing keeps the last list, so an error never removes a sandbox. At most one listing
+    /// runs at a time.
+    pub async fn list_branches(&self) {
+        use std::sync::atomic::Ordering;
+        if self.listing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let repos = crate::sets::repositories(&self.world().snapshot.sets);
+        for repo in repos {
+            match self.hub.branches(&repo, Duration::from_secs(30)).await {
+                Ok(heads) => self.set_branches(&repo, heads.into_iter().map(|h| h.branch).collect()),
+                Err(e) => tracing::warn!(repo, "cannot list branches, the last list is kept: {e}"),
+            }
+        }
+        self.listing.store(false, Ordering::Release);
+    }
+
     /// Compiles the current snapshot with the stored allocations and the micro agent's address; says which
     /// sandboxes' desired state changed (by the clock: `expireAfter`, retention; or by the micro agent's address).
     pub fn recompile(&self) -> Vec<String> {
-        let snapshot = self.world().snapshot;
+        let world = self.world();
         let settings = self.compile_settings();
         let clock = self.clock();
         let mut allocations = self.allocations.lock().unwrap_or_else(|e| e.into_inner());
         let desired = compile(
-            &snapshot.sandboxes,
-            &snapshot.environments,
+            &world.sandboxes(),
+            &world.snapshot.environments,
             &allocations,
             &settings,
             &clock,

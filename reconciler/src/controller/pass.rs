@@ -15,7 +15,6 @@ use super::{Controller, World};
 use crate::desired::{DesiredSandbox, Mode};
 use crate::hub::{AskError, Readiness, now_ms};
 use crate::plan::{Step, plan};
-use crate::source::Snapshot;
 use crate::store::{Deployment, DeploymentState};
 
 /// How long an agent has for one action: builds take a while, the rest is quick.
@@ -171,7 +170,7 @@ impl Controller {
             let label = step.to_string();
             self.set_in_flight(name, Some(label.clone()));
             tracing::info!("{label}");
-            match self.run_step(name, desired, step, &world.snapshot, why).await {
+            match self.run_step(name, desired, step, &world, why).await {
                 Ok(()) => {
                     self.backoff.succeeded(&step.resource);
                     self.count(step, "succeeded");
@@ -265,7 +264,7 @@ impl Controller {
         name: &str,
         desired: Option<&DesiredSandbox>,
         step: &Step,
-        snapshot: &Snapshot,
+        world: &super::World,
         why: &Triggers,
     ) -> Result<(), StepError> {
         let deploy = match &step.action {
@@ -282,7 +281,8 @@ impl Controller {
                 .map_err(StepError::Store)?;
             return Ok(());
         };
-        let spec = snapshot.sandboxes.iter().find(|s| s.metadata.name == name);
+        let spec = world.sandbox(name);
+        let snapshot = &world.snapshot;
         let environments = spec
             .and_then(|s| match deploy.service.as_str() {
                 GATEWAY => Some(&s.spec.gateway.environments),
