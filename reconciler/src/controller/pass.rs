@@ -170,7 +170,7 @@ impl Controller {
             let label = step.to_string();
             self.set_in_flight(name, Some(label.clone()));
             tracing::info!("{label}");
-            match self.run_step(name, desired, step, &world, why).await {
+            match self.run_step(name, desired, step, world, why).await {
                 Ok(()) => {
                     self.backoff.succeeded(&step.resource);
                     self.count(step, "succeeded");
