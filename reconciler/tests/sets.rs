@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+mod common;
+
 use proptest::prelude::*;
 use sdp_manifest::{ConfigSet, Environment, Sandbox, SandboxSet, rules};
 use sdp_reconciler::desired::{Allocations, Clock, Mode, Settings, compile};
@@ -237,4 +239,70 @@ fn a_gone_branch_takes_its_sandbox_out_of_the_plan() {
     let change = |name: &str| p.sandboxes.iter().find(|s| s.name == name).unwrap().change;
     assert_eq!(change("acct-a"), Change::Removed);
     assert_eq!(change("acct-b"), Change::Unchanged);
+}
+
+fn desired_names(c: &sdp_reconciler::controller::Controller) -> Vec<String> {
+    c.world().desired.sandboxes.keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn the_controller_remakes_the_sets_when_branches_change_and_keeps_them_when_listing_fails() {
+    use sdp_reconciler::controller::Controller;
+    use sdp_reconciler::hub::Hub;
+    use sdp_reconciler::source::{Origin, Source};
+    use sdp_reconciler::store::Store;
+    use std::time::Duration;
+
+    let repo = common::repo::Repo::new();
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let hub = Arc::new(Hub::new("test-token-0123456789abcdef".into(), tx));
+        let store = Store::open(data.path()).unwrap();
+        Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap()
+    };
+    let controller = start();
+    let mut source = Source::new(Origin::Local(repo.dir.clone()));
+    controller.set_snapshot(source.refresh().unwrap().unwrap());
+    // Never listed: the set makes nothing yet.
+    assert_eq!(desired_names(&controller), ["qa-login-error"]);
+
+    controller.set_branches(
+        "account",
+        vec!["feature/b".into(), "develop".into(), "feature/a".into()],
+    );
+    assert_eq!(desired_names(&controller), ["acct-a", "acct-b", "qa-login-error"]);
+    assert_eq!(
+        controller.world().desired.sandboxes["acct-a"].services["account"].branch,
+        "feature/a"
+    );
+
+    // No agent serves the repository: the listing fails, and the last list stands.
+    controller.list_branches().await;
+    assert_eq!(desired_names(&controller), ["acct-a", "acct-b", "qa-login-error"]);
+
+    // A set that stops validating, or whose template is deleted, keeps its last valid spec and its sandboxes.
+    let set_file = "sandboxsets/account-features.yaml";
+    let good = std::fs::read_to_string(repo.dir.join(set_file)).unwrap();
+    repo.write(set_file, &good.replace("max: 5", "max: 500"));
+    repo.git(&["rm", "-q", "templates/account-testing.yaml"]);
+    repo.git(&["commit", "-qam", "a typo, a template gone"]);
+    let snapshot = source.refresh().unwrap().unwrap();
+    assert!(!snapshot.problems.is_empty());
+    controller.set_snapshot(snapshot);
+    assert_eq!(desired_names(&controller), ["acct-a", "acct-b", "qa-login-error"]);
+
+    // feature/a deleted: its sandbox leaves the desired state (its pass removes it); feature/b's stays.
+    controller.set_branches("account", vec!["develop".into(), "feature/b".into()]);
+    assert_eq!(desired_names(&controller), ["acct-b", "qa-login-error"]);
+
+    // The list is stored: a restarted reconciler makes the same sandboxes before any listing.
+    drop(controller);
+    repo.write(set_file, &good);
+    repo.git(&["checkout", "-q", "HEAD~1", "--", "templates/account-testing.yaml"]);
+    repo.git(&["commit", "-qam", "fixed"]);
+    let controller = start();
+    let mut source = Source::new(Origin::Local(repo.dir.clone()));
+    controller.set_snapshot(source.refresh().unwrap().unwrap());
+    assert_eq!(desired_names(&controller), ["acct-b", "qa-login-error"]);
 }
