@@ -239,7 +239,7 @@ impl Controller {
         }
         tracing::info!(repo, "branches changed: the sets' sandboxes were made again");
         for name in self.recompile() {
-            self.trigger(&name, Trigger::ConfigCommit);
+            self.trigger(&name, Trigger::BranchesListed);
         }
     }
 

@@ -10,6 +10,8 @@ pub enum Trigger {
     ConfigCommit,
     /// A branch one of its containers runs has a new head.
     BranchMoved,
+    /// A SandboxSet's repository has new branches or lost some: the set made this sandbox, or no longer does.
+    BranchesListed,
     /// An agent reported a change of the sandbox's objects on its VM: drift, a container that stopped, an action's
     /// effect.
     AgentReport,
@@ -30,6 +32,7 @@ impl fmt::Display for Trigger {
         f.write_str(match self {
             Trigger::ConfigCommit => "config commit",
             Trigger::BranchMoved => "branch moved",
+            Trigger::BranchesListed => "branches listed",
             Trigger::AgentReport => "agent report",
             Trigger::AgentConnected => "agent connected",
             Trigger::Expiry => "expiry",
