@@ -1,5 +1,5 @@
 //! A SandboxSet on the real engine with both agents: pushing `feature/a` and `feature/b` of a service makes two
-//! sandboxes that converge and answer with their branch's commit; a third branch is over the cap of 2 and is
+//! sandboxes that converge and answer with their branch's commit, directly and through their own gateways; a third branch is over the cap of 2 and is
 //! listed as skipped; deleting `feature/a` removes its sandbox (containers, network, ports) and the cap then makes
 //! `feature/c`'s.
 
@@ -89,6 +89,22 @@ fn a_set_makes_a_sandbox_per_branch_and_removes_it_with_its_branch() {
     assert_ne!(port_a, port_b);
     wait_for("feature/a to answer", Duration::from_secs(120), answers(port_a, &a));
     wait_for("feature/b to answer", Duration::from_secs(120), answers(port_b, &b));
+    // Each sandbox's own gateway sends account to that sandbox's container.
+    for (sb, branch, commit) in [(&sb_a, "a", &a), (&sb_b, "b", &b)] {
+        let gateway = sb["desired"]["gateway"]["hostPort"].as_u64().unwrap();
+        let answer = wait_for(
+            &format!("feature/{branch} through its gateway"),
+            Duration::from_secs(120),
+            || match get_text(&format!("http://127.0.0.1:{gateway}/account/")) {
+                Ok(text) if text.contains(commit.as_str()) => Ok(text),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        assert_eq!(
+            answer.trim(),
+            format!("account {} feature/{branch} {commit}", name(branch))
+        );
+    }
     let shown =
         run(Command::new(binaries().join("sdp")).args(["get", "sandbox", &name("a"), "--server", &cluster.api]));
     assert!(shown.contains("Made by set: features"), "{shown}");
