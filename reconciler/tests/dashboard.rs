@@ -25,7 +25,7 @@ struct Server {
 fn examples() -> BTreeMap<PathBuf, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut files = BTreeMap::new();
-    for dir in ["sandboxes", "templates", "environments"] {
+    for dir in ["sandboxes", "templates", "environments", "sandboxsets"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             files.insert(
@@ -56,6 +56,8 @@ async fn server() -> Server {
         files,
     );
     controller.set_snapshot(snapshot);
+    // The examples' set makes acct-x from a branch of account.
+    controller.set_branches("account", vec!["feature/x".into()]);
     let d = controller
         .store
         .start_deployment(Deployment {
@@ -149,6 +151,23 @@ async fn every_page_answers_under_the_base_path() {
     assert!(
         html.contains(&format!("href=\"{BASE}/deployments/1\"")),
         "the last deployment is linked"
+    );
+
+    // A generated sandbox says which set made it, on its page and in its document.
+    let (code, _, html) = page("/sandboxes/acct-x").await;
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("Made by SandboxSet <code>account-features</code>"),
+        "{html}"
+    );
+    let (_, _, doc) = page("/api/v1/sandboxes/acct-x").await;
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["generatedBy"], "account-features", "{doc}");
+    assert_eq!(doc["desired"]["services"]["account"]["branch"], "feature/x");
+    let (_, _, html) = page("/sandboxes/qa-login-error").await;
+    assert!(
+        !html.contains("Made by SandboxSet"),
+        "a repo sandbox was made by no set"
     );
 
     let (code, _, html) = page("/deployments?sandbox=qa-login-error&state=failed").await;
