@@ -109,6 +109,28 @@ fn a_set_makes_a_sandbox_per_branch_and_removes_it_with_its_branch() {
         run(Command::new(binaries().join("sdp")).args(["get", "sandbox", &name("a"), "--server", &cluster.api]));
     assert!(shown.contains("Made by set: features"), "{shown}");
 
+    // `sdp plan` makes the same sandboxes from the branches the reconciler listed: converged, nothing to do.
+    let out = Command::new(binaries().join("sdp"))
+        .arg("plan")
+        .arg(&cluster.config)
+        .args(["--server", &cluster.api, "--format", "json"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let plan: serde_json::Value = serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
+    for branch in ["a", "b"] {
+        let sb = plan["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name(branch).as_str())
+            .unwrap_or_else(|| panic!("{} not planned: {said}", name(branch)));
+        assert_eq!(sb["generatedBy"], "features", "{sb}");
+        assert_eq!(sb["change"], "unchanged", "{sb}");
+        assert_eq!(sb["actions"], serde_json::json!([]), "{sb}");
+    }
+    assert_eq!(out.status.code(), Some(0), "{said}");
+
     // 2. A third branch is over the cap: skipped, with the reason, and no sandbox.
     account.push("feature/c", "c.txt", "c\n");
     let actual = wait_for("feature/c to be skipped", Duration::from_secs(60), || {
