@@ -371,6 +371,36 @@ $config['note'] = 'a $config[\'fake_url\'] = \'x\'; inside a string';
         }
 
         proptest! {
+            /// A branch's config.php is anything its pusher committed, or what a container wrote: parsing and
+            /// patching any text never panics, and a patch that succeeds parses back to what was asked.
+            #[test]
+            fn any_text_parses_and_patches_without_a_panic(
+                text in proptest::collection::vec(
+                    prop_oneof![
+                        any::<char>().prop_map(|c| c.to_string()),
+                        Just("$config['".to_string()),
+                        Just("_url'] = '".to_string()),
+                        Just("';\n".to_string()),
+                        Just("/*".to_string()),
+                        Just("*/".to_string()),
+                        Just("\\'".to_string()),
+                        Just("<?php\n".to_string()),
+                    ],
+                    0..200,
+                ).prop_map(|parts| parts.concat()),
+                changes in proptest::collection::btree_map(0..4usize, url(), 0..3),
+            ) {
+                let _ = routes(&text);
+                let wanted: BTreeMap<String, String> =
+                    changes.iter().map(|(s, u)| (SERVICES[*s].to_string(), u.clone())).collect();
+                if let Ok(patched) = patch(&text, &wanted) {
+                    let back = routes(&patched);
+                    for (service, url) in &wanted {
+                        prop_assert_eq!(back.get(service), Some(url));
+                    }
+                }
+            }
+
             #[test]
             fn patch_then_parse_gives_the_new_map_and_keeps_every_other_byte(
                 lines in proptest::collection::vec(line(), 0..20),
