@@ -225,15 +225,17 @@ async fn session(
                         executor.fetch_named(names).await;
                     }
                 }
-                let Some(scanned) = executor.quiet_report().await else {
-                    continue;
-                };
-                match scanned {
-                    Ok(report) => {
-                        executor.follow(&report, &outbox);
-                        outbox.report(report).await;
+                let scan = async {
+                    match executor.quiet_report().await? {
+                        Ok(report) => Some(report),
+                        Err(e) => {
+                            tracing::warn!("cannot read the node's state: {e:#}");
+                            None
+                        }
                     }
-                    Err(e) => tracing::warn!("cannot read the node's state: {e:#}"),
+                };
+                if let Some(report) = outbox.report(scan).await {
+                    executor.follow(&report, &outbox);
                 }
             }
         })
@@ -301,9 +303,7 @@ async fn session(
                         tracing::warn!(request = request.request_id, "action {what} failed: {e:#}");
                     }
                     // The report first, so the reconciler plans against what the action left.
-                    if let Ok(report) = executor.report().await {
-                        outbox.report(report).await;
-                    }
+                    outbox.report(async { executor.report().await.ok() }).await;
                     outbox
                         .send(AgentFrame::ActionResult(sdp_protocol::ActionResult {
                             request_id: request.request_id,
@@ -396,8 +396,6 @@ async fn finish(executor: &Arc<Executor>, running: &Running, outbox: &Outbox) {
             }))
             .await;
     }
-    if let Ok(report) = executor.report().await {
-        outbox.report(report).await;
-    }
+    outbox.report(async { executor.report().await.ok() }).await;
     tracing::info!("stopped");
 }

@@ -60,16 +60,22 @@ impl Outbox {
         let _ = self.tx.send(frame).await;
     }
 
-    /// Sends a report unless it is the one sent last. Says whether it was sent.
-    pub async fn report(&self, state: ActualState) -> bool {
+    /// Takes a report with `scan` and sends it unless it is the one sent last; gives back what `scan` found
+    /// (`None`: nothing to send). The lock is held from the scan to the send, so reports leave in the order they
+    /// were taken: two actions that end side by side each scan, and the scan of the first, taken while the
+    /// second's container was created but not yet started, once left after the second's own report and just
+    /// before its result, and the reconciler redeployed the container it had just started.
+    pub async fn report<F>(&self, scan: F) -> Option<ActualState>
+    where
+        F: Future<Output = Option<ActualState>>,
+    {
         let mut last = self.last_report.lock().await;
-        if last.as_ref() == Some(&state) {
-            return false;
+        let state = scan.await?;
+        if last.as_ref() != Some(&state) {
+            *last = Some(state.clone());
+            let _ = self.tx.send(AgentFrame::ActualState(state.clone())).await;
         }
-        *last = Some(state.clone());
-        // Sent under the lock, so that reports leave in the order they were compared.
-        let _ = self.tx.send(AgentFrame::ActualState(state)).await;
-        true
+        Some(state)
     }
 
     /// A log line, cut to `MAX_LOG_LINE`: never waits; when its share of the queue is full the line is dropped
@@ -210,6 +216,61 @@ mod tests {
         let after = drain(&mut queue).await;
         assert_eq!(lines(&after)[0].line, "after");
         assert_eq!(lines(&after)[0].dropped_before, 0);
+    }
+
+    fn state(network: &str) -> ActualState {
+        ActualState {
+            networks: vec![network.to_string()],
+            ..ActualState::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_leave_in_the_order_they_were_taken_even_when_an_older_scan_ends_later() {
+        let (outbox, mut queue) = Outbox::new();
+        let (scanning, scan_started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        // The first action's scan: it sees the node as it was, and ends late.
+        let first = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                outbox
+                    .report(async {
+                        let _ = scanning.send(());
+                        let _ = released.await;
+                        Some(state("before the second action's start"))
+                    })
+                    .await
+            })
+        };
+        scan_started.await.expect("the first scan started");
+        // The second action ends and scans while the first scan runs.
+        let second = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.report(async { Some(state("after")) }).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = release.send(());
+        first.await.unwrap();
+        second.await.unwrap();
+        let sent: Vec<String> = drain(&mut queue)
+            .await
+            .into_iter()
+            .filter_map(|f| match f {
+                AgentFrame::ActualState(s) => Some(s.networks[0].clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            ["before the second action's start", "after"],
+            "the last report is the newest"
+        );
+
+        // An unchanged node is not reported again, and a scan that found nothing sends nothing.
+        assert!(outbox.report(async { Some(state("after")) }).await.is_some());
+        assert!(outbox.report(async { None }).await.is_none());
+        assert!(queue.rx.is_empty());
     }
 
     #[tokio::test]

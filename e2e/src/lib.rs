@@ -383,28 +383,33 @@ impl Drop for DockerCleanup {
 
 /// A cluster leaves nothing on the engine: its reconciler and agents are stopped first (a cleanup that ran while
 /// they still worked would see them make containers again), then every container and network labelled with its
-/// installation goes.
+/// installation goes, and every one labelled with a sandbox it made (a network another installation's agent
+/// made on a shared engine, or one made before the installation was known, carries the sandbox's label but not
+/// this installation's).
 impl Drop for Cluster {
     fn drop(&mut self) {
+        let sandboxes = self.sandboxes_made();
         self.serve.kill();
         for agent in &mut self.agents {
             agent.kill();
         }
-        let Ok(installation) =
+        let mut labels: Vec<String> = sandboxes.iter().map(|s| format!("label=sdp.sandbox={s}")).collect();
+        if let Ok(installation) =
             sdp_reconciler::store::Store::open(&self.tmp.path().join("data")).and_then(|store| store.installation())
-        else {
-            return;
-        };
-        let label = format!("label=sdp.installation={installation}");
-        for (list, remove) in [
-            (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
-            (&["network", "ls", "-q", "--filter"][..], &["network", "rm"][..]),
-        ] {
-            let Ok(out) = Command::new("docker").args(list).arg(&label).output() else {
-                continue;
-            };
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(remove).arg(id).output();
+        {
+            labels.push(format!("label=sdp.installation={installation}"));
+        }
+        for label in &labels {
+            for (list, remove) in [
+                (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
+                (&["network", "ls", "-q", "--filter"][..], &["network", "rm"][..]),
+            ] {
+                let Ok(out) = Command::new("docker").args(list).arg(label).output() else {
+                    continue;
+                };
+                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("docker").args(remove).arg(id).output();
+                }
             }
         }
     }
@@ -698,6 +703,33 @@ impl Cluster {
             }
         });
         index
+    }
+
+    /// The sandboxes this cluster made: those its reconciler knows (a set's generated ones among them), and every
+    /// file ever committed under `sandboxes/` (one deleted since, whose objects a killed test may have left).
+    fn sandboxes_made(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        if let Ok(list) = self.get("/api/v1/sandboxes") {
+            for sb in list.as_array().into_iter().flatten() {
+                if let Some(name) = sb["name"].as_str() {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        let committed = Command::new("git")
+            .arg("-C")
+            .arg(&self.config)
+            .args(["log", "--all", "--name-only", "--format=", "--", "sandboxes"])
+            .output();
+        if let Ok(out) = committed {
+            for file in String::from_utf8_lossy(&out.stdout).lines() {
+                let stem = Path::new(file).file_stem().and_then(|s| s.to_str());
+                if let Some(name) = stem.filter(|s| !s.is_empty()) {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        names
     }
 
     /// Writes a file of the config repo and commits it.

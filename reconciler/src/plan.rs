@@ -331,6 +331,26 @@ pub fn plan(name: &str, desired: Option<&DesiredSandbox>, actual: &View) -> Vec<
     steps
 }
 
+/// The plan cut into runs of steps that may go side by side, in the plan's order: a run of consecutive deploys
+/// is one (each is its own container; the networks they join come before them and the routes, which need the
+/// gateway, after them), every other step runs alone.
+pub fn side_by_side(steps: &[Step]) -> Vec<&[Step]> {
+    let is_deploy = |s: &Step| matches!(s.action, Action::DeployService(_) | Action::DeployGateway(_));
+    let mut runs = Vec::new();
+    let mut rest = steps;
+    while let Some(first) = rest.first() {
+        let len = if is_deploy(first) {
+            rest.iter().take_while(|s| is_deploy(s)).count()
+        } else {
+            1
+        };
+        let (run, after) = rest.split_at(len);
+        runs.push(run);
+        rest = after;
+    }
+    runs
+}
+
 /// `name == container_name(sandbox, service)`, without building the name: this runs for every container.
 fn is_container_name(name: &str, sandbox: &str, service: &str) -> bool {
     name.strip_prefix("sandbox-")

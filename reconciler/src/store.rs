@@ -549,6 +549,12 @@ thread_local! {
 /// follows says it better).
 fn without_panic<T>(f: impl FnOnce() -> Result<T, OpenFailure>) -> Result<T, OpenFailure> {
     static HOOK: Once = Once::new();
+    // A panic hook cannot be set while the thread panics (that panics again, and aborts): a store opened from a
+    // destructor during a failing test's unwinding (the e2e harness's cleanup) once aborted it before its cleanup, and
+    // its containers and networks leaked.
+    if std::thread::panicking() {
+        return f();
+    }
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {

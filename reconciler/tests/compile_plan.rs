@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sdp_manifest::{ConfigSet, Environment, InputFile, Kind, Sandbox};
 use sdp_protocol::{Action, BranchHead, Container, ContainerState, GATEWAY, Role, labels};
 use sdp_reconciler::desired::{Allocations, Clock, Desired, Mode, RESTART_SERVICE_PREFIX, Settings, compile};
-use sdp_reconciler::plan::{Actual, Reason, Step, plan};
+use sdp_reconciler::plan::{Actual, Reason, Step, plan, side_by_side};
 
 fn examples() -> (Vec<Sandbox>, Vec<Environment>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -174,6 +174,48 @@ fn a_fresh_sandbox_is_planned_in_order_and_a_converged_one_plans_nothing() {
     // And compiling again from the stored allocations changes nothing.
     let again = compile_now(&sb, &envs, &desired.allocations);
     assert_eq!(again.sandboxes, desired.sandboxes);
+}
+
+#[test]
+fn the_deploys_of_a_fresh_sandbox_go_side_by_side_between_its_networks_and_its_routes() {
+    let (sb, envs) = sandboxes(&sandbox_yaml(
+        "three",
+        &[("account", "main"), ("payment", "main"), ("user", "main")],
+    ));
+    let desired = compile_now(&sb, &envs, &Arc::default());
+    let mut actual = Actual::default();
+    let steps = plan("three", desired.sandboxes.get("three"), &actual.view("three"));
+    let runs: Vec<Vec<String>> = side_by_side(&steps).into_iter().map(kinds).collect();
+    assert_eq!(
+        runs,
+        [
+            vec!["micro:ensureNetwork"],
+            vec!["gateway:ensureNetwork"],
+            vec![
+                "micro:deployService",
+                "micro:deployService",
+                "micro:deployService",
+                "gateway:deployGateway"
+            ],
+            vec!["gateway:setRoutes"],
+        ]
+    );
+    // Converged, then one container removed by hand and the routes changed: the redeploy runs alone, before
+    // the routes.
+    converge(&desired, &mut actual);
+    actual.micro.containers.retain(|c| c.name != "sandbox-three-payment");
+    actual
+        .gateway
+        .routes
+        .get_mut("three")
+        .unwrap()
+        .insert("account".into(), "elsewhere".into());
+    let steps = plan("three", desired.sandboxes.get("three"), &actual.view("three"));
+    let runs: Vec<Vec<String>> = side_by_side(&steps).into_iter().map(kinds).collect();
+    assert_eq!(runs, [vec!["micro:deployService"], vec!["gateway:setRoutes"]]);
+    // Removals never go side by side: a network goes after the containers on it.
+    let steps = plan("three", None, &actual.view("three"));
+    assert!(side_by_side(&steps).iter().all(|run| run.len() == 1), "{steps:#?}");
 }
 
 fn converged_example() -> (Desired, Actual) {

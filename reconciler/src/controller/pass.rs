@@ -1,11 +1,12 @@
-//! One reconcile pass of one sandbox: plan against the agents' reports, run the steps in order, and say what comes
-//! next. The status is built once, at the end of every pass, whatever way it ended (as Flux's reconcilers patch
-//! their status in a deferred call).
+//! One reconcile pass of one sandbox: plan against the agents' reports, run the steps in order (a run of
+//! consecutive deploys side by side), and say what comes next. The status is built once, at the end of every pass,
+//! whatever way it ended (as Flux's reconcilers patch their status in a deferred call).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use sdp_protocol::{Action, GATEWAY, Role, labels};
 
 use super::runner::Requeue;
@@ -14,7 +15,7 @@ use super::trigger::{Trigger, Triggers};
 use super::{Controller, World};
 use crate::desired::{DesiredSandbox, Mode};
 use crate::hub::{AskError, Readiness, now_ms};
-use crate::plan::{Step, plan};
+use crate::plan::{Step, plan, side_by_side};
 use crate::store::{Deployment, DeploymentState};
 
 /// How long an agent has for one action: builds take a while, the rest is quick.
@@ -134,71 +135,93 @@ impl Controller {
         let mut next = self.resync_after();
         let mut blocked: BTreeSet<Role> = BTreeSet::new();
         let mut gateway_failed = false;
-        for step in &steps {
-            if blocked.contains(&step.role) || (gateway_failed && matches!(step.action, Action::SetRoutes { .. })) {
-                continue;
-            }
-            if self.stopping() {
-                findings.problems.push("the reconciler is stopping".into());
-                break;
-            }
-            match self.hub.readiness(step.role) {
-                Readiness::Ready => {}
-                // Checked before a deployment is recorded for nothing; the agent's first report wakes every
-                // sandbox. Until it is in, what the hub holds of the role may be empty (a reconciler that just
-                // started) or stale, and acting on it would redeploy what runs.
-                waiting => {
-                    findings.problems.push(match waiting {
-                        Readiness::NotConnected => format!("waiting for a {} agent to connect", step.role),
-                        _ => format!("waiting for the first report of the {} agent", step.role),
-                    });
-                    blocked.insert(step.role);
+        'runs: for run in side_by_side(&steps) {
+            // What of the run may go: each step is checked as if it ran alone (what an earlier step of the same
+            // run holds up cannot be in it: a run of several steps is deploys only).
+            let mut ready = Vec::with_capacity(run.len());
+            for step in run {
+                if blocked.contains(&step.role) || (gateway_failed && matches!(step.action, Action::SetRoutes { .. })) {
                     continue;
                 }
-            }
-            if let Some((wait, error)) = self.backoff.waiting(&step.resource) {
-                findings.failures += 1;
-                findings.problems.push(format!(
-                    "{} is backing off for {:.1} s after a failure: {error}",
-                    step.resource,
-                    wait.as_secs_f64()
-                ));
-                next = sooner(next, Requeue::After(wait, Trigger::RetryAfterError));
-                blocked_by(step, &mut blocked, &mut gateway_failed);
-                continue;
-            }
-            let label = step.to_string();
-            self.set_in_flight(name, Some(label.clone()));
-            tracing::info!("{label}");
-            match self.run_step(name, desired, step, world, why).await {
-                Ok(()) => {
-                    self.backoff.succeeded(&step.resource);
-                    self.count(step, "succeeded");
+                if self.stopping() {
+                    findings.problems.push("the reconciler is stopping".into());
+                    break 'runs;
                 }
-                Err(StepError::Agent(AskError::NoAgent(_) | AskError::Disconnected { .. })) => {
-                    // Not a failure of the resource: the agent's return wakes every sandbox. (A deployment that
-                    // was under way is recorded as failed.)
-                    findings
-                        .problems
-                        .push(format!("waiting for a {} agent to connect", step.role));
-                    blocked.insert(step.role);
-                }
-                Err(e) => {
-                    self.count(step, "failed");
-                    let error = e.to_string();
-                    let wait = self.backoff.fail(&step.resource, &error);
-                    tracing::warn!("{label} failed: {error}; retry in {:.1} s", wait.as_secs_f64());
-                    findings.failures += 1;
-                    findings.problems.push(format!("{label} failed: {error}"));
-                    self.store
-                        .event(now_ms(), Some(name), format!("{label} failed: {error}"))
-                        .map_err(PassError::Store)?;
-                    if let StepError::Store(e) = e {
-                        return Err(PassError::Store(e));
+                match self.hub.readiness(step.role) {
+                    Readiness::Ready => {}
+                    // Checked before a deployment is recorded for nothing; the agent's first report wakes every
+                    // sandbox. Until it is in, what the hub holds of the role may be empty (a reconciler that just
+                    // started) or stale, and acting on it would redeploy what runs.
+                    waiting => {
+                        findings.problems.push(match waiting {
+                            Readiness::NotConnected => format!("waiting for a {} agent to connect", step.role),
+                            _ => format!("waiting for the first report of the {} agent", step.role),
+                        });
+                        blocked.insert(step.role);
+                        continue;
                     }
+                }
+                if let Some((wait, error)) = self.backoff.waiting(&step.resource) {
+                    findings.failures += 1;
+                    findings.problems.push(format!(
+                        "{} is backing off for {:.1} s after a failure: {error}",
+                        step.resource,
+                        wait.as_secs_f64()
+                    ));
                     next = sooner(next, Requeue::After(wait, Trigger::RetryAfterError));
                     blocked_by(step, &mut blocked, &mut gateway_failed);
+                    continue;
                 }
+                ready.push(step);
+            }
+            if ready.is_empty() {
+                continue;
+            }
+            let labels: Vec<String> = ready.iter().map(|s| s.to_string()).collect();
+            self.set_in_flight(name, Some(labels.join("; ")));
+            for label in &labels {
+                tracing::info!("{label}");
+            }
+            // Side by side: the agent runs each action in a task of its own. Every deploy records its own
+            // deployment and event as it ends; the results are then read in the plan's order.
+            let results = join_all(ready.iter().map(|step| self.run_step(name, desired, step, world, why))).await;
+            let mut store_failed = None;
+            for ((step, label), result) in ready.iter().zip(&labels).zip(results) {
+                match result {
+                    Ok(()) => {
+                        self.backoff.succeeded(&step.resource);
+                        self.count(step, "succeeded");
+                    }
+                    Err(StepError::Agent(AskError::NoAgent(_) | AskError::Disconnected { .. })) => {
+                        // Not a failure of the resource: the agent's return wakes every sandbox. (A deployment
+                        // that was under way is recorded as failed.) Said once for the steps of a run it held up.
+                        if blocked.insert(step.role) {
+                            findings
+                                .problems
+                                .push(format!("waiting for a {} agent to connect", step.role));
+                        }
+                    }
+                    Err(e) => {
+                        self.count(step, "failed");
+                        let error = e.to_string();
+                        let wait = self.backoff.fail(&step.resource, &error);
+                        tracing::warn!("{label} failed: {error}; retry in {:.1} s", wait.as_secs_f64());
+                        findings.failures += 1;
+                        findings.problems.push(format!("{label} failed: {error}"));
+                        self.store
+                            .event(now_ms(), Some(name), format!("{label} failed: {error}"))
+                            .map_err(PassError::Store)?;
+                        next = sooner(next, Requeue::After(wait, Trigger::RetryAfterError));
+                        blocked_by(step, &mut blocked, &mut gateway_failed);
+                        if let StepError::Store(e) = e {
+                            // The other steps of the run have ended and are recorded: the pass ends here.
+                            store_failed.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            if let Some(e) = store_failed {
+                return Err(PassError::Store(e));
             }
         }
         Ok(next)
