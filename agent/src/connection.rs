@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::timing::{DIAL, PING_EVERY, SILENCE, random};
-use sdp_protocol::{AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame};
+use sdp_protocol::{
+    ActionRequest, AgentFrame, Answer, Ask, Hello, ListBranches, PROTOCOL_VERSION, ReconcilerFrame, Request,
+};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -266,19 +268,6 @@ async fn session(
             Ok(ReconcilerFrame::Refused { reason }) => {
                 break Err(format!("the reconciler closed this connection: {reason}"));
             }
-            Ok(ReconcilerFrame::ListBranches { request_id, repo }) => {
-                let (executor, outbox) = (executor.clone(), outbox.clone());
-                tokio::spawn(async move {
-                    let listed = executor.branches(&repo).await;
-                    let frame = sdp_protocol::BranchList {
-                        request_id,
-                        repo,
-                        error: listed.as_ref().err().map(|e| format!("{e:#}")),
-                        branches: listed.unwrap_or_default(),
-                    };
-                    outbox.send(AgentFrame::Branches(frame)).await;
-                });
-            }
             Ok(ReconcilerFrame::Fetch { repo }) => {
                 let mut names = fetch_now.lock().unwrap_or_else(|e| e.into_inner());
                 // Bounded: a flood of webhook calls can name at most this many repositories before a fetch.
@@ -287,33 +276,7 @@ async fn session(
                 }
                 fetch_wake.notify_one();
             }
-            Ok(ReconcilerFrame::Action(request)) => {
-                let executor = executor.clone();
-                let outbox = outbox.clone();
-                let request_id = request.request_id;
-                let done = running.clone();
-                let task = tokio::spawn(async move {
-                    let what = serde_json::to_value(&request.action)
-                        .ok()
-                        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-                        .unwrap_or_default();
-                    tracing::info!(request = request.request_id, "action {what}");
-                    let result = executor.run(request.action, request.deployment_id, &outbox).await;
-                    if let Err(e) = &result {
-                        tracing::warn!(request = request.request_id, "action {what} failed: {e:#}");
-                    }
-                    // The report first, so the reconciler plans against what the action left.
-                    outbox.report(async { executor.report().await.ok() }).await;
-                    outbox
-                        .send(AgentFrame::ActionResult(sdp_protocol::ActionResult {
-                            request_id: request.request_id,
-                            error: result.err().map(|e| format!("{e:#}")),
-                        }))
-                        .await;
-                    done.remove(request.request_id);
-                });
-                running.add(request_id, task.abort_handle());
-            }
+            Ok(ReconcilerFrame::Ask(ask)) => serve(executor, &running, &outbox, ask).await,
             Ok(other) => tracing::debug!("ignored frame {other:?}"),
             Err(e) => tracing::warn!("unreadable frame from the reconciler: {e}"),
         }
@@ -331,6 +294,75 @@ async fn session(
         writer.abort();
     }
     result
+}
+
+/// Serves one request of the reconciler: one arm per `Request` type, each answered by an `Answer` with the request's
+/// id. A kind this agent does not know, or a body it cannot read, is answered at once with an error that says so.
+async fn serve(executor: &Arc<Executor>, running: &Running, outbox: &Outbox, ask: Ask) {
+    let request_id = ask.request_id;
+    match ask.kind.as_str() {
+        ActionRequest::KIND => match ask.read::<ActionRequest>() {
+            Ok(request) => run_action(executor, running, outbox, request_id, request),
+            Err(e) => refuse::<ActionRequest>(outbox, request_id, e).await,
+        },
+        ListBranches::KIND => match ask.read::<ListBranches>() {
+            Ok(ListBranches { repo }) => {
+                let (executor, outbox) = (executor.clone(), outbox.clone());
+                tokio::spawn(async move {
+                    let listed = executor.branches(&repo).await.map_err(|e| format!("{e:#}"));
+                    outbox
+                        .send(AgentFrame::Answer(Answer::new::<ListBranches>(request_id, listed)))
+                        .await;
+                });
+            }
+            Err(e) => refuse::<ListBranches>(outbox, request_id, e).await,
+        },
+        _ => {
+            let e = ask.unknown();
+            tracing::warn!(request = request_id, "{e}");
+            outbox
+                .send(AgentFrame::Answer(Answer {
+                    request_id,
+                    result: Err(e),
+                }))
+                .await;
+        }
+    }
+}
+
+/// Answers a request whose body could not be read.
+async fn refuse<R: Request>(outbox: &Outbox, request_id: u64, error: String) {
+    tracing::warn!(request = request_id, "{error}");
+    outbox
+        .send(AgentFrame::Answer(Answer::new::<R>(request_id, Err(error))))
+        .await;
+}
+
+/// Runs an action in a task of its own, tracked in `running` so that a stop can wait for it or abandon it. The
+/// executor checks every action (`check_action`) before it touches anything.
+fn run_action(executor: &Arc<Executor>, running: &Running, outbox: &Outbox, request_id: u64, request: ActionRequest) {
+    let executor = executor.clone();
+    let outbox = outbox.clone();
+    let done = running.clone();
+    let task = tokio::spawn(async move {
+        let what = serde_json::to_value(&request.action)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        tracing::info!(request = request_id, "action {what}");
+        let result = executor.run(request.action, request.deployment_id, &outbox).await;
+        if let Err(e) = &result {
+            tracing::warn!(request = request_id, "action {what} failed: {e:#}");
+        }
+        // The report first, so the reconciler plans against what the action left.
+        outbox.report(async { executor.report().await.ok() }).await;
+        let result = result.map_err(|e| format!("{e:#}"));
+        outbox
+            .send(AgentFrame::Answer(Answer::new::<ActionRequest>(request_id, result)))
+            .await;
+        done.remove(request_id);
+    });
+    running.add(request_id, task.abort_handle());
 }
 
 /// The actions a connection runs, by request id.
@@ -385,15 +417,13 @@ async fn finish(executor: &Arc<Executor>, running: &Running, outbox: &Outbox) {
     for (request_id, task) in running.take() {
         task.abort();
         tracing::warn!(request = request_id, "action abandoned: the agent is stopping");
+        let abandoned = "the agent was stopped (SIGTERM) during this action and abandoned it; it is done again when \
+                         the agent is back";
         outbox
-            .send(AgentFrame::ActionResult(sdp_protocol::ActionResult {
+            .send(AgentFrame::Answer(Answer::new::<ActionRequest>(
                 request_id,
-                error: Some(
-                    "the agent was stopped (SIGTERM) during this action and abandoned it; it is done again when \
-                     the agent is back"
-                        .into(),
-                ),
-            }))
+                Err(abandoned.into()),
+            )))
             .await;
     }
     outbox.report(async { executor.report().await.ok() }).await;

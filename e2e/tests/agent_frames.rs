@@ -1,8 +1,8 @@
 //! A real agent against a hostile reconciler on a real socket: a stand-in server accepts the agent's WebSocket,
 //! welcomes it, and sends a bounded stream of random, truncated, oversized, deeply nested and hostile frames (names
-//! with `..`, commits that are not hex, a container SDP does not own). The agent must stay up, answer every
-//! action it could read with an error, touch nothing on the engine, keep its memory bounded, and still answer a
-//! sound question afterwards.
+//! with `..`, commits that are not hex, a container SDP does not own, request kinds it does not know, bodies of the
+//! wrong shape). The agent must stay up, answer every request it could read with an error, touch nothing on the
+//! engine, keep its memory bounded, and still answer a sound question afterwards.
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -74,8 +74,24 @@ fn hostile_action(rng: &mut Rng, bystander: &str) -> serde_json::Value {
     }
 }
 
+/// A whole request the agent can read as a frame but must refuse: a kind it does not know, a body of the wrong
+/// shape, or a repository it does not serve.
+fn hostile_ask(rng: &mut Rng, id: u64) -> serde_json::Value {
+    let (kind, body) = match rng.below(5) {
+        0 => ("restartDocker", serde_json::json!({ "now": true })),
+        1 => ("listBranches", serde_json::json!({ "repo": 5 })),
+        2 => ("listBranches", serde_json::json!({ "repo": rng.pick(HOSTILE) })),
+        3 => (
+            "action",
+            serde_json::json!({ "action": { "kind": "formatDisk", "sandbox": "a" } }),
+        ),
+        _ => ("action", serde_json::Value::Null),
+    };
+    serde_json::json!({ "type": "ask", "requestId": id, "kind": kind, "body": body })
+}
+
 fn frame(rng: &mut Rng, id: u64, bystander: &str) -> Message {
-    match rng.below(9) {
+    match rng.below(10) {
         // Random bytes as text and as binary.
         0 => Message::Text({
             let n = rng.below(4096) as usize;
@@ -88,10 +104,10 @@ fn frame(rng: &mut Rng, id: u64, bystander: &str) -> Message {
         // A hostile action, whole or cut anywhere.
         2..=4 => {
             let text = serde_json::json!({
-                "type": "action",
+                "type": "ask",
                 "requestId": id,
-                "deploymentId": id.to_string(),
-                "action": hostile_action(rng, bystander),
+                "kind": "action",
+                "body": { "deploymentId": id.to_string(), "action": hostile_action(rng, bystander) },
             })
             .to_string();
             if rng.below(3) == 0 {
@@ -104,9 +120,10 @@ fn frame(rng: &mut Rng, id: u64, bystander: &str) -> Message {
         // Wrong shapes and types.
         5 => Message::Text(
             rng.pick(&[
-                r#"{"type":"action"}"#,
+                r#"{"type":"ask"}"#,
+                r#"{"type":"action","requestId":1,"action":{"kind":"stop","container":"x"}}"#,
                 r#"{"type":"welcome","protocolVersion":"one"}"#,
-                r#"{"type":"listBranches","requestId":-1,"repo":5}"#,
+                r#"{"type":"ask","requestId":-1,"kind":"listBranches","body":{"repo":"account"}}"#,
                 r#"{"type":"fetch","repo":"../../etc"}"#,
                 r#"{"type":"nope"}"#,
                 "null",
@@ -120,6 +137,7 @@ fn frame(rng: &mut Rng, id: u64, bystander: &str) -> Message {
         6 => Message::Text(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into()),
         // Large: a megabyte of one string.
         7 => Message::Text(format!(r#"{{"type":"fetch","repo":"{}"}}"#, "a".repeat(1 << 20)).into()),
+        8 => Message::Text(hostile_ask(rng, id).to_string().into()),
         _ => Message::Ping(rng.bytes(16).into()),
     }
 }
@@ -223,14 +241,16 @@ fn an_agent_fed_hostile_frames_stays_up_answers_touches_nothing_and_stays_small(
     };
 
     let started = Instant::now();
-    let mut sent_actions = std::collections::BTreeMap::new();
+    // The requests sent that the agent can read as frames, by id: each must be answered, with an error.
+    let mut sent_asks = std::collections::BTreeMap::new();
     let mut peak = 0;
     for id in 1..=FRAMES {
         let message = frame(&mut rng, id, &bystander);
         if let Message::Text(t) = &message
-            && serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v["type"] == "action")
+            && let Ok(sdp_protocol::ReconcilerFrame::Ask(ask)) = sdp_protocol::decode(t)
         {
-            sent_actions.insert(id, t.to_string());
+            assert_eq!(ask.request_id, id);
+            sent_asks.insert(id, t.to_string());
         }
         if ws.send(message).is_err() {
             // The agent may close on a frame it will not read: it must then come back and say Hello again.
@@ -248,7 +268,7 @@ fn an_agent_fed_hostile_frames_stays_up_answers_touches_nothing_and_stays_small(
 
     // A sound question is still answered.
     ws.send(Message::Text(
-        serde_json::json!({ "type": "listBranches", "requestId": 999_999, "repo": "account" })
+        serde_json::json!({ "type": "ask", "requestId": 999_999, "kind": "listBranches", "body": { "repo": "account" } })
             .to_string()
             .into(),
     ))
@@ -256,10 +276,12 @@ fn an_agent_fed_hostile_frames_stays_up_answers_touches_nothing_and_stays_small(
     let answered = Instant::now();
     loop {
         drain(&mut ws, &mut results);
-        if results
+        if let Some(sound) = results
             .iter()
-            .any(|v| v["type"] == "branches" && v["requestId"] == 999_999)
+            .find(|v| v["type"] == "answer" && v["requestId"] == 999_999)
         {
+            let heads = sound["result"]["ok"].as_array().unwrap_or_else(|| panic!("{sound}"));
+            assert!(heads.iter().any(|h| h["branch"] == "main"), "{sound}");
             break;
         }
         assert!(
@@ -268,15 +290,39 @@ fn an_agent_fed_hostile_frames_stays_up_answers_touches_nothing_and_stays_small(
             agent.output()
         );
     }
-    // Every action it could read got an answer, and every answer is a refusal.
-    std::thread::sleep(Duration::from_secs(2));
-    drain(&mut ws, &mut results);
-    let answers: Vec<&serde_json::Value> = results.iter().filter(|v| v["type"] == "actionResult").collect();
-    assert!(!answers.is_empty(), "no action was answered");
-    for a in &answers {
-        let sent = sent_actions.get(&a["requestId"].as_u64().unwrap_or(0));
+    // Every whole request it was sent gets an answer (actions end in their own time), and every answer is a
+    // refusal; a kind it does not know is refused by name.
+    let answers = loop {
+        drain(&mut ws, &mut results);
+        let answers: std::collections::BTreeMap<u64, &serde_json::Value> = results
+            .iter()
+            .filter(|v| v["type"] == "answer" && v["requestId"] != 999_999)
+            .map(|v| (v["requestId"].as_u64().unwrap_or(0), v))
+            .collect();
+        let missing: Vec<&u64> = sent_asks.keys().filter(|id| !answers.contains_key(id)).collect();
+        if missing.is_empty() {
+            break answers;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(60),
+            "requests never answered: {:?}\n{}",
+            missing.iter().map(|id| &sent_asks[id]).collect::<Vec<_>>(),
+            agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!answers.is_empty(), "no request was answered");
+    for (id, a) in &answers {
+        let sent = sent_asks.get(id);
         assert!(sent.is_some(), "an answer to nothing sent: {a}");
-        assert!(a["error"].is_string(), "a hostile action succeeded: {a} for {sent:?}");
+        let error = a["result"]["error"].as_str();
+        assert!(error.is_some(), "a hostile request succeeded: {a} for {sent:?}");
+        if sent.is_some_and(|s| s.contains("restartDocker")) {
+            assert!(
+                error.is_some_and(|e| e.contains(r#"unknown request kind "restartDocker""#)),
+                "{a}"
+            );
+        }
     }
     // Nothing on the engine changed: the bystander is there, no network or container of this installation.
     let state = run(Command::new("docker").args(["inspect", "-f", "{{.State.Status}}", &bystander]));
@@ -291,7 +337,7 @@ fn an_agent_fed_hostile_frames_stays_up_answers_touches_nothing_and_stays_small(
     }
     assert!(peak < 200 * 1024, "the agent grew to {peak} KiB");
     eprintln!(
-        "{FRAMES} frames, {} actions answered, peak RSS {} MiB",
+        "{FRAMES} frames, {} requests answered, peak RSS {} MiB",
         answers.len(),
         peak / 1024
     );

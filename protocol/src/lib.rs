@@ -2,16 +2,21 @@
 //!
 //! An agent opens with `Hello`; the reconciler answers `Welcome` or `Refused` (a version mismatch names both
 //! versions). From then on the agent reports `ActualState` and streams `Progress` and `LogLine`; the reconciler
-//! sends `Action`s, each with a request id that its `ActionResult` carries back. No I/O here: types, encoding and
-//! the version rule only.
+//! sends requests (`Ask`, each a type that implements `Request`: an action, a branch listing), each with a request id
+//! that its `Answer` carries back. No I/O here: types, encoding and the version rule only.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version both sides announce. Frames change only with a new version.
-pub const PROTOCOL_VERSION: u32 = 1;
+mod request;
+
+pub use request::{ActionRequest, Answer, Ask, ListBranches, Request, read_answer};
+
+/// The protocol version both sides announce. Frames change only with a new version: 2 replaced version 1's
+/// `action`/`actionResult` and `listBranches`/`branches` frames with `ask` and `answer`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What an agent sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,11 +24,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub enum AgentFrame {
     Hello(Hello),
     ActualState(ActualState),
-    ActionResult(ActionResult),
+    /// The answer to an `Ask`, with its request id.
+    Answer(Answer),
     Progress(Progress),
     LogLine(LogLine),
-    /// The answer to a `Branches` question.
-    Branches(BranchList),
 }
 
 /// What the reconciler sends.
@@ -40,34 +44,13 @@ pub enum ReconcilerFrame {
         installation: String,
     },
     /// The agent's Hello was refused; the connection closes after this frame.
-    Refused {
-        reason: String,
-    },
-    Action(ActionRequest),
-    /// A question that changes nothing: the branches of a repository (`git ls-remote`), for the dashboard and
-    /// `sdp get branches`. Answered by a `Branches` frame with the same request id.
-    ListBranches {
-        request_id: u64,
-        repo: String,
-    },
+    Refused { reason: String },
+    /// A request (see `Request`), answered by an `Answer` frame with the same request id.
+    Ask(Ask),
     /// A push webhook named a repository: the agent that serves it (by service name, or by the last part of its
     /// clone's origin URL, `account` for `.../scm/cc/account.git`) fetches it now rather than at its next
     /// periodic fetch. No answer: the fetch shows in the agent's next report as moved branch heads.
-    Fetch {
-        repo: String,
-    },
-}
-
-/// A repository's branches as its remote lists them, or why they could not be listed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BranchList {
-    pub request_id: u64,
-    pub repo: String,
-    #[serde(default)]
-    pub branches: Vec<BranchHead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    Fetch { repo: String },
 }
 
 /// The role an agent plays, from its config file.
@@ -173,16 +156,6 @@ pub struct BranchHead {
     pub repo: String,
     pub branch: String,
     pub commit: String,
-}
-
-/// An action with the id its result carries back, and the deployment it belongs to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ActionRequest {
-    pub request_id: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment_id: Option<String>,
-    pub action: Action,
 }
 
 /// What the reconciler asks an agent to do. Agents decide nothing: each action says exactly what to make true.
@@ -308,16 +281,6 @@ pub fn container_name(sandbox: &str, service: &str) -> String {
 /// `sandbox-{sandbox}`: a sandbox's Docker network on each VM.
 pub fn network_name(sandbox: &str) -> String {
     format!("sandbox-{sandbox}")
-}
-
-/// The answer to one action.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ActionResult {
-    pub request_id: u64,
-    /// `None` on success; what went wrong, in words a user can act on, otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// A stage of a deployment.
@@ -571,10 +534,10 @@ mod tests {
                 route_defaults: BTreeMap::new(),
                 heads: vec![],
             }),
-            AgentFrame::ActionResult(ActionResult {
-                request_id: 7,
-                error: Some("image alpine:3.20 is not loaded".into()),
-            }),
+            AgentFrame::Answer(Answer::new::<ActionRequest>(
+                7,
+                Err("image alpine:3.20 is not loaded".into()),
+            )),
             AgentFrame::Progress(Progress {
                 deployment_id: "d1".into(),
                 stage: Stage::Build,
@@ -609,11 +572,13 @@ mod tests {
             },
         ];
         for (i, action) in actions.into_iter().enumerate() {
-            let frame = ReconcilerFrame::Action(ActionRequest {
-                request_id: i as u64,
-                deployment_id: None,
-                action,
-            });
+            let frame = ReconcilerFrame::Ask(Ask::new(
+                i as u64,
+                &ActionRequest {
+                    deployment_id: None,
+                    action,
+                },
+            ));
             assert_eq!(decode::<ReconcilerFrame>(&encode(&frame)).unwrap(), frame);
         }
     }

@@ -4,11 +4,12 @@
 use proptest::prelude::*;
 use sdp_protocol::{AgentFrame, ReconcilerFrame, decode};
 
-const FRAMES: [&str; 4] = [
+const FRAMES: [&str; 5] = [
     r#"{"type":"hello","node":"micro-92","role":"micro","protocolVersion":1,"agentVersion":"0.1.0","address":"172.18.136.92","repos":["account"],"images":["alpine:3.20"]}"#,
     r#"{"type":"actualState","containers":[{"name":"sandbox-a-account","id":"abc","labels":{"sdp.managed":"true"},"state":"running","ports":[9001],"restartCount":0}],"networks":["sandbox-a"],"worktrees":[],"heads":[]}"#,
-    r#"{"type":"action","requestId":7,"deploymentId":"3","action":{"kind":"deployService","sandbox":"a","service":"account","branch":"main","container":"sandbox-a-account","hostPort":9001,"env":{},"labels":{},"build":{"package":"./cmd/account","tags":["netgo"]}}}"#,
-    r#"{"type":"welcome","protocolVersion":1,"installation":"0a1b2c3d4e5f6071"}"#,
+    r#"{"type":"ask","requestId":7,"kind":"action","body":{"deploymentId":"3","action":{"kind":"deployService","sandbox":"a","service":"account","branch":"main","container":"sandbox-a-account","hostPort":9001,"env":{},"labels":{},"build":{"package":"./cmd/account","tags":["netgo"]}}}}"#,
+    r#"{"type":"welcome","protocolVersion":2,"installation":"0a1b2c3d4e5f6071"}"#,
+    r#"{"type":"answer","requestId":7,"result":{"ok":[{"repo":"account","branch":"main","commit":"0123abc"}]}}"#,
 ];
 
 proptest! {
@@ -34,4 +35,5 @@ fn the_real_frames_decode() {
     assert!(decode::<AgentFrame>(FRAMES[1]).is_ok());
     assert!(decode::<ReconcilerFrame>(FRAMES[2]).is_ok());
     assert!(decode::<ReconcilerFrame>(FRAMES[3]).is_ok());
+    assert!(decode::<AgentFrame>(FRAMES[4]).is_ok());
 }

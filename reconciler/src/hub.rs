@@ -1,7 +1,8 @@
 //! The agent hub: agents connect to `/ws/agent` with a bearer token, say Hello, and from then on report their
-//! actual state and answer actions. The hub never waits forever on an agent: every action has a deadline, a
-//! silent agent is dropped after `SILENCE`, and when an agent drops, its actions in flight fail at once with
-//! "agent X disconnected" (the controller retries them by backoff when it is back).
+//! actual state and answer requests (`Hub::ask`, any `sdp_protocol::Request`: actions, branch listings). The hub
+//! never waits forever on an agent: every request has a deadline, a silent agent is dropped after `SILENCE`, and
+//! when an agent drops, its requests in flight fail at once with "agent X disconnected" (the controller retries
+//! them by backoff when it is back).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,8 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{
-    Action, ActionRequest, ActualState, AgentFrame, BranchHead, Hello, LogLine, PROTOCOL_VERSION, Progress,
-    ReconcilerFrame, Role,
+    Action, ActionRequest, ActualState, AgentFrame, Ask, BranchHead, Hello, ListBranches, LogLine, PROTOCOL_VERSION,
+    Progress, ReconcilerFrame, Request, Role,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -79,10 +80,11 @@ pub enum AskError {
     /// No answer within the deadline.
     TimedOut {
         node: String,
-        what: String,
+        /// The request's kind (`Request::KIND`).
+        kind: &'static str,
         deadline: Duration,
     },
-    /// The agent answered with an error.
+    /// The agent answered with an error, or with an answer that could not be read.
     Failed(String),
 }
 
@@ -91,8 +93,8 @@ impl std::fmt::Display for AskError {
         match self {
             AskError::NoAgent(message) => f.write_str(message),
             AskError::Disconnected { node } => write!(f, "agent {node} disconnected"),
-            AskError::TimedOut { node, what, deadline } => {
-                write!(f, "agent {node} did not {what} within {} s", deadline.as_secs())
+            AskError::TimedOut { node, kind, deadline } => {
+                write!(f, "agent {node} did not answer {kind} within {} s", deadline.as_secs())
             }
             AskError::Failed(error) => f.write_str(error),
         }
@@ -101,25 +103,41 @@ impl std::fmt::Display for AskError {
 
 impl std::error::Error for AskError {}
 
-/// An answer the hub waits for, on one connection.
+/// An answer the hub waits for, on one connection: its body as it came, read as the request's `Answer` by the
+/// `ask` that waits.
 struct Pending {
     conn: u64,
-    done: Waiter,
-    /// The deployment an action belongs to: only its agent, and only while it runs, may write into its log and
-    /// stages.
+    done: oneshot::Sender<Result<serde_json::Value, String>>,
+    /// The deployment a request runs (`Request::deployment`): only its agent, and only while it runs, may write
+    /// into its log and stages.
     deployment: Option<String>,
+}
+
+/// Which agent a request goes to.
+#[derive(Clone, Copy, Debug)]
+pub enum Pick<'a> {
+    /// The agent of a role.
+    Role(Role),
+    /// The agent that serves a repository (by the names of its Hello's `repos`).
+    Serving(&'a str),
+}
+
+impl Pick<'_> {
+    fn agent<'s>(&self, agents: &'s BTreeMap<Role, Agent>) -> Result<&'s Agent, AskError> {
+        match *self {
+            Pick::Role(role) => agents
+                .get(&role)
+                .ok_or_else(|| AskError::NoAgent(format!("no {role} agent is connected"))),
+            Pick::Serving(repo) => agents
+                .values()
+                .find(|a| a.info.repos.iter().any(|r| r == repo))
+                .ok_or_else(|| AskError::NoAgent(format!("no connected agent serves a repository named {repo}"))),
+        }
+    }
 }
 
 /// The largest frame an agent may send (a report of a busy node is a few MB).
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
-
-/// Who waits, for which kind of answer.
-enum Waiter {
-    /// An action's result.
-    Action(oneshot::Sender<Result<(), String>>),
-    /// A repository's branches.
-    Branches(oneshot::Sender<Result<Vec<BranchHead>, String>>),
-}
 
 #[derive(Default)]
 struct State {
@@ -214,49 +232,14 @@ impl Hub {
         deployment_id: Option<String>,
         deadline: Duration,
     ) -> Result<(), AskError> {
-        let (done, wait) = oneshot::channel();
-        let deployment = deployment_id.clone();
-        self.ask(
-            |agents| {
-                agents
-                    .get(&role)
-                    .ok_or_else(|| AskError::NoAgent(format!("no {role} agent is connected")))
-            },
-            |request_id| {
-                ReconcilerFrame::Action(ActionRequest {
-                    request_id,
-                    deployment_id,
-                    action,
-                })
-            },
-            (Waiter::Action(done), deployment),
-            wait,
-            "answer",
-            deadline,
-        )
-        .await
+        let request = ActionRequest { deployment_id, action };
+        self.ask(Pick::Role(role), request, deadline).await
     }
 
     /// The branches of `repo`, listed by the agent that serves it (`git ls-remote`), at most `deadline`.
     pub async fn branches(&self, repo: &str, deadline: Duration) -> Result<Vec<BranchHead>, AskError> {
-        let (done, wait) = oneshot::channel();
-        self.ask(
-            |agents| {
-                agents
-                    .values()
-                    .find(|a| a.info.repos.iter().any(|r| r == repo))
-                    .ok_or_else(|| AskError::NoAgent(format!("no connected agent serves a repository named {repo}")))
-            },
-            |request_id| ReconcilerFrame::ListBranches {
-                request_id,
-                repo: repo.to_string(),
-            },
-            (Waiter::Branches(done), None),
-            wait,
-            "list the branches",
-            deadline,
-        )
-        .await
+        let request = ListBranches { repo: repo.to_string() };
+        self.ask(Pick::Serving(repo), request, deadline).await
     }
 
     /// Asks every connected agent to fetch `repo` now (each fetches it only if it serves it), at most once per
@@ -282,41 +265,36 @@ impl Hub {
         true
     }
 
-    /// Sends a frame with a new request id to the agent `pick` chooses and waits for its answer, at most
+    /// Sends `request` with a new request id to the agent `pick` chooses and waits for its answer, at most
     /// `deadline`; an agent that drops fails the wait at once (see `unregister`).
-    async fn ask<T>(
-        &self,
-        pick: impl FnOnce(&BTreeMap<Role, Agent>) -> Result<&Agent, AskError>,
-        frame: impl FnOnce(u64) -> ReconcilerFrame,
-        (done, deployment): (Waiter, Option<String>),
-        wait: oneshot::Receiver<Result<T, String>>,
-        what: &str,
-        deadline: Duration,
-    ) -> Result<T, AskError> {
+    pub async fn ask<R: Request>(&self, pick: Pick<'_>, request: R, deadline: Duration) -> Result<R::Answer, AskError> {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
         let node = {
             let mut state = self.lock();
-            let agent = pick(&state.agents)?;
+            let agent = pick.agent(&state.agents)?;
             let (node, conn) = (agent.info.node.clone(), agent.conn);
-            let text = sdp_protocol::encode(&frame(request_id));
+            let text = sdp_protocol::encode(&ReconcilerFrame::Ask(Ask::new(request_id, &request)));
             if agent.tx.send(Message::Text(text.into())).is_err() {
                 return Err(AskError::Disconnected { node });
             }
+            let deployment = request.deployment().map(str::to_string);
             state.pending.insert(request_id, Pending { conn, done, deployment });
             node
         };
-        match tokio::time::timeout(deadline, wait).await {
-            Ok(Ok(result)) => result.map_err(AskError::Failed),
-            Ok(Err(_)) => Err(AskError::Disconnected { node }),
+        let body = match tokio::time::timeout(deadline, wait).await {
+            Ok(Ok(answer)) => answer.map_err(AskError::Failed)?,
+            Ok(Err(_)) => return Err(AskError::Disconnected { node }),
             Err(_) => {
                 self.lock().pending.remove(&request_id);
-                Err(AskError::TimedOut {
+                return Err(AskError::TimedOut {
                     node,
-                    what: what.to_string(),
+                    kind: R::KIND,
                     deadline,
-                })
+                });
             }
-        }
+        };
+        sdp_protocol::read_answer::<R>(&body).map_err(|e| AskError::Failed(format!("agent {node} sent an {e}")))
     }
 
     /// Runs one agent connection to its end. `peer` is where it connects from (the proxy's `X-Forwarded-For` when
@@ -482,11 +460,11 @@ impl Hub {
                     let _ = self.events.send(HubEvent::Reported(role)).await;
                 }
             }
-            AgentFrame::ActionResult(result) => match self.answered(result.request_id, conn) {
-                Some(Waiter::Action(tx)) => {
-                    let _ = tx.send(result.error.map_or(Ok(()), Err));
+            AgentFrame::Answer(answer) => match self.answered(answer.request_id, conn) {
+                Some(done) => {
+                    let _ = done.send(answer.result);
                 }
-                _ => tracing::debug!(request = result.request_id, "result for an action no longer waited for"),
+                None => tracing::debug!(request = answer.request_id, "an answer no longer waited for"),
             },
             AgentFrame::Progress(p) => {
                 if self.runs(conn, Some(&p.deployment_id)) {
@@ -500,11 +478,6 @@ impl Hub {
                 }
                 sdp_protocol::cut_line(&mut l.line, 0);
                 let _ = self.events.send(HubEvent::Log(l)).await;
-            }
-            AgentFrame::Branches(list) => {
-                if let Some(Waiter::Branches(tx)) = self.answered(list.request_id, conn) {
-                    let _ = tx.send(list.error.map_or(Ok(list.branches), Err));
-                }
             }
             AgentFrame::Hello(_) => tracing::warn!("a second Hello on one connection is ignored"),
         }
@@ -520,7 +493,7 @@ impl Hub {
     }
 
     /// The waiter of `request_id`, when it waits on this connection.
-    fn answered(&self, request_id: u64, conn: u64) -> Option<Waiter> {
+    fn answered(&self, request_id: u64, conn: u64) -> Option<oneshot::Sender<Result<serde_json::Value, String>>> {
         let mut state = self.lock();
         match state.pending.get(&request_id) {
             Some(p) if p.conn == conn => state.pending.remove(&request_id).map(|p| p.done),

@@ -12,8 +12,8 @@ use sdp_dashboard::docs::{
     ActualDoc, BranchesDoc, DeploymentDoc, DeploymentState, NodeDoc, Reason, SandboxDoc, SandboxSummary, Sync,
 };
 use sdp_protocol::{
-    ActionResult, ActualState, AgentFrame, BranchHead, BranchList, Container, ContainerState, Hello, PROTOCOL_VERSION,
-    Probe, ReconcilerFrame, Role, Worktree,
+    ActionRequest, ActualState, AgentFrame, Answer, BranchHead, Container, ContainerState, Hello, ListBranches,
+    PROTOCOL_VERSION, Probe, ReconcilerFrame, Request, Role, Worktree,
 };
 use sdp_reconciler::api::{Api, router};
 use sdp_reconciler::auth::Auth;
@@ -131,20 +131,21 @@ async fn agent(url: &str, role: Role) {
         while let Some(Ok(message)) = ws.next().await {
             let Message::Text(text) = message else { continue };
             let answer = match sdp_protocol::decode::<ReconcilerFrame>(&text).unwrap() {
-                ReconcilerFrame::Action(a) => AgentFrame::ActionResult(ActionResult {
-                    request_id: a.request_id,
-                    error: Some("this test agent does nothing".into()),
-                }),
-                ReconcilerFrame::ListBranches { request_id, repo } => AgentFrame::Branches(BranchList {
-                    request_id,
-                    branches: vec![BranchHead {
-                        repo: repo.clone(),
+                ReconcilerFrame::Ask(ask) if ask.kind == ActionRequest::KIND => {
+                    AgentFrame::Answer(Answer::new::<ActionRequest>(
+                        ask.request_id,
+                        Err("this test agent does nothing".into()),
+                    ))
+                }
+                ReconcilerFrame::Ask(ask) if ask.kind == ListBranches::KIND => {
+                    let ListBranches { repo } = ask.read().unwrap();
+                    let heads = vec![BranchHead {
+                        repo,
                         branch: "develop".into(),
                         commit: "0123456789abcdef0123".into(),
-                    }],
-                    repo,
-                    error: None,
-                }),
+                    }];
+                    AgentFrame::Answer(Answer::new::<ListBranches>(ask.request_id, Ok(heads)))
+                }
                 _ => continue,
             };
             if ws.send(send(answer)).await.is_err() {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use sdp_protocol::{Action, ActionResult, AgentFrame, Hello, PROTOCOL_VERSION, ReconcilerFrame, Role};
+use sdp_protocol::{Action, ActionRequest, AgentFrame, Answer, Hello, PROTOCOL_VERSION, ReconcilerFrame, Role};
 use sdp_reconciler::api::{Api, router};
 use sdp_reconciler::auth::Auth;
 use sdp_reconciler::controller::{Controller, Trigger};
@@ -142,6 +142,73 @@ async fn a_version_mismatch_is_refused_naming_both_versions() {
 }
 
 #[tokio::test]
+async fn an_agent_of_protocol_version_1_is_refused_naming_both_versions() {
+    let s = server().await;
+    let mut ws = dial(&s.url, Some(TOKEN)).await.unwrap();
+    // A version-1 agent's Hello as it sends it: Hello did not change with version 2, so the hub reads it and the
+    // version rule refuses it, rather than the agent's first `action` frame failing later.
+    let old = r#"{"type":"hello","node":"micro-old","role":"micro","protocolVersion":1,"agentVersion":"0.0.9","address":"127.0.0.1","repos":["account"],"images":[]}"#;
+    ws.send(Message::Text(old.into())).await.unwrap();
+    let ReconcilerFrame::Refused { reason } = next_frame(&mut ws).await else {
+        panic!("not refused")
+    };
+    let both = format!("this side speaks version {PROTOCOL_VERSION}, the other side version 1");
+    assert!(reason.contains(&both), "{reason}");
+    assert!(s.controller.hub.nodes().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_gets_its_typed_answer_and_an_unreadable_answer_says_so() {
+    use sdp_protocol::{BranchHead, ListBranches};
+    let s = server().await;
+    let hub = s.controller.hub.clone();
+    let none = hub.branches("billing", Duration::from_secs(5)).await;
+    assert_eq!(
+        none.unwrap_err().to_string(),
+        "no connected agent serves a repository named billing"
+    );
+    let mut ws = connected(&s.url).await;
+    let heads = vec![BranchHead {
+        repo: "account".into(),
+        branch: "feature/login-error".into(),
+        commit: "0123456789abcdef0123".into(),
+    }];
+    // The agent answers the request it read with the answer its type says; then with a body of another shape.
+    for sound in [true, false] {
+        let h = hub.clone();
+        let call = tokio::spawn(async move { h.branches("account", Duration::from_secs(30)).await });
+        let ReconcilerFrame::Ask(ask) = next_frame(&mut ws).await else {
+            panic!("no request")
+        };
+        assert_eq!(ask.read::<ListBranches>().unwrap().repo, "account");
+        let answer = if sound {
+            sdp_protocol::encode(&AgentFrame::Answer(Answer::new::<ListBranches>(
+                ask.request_id,
+                Ok(heads.clone()),
+            )))
+        } else {
+            format!(
+                r#"{{"type":"answer","requestId":{},"result":{{"ok":{{"branches":[]}}}}}}"#,
+                ask.request_id
+            )
+        };
+        ws.send(Message::Text(answer.into())).await.unwrap();
+        let got = call.await.unwrap();
+        if sound {
+            assert_eq!(got, Ok(heads.clone()));
+        } else {
+            let e = got.unwrap_err().to_string();
+            assert!(
+                e.starts_with(
+                    "agent micro-test sent an unreadable answer to a listBranches request: invalid type: map"
+                ),
+                "{e}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn actions_get_their_results_and_fail_when_the_agent_drops() {
     let s = server().await;
     let hub = s.controller.hub.clone();
@@ -171,14 +238,15 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
             )
             .await
         });
-        let ReconcilerFrame::Action(request) = next_frame(&mut ws).await else {
+        let ReconcilerFrame::Ask(ask) = next_frame(&mut ws).await else {
             panic!("no action")
         };
+        let request: ActionRequest = ask.read().unwrap();
         assert_eq!(request.action, Action::EnsureNetwork { sandbox: "a".into() });
-        let result = AgentFrame::ActionResult(ActionResult {
-            request_id: request.request_id,
-            error: error.clone(),
-        });
+        let result = AgentFrame::Answer(Answer::new::<ActionRequest>(
+            ask.request_id,
+            error.clone().map_or(Ok(()), Err),
+        ));
         ws.send(Message::Text(sdp_protocol::encode(&result).into()))
             .await
             .unwrap();
@@ -196,7 +264,7 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
         )
         .await
     });
-    let ReconcilerFrame::Action(_) = next_frame(&mut ws).await else {
+    let ReconcilerFrame::Ask(_) = next_frame(&mut ws).await else {
         panic!("no action")
     };
     drop(ws);
@@ -459,10 +527,10 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
             }],
             ..Default::default()
         })),
-        sdp_protocol::encode(&AgentFrame::ActionResult(ActionResult {
-            request_id: u64::MAX,
-            error: Some("x".repeat(1000)),
-        })),
+        sdp_protocol::encode(&AgentFrame::Answer(Answer::new::<ActionRequest>(
+            u64::MAX,
+            Err("x".repeat(1000)),
+        ))),
         sdp_protocol::encode(&AgentFrame::LogLine(sdp_protocol::LogLine {
             deployment_id: Some("-1".into()),
             container: Some("../../etc".into()),
