@@ -325,10 +325,10 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<(String, (
     std::fs::create_dir_all(dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    // `sdp serve` refuses to listen inside the ranges it gives out.
-    let port = std::iter::repeat_with(free_port)
-        .find(|p| !(20000..=21999).contains(p) && !(30000..=49999).contains(p))
-        .unwrap();
+    // `sdp serve` refuses to listen inside the ranges it gives out (the system's own ports may all be in them).
+    let port = (22000..30000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port between 22000 and 29999");
     let serve_yaml = dir.join("serve.yaml");
     std::fs::write(
         &serve_yaml,
