@@ -117,7 +117,9 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
             let mut l = d.labels.clone();
             l.insert(labels::COMMIT.into(), commit.clone());
             l.insert(labels::INSTALLATION.into(), installation.into());
-            state.worktrees.retain(|w| !(w.sandbox == d.sandbox && w.service == d.service));
+            state
+                .worktrees
+                .retain(|w| !(w.sandbox == d.sandbox && w.service == d.service));
             state.worktrees.push(Worktree {
                 sandbox: d.sandbox.clone(),
                 service: d.service.clone(),
@@ -203,9 +205,7 @@ impl StandIn {
             },
             other => panic!("the {role} stand-in got {other:?} for its Hello"),
         };
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+        ws.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let thread = {
             let (report, actions, stop) = (report.clone(), actions.clone(), stop.clone());
             let installation = installation.clone();
@@ -233,10 +233,7 @@ impl StandIn {
                         Ok(Message::Text(t)) => t,
                         Ok(_) => continue,
                         Err(tungstenite::Error::Io(e))
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
+                            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
                         {
                             continue;
                         }
@@ -343,6 +340,8 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<(String, (
     .unwrap();
     let serve = Process::spawn(
         Command::new(bins.join("sdp"))
+            // As the systemd unit runs it (deploy/systemd/sdp-reconciler.service).
+            .env("MIMALLOC_PURGE_DELAY", "0")
             .args(["serve", "--config"])
             .arg(&serve_yaml),
         dir.join("serve.log"),
@@ -424,7 +423,9 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<(String, (
     rows.push(("10 s after the reads".to_string(), rss(pid)));
     if let Some((micro, gateway)) = stand_ins {
         let sent = micro.actions.load(Ordering::Relaxed) + gateway.actions.load(Ordering::Relaxed);
-        note.push_str(&format!("\n  actions sent to the stand-ins after their first report: {sent}"));
+        note.push_str(&format!(
+            "\n  actions sent to the stand-ins after their first report: {sent}"
+        ));
     }
     drop(serve);
     (loaded_in, rows, note)
