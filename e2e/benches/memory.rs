@@ -1,18 +1,46 @@
-//! Memory benchmark (DESIGN: the reconciler under 64 MB RSS with 1,000 sandboxes; an idle agent under 20 MB).
-//! A release `sdp serve` reads a config repo of 1,000 sandboxes of 10 services each (no agent connected, so
-//! nothing is deployed: every sandbox waits for its agents, as after a cold start); its RSS is read from /proc
-//! once loaded and settled, then after each of three rounds of API and dashboard reads, and again after a pause.
-//! Then an idle `sdp-agent` with a reconciler of its own. Run: `cargo bench -p sdp-e2e --bench memory`.
+//! Memory benchmark (issue 14: the reconciler under 40 MB RSS with 1,000 sandboxes of 10 services, its agents'
+//! reports held; DESIGN: an idle agent under 20 MB).
+//!
+//! A release `sdp serve` reads a config repo of 1,000 sandboxes of 10 services each, twice:
+//! - with no agent connected (nothing is deployed: every sandbox waits for its agents, as after a cold start);
+//! - with two stand-in agents (micro and gateway) on the real WebSocket that report what real agents report once
+//!   everything converged: 10,000 service containers and 1,000 gateways with the labels the reconciler sets and
+//!   the agents add, their worktrees and networks, each sandbox's gateway routes and the OCP defaults under them,
+//!   and the heads of 10 repositories x 7 branches. They plan what to report as the reconciler does (`preview`
+//!   against `GET /api/v1/actual`), report again every 5 s with one container restarted (a busy node: an agent
+//!   sends its report whole whenever it differs), and answer any action with
+//!   success, applying it to what they report.
+//!
+//! The RSS is read from /proc once loaded and settled, after each of three rounds of API and dashboard reads, and
+//! after a pause. Then an idle `sdp-agent` with a reconciler of its own. Run: `cargo bench -p sdp-e2e --bench
+//! memory`.
 
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sdp_e2e::*;
+use sdp_protocol::{
+    Action, ActionResult, ActualState, AgentFrame, BranchHead, BranchList, Container, ContainerState, GATEWAY, Hello,
+    PROTOCOL_VERSION, ReconcilerFrame, Role, Worktree, labels, network_name,
+};
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
 
 const SANDBOXES: usize = 1000;
 const SERVICES: usize = 10;
-const TARGET_SERVE_MB: f64 = 64.0;
+/// Branches of each service repository the sandboxes run.
+const BRANCHES: usize = 7;
+const TARGET_SERVE_MB: f64 = 40.0;
 const TARGET_AGENT_MB: f64 = 20.0;
+const TOKEN: &str = "bench-token-0123456789abcdef";
+/// How often a stand-in agent sends its report again, as an agent's scan does.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// (RSS, peak RSS) in MB of a process, from /proc.
 fn rss(pid: u32) -> (f64, f64) {
@@ -37,50 +65,286 @@ fn sandbox(i: usize) -> String {
     for svc in 0..SERVICES {
         s.push_str(&format!(
             "    svc{svc}:\n      branch: feature/t-{}\n      environments: [shared-dev]\n      env: {{ LOG_LEVEL: debug }}\n",
-            i % 7
+            i % BRANCHES
         ));
     }
     s.push_str("  routes:\n    svc0: sandbox\n    svc1: ocp\n");
     s
 }
 
-fn main() {
-    let bins = binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("config");
-    std::fs::create_dir_all(config.join("sandboxes")).unwrap();
-    std::fs::create_dir_all(config.join("environments")).unwrap();
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/environments/shared-dev.yaml"),
-        config.join("environments/shared-dev.yaml"),
-    )
-    .unwrap();
-    for i in 0..SANDBOXES {
-        std::fs::write(config.join(format!("sandboxes/sb-{i:04}.yaml")), sandbox(i)).unwrap();
+/// A commit id for a branch of a repository: 40 hex digits, the same on every call.
+fn commit_of(repo: &str, branch: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in repo.bytes().chain([b'@']).chain(branch.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    git(&config, &["init", "-q", "-b", "main"]);
-    git(&config, &["add", "-A"]);
-    git(&config, &["commit", "-qm", "1000 sandboxes"]);
-    let token = tmp.path().join("token");
-    std::fs::write(&token, "bench-token-0123456789abcdef\n").unwrap();
-    let port = free_port();
-    let serve_yaml = tmp.path().join("serve.yaml");
+    format!("{h:016x}{:016x}{:08x}", h.rotate_left(29), h as u32 ^ 0x5eed)
+}
+
+/// The heads an agent of `role` tracks: every branch the sandboxes run.
+fn heads(role: Role) -> Vec<BranchHead> {
+    let head = |repo: String, branch: String| BranchHead {
+        commit: commit_of(&repo, &branch),
+        repo,
+        branch,
+    };
+    match role {
+        Role::Micro => (0..SERVICES)
+            .flat_map(|s| (0..BRANCHES).map(move |b| head(format!("svc{s}"), format!("feature/t-{b}"))))
+            .collect(),
+        Role::Gateway => vec![head(GATEWAY.into(), "develop".into())],
+    }
+}
+
+/// What the gateway branch's own config.php says for each service: the OCP URLs a route to `ocp` means.
+fn route_defaults() -> BTreeMap<String, String> {
+    (0..SERVICES)
+        .map(|s| (format!("svc{s}"), format!("https://svc{s}.ocp.example.internal")))
+        .collect()
+}
+
+/// What an agent reports after `action` succeeded on its node: what the real agent does, on a model of the node.
+fn apply(state: &mut ActualState, action: Action, installation: &str) {
+    match action {
+        Action::EnsureNetwork { sandbox } => {
+            let name = network_name(&sandbox);
+            if !state.networks.contains(&name) {
+                state.networks.push(name);
+            }
+        }
+        Action::DeployService(d) | Action::DeployGateway(d) => {
+            let commit = d.commit.clone().unwrap_or_else(|| commit_of(&d.service, &d.branch));
+            let mut l = d.labels.clone();
+            l.insert(labels::COMMIT.into(), commit.clone());
+            l.insert(labels::INSTALLATION.into(), installation.into());
+            state
+                .worktrees
+                .retain(|w| !(w.sandbox == d.sandbox && w.service == d.service));
+            state.worktrees.push(Worktree {
+                sandbox: d.sandbox.clone(),
+                service: d.service.clone(),
+                branch: d.branch.clone(),
+                commit,
+            });
+            state.containers.retain(|c| c.name != d.container);
+            state.containers.push(Container {
+                name: d.container.clone(),
+                id: commit_of(&d.container, "container") + &commit_of("id", &d.container)[..24],
+                labels: l,
+                state: ContainerState::Running,
+                ports: vec![d.host_port],
+                restart_count: 0,
+                exit_code: None,
+                probe: None,
+            });
+            if d.service == GATEWAY {
+                // A new gateway's config.php starts from the branch.
+                state.routes.insert(d.sandbox.clone(), route_defaults());
+                state.route_defaults.insert(d.sandbox.clone(), route_defaults());
+            }
+        }
+        Action::SetRoutes { sandbox, routes } => {
+            let mut live = state.route_defaults.get(&sandbox).cloned().unwrap_or_default();
+            live.extend(routes);
+            state.routes.insert(sandbox, live);
+        }
+        Action::Stop { container } => {
+            for c in state.containers.iter_mut().filter(|c| c.name == container) {
+                c.state = ContainerState::Exited;
+            }
+        }
+        Action::RemoveContainer { container } => state.containers.retain(|c| c.name != container),
+        Action::RemoveNetwork { sandbox } => state.networks.retain(|n| *n != network_name(&sandbox)),
+        Action::RemoveWorktree { sandbox, service } => state
+            .worktrees
+            .retain(|w| !(w.sandbox == sandbox && w.service == service)),
+    }
+}
+
+/// A stand-in agent on the real WebSocket: Hello, then its report (once it has one) every `REPORT_EVERY`;
+/// every action is answered with success and applied to what it reports.
+struct StandIn {
+    /// The reconciler's installation, from its Welcome: agents label what they create with it.
+    installation: String,
+    report: Arc<Mutex<Option<ActualState>>>,
+    /// Actions received: none once the reports say everything converged.
+    actions: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StandIn {
+    fn connect(port: u16, role: Role) -> StandIn {
+        let report: Arc<Mutex<Option<ActualState>>> = Arc::default();
+        let actions = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("the reconciler listens");
+        let mut request = format!("ws://127.0.0.1:{port}/ws/agent").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let (mut ws, _) = tungstenite::client::client(request, stream).expect("the WebSocket upgrade");
+        let repos = match role {
+            Role::Micro => (0..SERVICES).map(|s| format!("svc{s}")).collect(),
+            Role::Gateway => vec![GATEWAY.to_string()],
+        };
+        let hello = AgentFrame::Hello(Hello {
+            node: format!("bench-{role}"),
+            role,
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            address: "127.0.0.1".into(),
+            repos,
+            images: vec![runtime_image().into(), php_image().into()],
+        });
+        ws.send(Message::Text(sdp_protocol::encode(&hello).into())).unwrap();
+        let installation = match ws.read().expect("an answer to Hello") {
+            Message::Text(t) => match sdp_protocol::decode::<ReconcilerFrame>(&t) {
+                Ok(ReconcilerFrame::Welcome { installation, .. }) => installation,
+                other => panic!("the {role} stand-in was not welcomed: {other:?}"),
+            },
+            other => panic!("the {role} stand-in got {other:?} for its Hello"),
+        };
+        ws.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let thread = {
+            let (report, actions, stop) = (report.clone(), actions.clone(), stop.clone());
+            let installation = installation.clone();
+            std::thread::spawn(move || {
+                let mut sent: Option<Instant> = None;
+                let mut scans: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let due = sent.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+                    if due && let Some(state) = report.lock().unwrap().as_mut() {
+                        // A busy node: between two scans one container restarted, so the report is sent again
+                        // whole (an agent sends a report only when it differs from the last).
+                        if sent.is_some() && !state.containers.is_empty() {
+                            let i = (scans % state.containers.len() as u64) as usize;
+                            state.containers[i].restart_count += 1;
+                        }
+                        scans += 1;
+                        let state = state.clone();
+                        let text = sdp_protocol::encode(&AgentFrame::ActualState(state));
+                        if ws.send(Message::Text(text.into())).is_err() {
+                            return;
+                        }
+                        sent = Some(Instant::now());
+                    }
+                    let text = match ws.read() {
+                        Ok(Message::Text(t)) => t,
+                        Ok(_) => continue,
+                        Err(tungstenite::Error::Io(e))
+                            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                        {
+                            continue;
+                        }
+                        Err(e) => panic!("the {role} stand-in's connection failed: {e}"),
+                    };
+                    let answer = match sdp_protocol::decode::<ReconcilerFrame>(&text) {
+                        Ok(ReconcilerFrame::Action(request)) => {
+                            actions.fetch_add(1, Ordering::Relaxed);
+                            if let Some(state) = report.lock().unwrap().as_mut() {
+                                apply(state, request.action, &installation);
+                            }
+                            // Reported at once, as an agent reports after an action.
+                            sent = None;
+                            AgentFrame::ActionResult(ActionResult {
+                                request_id: request.request_id,
+                                error: None,
+                            })
+                        }
+                        Ok(ReconcilerFrame::ListBranches { request_id, repo }) => AgentFrame::Branches(BranchList {
+                            request_id,
+                            repo,
+                            branches: Vec::new(),
+                            error: None,
+                        }),
+                        Ok(ReconcilerFrame::Refused { reason }) => panic!("the {role} stand-in was refused: {reason}"),
+                        _ => continue,
+                    };
+                    if ws.send(Message::Text(sdp_protocol::encode(&answer).into())).is_err() {
+                        return;
+                    }
+                }
+                let _ = ws.close(None);
+                let _ = ws.flush();
+            })
+        };
+        StandIn {
+            installation,
+            report,
+            actions,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the agents report once the reconciler's plan against empty VMs has been carried out: the reconciler's own
+/// preview with what it knows (`GET /api/v1/actual`, taken with both agents connected and no report in yet).
+fn converged(api: &str, config: &Path, installation: &str) -> (ActualState, ActualState) {
+    let doc: sdp_dashboard::docs::ActualDoc =
+        serde_json::from_value(get_json(&format!("{api}/api/v1/actual")).unwrap()).expect("an ActualDoc");
+    let inputs = sdp_reconciler::preview::Inputs::from(doc);
+    let set = sdp_manifest::ConfigSet::load_repo(config).unwrap();
+    let sandboxes: Vec<_> = set.sandboxes.iter().map(|o| o.value.clone()).collect();
+    let environments: Vec<_> = set.environments.iter().map(|o| o.value.clone()).collect();
+    let preview = sdp_reconciler::preview::preview(&sandboxes, &environments, &inputs);
+    let mut micro = ActualState {
+        heads: heads(Role::Micro),
+        ..ActualState::default()
+    };
+    let mut gateway = ActualState {
+        heads: heads(Role::Gateway),
+        ..ActualState::default()
+    };
+    for step in preview.sandboxes.into_iter().flat_map(|s| s.steps) {
+        let state = match step.role {
+            Role::Micro => &mut micro,
+            Role::Gateway => &mut gateway,
+        };
+        apply(state, step.action, installation);
+    }
+    (micro, gateway)
+}
+
+/// Rows of (when, (RSS, peak)) for one run of `sdp serve` on `config`, with or without stand-in agents.
+fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<(String, (f64, f64))>, String) {
+    let bins = binaries();
+    std::fs::create_dir_all(dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    // `sdp serve` refuses to listen inside the ranges it gives out (the system's own ports may all be in them).
+    let port = (22000..30000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port between 22000 and 29999");
+    let serve_yaml = dir.join("serve.yaml");
     std::fs::write(
         &serve_yaml,
         format!(
             "repo: {}\ndata: {}\nlisten: 127.0.0.1:{port}\ntokenFile: {}\ngatewayPorts: [20000, 21999]\n\
              servicePorts: [30000, 49999]\nallowAnonymous: true\n",
             config.display(),
-            tmp.path().join("data").display(),
+            dir.join("data").display(),
             token.display()
         ),
     )
     .unwrap();
     let serve = Process::spawn(
         Command::new(bins.join("sdp"))
+            // As the systemd unit runs it (deploy/systemd/sdp-reconciler.service).
+            .env("MIMALLOC_PURGE_DELAY", "0")
             .args(["serve", "--config"])
             .arg(&serve_yaml),
-        tmp.path().join("serve.log"),
+        dir.join("serve.log"),
     );
     let pid = serve.child.id();
     let api = format!("http://127.0.0.1:{port}");
@@ -95,9 +359,48 @@ fn main() {
         }
     });
     let loaded_in = started.elapsed();
+    let mut note = String::new();
+    let stand_ins = if agents {
+        let micro = StandIn::connect(port, Role::Micro);
+        let gateway = StandIn::connect(port, Role::Gateway);
+        wait_for("both stand-ins listed", Duration::from_secs(30), || {
+            let n = get_json(&format!("{api}/api/v1/nodes"))?.as_array().map_or(0, Vec::len);
+            if n == 2 { Ok(()) } else { Err(format!("{n} nodes")) }
+        });
+        // The micro agent's address goes into every route to `sandbox`: the reconciler recompiles on its Hello.
+        std::thread::sleep(Duration::from_secs(2));
+        let (m, g) = converged(&api, config, &micro.installation);
+        note = format!(
+            "reports: micro {} containers, {} worktrees, {} networks, {} heads ({:.1} MB of JSON); gateway {} \
+             containers, {} route maps ({:.1} MB of JSON)",
+            m.containers.len(),
+            m.worktrees.len(),
+            m.networks.len(),
+            m.heads.len(),
+            sdp_protocol::encode(&m).len() as f64 / 1e6,
+            g.containers.len(),
+            g.routes.len(),
+            sdp_protocol::encode(&g).len() as f64 / 1e6,
+        );
+        *micro.report.lock().unwrap() = Some(m);
+        *gateway.report.lock().unwrap() = Some(g);
+        wait_for("every sandbox synced", Duration::from_secs(300), || {
+            let list = get_json(&format!("{api}/api/v1/sandboxes"))?;
+            let synced = list
+                .as_array()
+                .map_or(0, |l| l.iter().filter(|s| s["sync"] == "Synced").count());
+            if synced == SANDBOXES {
+                Ok(())
+            } else {
+                Err(format!("{synced} synced: {}", list[0]))
+            }
+        });
+        Some((micro, gateway))
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_secs(5));
     let mut rows = vec![("loaded and settled".to_string(), rss(pid))];
-
     for round in 1..=3 {
         for path in [
             "/api/v1/sandboxes",
@@ -105,6 +408,7 @@ fn main() {
             "/deployments",
             "/nodes",
             "/api/v1/nodes",
+            "/api/v1/actual",
             "/metrics",
         ] {
             get_text(&format!("{api}{path}")).unwrap();
@@ -115,20 +419,25 @@ fn main() {
         }
         rows.push((format!("after read round {round}"), rss(pid)));
     }
-    std::thread::sleep(Duration::from_secs(5));
-    rows.push(("5 s after the reads".to_string(), rss(pid)));
+    std::thread::sleep(Duration::from_secs(10));
+    rows.push(("10 s after the reads".to_string(), rss(pid)));
+    if let Some((micro, gateway)) = stand_ins {
+        let sent = micro.actions.load(Ordering::Relaxed) + gateway.actions.load(Ordering::Relaxed);
+        note.push_str(&format!(
+            "\n  actions sent to the stand-ins after their first report: {sent}"
+        ));
+    }
     drop(serve);
+    (loaded_in, rows, note)
+}
 
-    // An idle agent: connected to a reconciler with nothing to do.
-    let mut cluster = Cluster::start();
-    let yaml = cluster.agent_yaml("micro-mem", "micro", &[], "");
-    let agent = cluster.start_agent(&yaml, "micro-mem");
-    std::thread::sleep(Duration::from_secs(5));
-    let agent_rss = rss(cluster.agents[agent].child.id());
-
-    println!("sdp serve, {SANDBOXES} sandboxes x {SERVICES} services (loaded in {loaded_in:.1?}):");
+fn print(title: &str, loaded_in: Duration, rows: &[(String, (f64, f64))], note: &str) {
+    println!("sdp serve, {SANDBOXES} sandboxes x {SERVICES} services, {title} (loaded in {loaded_in:.1?}):");
+    if !note.is_empty() {
+        println!("  {note}");
+    }
     println!("  {:<24} {:>8} {:>8}", "when", "RSS MB", "peak MB");
-    for (when, (now, peak)) in &rows {
+    for (when, (now, peak)) in rows {
         println!("  {when:<24} {now:>8.1} {peak:>8.1}");
     }
     let worst = rows.iter().map(|(_, (now, _))| *now).fold(0.0, f64::max);
@@ -136,6 +445,36 @@ fn main() {
         "  highest settled RSS {worst:.1} MB: target < {TARGET_SERVE_MB} MB ({})",
         if worst < TARGET_SERVE_MB { "met" } else { "NOT met" }
     );
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(config.join("sandboxes")).unwrap();
+    std::fs::create_dir_all(config.join("environments")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/environments/shared-dev.yaml"),
+        config.join("environments/shared-dev.yaml"),
+    )
+    .unwrap();
+    for i in 0..SANDBOXES {
+        std::fs::write(config.join(format!("sandboxes/sb-{i:04}.yaml")), sandbox(i)).unwrap();
+    }
+    git(&config, &["init", "-q", "-b", "main"]);
+    git(&config, &["add", "-A"]);
+    git(&config, &["commit", "-qm", "1000 sandboxes"]);
+
+    let (alone_in, alone, _) = measure(&config, &tmp.path().join("alone"), false);
+    print("no agent connected", alone_in, &alone, "");
+    let (with_in, with, note) = measure(&config, &tmp.path().join("agents"), true);
+    print("both agents' reports held", with_in, &with, &note);
+
+    // An idle agent: connected to a reconciler with nothing to do.
+    let mut cluster = Cluster::start();
+    let yaml = cluster.agent_yaml("micro-mem", "micro", &[], "");
+    let agent = cluster.start_agent(&yaml, "micro-mem");
+    std::thread::sleep(Duration::from_secs(5));
+    let agent_rss = rss(cluster.agents[agent].child.id());
     println!(
         "sdp-agent idle: RSS {:.1} MB (peak {:.1} MB): target < {TARGET_AGENT_MB} MB ({})",
         agent_rss.0,

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use sdp_dashboard::docs::ActualDoc;
 use sdp_manifest::{Environment, Sandbox};
 
 use crate::desired::{Allocations, Clock, Mode, Settings, compile, note_changes};
@@ -23,6 +24,27 @@ pub struct Inputs {
     pub clock: Clock,
     /// The branches the reconciler last listed for the SandboxSets' repositories.
     pub branches: crate::sets::Branches,
+}
+
+/// What a running reconciler plans with (`GET /api/v1/actual`): `sdp plan --server` and the memory benchmark's
+/// stand-in agents read it.
+impl From<ActualDoc> for Inputs {
+    fn from(doc: ActualDoc) -> Inputs {
+        Inputs {
+            current: doc.sandboxes,
+            actual: Actual {
+                micro: doc.micro,
+                gateway: doc.gateway,
+            },
+            allocations: Arc::new(crate::api::docs::allocations(&doc.ports)),
+            settings: Settings::from(&doc.settings),
+            clock: Clock {
+                now: doc.now,
+                last_activity: doc.last_activity,
+            },
+            branches: doc.branches,
+        }
+    }
 }
 
 /// What the change does to a sandbox in git.

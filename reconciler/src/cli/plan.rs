@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use sdp_dashboard::docs::{self, ActualDoc, PortDoc};
@@ -16,7 +15,6 @@ use serde::Serialize;
 use super::client::{Server, get_doc};
 use crate::controller::PendingStep;
 use crate::desired::{Clock, Mode, Settings};
-use crate::plan::Actual;
 use crate::preview::{Inputs, Port, Preview, preview};
 
 /// `sdp plan --format json`: stable for bots (fields in this order, sandboxes by name, actions in plan order).
@@ -108,7 +106,7 @@ fn plan(path: &Path, server: Option<&Server>, json: bool) -> Result<ExitCode> {
         Some(server) => {
             let doc: ActualDoc = get_doc(server, "/api/v1/actual")?;
             let commit = doc.config_commit.clone();
-            (inputs_from(doc), Some(commit))
+            (Inputs::from(doc), Some(commit))
         }
         None => (
             Inputs {
@@ -165,23 +163,6 @@ impl Inputs {
             .into_iter()
             .filter(|r| *self.actual.of(*r) != sdp_protocol::ActualState::default())
             .collect()
-    }
-}
-
-fn inputs_from(doc: ActualDoc) -> Inputs {
-    Inputs {
-        current: doc.sandboxes,
-        actual: Actual {
-            micro: doc.micro,
-            gateway: doc.gateway,
-        },
-        allocations: Arc::new(crate::api::docs::allocations(&doc.ports)),
-        settings: Settings::from(&doc.settings),
-        clock: Clock {
-            now: doc.now,
-            last_activity: doc.last_activity,
-        },
-        branches: doc.branches,
     }
 }
 
