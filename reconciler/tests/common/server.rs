@@ -200,3 +200,14 @@ pub async fn connected(url: &str, hello: Hello) -> Ws {
     assert!(matches!(welcome, ReconcilerFrame::Welcome { .. }), "{welcome:?}");
     ws
 }
+
+/// The data of an SSE body's plain events (not `event: end` and the like), in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|event| !event.lines().any(|l| l.starts_with("event:")))
+        .filter_map(|event| {
+            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
