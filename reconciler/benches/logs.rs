@@ -108,7 +108,10 @@ fn main() {
         count = now;
     }
     runtime.block_on(async {
-        let done = AgentFrame::ActionResult(ActionResult { request_id, error: None });
+        let done = AgentFrame::ActionResult(ActionResult {
+            request_id,
+            error: None,
+        });
         send(&mut ws, done).await;
     });
     let arrivals = reader.join().unwrap();
