@@ -12,8 +12,8 @@ use futures_util::SinkExt;
 use sdp_protocol::{Action, ActionResult, ActualState, AgentFrame, LogLine, ReconcilerFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The tests' server and fake-agent wiring, shared.
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::server::{self, Server, connected, hello, next_frame, send};
