@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use sdp_e2e::*;
 use sdp_protocol::{
-    Action, ActionResult, ActualState, AgentFrame, BranchHead, BranchList, Container, ContainerState, GATEWAY, Hello,
-    PROTOCOL_VERSION, ReconcilerFrame, Role, Worktree, labels, network_name,
+    Action, ActionRequest, ActualState, AgentFrame, Answer, BranchHead, Container, ContainerState, GATEWAY, Hello,
+    ListBranches, PROTOCOL_VERSION, ReconcilerFrame, Request, Role, Worktree, labels, network_name,
 };
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
@@ -240,24 +240,19 @@ impl StandIn {
                         Err(e) => panic!("the {role} stand-in's connection failed: {e}"),
                     };
                     let answer = match sdp_protocol::decode::<ReconcilerFrame>(&text) {
-                        Ok(ReconcilerFrame::Action(request)) => {
+                        Ok(ReconcilerFrame::Ask(ask)) if ask.kind == ActionRequest::KIND => {
+                            let request: ActionRequest = ask.read().unwrap();
                             actions.fetch_add(1, Ordering::Relaxed);
                             if let Some(state) = report.lock().unwrap().as_mut() {
                                 apply(state, request.action, &installation);
                             }
                             // Reported at once, as an agent reports after an action.
                             sent = None;
-                            AgentFrame::ActionResult(ActionResult {
-                                request_id: request.request_id,
-                                error: None,
-                            })
+                            AgentFrame::Answer(Answer::new::<ActionRequest>(ask.request_id, Ok(())))
                         }
-                        Ok(ReconcilerFrame::ListBranches { request_id, repo }) => AgentFrame::Branches(BranchList {
-                            request_id,
-                            repo,
-                            branches: Vec::new(),
-                            error: None,
-                        }),
+                        Ok(ReconcilerFrame::Ask(ask)) if ask.kind == ListBranches::KIND => {
+                            AgentFrame::Answer(Answer::new::<ListBranches>(ask.request_id, Ok(Vec::new())))
+                        }
                         Ok(ReconcilerFrame::Refused { reason }) => panic!("the {role} stand-in was refused: {reason}"),
                         _ => continue,
                     };

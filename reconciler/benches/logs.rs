@@ -5,78 +5,53 @@
 
 use std::io::BufRead;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use sdp_protocol::{AgentFrame, Hello, LogLine, PROTOCOL_VERSION, Role};
-use sdp_reconciler::api::{Api, router};
-use sdp_reconciler::auth::Auth;
-use sdp_reconciler::controller::Controller;
-use sdp_reconciler::desired::Settings;
-use sdp_reconciler::hub::{Hub, HubEvent};
-use sdp_reconciler::store::{Deployment, DeploymentState, Store};
+use sdp_protocol::{Action, ActionRequest, ActualState, AgentFrame, Answer, LogLine, ReconcilerFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The tests' server and fake-agent wiring, shared.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::server::{self, Server, connected, hello, next_frame, send};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const LINES: u64 = 50_000;
-const TOKEN: &str = "bench-token-0123456789abcdef";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let (url, id, controller) = runtime.block_on(async {
-        let (tx, mut events) = tokio::sync::mpsc::channel(4096);
-        let hub = Arc::new(Hub::new(TOKEN.into(), tx));
-        let store = Store::open(data.path()).unwrap();
-        let controller = Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap();
-        let ctl = controller.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.recv().await {
-                if let HubEvent::Log(l) = e {
-                    ctl.log(l);
-                }
+    // `sdp serve` over the examples, and a micro agent that runs qa-login-error's account deployment: the
+    // reconciler's own pass records it and sends it; the agent holds it open while it sends its lines.
+    let (server, mut ws, id, request_id) = runtime.block_on(async {
+        let server = Server::start(common::repo::Repo::new(), |_| {}).await;
+        let mut ws = connected(&server.ws(), hello("bench", Role::Micro, &[])).await;
+        send(&mut ws, AgentFrame::ActualState(ActualState::default())).await;
+        loop {
+            let ReconcilerFrame::Ask(ask) = next_frame(&mut ws).await else {
+                continue;
+            };
+            let a: ActionRequest = ask.read().unwrap();
+            if let (Action::DeployService(_), Some(id)) = (&a.action, &a.deployment_id) {
+                break (server, ws, id.clone(), ask.request_id);
             }
-        });
-        let d = controller
-            .store
-            .start_deployment(Deployment {
-                id: 0,
-                sandbox: "bench".into(),
-                service: "account".into(),
-                repo: "account".into(),
-                branch: "main".into(),
-                commit: None,
-                config_commit: "c".into(),
-                config_author: "a".into(),
-                environments: vec![],
-                reason: "bench".into(),
-                trigger: "resync".into(),
-                started_ms: 0,
-                ended_ms: None,
-                state: DeploymentState::Running,
-                stages: vec![],
-                error: None,
-            })
-            .unwrap();
-        let app = router(Api {
-            controller: controller.clone(),
-            hook: Arc::default(),
-            auth: Arc::new(Auth::anonymous("")),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (url, d.id, controller)
+            let done = AgentFrame::Answer(Answer::new::<ActionRequest>(ask.request_id, Ok(())));
+            send(&mut ws, done).await;
+        }
     });
+    let url = server.addr;
 
     // The reader: an SSE client that notes when each line arrives.
     let sse = format!("http://{url}/api/v1/deployments/{id}/logs");
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let count = arrived.clone();
     let reader = std::thread::spawn(move || {
         let response = ureq::get(&sse).call().unwrap();
         let mut arrivals: Vec<(u64, Instant)> = Vec::with_capacity(LINES as usize);
@@ -88,6 +63,7 @@ fn main() {
                     .and_then(|n| n.split(' ').next()?.parse().ok())
                 {
                     arrivals.push((n, Instant::now()));
+                    count.store(arrivals.len(), Ordering::Relaxed);
                 }
             } else if line == "event: end" {
                 break;
@@ -97,31 +73,14 @@ fn main() {
     });
     std::thread::sleep(Duration::from_millis(300));
 
-    // The writer: an agent sending the deployment's lines as fast as the socket takes them.
+    // The writer: the agent sending the deployment's lines as fast as the socket takes them.
     // The agent's connection stays open until every line has landed: closing a socket with unread data resets
     // it, and the peer then drops what it had not read yet (a real agent's connection stays open).
-    let (sent, ws) = runtime.block_on(async {
-        let mut request = format!("ws://{url}/ws/agent").into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        let hello = AgentFrame::Hello(Hello {
-            node: "bench".into(),
-            role: Role::Micro,
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: "bench".into(),
-            address: "127.0.0.1".into(),
-            repos: vec![],
-            images: vec![],
-        });
-        ws.send(Message::Text(sdp_protocol::encode(&hello).into()))
-            .await
-            .unwrap();
+    let sent = runtime.block_on(async {
         let mut sent = Vec::with_capacity(LINES as usize);
         for n in 0..LINES {
             let frame = AgentFrame::LogLine(LogLine {
-                deployment_id: Some(id.to_string()),
+                deployment_id: Some(id.clone()),
                 container: None,
                 seq: n,
                 line: format!("line {n} go: downloading example.com/module v1.2.3 and building it"),
@@ -132,24 +91,24 @@ fn main() {
                 .await
                 .unwrap();
         }
-        (sent, ws)
+        sent
     });
     let written = sent[sent.len() - 1].duration_since(sent[0]);
-    // Let every line land (the count stops growing), then end the deployment so the SSE stream closes.
-    let mut count = controller.store.log(id).len();
+    // Let every line land (the count the reader has stops growing), then end the deployment as an agent does
+    // (its result), so that the SSE stream closes.
+    let mut count = arrived.load(Ordering::Relaxed);
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let now = controller.store.log(id).len();
+        let now = arrived.load(Ordering::Relaxed);
         if now == count {
             break;
         }
         count = now;
     }
-    controller
-        .store
-        .update_deployment(id, |d| d.state = DeploymentState::Succeeded)
-        .unwrap();
-    drop(ws);
+    runtime.block_on(async {
+        let done = AgentFrame::Answer(Answer::new::<ActionRequest>(request_id, Ok(())));
+        send(&mut ws, done).await;
+    });
     let arrivals = reader.join().unwrap();
 
     let mut latencies: Vec<Duration> = arrivals
@@ -178,5 +137,12 @@ fn main() {
         pct(0.99),
         latencies[latencies.len() - 1]
     );
-    println!("log file holds {} lines", controller.store.log(id).len());
+    // What the store kept: the whole log again, read back as a client reads an ended deployment's.
+    let (_, _, log) = runtime.block_on(server::get(format!("http://{url}/api/v1/deployments/{id}/logs")));
+    let kept = server::sse_data(&log).len();
+    println!("log file holds {kept} lines");
+    runtime.block_on(async {
+        drop(ws);
+        server.stop().await;
+    });
 }

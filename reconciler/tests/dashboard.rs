@@ -2,117 +2,82 @@
 //! state holds, links carry the base path, unknown things are 404, nothing but GET is served, and text from git
 //! is escaped.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use sdp_reconciler::api::{Api, router_at};
-use sdp_reconciler::auth::Auth;
-use sdp_reconciler::controller::Controller;
-use sdp_reconciler::desired::Settings;
-use sdp_reconciler::hub::Hub;
-use sdp_reconciler::source::{Origin, Source};
-use sdp_reconciler::store::{Deployment, DeploymentState, Store};
+use common::server::{self, Server, Ws, connected, get, hello, next_frame, send, until};
+use sdp_protocol::{
+    Action, ActionRequest, ActualState, AgentFrame, Answer, BranchHead, ListBranches, ReconcilerFrame, Request, Role,
+};
 
 const BASE: &str = "/sandbox/credit-card";
 
-struct Server {
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-fn examples() -> BTreeMap<PathBuf, String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files = BTreeMap::new();
-    for dir in ["sandboxes", "templates", "environments", "sandboxsets"] {
-        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            files.insert(
-                PathBuf::from(dir).join(path.file_name().unwrap()),
-                std::fs::read_to_string(&path).unwrap(),
-            );
-        }
-    }
-    files
-}
-
-async fn server() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let hub = Arc::new(Hub::new("test-token-0123456789abcdef".into(), tx));
-    let store = Store::open(data.path()).unwrap();
-    let controller = Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap();
-    // The examples as a snapshot, with an owner whose name needs escaping.
-    let mut files = examples();
-    let sb = PathBuf::from("sandboxes/qa-login-error.yaml");
-    let text = files[&sb].replace("owner: achmad", "owner: \"<b>achmad</b>\"");
-    files.insert(sb, text);
-    let mut source = Source::new(Origin::Local(data.path().to_path_buf()));
-    let snapshot = source.read(
-        "c0ffee1234567890".into(),
-        "Ann Tester <ann@example.com>".into(),
-        0,
-        files,
-    );
-    controller.set_snapshot(snapshot);
-    // The examples' set makes acct-x from a branch of account.
-    controller.set_branches("account", vec!["feature/x".into()]);
-    let d = controller
-        .store
-        .start_deployment(Deployment {
-            id: 0,
-            sandbox: "qa-login-error".into(),
-            service: "account".into(),
-            repo: "account".into(),
-            branch: "feature/login-error".into(),
-            commit: Some("abcdef0123456789".into()),
-            config_commit: "c0ffee1234567890".into(),
-            config_author: "Ann Tester <ann@example.com>".into(),
-            environments: vec!["shared-dev".into(), "account-dev".into()],
-            reason: "missing".into(),
-            trigger: "resync".into(),
-            started_ms: 1_795_600_000_000,
-            ended_ms: None,
-            state: DeploymentState::Failed,
-            stages: vec![],
-            error: Some("image alpine:3.20 is not loaded".into()),
-        })
-        .unwrap();
-    assert_eq!(d.id, 1);
-    let app = router_at(
-        Api {
-            controller,
-            hook: Arc::default(),
-            auth: Arc::new(Auth::anonymous(BASE)),
-        },
-        BASE,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { url, _data: data }
-}
-
-async fn get(url: String) -> (u16, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut r = agent.get(&url).call().unwrap();
-        let kind = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        (r.status().as_u16(), kind, r.body_mut().read_to_string().unwrap())
+/// The examples with an owner whose name needs escaping, served under `BASE`, after one real pass: a micro agent
+/// that serves `account` lists its branch `feature/x` (the examples' set makes acct-x from it), fails every
+/// deployment, and leaves once qa-login-error's account has failed (so no retry makes another deployment).
+/// Answers the server and the id of that failed deployment.
+async fn server() -> (Server, u64) {
+    let repo = server::examples_with(|repo| {
+        let sb = repo.dir.join("sandboxes/qa-login-error.yaml");
+        let text = std::fs::read_to_string(&sb).unwrap();
+        repo.write(
+            "sandboxes/qa-login-error.yaml",
+            &text.replace("owner: achmad", "owner: \"<b>achmad</b>\""),
+        );
+    });
+    let s = Server::start(repo, |c| c.base_path = BASE.into()).await;
+    let mut ws = connected(&s.ws(), hello("micro-test", Role::Micro, &["account"])).await;
+    send(&mut ws, AgentFrame::ActualState(ActualState::default())).await;
+    let id = failing_agent(ws).await;
+    until("the deployment failed and the agent gone", || async {
+        let d = server::json(s.url(&format!("/api/v1/deployments/{id}"))).await;
+        let nodes = server::json(s.url("/api/v1/nodes")).await;
+        let set = server::get(s.url("/api/v1/sandboxes/acct-x")).await.0;
+        d["state"] == "failed" && nodes.as_array().unwrap().is_empty() && set == 200
     })
-    .await
-    .unwrap()
+    .await;
+    (s, id)
+}
+
+/// Answers until it has listed its branches and failed qa-login-error's account; says that deployment's id.
+async fn failing_agent(mut ws: Ws) -> u64 {
+    let (mut listed, mut failed) = (false, None);
+    while !listed || failed.is_none() {
+        let answer = match next_frame(&mut ws).await {
+            ReconcilerFrame::Ask(ask) if ask.kind == ListBranches::KIND => {
+                listed = true;
+                let ListBranches { repo } = ask.read().unwrap();
+                let heads = vec![BranchHead {
+                    repo,
+                    branch: "feature/x".into(),
+                    commit: "abcdef0123456789".into(),
+                }];
+                AgentFrame::Answer(Answer::new::<ListBranches>(ask.request_id, Ok(heads)))
+            }
+            ReconcilerFrame::Ask(ask) if ask.kind == ActionRequest::KIND => {
+                let a: ActionRequest = ask.read().unwrap();
+                let error = match &a.action {
+                    Action::DeployService(d) => {
+                        if d.sandbox == "qa-login-error" && d.service == "account" {
+                            failed = a.deployment_id.clone();
+                        }
+                        Some("image alpine:3.20 is not loaded".to_string())
+                    }
+                    _ => None,
+                };
+                AgentFrame::Answer(Answer::new::<ActionRequest>(ask.request_id, error.map_or(Ok(()), Err)))
+            }
+            _ => continue,
+        };
+        send(&mut ws, answer).await;
+    }
+    ws.close(None).await.unwrap();
+    failed.unwrap().parse().unwrap()
 }
 
 #[tokio::test]
 async fn every_page_answers_under_the_base_path() {
-    let s = server().await;
-    let page = |path: &str| get(format!("{}{BASE}{path}", s.url));
+    let (s, id) = server().await;
+    let page = |path: &str| get(s.url(path));
 
     let (code, kind, html) = page("/").await;
     assert_eq!(code, 200);
@@ -149,7 +114,7 @@ async fn every_page_answers_under_the_base_path() {
         assert!(html.contains(needle), "{needle} missing from the sandbox page");
     }
     assert!(
-        html.contains(&format!("href=\"{BASE}/deployments/1\"")),
+        html.contains(&format!("href=\"{BASE}/deployments/{id}\"")),
         "the last deployment is linked"
     );
 
@@ -172,14 +137,20 @@ async fn every_page_answers_under_the_base_path() {
 
     let (code, _, html) = page("/deployments?sandbox=qa-login-error&state=failed").await;
     assert_eq!(code, 200);
-    assert!(html.contains("#1") && html.contains("Ann Tester"), "{html}");
+    assert!(
+        html.contains(&format!("#{id}")) && html.contains("Ann Tester"),
+        "{html}"
+    );
     let (_, _, html) = page("/deployments?state=succeeded").await;
-    assert!(!html.contains(">#1<"), "the filter leaves the failed deployment out");
+    assert!(
+        !html.contains(&format!(">#{id}<")),
+        "the filter leaves the failed deployment out"
+    );
 
-    let (code, _, html) = page("/deployments/1").await;
+    let (code, _, html) = page(&format!("/deployments/{id}")).await;
     assert_eq!(code, 200);
     assert!(html.contains("image alpine:3.20 is not loaded"));
-    assert!(html.contains("id=\"log\" data-id=\"1\""));
+    assert!(html.contains(&format!("id=\"log\" data-id=\"{id}\"")));
     assert!(html.contains("shared-dev, account-dev"));
 
     let (code, _, html) = page("/nodes").await;
@@ -197,7 +168,7 @@ async fn every_page_answers_under_the_base_path() {
     assert_eq!(page("/api/v1/sandboxes").await.0, 200);
     assert_eq!(page("/healthz").await.0, 200);
     assert_eq!(
-        get(format!("{}/healthz", s.url)).await.0,
+        get(format!("http://{}/healthz", s.addr)).await.0,
         404,
         "nothing outside the base path"
     );
@@ -205,7 +176,7 @@ async fn every_page_answers_under_the_base_path() {
 
 #[tokio::test]
 async fn nothing_but_get_is_served_besides_the_git_hook_and_the_login() {
-    let s = server().await;
+    let (s, _) = server().await;
     for path in [
         "/",
         "/sandboxes/qa-login-error",
@@ -213,7 +184,7 @@ async fn nothing_but_get_is_served_besides_the_git_hook_and_the_login() {
         "/api/v1/sandboxes",
         "/api/v1/deployments",
     ] {
-        let url = format!("{}{BASE}{path}", s.url);
+        let url = s.url(path);
         let code = tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
             agent.post(&url).send("x").unwrap().status().as_u16()

@@ -2,91 +2,60 @@
 //! `sdp serve` answers deserialises into the same types `sdp get` reads, and those types write back exactly
 //! the JSON that was served (no field lost, renamed or added on the way).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::server::{self, Server, connected, hello, json, send, until};
 use futures_util::{SinkExt, StreamExt};
 use sdp_dashboard::docs::{
     ActualDoc, BranchesDoc, DeploymentDoc, DeploymentState, NodeDoc, Reason, SandboxDoc, SandboxSummary, Sync,
 };
 use sdp_protocol::{
-    ActionRequest, ActualState, AgentFrame, Answer, BranchHead, Container, ContainerState, Hello, ListBranches,
-    PROTOCOL_VERSION, Probe, ReconcilerFrame, Request, Role, Worktree,
+    ActionRequest, ActualState, AgentFrame, Answer, BranchHead, Container, ContainerState, ListBranches, Probe,
+    ReconcilerFrame, Request, Role, Worktree,
 };
-use sdp_reconciler::api::{Api, router};
-use sdp_reconciler::auth::Auth;
 use sdp_reconciler::cli::client;
-use sdp_reconciler::controller::Controller;
-use sdp_reconciler::desired::Settings;
-use sdp_reconciler::hub::{Hub, HubEvent};
-use sdp_reconciler::source::{Origin, Source};
-use sdp_reconciler::store::Store;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const TOKEN: &str = "test-token-0123456789abcdef";
 const SANDBOX: &str = "qa-login-error";
 
-struct Server {
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-/// The examples, a sandbox that does not validate and one whose port is taken (held).
-fn config_repo() -> BTreeMap<PathBuf, String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files = BTreeMap::new();
-    for dir in ["sandboxes", "templates", "environments"] {
-        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            files.insert(
-                PathBuf::from(dir).join(path.file_name().unwrap()),
-                std::fs::read_to_string(&path).unwrap(),
-            );
-        }
-    }
-    let example = files[&PathBuf::from("sandboxes/qa-login-error.yaml")].clone();
-    files.insert(
-        "sandboxes/twin.yaml".into(),
-        example.replace("name: qa-login-error", "name: twin"),
-    );
-    files.insert(
-        "sandboxes/broken.yaml".into(),
-        example
-            .replace("name: qa-login-error", "name: broken")
-            .replace("branch: feature/login-error", "brnch: feature/login-error"),
-    );
-    files
+/// The examples (without their set), a sandbox that does not validate and one whose port is taken (held).
+fn config_repo() -> common::repo::Repo {
+    server::examples_with(|repo| {
+        repo.git(&["rm", "-rq", "sandboxsets"]);
+        let example = std::fs::read_to_string(repo.dir.join("sandboxes/qa-login-error.yaml")).unwrap();
+        repo.write(
+            "sandboxes/twin.yaml",
+            &example.replace("name: qa-login-error", "name: twin"),
+        );
+        repo.write(
+            "sandboxes/broken.yaml",
+            &example
+                .replace("name: qa-login-error", "name: broken")
+                .replace("branch: feature/login-error", "brnch: feature/login-error"),
+        );
+    })
 }
 
 /// An agent that reports one sandbox's containers, worktrees and routes, lists branches, and fails every
 /// action it is sent (so a pass leaves pending steps, an error and failed deployments behind).
-async fn agent(url: &str, role: Role) {
-    let mut request = format!("ws://{url}/ws/agent").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+async fn agent(s: &Server, role: Role) {
     let (node, repo, service) = match role {
         Role::Micro => ("micro-test", "account", "account"),
         Role::Gateway => ("gateway-test", "gateway", "gateway"),
     };
-    let send = |frame: AgentFrame| Message::Text(sdp_protocol::encode(&frame).into());
-    ws.send(send(AgentFrame::Hello(Hello {
-        node: node.into(),
-        role,
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        address: "127.0.0.1".into(),
-        repos: vec![repo.into()],
-        images: vec!["alpine:3.20".into()],
-    })))
-    .await
-    .unwrap();
+    let mut ws = connected(
+        &s.ws(),
+        sdp_protocol::Hello {
+            images: vec!["alpine:3.20".into()],
+            ..hello(node, role, &[repo])
+        },
+    )
+    .await;
     let container = sdp_protocol::container_name(SANDBOX, service);
     let mut report = ActualState {
         containers: vec![Container {
@@ -126,7 +95,7 @@ async fn agent(url: &str, role: Role) {
         report.routes.insert(SANDBOX.into(), routes.clone());
         report.route_defaults.insert(SANDBOX.into(), routes);
     }
-    ws.send(send(AgentFrame::ActualState(report))).await.unwrap();
+    send(&mut ws, AgentFrame::ActualState(report)).await;
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
             let Message::Text(text) = message else { continue };
@@ -148,66 +117,41 @@ async fn agent(url: &str, role: Role) {
                 }
                 _ => continue,
             };
-            if ws.send(send(answer)).await.is_err() {
+            if ws.send(server::message(&answer)).await.is_err() {
                 return;
             }
         }
     });
 }
 
+/// `sdp serve` once each agent has failed the deployment the reconciler's passes sent it. Retries are held off for
+/// the test's length (`retry_floor`), so that what the test reads is what those passes left behind.
 async fn server() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let (tx, mut events) = tokio::sync::mpsc::channel(256);
-    let hub = Arc::new(Hub::new(TOKEN.into(), tx));
-    let store = Store::open(data.path()).unwrap();
-    let controller = Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap();
-    let ctl = controller.clone();
-    tokio::spawn(async move {
-        while let Some(e) = events.recv().await {
-            match e {
-                HubEvent::Log(l) => ctl.log(l),
-                HubEvent::Progress(p) => ctl.progress(p),
-                _ => {}
-            }
+    let s = Server::start(config_repo(), |c| c.retry_floor = Duration::from_secs(3600)).await;
+    let failed = |n: usize| {
+        let s = &s;
+        move || async move {
+            let list = json(s.url("/api/v1/deployments")).await;
+            let list = list.as_array().unwrap().clone();
+            list.len() == n && list.iter().all(|d| d["state"] == "failed")
         }
-    });
-    let mut source = Source::new(Origin::Local(data.path().to_path_buf()));
-    let snapshot = source.read(
-        "c0ffee1234567890".into(),
-        "Ann Tester <ann@example.com>".into(),
-        1_795_600_000,
-        config_repo(),
-    );
-    controller.set_snapshot(snapshot);
-    let app = router(Api {
-        controller: controller.clone(),
-        hook: Arc::default(),
-        auth: Arc::new(Auth::anonymous("")),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    agent(&url, Role::Micro).await;
-    agent(&url, Role::Gateway).await;
-    // Both reports in, then one pass, whose actions the agents fail.
-    for _ in 0..100 {
-        if controller.hub.nodes().len() == 2 && !controller.hub.actual().gateway.routes.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    controller.pass(SANDBOX).await;
-    Server {
-        url: format!("http://{url}"),
-        _data: data,
-    }
+    };
+    // The config repo read first: a pass before it would find nothing desired.
+    until("the config repo to be read", || async {
+        server::get(s.url(&format!("/api/v1/sandboxes/{SANDBOX}"))).await.0 == 200
+    })
+    .await;
+    // One agent after the other, so that the micro agent's deployment is the first.
+    agent(&s, Role::Micro).await;
+    until("the micro agent's deployment to fail", failed(1)).await;
+    agent(&s, Role::Gateway).await;
+    until("the gateway agent's deployment to fail", failed(2)).await;
+    until("the pass to end", || async {
+        let sb = json(s.url(&format!("/api/v1/sandboxes/{SANDBOX}"))).await;
+        sb.pointer("/status/inFlight").is_none_or(|f| f.is_null()) && sb.pointer("/actual/routes/account").is_some()
+    })
+    .await;
+    s
 }
 
 /// The raw answer of a GET, as JSON.
@@ -224,7 +168,7 @@ async fn raw(url: String) -> serde_json::Value {
 
 /// What `sdp get` reads from `path`: the CLI's own request, into the CLI's own type.
 async fn cli<T: DeserializeOwned + Send + 'static>(s: &Server, path: &str) -> anyhow::Result<T> {
-    let server = client::Server { server: s.url.clone() };
+    let server = client::Server { server: s.url("") };
     let path = path.to_string();
     tokio::task::spawn_blocking(move || client::get_doc::<T>(&server, &path))
         .await
@@ -233,7 +177,7 @@ async fn cli<T: DeserializeOwned + Send + 'static>(s: &Server, path: &str) -> an
 
 /// The document of `path` as `sdp get` reads it, after checking that it writes back exactly what was served.
 async fn round_trip<T: DeserializeOwned + Serialize + Send + 'static>(s: &Server, path: &str) -> T {
-    let served = raw(format!("{}{path}", s.url)).await;
+    let served = raw(s.url(path)).await;
     let read: T = cli(s, path).await.unwrap();
     assert_eq!(
         serde_json::to_value(&read).unwrap(),
@@ -332,7 +276,7 @@ async fn what_the_api_serves_sdp_get_reads_whole() {
 #[tokio::test]
 async fn the_wire_keeps_the_names_scripts_read() {
     let s = server().await;
-    let sb = raw(format!("{}/api/v1/sandboxes/qa-login-error", s.url)).await;
+    let sb = raw(s.url("/api/v1/sandboxes/qa-login-error")).await;
     for pointer in [
         "/configCommit",
         "/configAuthor",
@@ -355,7 +299,7 @@ async fn the_wire_keeps_the_names_scripts_read() {
     ] {
         assert!(sb.pointer(pointer).is_some(), "{pointer} missing: {sb:#}");
     }
-    let list = raw(format!("{}/api/v1/sandboxes", s.url)).await;
+    let list = raw(s.url("/api/v1/sandboxes")).await;
     for pointer in [
         "/0/name",
         "/0/sync",
@@ -366,7 +310,7 @@ async fn the_wire_keeps_the_names_scripts_read() {
     ] {
         assert!(list.pointer(pointer).is_some(), "{pointer} missing: {list:#}");
     }
-    let d = raw(format!("{}/api/v1/deployments/1", s.url)).await;
+    let d = raw(s.url("/api/v1/deployments/1")).await;
     for pointer in [
         "/commit",
         "/configCommit",
@@ -378,7 +322,7 @@ async fn the_wire_keeps_the_names_scripts_read() {
     ] {
         assert!(d.pointer(pointer).is_some(), "{pointer} missing: {d:#}");
     }
-    let actual = raw(format!("{}/api/v1/actual", s.url)).await;
+    let actual = raw(s.url("/api/v1/actual")).await;
     for pointer in [
         "/configCommit",
         "/sandboxes/0/metadata/name",
@@ -394,7 +338,7 @@ async fn the_wire_keeps_the_names_scripts_read() {
     ] {
         assert!(actual.pointer(pointer).is_some(), "{pointer} missing: {actual:#}");
     }
-    let nodes = raw(format!("{}/api/v1/nodes", s.url)).await;
+    let nodes = raw(s.url("/api/v1/nodes")).await;
     for pointer in [
         "/0/node/node",
         "/0/node/lastSeenMs",

@@ -1,105 +1,133 @@
-//! The agent hub and the API over real sockets on 127.0.0.1: tokens, the version rule, actions and their
-//! results, in-flight actions when an agent drops, the scheduler's merging, and SSE logs that resume.
+//! The agent hub and the API over real sockets on 127.0.0.1, against `sdp serve` as the binary runs it: tokens, the
+//! version rule, actions and their results, in-flight actions when an agent drops, the scheduler's merging, and
+//! SSE logs that resume. Everything the tests see comes from the reconciler's own passes over a config repo and
+//! from fake agents on the real WebSocket.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+mod common;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use sdp_protocol::{Action, ActionRequest, AgentFrame, Answer, Hello, PROTOCOL_VERSION, ReconcilerFrame, Role};
-use sdp_reconciler::api::{Api, router};
-use sdp_reconciler::auth::Auth;
-use sdp_reconciler::controller::{Controller, Trigger};
-use sdp_reconciler::desired::Settings;
-use sdp_reconciler::hub::{AskError, Hub, HubEvent};
-use sdp_reconciler::store::Store;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use common::server::{
+    self, Server, TOKEN, Ws, connected, dial, get, hello, json, message, metric, next_frame, send, sse_data, until,
+};
+use futures_util::SinkExt;
+use sdp_protocol::{
+    Action, ActionRequest, ActualState, AgentFrame, Answer, Container, ContainerState, Hello, PROTOCOL_VERSION,
+    ReconcilerFrame, Request, Role, labels,
+};
+use sdp_reconciler::hub::{AskError, Hub};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+const SANDBOX: &str = "qa-login-error";
 
-struct Server {
-    url: String,
-    controller: Arc<Controller>,
-    _data: tempfile::TempDir,
-}
-
+/// `sdp serve` over the examples without their set (whose branch listings would come between the actions).
 async fn server() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let (tx, mut events) = tokio::sync::mpsc::channel(256);
-    let hub = Arc::new(Hub::new(TOKEN.into(), tx));
-    let store = Store::open(data.path()).unwrap();
-    let controller = Controller::new(hub, store, Settings::default(), Duration::from_secs(3600)).unwrap();
-    let ctl = controller.clone();
-    tokio::spawn(async move {
-        while let Some(e) = events.recv().await {
-            match e {
-                HubEvent::Log(l) => ctl.log(l),
-                HubEvent::Progress(p) => ctl.progress(p),
-                _ => {}
-            }
-        }
+    let repo = server::examples_with(|repo| {
+        repo.git(&["rm", "-rq", "sandboxsets"]);
     });
-    let app = router(Api {
-        controller: controller.clone(),
-        hook: Arc::default(),
-        auth: Arc::new(Auth::anonymous("")),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server {
-        url,
-        controller,
-        _data: data,
-    }
+    Server::start(repo, |_| {}).await
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn dial(url: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
-    let mut request = format!("ws://{url}/ws/agent").into_client_request().unwrap();
-    if let Some(t) = token {
-        request
-            .headers_mut()
-            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+/// The micro agent the tests play, welcomed; it has not reported yet.
+async fn micro(s: &Server) -> Ws {
+    connected(&s.ws(), hello("micro-test", Role::Micro, &["account"])).await
 }
 
-fn hello(version: u32) -> Message {
-    let frame = AgentFrame::Hello(Hello {
-        node: "micro-test".into(),
-        role: Role::Micro,
-        protocol_version: version,
-        agent_version: "test".into(),
-        address: "127.0.0.1".into(),
-        repos: vec!["account".into()],
-        images: vec![],
-    });
-    Message::Text(sdp_protocol::encode(&frame).into())
-}
-
-async fn next_frame(ws: &mut Ws) -> ReconcilerFrame {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-        {
-            Some(Ok(Message::Text(t))) => return sdp_protocol::decode(&t).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
-}
-
-async fn connected(url: &str) -> Ws {
-    let mut ws = dial(url, Some(TOKEN)).await.unwrap();
-    ws.send(hello(PROTOCOL_VERSION)).await.unwrap();
-    assert!(matches!(next_frame(&mut ws).await, ReconcilerFrame::Welcome { .. }));
+/// The micro agent, welcomed, with an empty report in: it is acted on.
+async fn reported(s: &Server) -> Ws {
+    let mut ws = micro(s).await;
+    send(&mut ws, AgentFrame::ActualState(ActualState::default())).await;
     ws
+}
+
+/// The next action the reconciler sends.
+/// An action as the agent reads it: its request id and the request.
+struct Asked {
+    request_id: u64,
+    action: Action,
+    deployment_id: Option<String>,
+}
+
+async fn next_action(ws: &mut Ws) -> Asked {
+    loop {
+        if let ReconcilerFrame::Ask(ask) = next_frame(ws).await
+            && ask.kind == ActionRequest::KIND
+        {
+            let request: ActionRequest = ask.read().unwrap();
+            return Asked {
+                request_id: ask.request_id,
+                action: request.action,
+                deployment_id: request.deployment_id,
+            };
+        }
+    }
+}
+
+/// Answers actions as they come until one is a deployment; that one is left unanswered and returned.
+async fn next_deployment(ws: &mut Ws) -> Asked {
+    loop {
+        let a = next_action(ws).await;
+        if a.deployment_id.is_some() {
+            return a;
+        }
+        answer(ws, &a, None).await;
+    }
+}
+
+async fn answer(ws: &mut Ws, request: &Asked, error: Option<&str>) {
+    let result = AgentFrame::Answer(Answer::new::<ActionRequest>(
+        request.request_id,
+        error.map_or(Ok(()), |e| Err(e.to_string())),
+    ));
+    send(ws, result).await;
+}
+
+/// A deployment's document.
+async fn deployment(s: &Server, request: &Asked) -> serde_json::Value {
+    let id = request.deployment_id.as_deref().unwrap();
+    json(s.url(&format!("/api/v1/deployments/{id}"))).await
+}
+
+/// Waits until the deployment of `request` has ended; says its document.
+async fn ended(s: &Server, request: &Asked) -> serde_json::Value {
+    until("the deployment to end", || async {
+        deployment(s, request).await["state"] != "running"
+    })
+    .await;
+    deployment(s, request).await
+}
+
+async fn nodes(s: &Server) -> Vec<serde_json::Value> {
+    json(s.url("/api/v1/nodes")).await.as_array().unwrap().clone()
+}
+
+/// What the last pass of the sandbox said went wrong (nothing before the config repo is read).
+async fn last_error(s: &Server) -> String {
+    let (_, _, body) = get(s.url(&format!("/api/v1/sandboxes/{SANDBOX}"))).await;
+    let sb: serde_json::Value = serde_json::from_str(&body).unwrap();
+    sb.pointer("/status/lastError")
+        .and_then(|e| e.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A container line from an agent; when it is readable from the API, every frame the agent sent before it has been
+/// taken in (an agent's frames are handled, and their events delivered, in order).
+async fn barrier(s: &Server, ws: &mut Ws, text: &str) {
+    let line = AgentFrame::LogLine(sdp_protocol::LogLine {
+        deployment_id: None,
+        container: Some(sdp_protocol::container_name(SANDBOX, "account")),
+        seq: 1 + text.len() as u64,
+        line: text.into(),
+        dropped_before: 0,
+    });
+    send(ws, line).await;
+    let url = s.url(&format!("/api/v1/sandboxes/{SANDBOX}/logs/account"));
+    until("the agent's frames to be taken in", || {
+        let url = url.clone();
+        async move { sse_data(&get(url).await.2).iter().any(|l| l == text) }
+    })
+    .await;
 }
 
 fn refused_with(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
@@ -116,10 +144,10 @@ fn refused_with(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
 #[tokio::test]
 async fn agents_without_the_right_token_are_refused_and_told_why() {
     let s = server().await;
-    let (status, body) = refused_with(dial(&s.url, None).await);
+    let (status, body) = refused_with(dial(&s.ws(), None).await);
     assert_eq!(status, 401);
     assert!(body.contains("missing bearer token"), "{body}");
-    let (status, body) = refused_with(dial(&s.url, Some("wrong-token-0123456789")).await);
+    let (status, body) = refused_with(dial(&s.ws(), Some("wrong-token-0123456789")).await);
     assert_eq!(status, 401);
     assert!(body.contains("bad token"), "{body}");
     assert!(!body.contains(TOKEN));
@@ -128,8 +156,10 @@ async fn agents_without_the_right_token_are_refused_and_told_why() {
 #[tokio::test]
 async fn a_version_mismatch_is_refused_naming_both_versions() {
     let s = server().await;
-    let mut ws = dial(&s.url, Some(TOKEN)).await.unwrap();
-    ws.send(hello(PROTOCOL_VERSION + 41)).await.unwrap();
+    let mut ws = dial(&s.ws(), Some(TOKEN)).await.unwrap();
+    let mut refused = hello("micro-test", Role::Micro, &["account"]);
+    refused.protocol_version = PROTOCOL_VERSION + 41;
+    send(&mut ws, AgentFrame::Hello(refused)).await;
     let ReconcilerFrame::Refused { reason } = next_frame(&mut ws).await else {
         panic!("not refused")
     };
@@ -138,13 +168,13 @@ async fn a_version_mismatch_is_refused_naming_both_versions() {
         reason.contains(&format!("version {}", PROTOCOL_VERSION + 41)),
         "{reason}"
     );
-    assert!(s.controller.hub.nodes().is_empty());
+    assert!(nodes(&s).await.is_empty());
 }
 
 #[tokio::test]
 async fn an_agent_of_protocol_version_1_is_refused_naming_both_versions() {
     let s = server().await;
-    let mut ws = dial(&s.url, Some(TOKEN)).await.unwrap();
+    let mut ws = dial(&s.ws(), Some(TOKEN)).await.unwrap();
     // A version-1 agent's Hello as it sends it: Hello did not change with version 2, so the hub reads it and the
     // version rule refuses it, rather than the agent's first `action` frame failing later.
     let old = r#"{"type":"hello","node":"micro-old","role":"micro","protocolVersion":1,"agentVersion":"0.0.9","address":"127.0.0.1","repos":["account"],"images":[]}"#;
@@ -154,64 +184,15 @@ async fn an_agent_of_protocol_version_1_is_refused_naming_both_versions() {
     };
     let both = format!("this side speaks version {PROTOCOL_VERSION}, the other side version 1");
     assert!(reason.contains(&both), "{reason}");
-    assert!(s.controller.hub.nodes().is_empty());
+    assert!(nodes(&s).await.is_empty());
 }
 
 #[tokio::test]
-async fn a_request_gets_its_typed_answer_and_an_unreadable_answer_says_so() {
-    use sdp_protocol::{BranchHead, ListBranches};
-    let s = server().await;
-    let hub = s.controller.hub.clone();
-    let none = hub.branches("billing", Duration::from_secs(5)).await;
-    assert_eq!(
-        none.unwrap_err().to_string(),
-        "no connected agent serves a repository named billing"
-    );
-    let mut ws = connected(&s.url).await;
-    let heads = vec![BranchHead {
-        repo: "account".into(),
-        branch: "feature/login-error".into(),
-        commit: "0123456789abcdef0123".into(),
-    }];
-    // The agent answers the request it read with the answer its type says; then with a body of another shape.
-    for sound in [true, false] {
-        let h = hub.clone();
-        let call = tokio::spawn(async move { h.branches("account", Duration::from_secs(30)).await });
-        let ReconcilerFrame::Ask(ask) = next_frame(&mut ws).await else {
-            panic!("no request")
-        };
-        assert_eq!(ask.read::<ListBranches>().unwrap().repo, "account");
-        let answer = if sound {
-            sdp_protocol::encode(&AgentFrame::Answer(Answer::new::<ListBranches>(
-                ask.request_id,
-                Ok(heads.clone()),
-            )))
-        } else {
-            format!(
-                r#"{{"type":"answer","requestId":{},"result":{{"ok":{{"branches":[]}}}}}}"#,
-                ask.request_id
-            )
-        };
-        ws.send(Message::Text(answer.into())).await.unwrap();
-        let got = call.await.unwrap();
-        if sound {
-            assert_eq!(got, Ok(heads.clone()));
-        } else {
-            let e = got.unwrap_err().to_string();
-            assert!(
-                e.starts_with(
-                    "agent micro-test sent an unreadable answer to a listBranches request: invalid type: map"
-                ),
-                "{e}"
-            );
-        }
-    }
-}
-
-#[tokio::test]
-async fn actions_get_their_results_and_fail_when_the_agent_drops() {
-    let s = server().await;
-    let hub = s.controller.hub.clone();
+async fn an_action_for_a_role_nobody_serves_fails_at_once_saying_so() {
+    // Passes check that an agent is connected before they act (see the readiness test below), so only a hub
+    // asked directly shows this answer.
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let hub = Hub::new(TOKEN.into(), tx);
     let none = hub
         .dispatch(
             Role::Micro,
@@ -221,86 +202,117 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
         )
         .await;
     assert_eq!(none.unwrap_err().to_string(), "no micro agent is connected");
-
-    let mut ws = connected(&s.url).await;
-    assert_eq!(hub.nodes()[0].node, "micro-test");
-    assert_eq!(hub.address(Role::Micro).as_deref(), Some("127.0.0.1"));
-
-    // A result answers its own request, with the agent's error when there is one.
-    for error in [None, Some("image alpine:3.20 is not loaded".to_string())] {
-        let h = hub.clone();
-        let call = tokio::spawn(async move {
-            h.dispatch(
-                Role::Micro,
-                Action::EnsureNetwork { sandbox: "a".into() },
-                None,
-                Duration::from_secs(30),
-            )
-            .await
-        });
-        let ReconcilerFrame::Ask(ask) = next_frame(&mut ws).await else {
-            panic!("no action")
-        };
-        let request: ActionRequest = ask.read().unwrap();
-        assert_eq!(request.action, Action::EnsureNetwork { sandbox: "a".into() });
-        let result = AgentFrame::Answer(Answer::new::<ActionRequest>(
-            ask.request_id,
-            error.clone().map_or(Ok(()), Err),
-        ));
-        ws.send(Message::Text(sdp_protocol::encode(&result).into()))
-            .await
-            .unwrap();
-        assert_eq!(call.await.unwrap(), error.map_or(Ok(()), |e| Err(AskError::Failed(e))));
-    }
-
-    // In flight when the agent goes: it fails at once with the agent's name, not at the deadline.
-    let h = hub.clone();
-    let call = tokio::spawn(async move {
-        h.dispatch(
-            Role::Micro,
-            Action::RemoveNetwork { sandbox: "a".into() },
-            None,
-            Duration::from_secs(600),
-        )
-        .await
-    });
-    let ReconcilerFrame::Ask(_) = next_frame(&mut ws).await else {
-        panic!("no action")
-    };
-    drop(ws);
-    let result = tokio::time::timeout(Duration::from_secs(30), call)
-        .await
-        .expect("not waiting forever");
-    assert_eq!(
-        result.unwrap().unwrap_err().to_string(),
-        "agent micro-test disconnected"
-    );
-    assert!(hub.nodes().is_empty());
 }
 
 #[tokio::test]
-async fn triggers_of_a_queued_sandbox_are_merged_into_one_pass() {
+async fn actions_get_their_results_and_fail_when_the_agent_drops() {
     let s = server().await;
-    for i in 0..50 {
-        s.controller.trigger(
-            "box",
-            if i % 2 == 0 {
-                Trigger::ConfigCommit
-            } else {
-                Trigger::AgentReport
-            },
-        );
-    }
-    s.controller.spawn(4);
-    let passes = || s.controller.metrics.passes.load(Ordering::Relaxed);
-    for _ in 0..100 {
-        if passes() >= 1 {
-            break;
+    let mut ws = reported(&s).await;
+    let nodes_now = nodes(&s).await;
+    assert_eq!(nodes_now[0]["node"]["node"], "micro-test");
+    assert_eq!(nodes_now[0]["node"]["address"], "127.0.0.1");
+
+    // The pass's first action; its result lets the pass go on to the deployment.
+    let first = next_action(&mut ws).await;
+    assert_eq!(
+        first.action,
+        Action::EnsureNetwork {
+            sandbox: SANDBOX.into()
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    );
+    answer(&mut ws, &first, None).await;
+
+    // A result answers its own request, with the agent's error when there is one. Each report that says
+    // something new wakes the sandbox for another pass, which deploys the container that is still missing.
+    for (n, error) in [None, Some(AskError::Failed("image alpine:3.20 is not loaded".into()))]
+        .into_iter()
+        .enumerate()
+    {
+        if n > 0 {
+            let report = ActualState {
+                networks: vec![sdp_protocol::network_name(SANDBOX)],
+                ..ActualState::default()
+            };
+            send(&mut ws, AgentFrame::ActualState(report)).await;
+        }
+        let request = next_deployment(&mut ws).await;
+        let Action::DeployService(d) = &request.action else {
+            panic!("not a deployment: {:?}", request.action)
+        };
+        assert_eq!((d.sandbox.as_str(), d.service.as_str()), (SANDBOX, "account"));
+        answer(&mut ws, &request, error.as_ref().map(|e| e.to_string()).as_deref()).await;
+        let doc = ended(&s, &request).await;
+        let got = match doc["error"].as_str() {
+            None => Ok(()),
+            Some(e) => Err(AskError::Failed(e.to_string())),
+        };
+        assert_eq!(got, error.map_or(Ok(()), Err), "{doc}");
+        assert_eq!(doc["state"], if n == 0 { "succeeded" } else { "failed" });
     }
+
+    // In flight when the agent goes (the retry after that failure, due in about 2 s): it fails at once with the
+    // agent's name, not at the deadline of 15 minutes.
+    let request = next_deployment(&mut ws).await;
+    drop(ws);
+    let doc = ended(&s, &request).await;
+    assert_eq!(doc["error"], "agent micro-test disconnected", "{doc}");
+    assert!(nodes(&s).await.is_empty());
+}
+
+#[tokio::test]
+async fn triggers_of_a_sandbox_in_a_pass_are_merged_into_one_pass() {
+    let s = server().await;
+    let mut ws = reported(&s).await;
+    // A pass is under way: the agent holds its first action.
+    let held = next_action(&mut ws).await;
+    // Fifty reports, each saying something new of the sandbox: fifty triggers while it is in a pass.
+    for i in 0..50 {
+        let report = ActualState {
+            containers: vec![Container {
+                name: sdp_protocol::container_name(SANDBOX, "account"),
+                id: "c0ffee".into(),
+                labels: [
+                    (labels::MANAGED.to_string(), "true".to_string()),
+                    (labels::SANDBOX.to_string(), SANDBOX.to_string()),
+                    (labels::SERVICE.to_string(), "account".to_string()),
+                ]
+                .into(),
+                state: ContainerState::Exited,
+                ports: vec![],
+                restart_count: i,
+                exit_code: Some(1),
+                probe: None,
+            }],
+            ..ActualState::default()
+        };
+        send(&mut ws, AgentFrame::ActualState(report)).await;
+    }
+    barrier(&s, &mut ws, "all fifty reports are in").await;
+    let passes = metric(&s, "sdp_passes_total").await;
+    // The held pass ends; everything else it asks is done at once.
+    answer(&mut ws, &held, None).await;
+    let agent = tokio::spawn(async move {
+        loop {
+            let a = next_action(&mut ws).await;
+            answer(&mut ws, &a, None).await;
+        }
+    });
+    until("the merged pass", || async {
+        metric(&s, "sdp_passes_total").await > passes
+    })
+    .await;
+    until("the passes to end", || async {
+        let sb = json(s.url(&format!("/api/v1/sandboxes/{SANDBOX}"))).await;
+        sb.pointer("/status/inFlight").is_none_or(|f| f.is_null())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(passes(), 1, "fifty triggers of one queued sandbox make one pass");
+    assert_eq!(
+        metric(&s, "sdp_passes_total").await,
+        passes + 1,
+        "fifty triggers of a sandbox in a pass make one pass after it"
+    );
+    agent.abort();
 }
 
 #[test]
@@ -320,48 +332,26 @@ fn backoff_grows_from_two_seconds_to_five_minutes_with_bounded_jitter() {
     }
 }
 
-/// A deployment of `box`'s account, running.
-fn running_deployment(store: &Store) -> sdp_reconciler::store::Deployment {
-    store
-        .start_deployment(sdp_reconciler::store::Deployment {
-            id: 0,
-            sandbox: "box".into(),
-            service: "account".into(),
-            repo: "account".into(),
-            branch: "main".into(),
-            commit: None,
-            config_commit: "c".into(),
-            config_author: "a".into(),
-            environments: vec![],
-            reason: "missing".into(),
-            trigger: "resync".into(),
-            started_ms: 0,
-            ended_ms: None,
-            state: sdp_reconciler::store::DeploymentState::Running,
-            stages: vec![],
-            error: None,
-        })
-        .unwrap()
-}
-
 #[tokio::test]
 async fn deployment_logs_stream_and_resume_from_last_event_id() {
     let s = server().await;
-    let store = &s.controller.store;
-    let d = running_deployment(store);
+    let mut ws = reported(&s).await;
+    let request = next_deployment(&mut ws).await;
     for i in 0..3 {
-        s.controller.log(sdp_protocol::LogLine {
-            deployment_id: Some(d.id.to_string()),
+        let line = AgentFrame::LogLine(sdp_protocol::LogLine {
+            deployment_id: request.deployment_id.clone(),
             container: None,
             seq: i,
             line: format!("line {i}"),
             dropped_before: if i == 2 { 7 } else { 0 },
         });
+        send(&mut ws, line).await;
     }
-    store
-        .update_deployment(d.id, |d| d.state = sdp_reconciler::store::DeploymentState::Succeeded)
-        .unwrap();
-    let url = format!("http://{}/api/v1/deployments/{}/logs", s.url, d.id);
+    barrier(&s, &mut ws, "the deployment's lines are in").await;
+    answer(&mut ws, &request, None).await;
+    assert_eq!(ended(&s, &request).await["state"], "succeeded");
+    let id = request.deployment_id.as_deref().unwrap();
+    let url = s.url(&format!("/api/v1/deployments/{id}/logs"));
     let body = tokio::task::spawn_blocking(move || {
         let all = ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
         let resumed = ureq::get(&url)
@@ -389,7 +379,7 @@ async fn deployment_logs_stream_and_resume_from_last_event_id() {
 #[tokio::test]
 async fn pages_are_told_when_a_status_changes() {
     let s = server().await;
-    let url = format!("http://{}/api/v1/changes", s.url);
+    let url = s.url("/api/v1/changes");
     let reader = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let response = ureq::get(&url).call().unwrap();
@@ -398,9 +388,18 @@ async fn pages_are_told_when_a_status_changes() {
             .find(|l| l.as_ref().is_ok_and(|l| l == "event: changed"))
             .is_some()
     });
-    // A pass over a sandbox nobody knew gives it a status: a change.
+    // A commit of a sandbox nobody knew: its pass gives it a status, a change.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    s.controller.pass("box").await;
+    let example = std::fs::read_to_string(s.repo.dir.join("sandboxes/qa-login-error.yaml")).unwrap();
+    s.repo.write(
+        "sandboxes/box.yaml",
+        &example
+            .replace("name: qa-login-error", "name: box")
+            .replace("port: 8081", "port: 8082")
+            .replace("port: 9001", "port: 9002"),
+    );
+    s.repo.git(&["add", "-A"]);
+    s.repo.git(&["commit", "-qm", "box"]);
     let told = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
         .expect("told within 10 s");
@@ -421,49 +420,43 @@ fn webhook_fetches_of_one_repository_are_asked_at_most_every_few_seconds() {
 #[tokio::test]
 async fn an_agent_writes_only_into_deployments_it_runs_and_long_lines_are_cut() {
     let s = server().await;
-    let store = &s.controller.store;
-    let d = running_deployment(store);
-    let mut ws = connected(&s.url).await;
+    // The micro agent runs a deployment (held); the gateway agent does not.
+    let mut micro = reported(&s).await;
+    let request = next_deployment(&mut micro).await;
+    let mut ws = connected(&s.ws(), hello("gateway-test", Role::Gateway, &["gateway"])).await;
     let line = |deployment_id: Option<String>, container: Option<&str>, line: String| {
-        let frame = AgentFrame::LogLine(sdp_protocol::LogLine {
+        message(&AgentFrame::LogLine(sdp_protocol::LogLine {
             deployment_id,
             container: container.map(str::to_string),
             seq: 1,
             line,
             dropped_before: 0,
-        });
-        Message::Text(sdp_protocol::encode(&frame).into())
+        }))
     };
     // A deployment nobody asked this agent to run.
-    ws.send(line(Some(d.id.to_string()), None, "forged".into()))
+    ws.send(line(request.deployment_id.clone(), None, "forged".into()))
         .await
         .unwrap();
     // A container line of 10 MB.
     ws.send(line(None, Some("sandbox-box-account"), "x".repeat(10 << 20)))
         .await
         .unwrap();
-    let kept = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let lines = s
-                .controller
-                .logs
-                .container_logs
-                .lock()
-                .unwrap()
-                .get("sandbox-box-account")
-                .map(|l| l.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
-            if let Some(lines) = lines {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let url = s.url("/api/v1/sandboxes/box/logs/account");
+    until("the container line arrives", || {
+        let url = url.clone();
+        async move { get(url).await.0 == 200 }
     })
-    .await
-    .expect("the container line arrives");
+    .await;
+    let kept = sse_data(&get(url).await.2);
     assert_eq!(kept.len(), 1);
     assert!(kept[0].len() < 17 * 1024, "{} bytes kept", kept[0].len());
     assert!(kept[0].ends_with("more bytes cut]"), "the cut is said");
-    assert_eq!(store.log(d.id).len(), 0, "the forged line was written");
+    // The deployment ends; its log holds nothing.
+    answer(&mut micro, &request, None).await;
+    ended(&s, &request).await;
+    let id = request.deployment_id.as_deref().unwrap();
+    let log = get(s.url(&format!("/api/v1/deployments/{id}/logs"))).await.2;
+    assert_eq!(sse_data(&log).len(), 0, "the forged line was written: {log}");
 }
 
 #[test]
@@ -511,7 +504,7 @@ fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving() {
     let s = server().await;
-    let mut ws = connected(&s.url).await;
+    let mut ws = micro(&s).await;
     let valid = [
         sdp_protocol::encode(&AgentFrame::ActualState(sdp_protocol::ActualState {
             worktrees: vec![sdp_protocol::Worktree {
@@ -555,49 +548,52 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
             break;
         }
     }
-    // The hub still serves: a pass over a sandbox with those reports runs, and a new agent is welcomed.
-    s.controller.pass("box").await;
-    let mut again = dial(&s.url, Some(TOKEN)).await.unwrap();
-    again.send(hello(PROTOCOL_VERSION)).await.unwrap();
-    assert!(matches!(next_frame(&mut again).await, ReconcilerFrame::Welcome { .. }));
-    let url = format!("http://{}/healthz", s.url);
-    let health = tokio::task::spawn_blocking(move || ureq::get(&url).call().map(|r| r.status().as_u16()))
+    // The hub still serves: a new agent is welcomed, and its report wakes passes over the sandboxes with what
+    // was reported, which run.
+    let passes = metric(&s, "sdp_passes_total").await;
+    let mut again = dial(&s.ws(), Some(TOKEN)).await.unwrap();
+    again
+        .send(message(&AgentFrame::Hello(hello(
+            "micro-test",
+            Role::Micro,
+            &["account"],
+        ))))
         .await
-        .unwrap()
         .unwrap();
+    assert!(matches!(next_frame(&mut again).await, ReconcilerFrame::Welcome { .. }));
+    send(&mut again, AgentFrame::ActualState(ActualState::default())).await;
+    until("a pass", || async { metric(&s, "sdp_passes_total").await > passes }).await;
+    let health = get(s.url("/healthz")).await.0;
     assert_eq!(health, 200);
 }
 
 #[tokio::test]
 async fn an_agent_is_acted_on_only_once_its_connection_has_reported() {
-    use sdp_reconciler::hub::Readiness;
     let s = server().await;
-    let hub = &s.controller.hub;
-    assert_eq!(hub.readiness(Role::Micro), Readiness::NotConnected);
-    let mut ws = connected(&s.url).await;
-    // Connected, nothing reported yet: what the hub holds of the role is no picture of the VM.
-    assert_eq!(hub.readiness(Role::Micro), Readiness::NoReportYet);
-    let report = AgentFrame::ActualState(sdp_protocol::ActualState::default());
-    ws.send(Message::Text(sdp_protocol::encode(&report).into()))
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        if hub.readiness(Role::Micro) == Readiness::Ready {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("a pass with no agent", || async {
+        last_error(&s).await.contains("waiting for a micro agent to connect")
+    })
+    .await;
+    assert!(nodes(&s).await.is_empty());
+    let mut ws = micro(&s).await;
+    // Connected, nothing reported yet: what the hub holds of the role is no picture of the VM, and the pass the
+    // connection wakes does nothing on it.
+    assert_eq!(nodes(&s).await.len(), 1);
+    until("a pass that waits for the report", || async {
+        last_error(&s)
+            .await
+            .contains("waiting for the first report of the micro agent")
+    })
+    .await;
+    // An empty report counts: it is one, and the agent is acted on.
+    send(&mut ws, AgentFrame::ActualState(ActualState::default())).await;
+    let first = next_action(&mut ws).await;
     assert_eq!(
-        hub.readiness(Role::Micro),
-        Readiness::Ready,
-        "an empty report counts: it is one"
+        first.action,
+        Action::EnsureNetwork {
+            sandbox: SANDBOX.into()
+        }
     );
     drop(ws);
-    for _ in 0..100 {
-        if hub.readiness(Role::Micro) == Readiness::NotConnected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(hub.readiness(Role::Micro), Readiness::NotConnected);
+    until("the agent to be gone", || async { nodes(&s).await.is_empty() }).await;
 }

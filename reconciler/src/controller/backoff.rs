@@ -30,11 +30,19 @@ struct Entry {
 
 /// The failing resources, by name.
 #[derive(Default)]
-pub struct Backoffs(Mutex<HashMap<String, Entry>>);
+pub struct Backoffs {
+    entries: Mutex<HashMap<String, Entry>>,
+    /// No wait is shorter than this (see `ServeConfig::retry_floor`); zero unless set.
+    floor: Mutex<Duration>,
+}
 
 impl Backoffs {
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_floor(&self, floor: Duration) {
+        *self.floor.lock().unwrap_or_else(|e| e.into_inner()) = floor;
     }
 
     /// How long `resource` still waits, with its last error; `None` when it may be tried.
@@ -55,7 +63,8 @@ impl Backoffs {
         });
         entry.failures += 1;
         entry.error = error.to_string();
-        let wait = backoff_delay(entry.failures, jitter());
+        let floor = *self.floor.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = backoff_delay(entry.failures, jitter()).max(floor);
         entry.until = Instant::now() + wait;
         wait
     }

@@ -141,6 +141,11 @@ impl Controller {
         }))
     }
 
+    /// No failed resource is tried again sooner than `floor` (see `ServeConfig::retry_floor`).
+    pub fn set_retry_floor(&self, floor: Duration) {
+        self.backoff.set_floor(floor);
+    }
+
     pub fn world(&self) -> World {
         self.world.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
