@@ -597,3 +597,45 @@ async fn an_agent_is_acted_on_only_once_its_connection_has_reported() {
     drop(ws);
     until("the agent to be gone", || async { nodes(&s).await.is_empty() }).await;
 }
+
+#[tokio::test]
+async fn nothing_is_removed_before_the_config_repo_has_been_read() {
+    // A config repo that cannot be read yet, as on a restart whose first clone is slow: a sandbox the agent
+    // reports must not be planned as undesired and torn down.
+    let s = server::Server::start(common::repo::Repo::new(), |c| {
+        c.repo = "/nonexistent/sdp-config.git".into()
+    })
+    .await;
+    let mut ws = micro(&s).await;
+    let mut running = Container {
+        name: sdp_protocol::container_name(SANDBOX, "account"),
+        id: "c1".into(),
+        labels: Default::default(),
+        state: ContainerState::Running,
+        ports: vec![30001],
+        restart_count: 0,
+        exit_code: None,
+        probe: None,
+    };
+    running.labels.insert(labels::MANAGED.into(), "true".into());
+    running.labels.insert(labels::SANDBOX.into(), SANDBOX.into());
+    running.labels.insert(labels::SERVICE.into(), "account".into());
+    let report = ActualState {
+        containers: vec![running],
+        networks: vec![sdp_protocol::network_name(SANDBOX)],
+        ..Default::default()
+    };
+    send(&mut ws, AgentFrame::ActualState(report)).await;
+    until("a pass that waits for the config repo", || async {
+        last_error(&s)
+            .await
+            .contains("waiting for the first read of the config repo")
+    })
+    .await;
+    // The pass has ended: had it planned a removal, its action would be on the wire before its status.
+    let more = tokio::time::timeout(Duration::from_millis(200), next_frame(&mut ws)).await;
+    assert!(
+        !matches!(more, Ok(ReconcilerFrame::Ask(_))),
+        "an action was sent before the config repo was read: {more:?}"
+    );
+}

@@ -118,6 +118,12 @@ impl Controller {
         world: &World,
         findings: &mut Findings,
     ) -> Result<Requeue, PassError> {
+        if world.snapshot.commit.is_empty() {
+            // The config repo has not been read yet (a slow first clone after a restart): every sandbox would look
+            // undesired and be torn down. Nothing is done until the first read, which wakes every sandbox.
+            findings.stopped_early = Some("waiting for the first read of the config repo".into());
+            return Ok(Requeue::Never);
+        }
         let desired = world.desired.sandboxes.get(name);
         if let Some(reason) = world.desired.held.get(name) {
             // Nothing is done to a held sandbox: what runs keeps running. A commit or the clock frees it.
