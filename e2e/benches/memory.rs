@@ -311,8 +311,11 @@ fn converged(api: &str, config: &Path, installation: &str) -> (ActualState, Actu
     (micro, gateway)
 }
 
+/// (when, (RSS, peak)) in MB.
+type Row = (String, (f64, f64));
+
 /// Rows of (when, (RSS, peak)) for one run of `sdp serve` on `config`, with or without stand-in agents.
-fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<(String, (f64, f64))>, String) {
+fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, String) {
     let bins = binaries();
     std::fs::create_dir_all(dir).unwrap();
     let token = dir.join("token");
