@@ -182,7 +182,8 @@ fn bench(c: &mut Criterion) {
     let (sandboxes, envs) = config();
     let first = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
     assert_eq!(first.sandboxes.len(), SANDBOXES, "held: {:?}", first.held.iter().next());
-    let actual = with_heads(converged(&first));
+    // Indexed, as the hub keeps each report.
+    let actual = with_heads(converged(&first)).indexed();
     assert!(
         plan_everything(&first, &actual).is_empty(),
         "the steady state must plan nothing"
@@ -227,7 +228,7 @@ fn bench(c: &mut Criterion) {
 fn summary() {
     let (sandboxes, envs) = config();
     let first = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
-    let actual = with_heads(converged(&first));
+    let actual = with_heads(converged(&first)).indexed();
     let converged = median(31, || {
         let desired = compile(&sandboxes, &envs, &first.allocations, &settings(), &Clock::default());
         plan_everything(&desired, &actual)

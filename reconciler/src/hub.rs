@@ -509,7 +509,7 @@ impl Hub {
         }
         let mut next = (*state.actual).clone();
         *next.of_mut(role) = report;
-        state.actual = Arc::new(next);
+        state.actual = Arc::new(next.indexed());
         true
     }
 }

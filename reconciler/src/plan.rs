@@ -92,10 +92,39 @@ fn verb(action: &Action) -> &'static str {
 
 /// What the agents report, by role. A role whose agent has not reported counts as empty: its deploys are
 /// planned (and fail at dispatch with "no agent"), nothing of it is removed.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Actual {
     pub micro: ActualState,
     pub gateway: ActualState,
+    /// Whether `view` and `views` read through `index`: set by `indexed`, for an `Actual` that is no longer
+    /// changed (the hub's, behind an `Arc`). `of_mut` and `clone` clear it.
+    indexed: bool,
+    /// Where each sandbox's objects are in the reports, made on the first `view` of an indexed `Actual` and kept
+    /// with it: the hub keeps one `Actual` per report, so a pass after a report reads only its own sandbox's
+    /// objects instead of walking every container of the VM.
+    index: std::sync::OnceLock<Index>,
+}
+
+impl Clone for Actual {
+    fn clone(&self) -> Actual {
+        Actual::new(self.micro.clone(), self.gateway.clone())
+    }
+}
+
+/// Positions of one sandbox's objects in one role's report.
+#[derive(Debug, Default)]
+struct Places {
+    containers: Vec<u32>,
+    networks: Vec<u32>,
+    worktrees: Vec<u32>,
+}
+
+/// Positions of each sandbox's objects in the reports, by sandbox and role (micro, gateway), and the sizes of
+/// each role's lists when it was made.
+#[derive(Debug, Default)]
+struct Index {
+    places: BTreeMap<String, [Places; 2]>,
+    sizes: [(usize, usize, usize); 2],
 }
 
 /// One sandbox's part of one agent's report, borrowed.
@@ -139,6 +168,53 @@ impl<'a> View<'a> {
 }
 
 impl Actual {
+    pub fn new(micro: ActualState, gateway: ActualState) -> Actual {
+        Actual {
+            micro,
+            gateway,
+            indexed: false,
+            index: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This `Actual`, its views read through an index of the reports made once. It must not be changed through its
+    /// fields afterwards (`of_mut` is fine: it drops the index).
+    pub fn indexed(mut self) -> Actual {
+        self.index = std::sync::OnceLock::new();
+        self.indexed = true;
+        self
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::default();
+            for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
+                let state = self.of(role);
+                index.sizes[r] = (state.containers.len(), state.networks.len(), state.worktrees.len());
+                fn at<'i>(index: &'i mut Index, name: &str, r: usize) -> &'i mut Places {
+                    if !index.places.contains_key(name) {
+                        index.places.insert(name.to_string(), Default::default());
+                    }
+                    &mut index.places.get_mut(name).expect("just inserted")[r]
+                }
+                for (i, c) in state.containers.iter().enumerate() {
+                    if let Some(sb) = c.labels.get(labels::SANDBOX) {
+                        at(&mut index, sb, r).containers.push(i as u32);
+                    }
+                }
+                for (i, n) in state.networks.iter().enumerate() {
+                    if let Some(sb) = n.strip_prefix("sandbox-") {
+                        at(&mut index, sb, r).networks.push(i as u32);
+                    }
+                }
+                for (i, w) in state.worktrees.iter().enumerate() {
+                    at(&mut index, &w.sandbox, r).worktrees.push(i as u32);
+                }
+            }
+            index
+        })
+    }
+
     pub fn of(&self, role: Role) -> &ActualState {
         match role {
             Role::Micro => &self.micro,
@@ -147,6 +223,8 @@ impl Actual {
     }
 
     pub fn of_mut(&mut self, role: Role) -> &mut ActualState {
+        self.index = std::sync::OnceLock::new();
+        self.indexed = false;
         match role {
             Role::Micro => &mut self.micro,
             Role::Gateway => &mut self.gateway,
@@ -167,8 +245,65 @@ impl Actual {
         }
     }
 
-    /// The reports cut by sandbox in one walk, so that planning a sandbox reads only its own objects.
+    /// The reports cut by sandbox, through the index of the reports (made once per report).
     pub fn views(&self) -> BTreeMap<&str, View<'_>> {
+        let Some(index) = self.fresh_index() else {
+            return self.walk_views();
+        };
+        let mut names: BTreeSet<&str> = index.places.keys().map(String::as_str).collect();
+        for state in [&self.micro, &self.gateway] {
+            names.extend(state.routes.keys().map(String::as_str));
+            names.extend(state.route_defaults.keys().map(String::as_str));
+        }
+        names.into_iter().map(|name| (name, self.view(name))).collect()
+    }
+
+    /// One sandbox's view, read through the index of the reports (made once per report), so that a pass reads
+    /// only its own sandbox's objects.
+    pub fn view(&self, name: &str) -> View<'_> {
+        let Some(index) = self.fresh_index() else {
+            return self.walk_view(name);
+        };
+        let mut view = self.empty_view();
+        let places = index.places.get(name);
+        for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
+            let state = self.of(role);
+            let part = match role {
+                Role::Micro => &mut view.micro,
+                Role::Gateway => &mut view.gateway,
+            };
+            if let Some(places) = places.map(|p| &p[r]) {
+                part.containers = places
+                    .containers
+                    .iter()
+                    .map(|i| &state.containers[*i as usize])
+                    .collect();
+                part.networks = places
+                    .networks
+                    .iter()
+                    .map(|i| state.networks[*i as usize].as_str())
+                    .collect();
+                part.worktrees = places.worktrees.iter().map(|i| &state.worktrees[*i as usize]).collect();
+            }
+            part.routes = state.routes.get(name);
+            part.route_defaults = state.route_defaults.get(name);
+        }
+        view
+    }
+
+    /// The index of an indexed `Actual`; none when its lists no longer have the sizes they had when it was made
+    /// (it was changed through its fields, against `indexed`'s rule).
+    fn fresh_index(&self) -> Option<&Index> {
+        if !self.indexed {
+            return None;
+        }
+        let index = self.index();
+        let sizes = [&self.micro, &self.gateway].map(|s| (s.containers.len(), s.networks.len(), s.worktrees.len()));
+        (index.sizes == sizes).then_some(index)
+    }
+
+    /// The reports cut by sandbox in one walk, without the index.
+    fn walk_views(&self) -> BTreeMap<&str, View<'_>> {
         let mut out: BTreeMap<&str, View<'_>> = BTreeMap::new();
         for role in [Role::Micro, Role::Gateway] {
             let state = self.of(role);
@@ -208,8 +343,8 @@ impl Actual {
         }
     }
 
-    /// One sandbox's view: one walk over the reports that keeps only its objects (a pass plans one sandbox).
-    pub fn view(&self, name: &str) -> View<'_> {
+    /// One sandbox's view in one walk over the reports, without the index.
+    fn walk_view(&self, name: &str) -> View<'_> {
         let mut view = self.empty_view();
         let network = network_name(name);
         for role in [Role::Micro, Role::Gateway] {

@@ -32,10 +32,7 @@ impl From<ActualDoc> for Inputs {
     fn from(doc: ActualDoc) -> Inputs {
         Inputs {
             current: doc.sandboxes,
-            actual: Actual {
-                micro: doc.micro,
-                gateway: doc.gateway,
-            },
+            actual: Actual::new(doc.micro, doc.gateway),
             allocations: Arc::new(crate::api::docs::allocations(&doc.ports)),
             settings: Settings::from(&doc.settings),
             clock: Clock {

@@ -352,6 +352,12 @@ proptest! {
         for (name, view) in &cut {
             prop_assert_eq!(&actual.view(name), view);
         }
+        // The hub's reports are indexed: read through the index, they are cut the same.
+        let indexed = actual.clone().indexed();
+        prop_assert_eq!(&indexed.views(), &cut);
+        for name in cut.keys().copied().chain(["not-there"]) {
+            prop_assert_eq!(indexed.view(name), actual.view(name));
+        }
 
         // Now the repo says `after`.
         let target = desired(&after);
