@@ -290,7 +290,7 @@ fn converged(api: &str, config: &Path, installation: &str) -> (ActualState, Actu
         serde_json::from_value(get_json(&format!("{api}/api/v1/actual")).unwrap()).expect("an ActualDoc");
     let inputs = sdp_reconciler::preview::Inputs::from(doc);
     let set = sdp_manifest::ConfigSet::load_repo(config).unwrap();
-    let sandboxes: Vec<_> = set.sandboxes.iter().map(|o| o.value.clone()).collect();
+    let sandboxes: Vec<_> = set.sandboxes.iter().map(|o| Arc::new(o.value.clone())).collect();
     let environments: Vec<_> = set.environments.iter().map(|o| o.value.clone()).collect();
     let preview = sdp_reconciler::preview::preview(&sandboxes, &environments, &inputs);
     let mut micro = ActualState {

@@ -1,6 +1,7 @@
-//! compile + plan for 1,000 sandboxes of 10 services each, in the two cases that matter: the steady state
-//! (everything converged, nothing to do) and a cold start (nothing on the VMs yet); and one sandbox's pass after
-//! an agent report (its view of the reports, then its plan). The reports are realistic: every container with the
+//! compile + plan for 1,000 sandboxes of 10 services each, in the cases that matter: the steady state
+//! (everything converged, nothing to do: the controller compiles again from its last answer at every resync), a
+//! commit that edits one sandbox, a cold start (nothing on the VMs yet, nothing compiled before); and one sandbox's
+//! pass after an agent report (its view of the reports, then its plan). The reports are realistic: every container with the
 //! labels the agents report, and the heads of 10 repositories x 7 branches.
 //!
 //! After criterion's own figures, a summary prints the medians against issue 14's targets: compile + plan
@@ -16,7 +17,7 @@ use sdp_manifest::{
     Environment, EnvironmentSpec, GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec,
 };
 use sdp_protocol::{Action, BranchHead, Container, ContainerState, Worktree, labels, network_name};
-use sdp_reconciler::desired::{Clock, Desired, Settings, compile};
+use sdp_reconciler::desired::{Clock, Desired, Settings, compile, compile_again};
 use sdp_reconciler::plan::{Actual, Step, plan};
 
 /// The allocator `sdp` runs with.
@@ -25,6 +26,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SANDBOXES: usize = 1000;
 const SERVICES: usize = 10;
+
+/// The sandboxes as the source holds them: a sandbox that a commit did not change stays the same `Arc`.
+fn shared(sandboxes: &[Sandbox]) -> Vec<Arc<Sandbox>> {
+    sandboxes.iter().cloned().map(Arc::new).collect()
+}
+
+/// `sandboxes` after a commit that moves sandbox 500's first service to another branch.
+fn one_edited(sandboxes: &[Arc<Sandbox>]) -> Vec<Arc<Sandbox>> {
+    let mut after = sandboxes.to_vec();
+    let edited = Arc::make_mut(&mut after[500]);
+    edited.spec.services.get_mut("svc-0").expect("svc-0").branch = "feature/f-6".into();
+    after
+}
 
 fn config() -> (Vec<Sandbox>, Vec<Environment>) {
     let env = Environment {
@@ -161,7 +175,7 @@ fn with_heads(mut actual: Actual) -> Actual {
 
 /// One sandbox's pass after an agent report: the controller cuts its view from the reports and plans it.
 fn one_pass(desired: &Desired, actual: &Actual, name: &str) -> Vec<Step> {
-    plan(name, desired.sandboxes.get(name), &actual.view(name))
+    plan(name, desired.sandbox(name), &actual.view(name))
 }
 
 /// The median time of `f` over `runs` runs, after one warm-up.
@@ -190,21 +204,64 @@ fn bench(c: &mut Criterion) {
     );
     assert!(one_pass(&first, &actual, "sb-0500").is_empty());
 
+    let inputs = shared(&sandboxes);
+    let last = compile_again(
+        &Desired::default(),
+        &inputs,
+        &envs,
+        &first.allocations,
+        &settings(),
+        &Clock::default(),
+    );
+    let edited = one_edited(&inputs);
+
     let mut group = c.benchmark_group("plan");
     group.sample_size(20);
     group.bench_function("compile+plan 1000x10, converged", |b| {
         b.iter(|| {
-            let desired = compile(&sandboxes, &envs, &first.allocations, &settings(), &Clock::default());
+            let desired = compile_again(
+                &last,
+                &inputs,
+                &envs,
+                &first.allocations,
+                &settings(),
+                &Clock::default(),
+            );
             black_box(plan_everything(&desired, &actual))
         })
     });
-    group.bench_function("compile+plan 1000x10, empty VMs", |b| {
+    group.bench_function("compile+plan 1000x10, one sandbox edited", |b| {
+        b.iter(|| {
+            let desired = compile_again(
+                &last,
+                &edited,
+                &envs,
+                &first.allocations,
+                &settings(),
+                &Clock::default(),
+            );
+            black_box(plan_everything(&desired, &actual))
+        })
+    });
+    group.bench_function("compile+plan 1000x10, nothing compiled before, empty VMs", |b| {
         b.iter(|| {
             let desired = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
             black_box(plan_everything(&desired, &Actual::default()))
         })
     });
-    group.bench_function("compile only", |b| {
+    group.bench_function("compile only, from the last answer", |b| {
+        b.iter(|| {
+            black_box(compile_again(
+                &last,
+                &inputs,
+                &envs,
+                &first.allocations,
+                &settings(),
+                &Clock::default(),
+            ))
+        })
+    });
+    group.bench_function("compile only, nothing compiled before", |b| {
         b.iter(|| {
             black_box(compile(
                 &sandboxes,
@@ -229,7 +286,39 @@ fn summary() {
     let (sandboxes, envs) = config();
     let first = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
     let actual = with_heads(converged(&first)).indexed();
+    let inputs = shared(&sandboxes);
+    let last = compile_again(
+        &Desired::default(),
+        &inputs,
+        &envs,
+        &first.allocations,
+        &settings(),
+        &Clock::default(),
+    );
+    let edited = one_edited(&inputs);
     let converged = median(31, || {
+        let desired = compile_again(
+            &last,
+            &inputs,
+            &envs,
+            &first.allocations,
+            &settings(),
+            &Clock::default(),
+        );
+        plan_everything(&desired, &actual)
+    });
+    let commit = median(31, || {
+        let desired = compile_again(
+            &last,
+            &edited,
+            &envs,
+            &first.allocations,
+            &settings(),
+            &Clock::default(),
+        );
+        plan_everything(&desired, &actual)
+    });
+    let scratch = median(31, || {
         let desired = compile(&sandboxes, &envs, &first.allocations, &settings(), &Clock::default());
         plan_everything(&desired, &actual)
     });
@@ -241,6 +330,12 @@ fn summary() {
         converged,
         verdict(converged, Duration::from_millis(5))
     );
+    println!(
+        "  ... after a commit editing one:  {:>10.3?}  target < 5 ms   {}",
+        commit,
+        verdict(commit, Duration::from_millis(5))
+    );
+    println!("  ... compiled from nothing:       {scratch:>10.3?}  (a start, or new environments or settings)");
     println!(
         "  one sandbox's pass after report: {:>10.3?}  target < 50 us  {}",
         pass,

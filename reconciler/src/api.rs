@@ -174,7 +174,7 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
         .sandbox_names()
         .into_iter()
         .map(|name| {
-            let d = world.desired.sandboxes.get(&name);
+            let d = world.desired.sandbox(&name);
             let change = world.snapshot.changes.get(&name);
             let status = status_or_new(api, &name, d);
             let error = world
@@ -211,7 +211,7 @@ async fn sandbox(State(api): State<Api>, Path(name): Path<String>) -> Response {
 pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
     let name = name.to_string();
     let world = api.controller.world();
-    let d = world.desired.sandboxes.get(&name);
+    let d = world.desired.sandbox(&name);
     let actual = api.controller.hub.actual();
     let view = actual.view(&name);
     let known = d.is_some()
@@ -260,7 +260,7 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
             .sandboxes
             .iter()
             .find(|s| s.metadata.name == name)
-            .and_then(crate::sets::generated_by)
+            .and_then(|s| crate::sets::generated_by(s))
             .map(str::to_string),
         config_commit: world.snapshot.commit.clone(),
         config_author: world.snapshot.author.clone(),
@@ -525,7 +525,7 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
     let clock = c.clock();
     ActualDoc {
         config_commit: c.world().snapshot.commit.clone(),
-        sandboxes: c.world().sandboxes().into_owned(),
+        sandboxes: c.world().sandboxes().iter().map(|s| (**s).clone()).collect(),
         connected: [Role::Micro, Role::Gateway]
             .into_iter()
             .filter(|r| c.hub.address(*r).is_some())

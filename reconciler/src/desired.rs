@@ -1,7 +1,8 @@
 //! The desired state: what the config repo says should run, compiled into the exact deploys, routes and ports that
 //! the agents are asked for. `compile` is pure: the same snapshot, allocations and settings give the same answer.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ pub const RESTART_ANNOTATION: &str = "sdp/restartedAt";
 pub const RESTART_SERVICE_PREFIX: &str = "sdp/restartedAt.";
 
 /// The knobs of compilation, from the reconciler's config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub gateway_ports: RangeInclusive<u16>,
     pub service_ports: RangeInclusive<u16>,
@@ -53,14 +54,18 @@ pub struct Clock {
 
 /// `expireAfter` counts from a sandbox's last change: each sandbox of `new` whose spec differs from `old`'s (or
 /// that `old` lacks) changed at `now`; a sandbox no longer in `new` is forgotten.
-pub fn note_changes(old: &[Sandbox], new: &[Sandbox], activity: &mut BTreeMap<String, u64>, now: u64) {
+pub fn note_changes(old: &[Arc<Sandbox>], new: &[Arc<Sandbox>], activity: &mut BTreeMap<String, u64>, now: u64) {
+    let before: BTreeMap<&str, &Arc<Sandbox>> = old.iter().map(|o| (o.metadata.name.as_str(), o)).collect();
     for sb in new {
-        let before = old.iter().find(|o| o.metadata.name == sb.metadata.name);
-        if before != Some(sb) {
+        let same = before
+            .get(sb.metadata.name.as_str())
+            .is_some_and(|o| Arc::ptr_eq(o, sb) || o == &sb);
+        if !same {
             activity.insert(sb.metadata.name.clone(), now);
         }
     }
-    activity.retain(|name, _| new.iter().any(|s| &s.metadata.name == name));
+    let now_in: BTreeSet<&str> = new.iter().map(|s| s.metadata.name.as_str()).collect();
+    activity.retain(|name, _| now_in.contains(name.as_str()));
 }
 
 /// Why a sandbox runs nothing although it is in git.
@@ -170,7 +175,8 @@ pub struct DesiredSandbox {
 /// The whole desired state.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
-    pub sandboxes: BTreeMap<String, DesiredSandbox>,
+    /// Shared: a sandbox whose inputs did not change is the same `Arc` from one compile to the next.
+    pub sandboxes: BTreeMap<String, Arc<DesiredSandbox>>,
     /// Sandboxes that cannot be compiled (no free port, a port taken, an environment gone), with the reason.
     /// Nothing is done to them: what runs keeps running.
     pub held: BTreeMap<String, String>,
@@ -178,12 +184,55 @@ pub struct Desired {
     pub expired: Vec<String>,
     /// The allocations to store: the same `Arc` as `previous` when nothing changed.
     pub allocations: Arc<Allocations>,
+    /// What `sandboxes` were compiled from, for the next compile to reuse what did not change.
+    inputs: Inputs,
+}
+
+/// What a compile read, besides the ports: the next compile reuses a sandbox when its manifest and these are the
+/// same and its ports did not move.
+#[derive(Clone, Debug, Default)]
+struct Inputs {
+    environments: Vec<Environment>,
+    settings: Option<Settings>,
+    /// The manifest of each compiled sandbox.
+    manifests: BTreeMap<String, Arc<Sandbox>>,
+}
+
+impl Desired {
+    /// Sandbox `name` as it should be.
+    pub fn sandbox(&self, name: &str) -> Option<&DesiredSandbox> {
+        self.sandboxes.get(name).map(|d| &**d)
+    }
+
+    /// Whether sandbox `name` is desired differently here than in `other` (or is in one of them only).
+    pub fn differs(&self, other: &Desired, name: &str) -> bool {
+        match (self.sandboxes.get(name), other.sandboxes.get(name)) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b) && a != b,
+            (a, b) => a.is_some() != b.is_some(),
+        }
+    }
 }
 
 /// Compiles the valid sandboxes into deploys. `previous` are the stored allocations; the answer's allocations
 /// are the ones to store.
-pub fn compile(
-    sandboxes: &[Sandbox],
+pub fn compile<S: Borrow<Sandbox>>(
+    sandboxes: &[S],
+    environments: &[Environment],
+    previous: &Arc<Allocations>,
+    settings: &Settings,
+    clock: &Clock,
+) -> Desired {
+    let sandboxes: Vec<Arc<Sandbox>> = sandboxes.iter().map(|s| Arc::new(s.borrow().clone())).collect();
+    compile_again(&Desired::default(), &sandboxes, environments, previous, settings, clock)
+}
+
+/// [`compile`], reusing what `last` (the previous answer) compiled of each sandbox whose manifest, mode, ports,
+/// environments and settings are the same: the answer is the one `compile` gives, made in a fraction of the time
+/// when little changed (the clock's recompile every resync, a commit that touches one sandbox). A manifest is
+/// compared by pointer first, then by value.
+pub fn compile_again(
+    last: &Desired,
+    sandboxes: &[Arc<Sandbox>],
     environments: &[Environment],
     previous: &Arc<Allocations>,
     settings: &Settings,
@@ -193,7 +242,7 @@ pub fn compile(
     let mut out = Desired::default();
 
     // Which sandboxes take part, and in which mode.
-    let mut live: Vec<(&Sandbox, Mode)> = Vec::new();
+    let mut live: Vec<(&Arc<Sandbox>, Mode)> = Vec::new();
     for sb in sandboxes {
         let name = &sb.metadata.name;
         let expire = sb
@@ -313,14 +362,21 @@ pub fn compile(
     }
 
     let mut merged = EnvCache::default();
+    let same_context = last.inputs.settings.as_ref() == Some(settings) && last.inputs.environments == environments;
     for (sb, mode) in live {
         let name = &sb.metadata.name;
         if out.held.contains_key(name) {
             continue;
         }
+        if same_context && let Some(reused) = last.reusable(sb, &mode, &ports) {
+            out.inputs.manifests.insert(name.clone(), sb.clone());
+            out.sandboxes.insert(name.clone(), reused.clone());
+            continue;
+        }
         match compile_one(sb, mode, &envs, &ports, &mut merged, settings) {
             Ok(d) => {
-                out.sandboxes.insert(name.clone(), d);
+                out.inputs.manifests.insert(name.clone(), sb.clone());
+                out.sandboxes.insert(name.clone(), Arc::new(d));
             }
             Err(reason) => {
                 out.held.insert(name.clone(), reason);
@@ -334,6 +390,8 @@ pub fn compile(
             ports.insert((sb, svc), *port);
         }
     }
+    out.inputs.environments = environments.to_vec();
+    out.inputs.settings = Some(settings.clone());
     let unchanged = ports.len() == previous.ports.len()
         && ports
             .iter()
@@ -350,6 +408,41 @@ pub fn compile(
         })
     };
     out
+}
+
+impl Desired {
+    /// What this compile made of `sb`, when it was made from the same manifest in the same mode and with the same
+    /// ports as `ports` now gives it.
+    fn reusable(
+        &self,
+        sb: &Arc<Sandbox>,
+        mode: &Mode,
+        ports: &BTreeMap<(&str, &str), u16>,
+    ) -> Option<&Arc<DesiredSandbox>> {
+        let name = sb.metadata.name.as_str();
+        let made = self.sandboxes.get(name)?;
+        let from = self.inputs.manifests.get(name)?;
+        if made.mode != *mode || !(Arc::ptr_eq(from, sb) || from == sb) {
+            return None;
+        }
+        let mut count = 0;
+        for ((_, service), port) in ports
+            .range((name, "")..)
+            .take_while(|((sandbox, _), _)| *sandbox == name)
+        {
+            count += 1;
+            let had = if *service == GATEWAY {
+                Some(&made.gateway)
+            } else {
+                made.services.get(*service)
+            };
+            if had.map(|c| c.host_port) != Some(*port) {
+                return None;
+            }
+        }
+        // Every container of it had a port: as many ports, all the same, is the same allocation.
+        (count == made.services.len() + 1).then_some(made)
+    }
 }
 
 /// Merged environments by (environment names, inline env): most services of a repo share a few combinations.

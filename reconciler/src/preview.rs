@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sdp_dashboard::docs::ActualDoc;
 use sdp_manifest::{Environment, Sandbox};
 
-use crate::desired::{Allocations, Clock, Mode, Settings, compile, note_changes};
+use crate::desired::{Allocations, Clock, Desired, Mode, Settings, compile_again, note_changes};
 use crate::plan::{Actual, Step, plan};
 
 /// What the reconciler compiles and plans with besides the config repo's files.
@@ -17,7 +17,7 @@ use crate::plan::{Actual, Step, plan};
 pub struct Inputs {
     /// The sandboxes the reconciler compiles now: a sandbox of the change that differs from its own counts as
     /// changed now (for `expireAfter`), as when the reconciler reads a commit.
-    pub current: Vec<Sandbox>,
+    pub current: Vec<Arc<Sandbox>>,
     pub actual: Actual,
     pub allocations: Arc<Allocations>,
     pub settings: Settings,
@@ -31,7 +31,7 @@ pub struct Inputs {
 impl From<ActualDoc> for Inputs {
     fn from(doc: ActualDoc) -> Inputs {
         Inputs {
-            current: doc.sandboxes,
+            current: doc.sandboxes.into_iter().map(Arc::new).collect(),
             actual: Actual::new(doc.micro, doc.gateway),
             allocations: Arc::new(crate::api::docs::allocations(&doc.ports)),
             settings: Settings::from(&doc.settings),
@@ -101,10 +101,17 @@ impl Preview {
 }
 
 /// The controller's compile of `sandboxes` and `environments` with `inputs`, and its plan of every sandbox.
-pub fn preview(sandboxes: &[Sandbox], environments: &[Environment], inputs: &Inputs) -> Preview {
+pub fn preview(sandboxes: &[Arc<Sandbox>], environments: &[Environment], inputs: &Inputs) -> Preview {
     let mut clock = inputs.clock.clone();
     note_changes(&inputs.current, sandboxes, &mut clock.last_activity, clock.now);
-    let desired = compile(sandboxes, environments, &inputs.allocations, &inputs.settings, &clock);
+    let desired = compile_again(
+        &Desired::default(),
+        sandboxes,
+        environments,
+        &inputs.allocations,
+        &inputs.settings,
+        &clock,
+    );
     let views = inputs.actual.views();
     let mut names: BTreeSet<&str> = desired.sandboxes.keys().map(String::as_str).collect();
     names.extend(desired.held.keys().map(String::as_str));
@@ -124,7 +131,7 @@ pub fn preview(sandboxes: &[Sandbox], environments: &[Environment], inputs: &Inp
                 _ => Change::Unchanged,
             };
             let held = desired.held.get(name).cloned();
-            let d = desired.sandboxes.get(name);
+            let d = desired.sandbox(name);
             // A held sandbox is left as it is, as the controller's pass leaves it.
             let steps = if held.is_some() {
                 Vec::new()

@@ -11,6 +11,7 @@
 //!   so an error never removes a sandbox.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sdp_manifest::rules::{self, MAX_NAME_LEN};
 use sdp_manifest::{Kind, Sandbox, SandboxSet};
@@ -37,7 +38,7 @@ pub struct Skipped {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generated {
     /// The sandboxes, by set then branch name.
-    pub sandboxes: Vec<Sandbox>,
+    pub sandboxes: Vec<Arc<Sandbox>>,
     pub skipped: Vec<Skipped>,
     /// Sets that make nothing now, and why (their repository's branches were never listed).
     pub waiting: BTreeMap<String, String>,
@@ -113,7 +114,7 @@ fn fnv32(text: &str) -> u32 {
 
 /// The sandboxes `sets` make from `templates` with the branches `branches` lists; `repo` are the config repo's
 /// own sandboxes, whose names a set never takes.
-pub fn generate(sets: &[SandboxSet], templates: &[Sandbox], branches: &Branches, repo: &[Sandbox]) -> Generated {
+pub fn generate(sets: &[SandboxSet], templates: &[Sandbox], branches: &Branches, repo: &[Arc<Sandbox>]) -> Generated {
     let mut out = Generated::default();
     let mut taken: BTreeSet<String> = repo.iter().map(|s| s.metadata.name.clone()).collect();
     let mut sets: Vec<&SandboxSet> = sets.iter().collect();
@@ -166,7 +167,8 @@ pub fn generate(sets: &[SandboxSet], templates: &[Sandbox], branches: &Branches,
             }
             made += 1;
             taken.insert(name.clone());
-            out.sandboxes.push(from_template(set, template, &name, branch));
+            out.sandboxes
+                .push(Arc::new(from_template(set, template, &name, branch)));
         }
     }
     out
@@ -201,7 +203,7 @@ pub fn generated_by(sandbox: &Sandbox) -> Option<&str> {
 }
 
 /// The config repo's sandboxes followed by the generated ones: what compile reads.
-pub fn with_generated(repo: &[Sandbox], generated: &Generated) -> Vec<Sandbox> {
+pub fn with_generated(repo: &[Arc<Sandbox>], generated: &Generated) -> Vec<Arc<Sandbox>> {
     repo.iter().chain(&generated.sandboxes).cloned().collect()
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use sdp_manifest::{Environment, Kind, Problem, Sandbox, SandboxSet};
@@ -89,8 +90,9 @@ pub struct Snapshot {
     pub author: String,
     /// Commit time, unix seconds.
     pub time: u64,
-    /// The sandboxes to run: the valid ones, and the broken ones at their last valid spec.
-    pub sandboxes: Vec<Sandbox>,
+    /// The sandboxes to run: the valid ones, and the broken ones at their last valid spec. A sandbox whose spec is
+    /// the same as in the previous snapshot is the same `Arc`, so that compile sees at a glance what did not change.
+    pub sandboxes: Vec<Arc<Sandbox>>,
     pub environments: Vec<Environment>,
     /// The SandboxSets and the templates they make sandboxes from (a broken one at its last valid spec, so that a
     /// typo never takes its sandboxes down).
@@ -226,11 +228,18 @@ impl Source {
         };
 
         let mut files_of = BTreeMap::new();
+        let before: BTreeMap<&str, &Arc<Sandbox>> = previous
+            .sandboxes
+            .iter()
+            .map(|sb| (sb.metadata.name.as_str(), sb))
+            .collect();
         for o in &set.sandboxes {
             let name = o.value.metadata.name.clone();
             files_of.insert((Kind::Sandbox, name.clone()), o.source.file.clone());
-            snap.manifests.insert(name, o.source.text.clone());
-            snap.sandboxes.push(o.value.clone());
+            snap.manifests.insert(name.clone(), o.source.text.clone());
+            let same = before.get(name.as_str()).filter(|sb| sb.as_ref() == &o.value);
+            snap.sandboxes
+                .push(same.map_or_else(|| Arc::new(o.value.clone()), |sb| Arc::clone(sb)));
         }
         for o in &set.environments {
             files_of.insert(

@@ -57,7 +57,7 @@ fn converge(desired: &Desired, actual: &mut Actual) -> usize {
     for _ in 0..3 {
         let mut steps = 0;
         for name in &names {
-            for step in plan(name, desired.sandboxes.get(name), &actual.view(name)) {
+            for step in plan(name, desired.sandbox(name), &actual.view(name)) {
                 common::apply(&step, actual);
                 steps += 1;
             }
@@ -145,7 +145,7 @@ fn a_fresh_sandbox_is_planned_in_order_and_a_converged_one_plans_nothing() {
     let mut actual = Actual::default();
     let steps = plan(
         "qa-login-error",
-        desired.sandboxes.get("qa-login-error"),
+        desired.sandbox("qa-login-error"),
         &actual.view("qa-login-error"),
     );
     assert_eq!(
@@ -166,7 +166,7 @@ fn a_fresh_sandbox_is_planned_in_order_and_a_converged_one_plans_nothing() {
     assert_eq!(
         plan(
             "qa-login-error",
-            desired.sandboxes.get("qa-login-error"),
+            desired.sandbox("qa-login-error"),
             &actual.view("qa-login-error")
         ),
         []
@@ -184,7 +184,7 @@ fn the_deploys_of_a_fresh_sandbox_go_side_by_side_between_its_networks_and_its_r
     ));
     let desired = compile_now(&sb, &envs, &Arc::default());
     let mut actual = Actual::default();
-    let steps = plan("three", desired.sandboxes.get("three"), &actual.view("three"));
+    let steps = plan("three", desired.sandbox("three"), &actual.view("three"));
     let runs: Vec<Vec<String>> = side_by_side(&steps).into_iter().map(kinds).collect();
     assert_eq!(
         runs,
@@ -210,7 +210,7 @@ fn the_deploys_of_a_fresh_sandbox_go_side_by_side_between_its_networks_and_its_r
         .get_mut("three")
         .unwrap()
         .insert("account".into(), "elsewhere".into());
-    let steps = plan("three", desired.sandboxes.get("three"), &actual.view("three"));
+    let steps = plan("three", desired.sandbox("three"), &actual.view("three"));
     let runs: Vec<Vec<String>> = side_by_side(&steps).into_iter().map(kinds).collect();
     assert_eq!(runs, [vec!["micro:deployService"], vec!["gateway:setRoutes"]]);
     // Removals never go side by side: a network goes after the containers on it.
@@ -229,7 +229,7 @@ fn converged_example() -> (Desired, Actual) {
 fn only_step(desired: &Desired, actual: &Actual) -> Step {
     let steps = plan(
         "qa-login-error",
-        desired.sandboxes.get("qa-login-error"),
+        desired.sandbox("qa-login-error"),
         &actual.view("qa-login-error"),
     );
     assert_eq!(steps.len(), 1, "{steps:#?}");
@@ -385,7 +385,7 @@ fn suspend_stops_containers_and_keeps_ports_and_expiry_suspends_then_removes() {
     let resumed = compile_now(&sb, &envs, &suspended.allocations);
     let steps = plan(
         "qa-login-error",
-        resumed.sandboxes.get("qa-login-error"),
+        resumed.sandbox("qa-login-error"),
         &stopped.view("qa-login-error"),
     );
     assert_eq!(
@@ -510,7 +510,7 @@ fn health_comes_from_state_restarts_and_the_health_path() {
     let mut sb = sb;
     sb[0].spec.services.get_mut("account").unwrap().health_path = Some("/healthz".into());
     let desired = compile_now(&sb, &envs, &Arc::default());
-    let d = desired.sandboxes.get("qa-login-error");
+    let d = desired.sandbox("qa-login-error");
     let account = &d.unwrap().services["account"];
     assert_eq!(
         account.deploy(None).labels.get("sdp.health-path").map(String::as_str),
@@ -588,7 +588,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
     assert!(
         plan(
             "qa-login-error",
-            desired.sandboxes.get("qa-login-error"),
+            desired.sandbox("qa-login-error"),
             &actual.view("qa-login-error")
         )
         .is_empty()
@@ -618,7 +618,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
     assert!(
         plan(
             "qa-login-error",
-            pinned.sandboxes.get("qa-login-error"),
+            pinned.sandbox("qa-login-error"),
             &actual.view("qa-login-error")
         )
         .is_empty()
@@ -630,7 +630,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
     assert!(
         plan(
             "qa-login-error",
-            pinned.sandboxes.get("qa-login-error"),
+            pinned.sandbox("qa-login-error"),
             &actual.view("qa-login-error")
         )
         .is_empty(),
@@ -653,7 +653,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
     let mut fresh = Actual::default();
     let steps = plan(
         "qa-login-error",
-        gateway_pinned.sandboxes.get("qa-login-error"),
+        gateway_pinned.sandbox("qa-login-error"),
         &fresh.view("qa-login-error"),
     );
     let gateway = steps

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use sdp_manifest::{GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec};
 use sdp_protocol::{BranchHead, Container, ContainerState, GATEWAY, labels};
-use sdp_reconciler::desired::{Clock, Desired, Settings, compile};
+use sdp_reconciler::desired::{Clock, Desired, Settings, compile, compile_again};
 use sdp_reconciler::plan::{Actual, plan};
 
 const SANDBOXES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
@@ -235,7 +235,7 @@ fn plan_all(desired: &Desired, actual: &Actual) -> Vec<sdp_reconciler::plan::Ste
     names.dedup();
     names
         .iter()
-        .flat_map(|n| plan(n, desired.sandboxes.get(n), &actual.view(n)))
+        .flat_map(|n| plan(n, desired.sandbox(n), &actual.view(n)))
         .collect()
 }
 
@@ -369,5 +369,85 @@ proptest! {
         let wrong = violations(&target, &actual);
         prop_assert!(wrong.is_empty(), "the plan left the VMs wrong: {:#?}", wrong);
         prop_assert_eq!(unmanaged(&actual), hand_made);
+    }
+}
+
+/// `config` with a gateway port set where `ports` says (8080-8082 of the 8080-8099 range, so that two sandboxes
+/// may want one port and one of them is held).
+fn with_ports(mut config: Vec<Sandbox>, ports: &[Option<u16>]) -> Vec<Sandbox> {
+    for (sb, port) in config.iter_mut().zip(ports) {
+        sb.spec.gateway.port = port.map(u32::from);
+    }
+    config
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The controller compiles from its last answer; that must give exactly what a fresh compile gives, whatever
+    /// changed in between: sandboxes added, removed or edited (as the same `Arc` or an equal copy), explicit
+    /// ports taken from one another, allocations lost, the micro agent's address, the clock.
+    #[test]
+    fn compiling_from_the_last_answer_gives_what_a_fresh_compile_gives(
+        before in config_strategy(),
+        other in config_strategy(),
+        keep in proptest::collection::vec(0..3u8, 4),
+        ports_before in proptest::collection::vec(proptest::option::of(8080u16..8083), 4),
+        ports_after in proptest::collection::vec(proptest::option::of(8080u16..8083), 4),
+        address in 0..2usize,
+        expire in proptest::option::of(0..3usize),
+        lost in any::<bool>(),
+    ) {
+        // An expiry on alpha, before and after, so that only the clock moves it into suspension or removal.
+        let expiring = |mut config: Vec<Sandbox>| {
+            for sb in config.iter_mut().filter(|s| s.metadata.name == "alpha") {
+                sb.spec.expire_after = expire.map(|e| ["1h", "2h", "3d"][e].to_string());
+            }
+            config
+        };
+        let before: Vec<Arc<Sandbox>> =
+            expiring(with_ports(before, &ports_before)).into_iter().map(Arc::new).collect();
+        let other = expiring(with_ports(other, &ports_after));
+        // Each sandbox of the second config: the same Arc as before (0), an equal copy (1), or the other config's.
+        let mut after: Vec<Arc<Sandbox>> = Vec::new();
+        for (i, name) in SANDBOXES.into_iter().enumerate() {
+            let old = before.iter().find(|s| s.metadata.name == name);
+            let new = other.iter().find(|s| s.metadata.name == name);
+            let sb = match (keep[i], old, new) {
+                (0, Some(old), _) => Some(old.clone()),
+                (1, Some(old), _) => Some(Arc::new((**old).clone())),
+                (_, _, Some(new)) => Some(Arc::new(new.clone())),
+                _ => None,
+            };
+            after.extend(sb);
+        }
+        let settings = Settings::default();
+        let later = Settings {
+            micro_address: ["127.0.0.1", "10.1.2.3"][address].into(),
+            ..Settings::default()
+        };
+        let clock = Clock {
+            now: 10_000,
+            last_activity: [("alpha".to_string(), 0)].into(),
+        };
+        let last = compile_again(&Desired::default(), &before, &[], &Arc::default(), &settings, &Clock::default());
+        // The allocations as stored: the last answer's, or none when storing them failed (ports may then move).
+        let stored = if lost { Arc::default() } else { last.allocations.clone() };
+        let again = compile_again(&last, &after, &[], &stored, &later, &clock);
+        let fresh = compile(&after, &[], &stored, &later, &clock);
+        prop_assert_eq!(&again.sandboxes, &fresh.sandboxes);
+        prop_assert_eq!(&again.held, &fresh.held);
+        prop_assert_eq!(&again.expired, &fresh.expired);
+        prop_assert_eq!(&again.allocations, &fresh.allocations);
+        // What did not change is the same value, not compiled again.
+        for (name, d) in &again.sandboxes {
+            let same_manifest = after
+                .iter()
+                .find(|s| &s.metadata.name == name)
+                .is_some_and(|a| before.iter().any(|b| Arc::ptr_eq(a, b)));
+            if same_manifest && address == 0 && last.sandboxes.get(name) == Some(d) && !name.starts_with("alpha") {
+                prop_assert!(Arc::ptr_eq(d, &last.sandboxes[name]), "{name} was compiled again");
+            }
+        }
     }
 }

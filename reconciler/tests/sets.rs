@@ -14,7 +14,7 @@ use sdp_reconciler::preview::{Change, Inputs, preview};
 use sdp_reconciler::sets::{BRANCH, Branches, GENERATED_BY, generate, matches, sandbox_name, with_generated};
 
 struct Repo {
-    sandboxes: Vec<Sandbox>,
+    sandboxes: Vec<Arc<Sandbox>>,
     templates: Vec<Sandbox>,
     environments: Vec<Environment>,
     sets: Vec<SandboxSet>,
@@ -27,7 +27,7 @@ fn examples() -> Repo {
     let set = ConfigSet::load_repo(&root).unwrap();
     assert!(set.is_valid(), "{:?}", set.problems);
     Repo {
-        sandboxes: set.sandboxes.into_iter().map(|o| o.value).collect(),
+        sandboxes: set.sandboxes.into_iter().map(|o| Arc::new(o.value)).collect(),
         templates: set.templates.into_iter().map(|o| o.value).collect(),
         environments: set.environments.into_iter().map(|o| o.value).collect(),
         sets: set.sets.into_iter().map(|o| o.value).collect(),
@@ -38,7 +38,7 @@ fn branches(list: &[&str]) -> Branches {
     [("account".to_string(), list.iter().map(|b| b.to_string()).collect())].into()
 }
 
-fn names(list: &[Sandbox]) -> Vec<&str> {
+fn names(list: &[Arc<Sandbox>]) -> Vec<&str> {
     list.iter().map(|s| s.metadata.name.as_str()).collect()
 }
 

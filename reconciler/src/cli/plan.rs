@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use sdp_dashboard::docs::{self, ActualDoc, PortDoc};
@@ -119,7 +120,7 @@ fn plan(path: &Path, server: Option<&Server>, json: bool) -> Result<ExitCode> {
             None,
         ),
     };
-    let sandboxes: Vec<_> = set.sandboxes.iter().map(|o| o.value.clone()).collect();
+    let sandboxes: Vec<_> = set.sandboxes.iter().map(|o| Arc::new(o.value.clone())).collect();
     let environments: Vec<_> = set.environments.iter().map(|o| o.value.clone()).collect();
     // The sets' sandboxes, made as the reconciler makes them: from the branches it last listed.
     let sets: Vec<_> = set.sets.iter().map(|o| o.value.clone()).collect();
@@ -132,7 +133,7 @@ fn plan(path: &Path, server: Option<&Server>, json: bool) -> Result<ExitCode> {
         sb.generated_by = sandboxes
             .iter()
             .find(|s| s.metadata.name == sb.name)
-            .and_then(crate::sets::generated_by)
+            .and_then(|s| crate::sets::generated_by(s))
             .map(str::to_string);
     }
     doc.skipped = generated

@@ -36,7 +36,7 @@ use std::time::Duration;
 use sdp_protocol::Role;
 use tokio::time::Instant;
 
-use crate::desired::{Allocations, Clock, Desired, Settings, compile, note_changes};
+use crate::desired::{Allocations, Clock, Desired, Settings, compile_again, note_changes};
 use crate::hub::{Hub, now_ms};
 use crate::sets::{Branches, Generated};
 use crate::source::Snapshot;
@@ -59,7 +59,7 @@ pub struct World {
 
 impl World {
     /// What compile reads: the config repo's sandboxes, then the generated ones.
-    pub fn sandboxes(&self) -> std::borrow::Cow<'_, [sdp_manifest::Sandbox]> {
+    pub fn sandboxes(&self) -> std::borrow::Cow<'_, [Arc<sdp_manifest::Sandbox>]> {
         if self.generated.sandboxes.is_empty() {
             std::borrow::Cow::Borrowed(&self.snapshot.sandboxes)
         } else {
@@ -74,6 +74,7 @@ impl World {
             .iter()
             .chain(&self.generated.sandboxes)
             .find(|s| s.metadata.name == name)
+            .map(|s| &**s)
     }
 }
 
@@ -273,7 +274,9 @@ impl Controller {
         let settings = self.compile_settings();
         let clock = self.clock();
         let mut allocations = self.allocations.lock().unwrap_or_else(|e| e.into_inner());
-        let desired = compile(
+        // From the last answer: what did not change is reused, not compiled again.
+        let desired = compile_again(
+            &world.desired,
             &world.sandboxes(),
             &world.snapshot.environments,
             &allocations,
@@ -293,7 +296,7 @@ impl Controller {
         let names: BTreeSet<&String> = old.sandboxes.keys().chain(new.sandboxes.keys()).collect();
         names
             .into_iter()
-            .filter(|n| old.sandboxes.get(*n) != new.sandboxes.get(*n) || old.held.get(*n) != new.held.get(*n))
+            .filter(|n| old.differs(new, n) || old.held.get(*n) != new.held.get(*n))
             .cloned()
             .collect()
     }

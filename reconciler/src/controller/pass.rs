@@ -124,7 +124,7 @@ impl Controller {
             findings.stopped_early = Some("waiting for the first read of the config repo".into());
             return Ok(Requeue::Never);
         }
-        let desired = world.desired.sandboxes.get(name);
+        let desired = world.desired.sandbox(name);
         if let Some(reason) = world.desired.held.get(name) {
             // Nothing is done to a held sandbox: what runs keeps running. A commit or the clock frees it.
             findings.stopped_early = Some(reason.clone());
@@ -247,7 +247,7 @@ impl Controller {
             });
             return false;
         }
-        let desired = world.desired.sandboxes.get(name);
+        let desired = world.desired.sandbox(name);
         // What is left: planned again against the reports as they are now.
         let actual = self.hub.actual();
         let view = actual.view(name);
