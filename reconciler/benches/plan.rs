@@ -318,6 +318,17 @@ fn summary() {
         );
         plan_everything(&desired, &actual)
     });
+    let compile_only = median(31, || {
+        compile_again(
+            &last,
+            &inputs,
+            &envs,
+            &first.allocations,
+            &settings(),
+            &Clock::default(),
+        )
+    });
+    let plan_only = median(31, || plan_everything(&last, &actual));
     let scratch = median(31, || {
         let desired = compile(&sandboxes, &envs, &first.allocations, &settings(), &Clock::default());
         plan_everything(&desired, &actual)
@@ -330,6 +341,7 @@ fn summary() {
         converged,
         verdict(converged, Duration::from_millis(5))
     );
+    println!("  ... of which compile {compile_only:>10.3?}, plan {plan_only:>10.3?}");
     println!(
         "  ... after a commit editing one:  {:>10.3?}  target < 5 ms   {}",
         commit,

@@ -270,28 +270,47 @@ pub fn compile_again(
     }
 
     // Ports: keep what each (sandbox, service) had, honour explicit ports, then fill from the ranges.
-    let wanted: BTreeMap<(&str, &str), Option<u16>> = live
+    // Sorted by (sandbox, service), the order of the stored allocations, so that the ports each key had are
+    // found in one walk of both rather than a search per key.
+    let mut by_name: Vec<&Arc<Sandbox>> = live.iter().map(|(sb, _)| *sb).collect();
+    if !by_name.is_sorted_by(|a, b| a.metadata.name <= b.metadata.name) {
+        by_name.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    let mut wanted: Vec<((&str, &str), Option<u16>)> = Vec::with_capacity(by_name.len() * 11);
+    for sb in by_name {
+        let name = sb.metadata.name.as_str();
+        let gateway = ((name, GATEWAY), sb.spec.gateway.port.map(|p| p as u16));
+        // The services are in name order already; the gateway goes where its name sorts among them.
+        let mut services = sb.spec.services.iter().peekable();
+        while let Some((svc, s)) = services.next_if(|(svc, _)| svc.as_str() < GATEWAY) {
+            wanted.push(((name, svc.as_str()), s.port.map(|p| p as u16)));
+        }
+        wanted.push(gateway);
+        wanted.extend(services.map(|(svc, s)| ((name, svc.as_str()), s.port.map(|p| p as u16))));
+    }
+    wanted.dedup_by(|a, b| a.0 == b.0);
+    // The port each wanted key had, in the order of `wanted`.
+    let mut had: Vec<Option<u16>> = Vec::with_capacity(wanted.len());
+    let mut stored = previous.ports.iter().peekable();
+    for (key, _) in &wanted {
+        while stored
+            .next_if(|((sb, svc), _)| (sb.as_str(), svc.as_str()) < *key)
+            .is_some()
+        {}
+        had.push(
+            stored
+                .next_if(|((sb, svc), _)| (sb.as_str(), svc.as_str()) == *key)
+                .map(|(_, p)| *p),
+        );
+    }
+    let mut ports: BTreeMap<(&str, &str), u16> = wanted
         .iter()
-        .flat_map(|(sb, _)| {
-            let name = sb.metadata.name.as_str();
-            let gateway = ((name, GATEWAY), sb.spec.gateway.port.map(|p| p as u16));
-            let services = sb
-                .spec
-                .services
-                .iter()
-                .map(move |(svc, s)| ((name, svc.as_str()), s.port.map(|p| p as u16)));
-            std::iter::once(gateway).chain(services)
-        })
-        .collect();
-    let mut ports: BTreeMap<(&str, &str), u16> = previous
-        .ports
-        .iter()
-        .map(|((sb, svc), p)| ((sb.as_str(), svc.as_str()), *p))
-        .filter(|(k, _)| wanted.contains_key(k))
+        .zip(&had)
+        .filter_map(|((key, _), port)| port.map(|p| (*key, p)))
         .collect();
     // Who holds each port, kept up to date as ports are given out.
     let mut holders: BTreeMap<u16, (&str, &str)> = ports.iter().map(|(k, p)| (*p, *k)).collect();
-    for (key, explicit) in &wanted {
+    for (i, (key, explicit)) in wanted.iter().enumerate() {
         let Some(port) = explicit else { continue };
         // Outside its range a port may be another program's on the VM (a database, SDP's own): only the ranges
         // are SDP's to give.
@@ -327,14 +346,16 @@ pub fn compile_again(
                     holders.remove(&old);
                 }
                 holders.insert(*port, *key);
+                had[i] = Some(*port);
             }
         }
     }
     // The lowest free port of each range, searched from where the last search stopped.
     let mut next_gateway = *settings.gateway_ports.start();
     let mut next_service = *settings.service_ports.start();
-    for (key, explicit) in &wanted {
-        if explicit.is_some() || ports.contains_key(key) || out.held.contains_key(key.0) {
+    for ((key, explicit), had) in wanted.iter().zip(&had) {
+        // `had`: the key's port, kept or explicit; whether it is in `ports`, without a search.
+        if explicit.is_some() || had.is_some() || out.held.contains_key(key.0) {
             continue;
         }
         let (range, next) = if key.1 == GATEWAY {
@@ -425,6 +446,8 @@ impl Desired {
         if made.mode != *mode || !(Arc::ptr_eq(from, sb) || from == sb) {
             return None;
         }
+        // Both in service order: one walk of each.
+        let mut services = made.services.iter();
         let mut count = 0;
         for ((_, service), port) in ports
             .range((name, "")..)
@@ -432,11 +455,14 @@ impl Desired {
         {
             count += 1;
             let had = if *service == GATEWAY {
-                Some(&made.gateway)
+                made.gateway.host_port
             } else {
-                made.services.get(*service)
+                match services.next() {
+                    Some((s, c)) if s == service => c.host_port,
+                    _ => return None,
+                }
             };
-            if had.map(|c| c.host_port) != Some(*port) {
+            if had != *port {
                 return None;
             }
         }

@@ -124,11 +124,16 @@ struct Places {
 #[derive(Debug, Default)]
 struct Index {
     places: BTreeMap<String, [Places; 2]>,
-    sizes: [(usize, usize, usize); 2],
+    /// Each role's branch heads by repository and branch.
+    heads: [HeadIndex; 2],
+    sizes: [(usize, usize, usize, usize); 2],
 }
 
+/// Positions of branch heads in a report, by repository then branch: the first of each, as a walk finds it.
+pub type HeadIndex = BTreeMap<String, BTreeMap<String, u32>>;
+
 /// One sandbox's part of one agent's report, borrowed.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct RoleView<'a> {
     pub containers: Vec<&'a Container>,
     pub networks: Vec<&'a str>,
@@ -137,6 +142,35 @@ pub struct RoleView<'a> {
     pub route_defaults: Option<&'a BTreeMap<String, String>>,
     /// Heads of tracked branches: shared by every sandbox.
     pub heads: &'a [BranchHead],
+    /// `heads` by repository and branch, when the reports are indexed: a deploy's head is found in a few steps
+    /// rather than a walk of every head of every repository, for each container of each sandbox.
+    pub heads_by: Option<&'a HeadIndex>,
+}
+
+/// Equal when they hold the same objects and heads; `heads_by` is only a faster way to the heads.
+impl PartialEq for RoleView<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.containers == other.containers
+            && self.networks == other.networks
+            && self.worktrees == other.worktrees
+            && self.routes == other.routes
+            && self.route_defaults == other.route_defaults
+            && self.heads == other.heads
+    }
+}
+
+impl<'a> RoleView<'a> {
+    /// The commit at the head of `branch` of `repo`, as reported.
+    pub fn head(&self, repo: &str, branch: &str) -> Option<&'a str> {
+        let heads = self.heads;
+        match self.heads_by {
+            Some(by) => by.get(repo)?.get(branch).map(|i| heads[*i as usize].commit.as_str()),
+            None => heads
+                .iter()
+                .find(|h| h.repo == repo && h.branch == branch)
+                .map(|h| h.commit.as_str()),
+        }
+    }
 }
 
 /// One sandbox's part of the reports: what `plan` reads.
@@ -190,7 +224,18 @@ impl Actual {
             let mut index = Index::default();
             for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
                 let state = self.of(role);
-                index.sizes[r] = (state.containers.len(), state.networks.len(), state.worktrees.len());
+                index.sizes[r] = (
+                    state.containers.len(),
+                    state.networks.len(),
+                    state.worktrees.len(),
+                    state.heads.len(),
+                );
+                for (i, h) in state.heads.iter().enumerate() {
+                    let by_branch = index.heads[r].entry(h.repo.clone()).or_default();
+                    if !by_branch.contains_key(&h.branch) {
+                        by_branch.insert(h.branch.clone(), i as u32);
+                    }
+                }
                 fn at<'i>(index: &'i mut Index, name: &str, r: usize) -> &'i mut Places {
                     if !index.places.contains_key(name) {
                         index.places.insert(name.to_string(), Default::default());
@@ -265,6 +310,8 @@ impl Actual {
             return self.walk_view(name);
         };
         let mut view = self.empty_view();
+        view.micro.heads_by = Some(&index.heads[0]);
+        view.gateway.heads_by = Some(&index.heads[1]);
         let places = index.places.get(name);
         for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
             let state = self.of(role);
@@ -298,7 +345,8 @@ impl Actual {
             return None;
         }
         let index = self.index();
-        let sizes = [&self.micro, &self.gateway].map(|s| (s.containers.len(), s.networks.len(), s.worktrees.len()));
+        let sizes = [&self.micro, &self.gateway]
+            .map(|s| (s.containers.len(), s.networks.len(), s.worktrees.len(), s.heads.len()));
         (index.sizes == sizes).then_some(index)
     }
 
@@ -521,11 +569,7 @@ fn container_steps(role: Role, want: &DesiredContainer, active: bool, actual: &V
         }
         return false;
     }
-    let head = state
-        .heads
-        .iter()
-        .find(|h| h.repo == want.service && h.branch == want.branch)
-        .map(|h| h.commit.as_str());
+    let head = state.head(&want.service, &want.branch);
     // A pin is the commit wanted whatever the branch's head; else the head, once an agent has reported it.
     let wanted = want.commit.as_deref().or(head);
     let reason = match current {

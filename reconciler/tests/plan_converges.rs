@@ -357,6 +357,14 @@ proptest! {
         prop_assert_eq!(&indexed.views(), &cut);
         for name in cut.keys().copied().chain(["not-there"]) {
             prop_assert_eq!(indexed.view(name), actual.view(name));
+            // Every reported head is found the same through the index as by a walk.
+            for role in [sdp_protocol::Role::Micro, sdp_protocol::Role::Gateway] {
+                let (fast, slow) = (indexed.view(name), actual.view(name));
+                prop_assert!(fast.of(role).heads_by.is_some() && slow.of(role).heads_by.is_none());
+                for h in &actual.of(role).heads {
+                    prop_assert_eq!(fast.of(role).head(&h.repo, &h.branch), slow.of(role).head(&h.repo, &h.branch));
+                }
+            }
         }
 
         // Now the repo says `after`.
