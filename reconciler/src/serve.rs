@@ -74,6 +74,9 @@ pub struct ServeConfig {
     /// must not see a retry add to it meanwhile.
     #[serde(skip)]
     pub retry_floor: Duration,
+    /// Called at the start of every pass: a seam for tests that make a pass panic (see `PassHook`).
+    #[serde(skip)]
+    pub before_pass: Option<crate::controller::PassHook>,
 }
 
 pub fn default_listen() -> SocketAddr {
@@ -127,6 +130,7 @@ impl ServeConfig {
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
             retry_floor: Duration::ZERO,
+            before_pass: None,
         }
     }
 
@@ -244,6 +248,9 @@ pub async fn serve_on(
     hub.set_installation(store.installation()?);
     let controller = Controller::new(hub, store, settings, Duration::from_secs(config.resync_secs.max(1)))?;
     controller.set_retry_floor(config.retry_floor);
+    if let Some(hook) = config.before_pass.clone() {
+        controller.set_before_pass(hook);
+    }
     let workers = controller.spawn(config.concurrency);
 
     let hook = Arc::new(Notify::new());

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::server::{
@@ -15,6 +17,7 @@ use sdp_protocol::{
     Action, ActionRequest, ActualState, AgentFrame, Answer, Container, ContainerState, Hello, PROTOCOL_VERSION,
     ReconcilerFrame, Request, Role, labels,
 };
+use sdp_reconciler::controller::PassHook;
 use sdp_reconciler::hub::{AskError, Hub};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -638,4 +641,50 @@ async fn nothing_is_removed_before_the_config_repo_has_been_read() {
         !matches!(more, Ok(ReconcilerFrame::Ask(_))),
         "an action was sent before the config repo was read: {more:?}"
     );
+}
+
+#[tokio::test]
+async fn a_pass_that_panics_is_shown_and_the_sandbox_is_retried() {
+    // The next pass of the sandbox panics, as a bug nobody foresaw would; the passes after it do not.
+    let armed = Arc::new(AtomicBool::new(false));
+    let hook = {
+        let armed = armed.clone();
+        PassHook(Arc::new(move |name: &str| {
+            if name == SANDBOX && armed.swap(false, Ordering::SeqCst) {
+                panic!("index out of bounds: a bug nobody foresaw");
+            }
+        }))
+    };
+    let repo = server::examples_with(|repo| {
+        repo.git(&["rm", "-rq", "sandboxsets"]);
+    });
+    let s = Server::start(repo, |c| c.before_pass = Some(hook)).await;
+    until("the config repo to be read", || async {
+        get(s.url(&format!("/api/v1/sandboxes/{SANDBOX}"))).await.0 == 200
+    })
+    .await;
+    armed.store(true, Ordering::SeqCst);
+    // The agent's first report wakes the sandbox: that pass panics.
+    let mut ws = reported(&s).await;
+    until("the panic to be shown in the sandbox's events", || async {
+        let sb = json(s.url(&format!("/api/v1/sandboxes/{SANDBOX}"))).await;
+        sb["events"].as_array().into_iter().flatten().any(|e| {
+            e["message"].as_str().is_some_and(|m| {
+                m.contains("the reconcile pass failed unexpectedly: index out of bounds: a bug nobody foresaw")
+            })
+        })
+    })
+    .await;
+    assert!(!armed.load(Ordering::SeqCst), "the panicking pass ran");
+    // The worker survived and the sandbox is tried again: the next pass asks the agent for the sandbox's network.
+    let first = next_action(&mut ws).await;
+    assert_eq!(
+        first.action,
+        Action::EnsureNetwork {
+            sandbox: SANDBOX.into()
+        }
+    );
+    answer(&mut ws, &first, None).await;
+    let deploy = next_deployment(&mut ws).await;
+    assert!(matches!(&deploy.action, Action::DeployService(d) if d.service == "account"));
 }

@@ -114,6 +114,20 @@ pub struct Controller {
     pub source_error: RwLock<Option<String>>,
     /// True once a stop was asked for.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Called with the sandbox's name at the start of every pass; unset in production (see [`PassHook`]).
+    before_pass: std::sync::OnceLock<PassHook>,
+}
+
+/// A seam for tests: a function called with the sandbox's name at the start of every pass, that may panic as a
+/// bug nobody foresaw would, so that a test sees the panic shown and the sandbox retried by the real pass,
+/// runner and scheduler. Neither a flag nor read from a config file.
+#[derive(Clone)]
+pub struct PassHook(pub Arc<dyn Fn(&str) + Send + std::marker::Sync>);
+
+impl std::fmt::Debug for PassHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PassHook")
+    }
 }
 
 impl Controller {
@@ -139,7 +153,13 @@ impl Controller {
             changes: tokio::sync::watch::Sender::new(0),
             source_error: RwLock::default(),
             stop: tokio::sync::watch::Sender::new(false),
+            before_pass: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Calls `hook` at the start of every pass (see [`PassHook`]); only the first hook set is kept.
+    pub fn set_before_pass(&self, hook: PassHook) {
+        let _already_set = self.before_pass.set(hook);
     }
 
     /// No failed resource is tried again sooner than `floor` (see `ServeConfig::retry_floor`).
@@ -479,6 +499,12 @@ impl runner::Reconcile<String> for Controller {
     fn panicked(&self, name: &String, message: &str) -> Requeue {
         let error = format!("the reconcile pass failed unexpectedly: {message}");
         tracing::error!(sandbox = %name, "{error}");
+        if let Err(e) = self
+            .store
+            .event(now_ms(), Some(name), format!("{error}; it is tried again"))
+        {
+            tracing::error!("cannot record an event: {e:#}");
+        }
         let wait = self.backoff.fail(&pass::pass_resource(name), &error);
         self.set_status(name, |s| {
             s.sync = Sync::Failed;

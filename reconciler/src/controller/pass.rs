@@ -79,6 +79,9 @@ impl Controller {
     pub async fn run_pass(&self, name: &str, why: &Triggers) -> Requeue {
         let started = Instant::now();
         self.metrics.passes.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = self.before_pass.get() {
+            (hook.0)(name);
+        }
         let world = self.world();
         let mut findings = Findings::default();
         let result = self.reconcile(name, why, &world, &mut findings).await;
