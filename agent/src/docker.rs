@@ -17,6 +17,15 @@ use sdp_protocol::{Container, ContainerState, Probe, labels, network_name};
 
 use crate::lines::Lines;
 
+/// One listing of the engine's managed containers, as an agent of one role sees it.
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// This role's containers, by name.
+    pub mine: Vec<Container>,
+    /// Sandboxes the other role runs containers of on this engine (one both agents share, as in the demo).
+    pub other_role_sandboxes: std::collections::BTreeSet<String>,
+}
+
 /// The engine, connected and negotiated.
 #[derive(Clone)]
 pub struct Engine {
@@ -118,16 +127,17 @@ impl Engine {
             && get(labels::INSTALLATION).is_none_or(|i| i == self.installation().as_str())
     }
 
-    /// Managed containers of this agent's role, with their restart counts. The gateway agent owns the
-    /// `gateway` containers and the micro agent the others, so that two agents sharing one engine (the demo, the
-    /// tests) never report, and so never remove, each other's containers.
-    pub async fn containers(&self, role: sdp_protocol::Role) -> Result<Vec<Container>> {
+    /// Managed containers of this agent's role, with their restart counts, in one listing of the engine that also
+    /// says which sandboxes the other role runs containers of here. The gateway agent owns the `gateway`
+    /// containers and the micro agent the others, so that two agents sharing one engine (the demo, the tests)
+    /// never report, and so never remove, each other's containers; only this role's are inspected.
+    pub async fn containers(&self, role: sdp_protocol::Role) -> Result<Listed> {
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&managed_filter())
             .build();
         let list = self.docker.list_containers(Some(options)).await?;
-        let mut out = Vec::new();
+        let mut out = Listed::default();
         for c in list {
             let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
             if !self.ours(|k| labels.get(k).map(String::as_str)) {
@@ -135,6 +145,7 @@ impl Engine {
             }
             let is_gateway = labels.get(labels::SERVICE).map(String::as_str) == Some(sdp_protocol::GATEWAY);
             if is_gateway != (role == sdp_protocol::Role::Gateway) {
+                out.other_role_sandboxes.extend(labels.get(labels::SANDBOX).cloned());
                 continue;
             }
             let name = c
@@ -167,7 +178,7 @@ impl Engine {
                 Some(ContainerSummaryStateEnum::DEAD) => ContainerState::Dead,
                 _ => ContainerState::Unknown,
             };
-            out.push(Container {
+            out.mine.push(Container {
                 name,
                 id,
                 labels,
@@ -182,12 +193,12 @@ impl Engine {
                 probe: None,
             });
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.mine.sort_by(|a, b| a.name.cmp(&b.name));
         // Health paths of running containers: the last answer while it is fresh, else probed now, all at once
         // (each within PROBE_TIMEOUT).
         let now = std::time::Instant::now();
         let known = self.probes.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let probes = out.iter().map(|c| {
+        let probes = out.mine.iter().map(|c| {
             let fresh = known
                 .get(&c.id)
                 .filter(|(at, _)| now.duration_since(*at) < PROBE_EVERY)
@@ -204,7 +215,7 @@ impl Engine {
         });
         let results = futures_util::future::join_all(probes).await;
         let mut kept = HashMap::new();
-        for (c, result) in out.iter_mut().zip(results) {
+        for (c, result) in out.mine.iter_mut().zip(results) {
             if let Some((at, p)) = result {
                 kept.insert(c.id.clone(), (at, p.clone()));
                 c.probe = Some(p);

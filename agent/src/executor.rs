@@ -135,22 +135,17 @@ impl Executor {
 
     /// Everything SDP manages on this node, as the reconciler should see it.
     pub async fn report(&self) -> Result<ActualState> {
-        let containers = self.engine.containers(self.config.role).await?;
+        let listed = self.engine.containers(self.config.role).await?;
+        let containers = listed.mine;
         let mut networks = self.engine.networks().await?;
         // On an engine both agents share (the demo, the tests), a sandbox's network is one for both roles: a role
         // that runs nothing of a sandbox whose other role does leaves that network out of its report, so that it
         // never asks to remove what the other role's containers use.
-        let other = match self.config.role {
-            Role::Micro => Role::Gateway,
-            Role::Gateway => Role::Micro,
-        };
-        let theirs = self.engine.containers(other).await.unwrap_or_default();
-        let sandboxes = |list: &[sdp_protocol::Container]| -> std::collections::BTreeSet<String> {
-            list.iter()
-                .filter_map(|c| c.labels.get(labels::SANDBOX).cloned())
-                .collect()
-        };
-        let (mine, others) = (sandboxes(&containers), sandboxes(&theirs));
+        let mine: std::collections::BTreeSet<&str> = containers
+            .iter()
+            .filter_map(|c| c.labels.get(labels::SANDBOX).map(String::as_str))
+            .collect();
+        let others = &listed.other_role_sandboxes;
         networks.retain(|n| {
             n.strip_prefix("sandbox-")
                 .is_none_or(|sandbox| mine.contains(sandbox) || !others.contains(sandbox))
