@@ -192,148 +192,106 @@ fn median<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
     times[runs / 2]
 }
 
+/// Everything the cases read: the config, its first compile (the controller's last answer), the converged
+/// reports, and the config after a commit that edits one sandbox.
+struct Fixture {
+    sandboxes: Vec<Sandbox>,
+    envs: Vec<Environment>,
+    /// As the source holds them.
+    inputs: Vec<Arc<Sandbox>>,
+    edited: Vec<Arc<Sandbox>>,
+    last: Desired,
+    actual: Actual,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let (sandboxes, envs) = config();
+        let inputs = shared(&sandboxes);
+        let last = compile_again(
+            &Desired::default(),
+            &inputs,
+            &envs,
+            &Arc::default(),
+            &settings(),
+            &Clock::default(),
+        );
+        assert_eq!(last.sandboxes.len(), SANDBOXES, "held: {:?}", last.held.iter().next());
+        // Indexed, as the hub keeps each report.
+        let actual = with_heads(converged(&last)).indexed();
+        let edited = one_edited(&inputs);
+        Fixture {
+            sandboxes,
+            envs,
+            inputs,
+            edited,
+            last,
+            actual,
+        }
+    }
+
+    /// The controller's compile of `inputs`, from its last answer.
+    fn again(&self, inputs: &[Arc<Sandbox>]) -> Desired {
+        let clock = Clock::default();
+        compile_again(
+            &self.last,
+            inputs,
+            &self.envs,
+            &self.last.allocations,
+            &settings(),
+            &clock,
+        )
+    }
+
+    /// A compile of the config with nothing compiled before (a start), with the stored allocations or none.
+    fn scratch(&self, allocations: &Arc<sdp_reconciler::desired::Allocations>) -> Desired {
+        compile(&self.sandboxes, &self.envs, allocations, &settings(), &Clock::default())
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    let (sandboxes, envs) = config();
-    let first = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
-    assert_eq!(first.sandboxes.len(), SANDBOXES, "held: {:?}", first.held.iter().next());
-    // Indexed, as the hub keeps each report.
-    let actual = with_heads(converged(&first)).indexed();
+    let f = Fixture::new();
     assert!(
-        plan_everything(&first, &actual).is_empty(),
+        plan_everything(&f.last, &f.actual).is_empty(),
         "the steady state must plan nothing"
     );
-    assert!(one_pass(&first, &actual, "sb-0500").is_empty());
-
-    let inputs = shared(&sandboxes);
-    let last = compile_again(
-        &Desired::default(),
-        &inputs,
-        &envs,
-        &first.allocations,
-        &settings(),
-        &Clock::default(),
-    );
-    let edited = one_edited(&inputs);
+    assert!(one_pass(&f.last, &f.actual, "sb-0500").is_empty());
 
     let mut group = c.benchmark_group("plan");
     group.sample_size(20);
     group.bench_function("compile+plan 1000x10, converged", |b| {
-        b.iter(|| {
-            let desired = compile_again(
-                &last,
-                &inputs,
-                &envs,
-                &first.allocations,
-                &settings(),
-                &Clock::default(),
-            );
-            black_box(plan_everything(&desired, &actual))
-        })
+        b.iter(|| black_box(plan_everything(&f.again(&f.inputs), &f.actual)))
     });
     group.bench_function("compile+plan 1000x10, one sandbox edited", |b| {
-        b.iter(|| {
-            let desired = compile_again(
-                &last,
-                &edited,
-                &envs,
-                &first.allocations,
-                &settings(),
-                &Clock::default(),
-            );
-            black_box(plan_everything(&desired, &actual))
-        })
+        b.iter(|| black_box(plan_everything(&f.again(&f.edited), &f.actual)))
     });
     group.bench_function("compile+plan 1000x10, nothing compiled before, empty VMs", |b| {
-        b.iter(|| {
-            let desired = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
-            black_box(plan_everything(&desired, &Actual::default()))
-        })
+        b.iter(|| black_box(plan_everything(&f.scratch(&Arc::default()), &Actual::default())))
     });
     group.bench_function("compile only, from the last answer", |b| {
-        b.iter(|| {
-            black_box(compile_again(
-                &last,
-                &inputs,
-                &envs,
-                &first.allocations,
-                &settings(),
-                &Clock::default(),
-            ))
-        })
+        b.iter(|| black_box(f.again(&f.inputs)))
     });
     group.bench_function("compile only, nothing compiled before", |b| {
-        b.iter(|| {
-            black_box(compile(
-                &sandboxes,
-                &envs,
-                &first.allocations,
-                &settings(),
-                &Clock::default(),
-            ))
-        })
+        b.iter(|| black_box(f.scratch(&f.last.allocations)))
     });
     group.bench_function("cut reports by sandbox only", |b| {
-        b.iter(|| black_box(actual.views().len()))
+        b.iter(|| black_box(f.actual.views().len()))
     });
     group.bench_function("one sandbox's pass after a report", |b| {
-        b.iter(|| black_box(one_pass(&first, &actual, "sb-0500")))
+        b.iter(|| black_box(one_pass(&f.last, &f.actual, "sb-0500")))
     });
     group.finish();
 }
 
 /// The figures issue 14 sets, measured again outside criterion so that they print side by side.
 fn summary() {
-    let (sandboxes, envs) = config();
-    let first = compile(&sandboxes, &envs, &Arc::default(), &settings(), &Clock::default());
-    let actual = with_heads(converged(&first)).indexed();
-    let inputs = shared(&sandboxes);
-    let last = compile_again(
-        &Desired::default(),
-        &inputs,
-        &envs,
-        &first.allocations,
-        &settings(),
-        &Clock::default(),
-    );
-    let edited = one_edited(&inputs);
-    let converged = median(31, || {
-        let desired = compile_again(
-            &last,
-            &inputs,
-            &envs,
-            &first.allocations,
-            &settings(),
-            &Clock::default(),
-        );
-        plan_everything(&desired, &actual)
-    });
-    let commit = median(31, || {
-        let desired = compile_again(
-            &last,
-            &edited,
-            &envs,
-            &first.allocations,
-            &settings(),
-            &Clock::default(),
-        );
-        plan_everything(&desired, &actual)
-    });
-    let compile_only = median(31, || {
-        compile_again(
-            &last,
-            &inputs,
-            &envs,
-            &first.allocations,
-            &settings(),
-            &Clock::default(),
-        )
-    });
-    let plan_only = median(31, || plan_everything(&last, &actual));
-    let scratch = median(31, || {
-        let desired = compile(&sandboxes, &envs, &first.allocations, &settings(), &Clock::default());
-        plan_everything(&desired, &actual)
-    });
-    let pass = median(1001, || one_pass(&first, &actual, "sb-0500"));
+    let f = Fixture::new();
+    let converged = median(31, || plan_everything(&f.again(&f.inputs), &f.actual));
+    let compile_only = median(31, || f.again(&f.inputs));
+    let plan_only = median(31, || plan_everything(&f.last, &f.actual));
+    let commit = median(31, || plan_everything(&f.again(&f.edited), &f.actual));
+    let scratch = median(31, || plan_everything(&f.scratch(&f.last.allocations), &f.actual));
+    let pass = median(1001, || one_pass(&f.last, &f.actual, "sb-0500"));
     let verdict = |t: Duration, target: Duration| if t < target { "met" } else { "NOT met" };
     println!("\nsummary (medians; targets from issue 14)");
     println!(

@@ -66,6 +66,18 @@ async fn next_action(ws: &mut Ws) -> Asked {
     }
 }
 
+/// The next action, which must be the first of a pass over an empty VM: the sandbox's network.
+async fn network_asked(ws: &mut Ws) -> Asked {
+    let first = next_action(ws).await;
+    assert_eq!(
+        first.action,
+        Action::EnsureNetwork {
+            sandbox: SANDBOX.into()
+        }
+    );
+    first
+}
+
 /// Answers actions as they come until one is a deployment; that one is left unanswered and returned.
 async fn next_deployment(ws: &mut Ws) -> Asked {
     loop {
@@ -216,13 +228,7 @@ async fn actions_get_their_results_and_fail_when_the_agent_drops() {
     assert_eq!(nodes_now[0]["node"]["address"], "127.0.0.1");
 
     // The pass's first action; its result lets the pass go on to the deployment.
-    let first = next_action(&mut ws).await;
-    assert_eq!(
-        first.action,
-        Action::EnsureNetwork {
-            sandbox: SANDBOX.into()
-        }
-    );
+    let first = network_asked(&mut ws).await;
     answer(&mut ws, &first, None).await;
 
     // A result answers its own request, with the agent's error when there is one. Each report that says
@@ -677,13 +683,7 @@ async fn a_pass_that_panics_is_shown_and_the_sandbox_is_retried() {
     .await;
     assert!(!armed.load(Ordering::SeqCst), "the panicking pass ran");
     // The worker survived and the sandbox is tried again: the next pass asks the agent for the sandbox's network.
-    let first = next_action(&mut ws).await;
-    assert_eq!(
-        first.action,
-        Action::EnsureNetwork {
-            sandbox: SANDBOX.into()
-        }
-    );
+    let first = network_asked(&mut ws).await;
     answer(&mut ws, &first, None).await;
     let deploy = next_deployment(&mut ws).await;
     assert!(matches!(&deploy.action, Action::DeployService(d) if d.service == "account"));
