@@ -15,6 +15,7 @@
 //! other way round. Field names are the wire format that users' scripts read: rename one only when it is wrong.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use sdp_protocol::{ActualState, BranchHead, Container, GoBuild, Role, Stage, StageState, Worktree};
 use serde::{Deserialize, Serialize};
@@ -123,7 +124,8 @@ pub struct PendingAction {
     pub kind: String,
 }
 
-/// Why a step is in the plan.
+/// Why a step is in the plan, in words a user reads on the dashboard. The planner makes it (`Other` it never
+/// makes: that is a reason from a newer reconciler, read by an older `sdp`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Reason {
@@ -426,6 +428,31 @@ pub fn word(value: &impl Serialize) -> String {
     }
 }
 
+/// A step's reason in words, as the reconciler's events and log say it and `sdp plan` prints it.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Missing => f.write_str("missing"),
+            Reason::SpecChanged => f.write_str("spec changed"),
+            Reason::BranchMoved { commit } => write!(f, "branch moved to commit {}", short(commit)),
+            Reason::Pinned { commit } => write!(f, "pinned to {}", short(commit)),
+            Reason::ContainerNotRunning { state } => write!(f, "container {state}"),
+            Reason::RoutesDiffer { services } => write!(f, "routes differ: {}", services.join(", ")),
+            Reason::RoutesUnknown => f.write_str("routes not reported yet"),
+            Reason::GatewayRedeployed => f.write_str("gateway redeployed: its config.php starts from the branch"),
+            Reason::Suspended => f.write_str("sandbox suspended"),
+            Reason::NotDesired => f.write_str("not desired"),
+            Reason::Other => f.write_str("a reason this version does not know"),
+        }
+    }
+}
+
+/// The first 12 characters of a commit id (characters, not bytes: an agent's report is not trusted to hold hex).
+pub fn short(commit: &str) -> &str {
+    let end = commit.char_indices().nth(12).map_or(commit.len(), |(i, _)| i);
+    &commit[..end]
+}
+
 impl Reason {
     /// The word the API writes as its `kind` (`specChanged`, `branchMoved`…).
     pub fn kind(&self) -> String {
@@ -438,7 +465,7 @@ impl Reason {
 
 #[cfg(test)]
 mod tests {
-    use super::{Health, Reason, word};
+    use super::{Health, Reason, short, word};
 
     #[test]
     fn a_word_from_a_newer_reconciler_is_read_not_refused() {
@@ -453,5 +480,15 @@ mod tests {
         assert_eq!(Reason::BranchMoved { commit: "abc".into() }.kind(), "branchMoved");
         assert_eq!(word(&Health::Degraded), "Degraded");
         assert_eq!(word(&sdp_protocol::Role::Gateway), "gateway");
+    }
+
+    #[test]
+    fn short_commit_ids_cut_on_characters_whatever_an_agent_reports() {
+        assert_eq!(short("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short(""), "");
+        // A report with multi-byte characters once panicked a worker (it sliced bytes).
+        assert_eq!(short("ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(short("0123456789aé"), "0123456789aé");
     }
 }

@@ -8,7 +8,6 @@ use crate::controller::{Health, PendingStep, Status, Sync};
 use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Mode, Settings};
 use crate::git::Change;
 use crate::hub::NodeInfo;
-use crate::plan::Reason;
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
 
 impl From<Sync> for docs::Sync {
@@ -63,26 +62,7 @@ impl From<&PendingStep> for docs::PendingStep {
             action: docs::PendingAction {
                 kind: step.action.kind.to_string(),
             },
-            reason: (&step.reason).into(),
-        }
-    }
-}
-
-impl From<&Reason> for docs::Reason {
-    fn from(reason: &Reason) -> docs::Reason {
-        match reason {
-            Reason::Missing => docs::Reason::Missing,
-            Reason::SpecChanged => docs::Reason::SpecChanged,
-            Reason::BranchMoved { commit } => docs::Reason::BranchMoved { commit: commit.clone() },
-            Reason::Pinned { commit } => docs::Reason::Pinned { commit: commit.clone() },
-            Reason::ContainerNotRunning { state } => docs::Reason::ContainerNotRunning { state: state.clone() },
-            Reason::RoutesDiffer { services } => docs::Reason::RoutesDiffer {
-                services: services.clone(),
-            },
-            Reason::RoutesUnknown => docs::Reason::RoutesUnknown,
-            Reason::GatewayRedeployed => docs::Reason::GatewayRedeployed,
-            Reason::Suspended => docs::Reason::Suspended,
-            Reason::NotDesired => docs::Reason::NotDesired,
+            reason: step.reason.clone(),
         }
     }
 }

@@ -198,7 +198,7 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
                             role: step.role,
                             resource: step.resource.clone(),
                             action: pending.action.kind.to_string(),
-                            reason: (&step.reason).into(),
+                            reason: step.reason.clone(),
                             says: step.to_string(),
                         }
                     })
