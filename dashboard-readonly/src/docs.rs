@@ -14,6 +14,7 @@
 //! deployments), so the store's records and the controller's state can change without changing the API, and the
 //! other way round. Field names are the wire format that users' scripts read: rename one only when it is wrong.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -73,27 +74,31 @@ pub struct SandboxDoc {
 }
 
 /// The sync status of a sandbox, as Argo CD users know it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Sync {
     Synced,
+    /// Also a sandbox before its first pass.
+    #[default]
     OutOfSync,
     Progressing,
     Failed,
     Suspended,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Health {
     Healthy,
     Degraded,
     Unhealthy,
     /// Nothing is meant to run (suspended), or nothing is known yet (or a word this version does not know).
+    #[default]
     #[serde(other)]
     Unknown,
 }
 
-/// What the API shows of a sandbox besides its desired and actual state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What the API shows of a sandbox besides its desired and actual state; the controller keeps one per sandbox.
+/// The default is a sandbox before its first pass: out of sync, health unknown, nothing pending.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub sync: Sync,
@@ -107,7 +112,8 @@ pub struct Status {
     pub last_pass_ms: Option<u64>,
 }
 
-/// A step of the pending plan: what, where and why.
+/// A step of the pending plan: what, where and why, without the deploy's body (a thousand sandboxes' worth of
+/// environment maps would be kept in the controller's memory for nothing).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingStep {
@@ -120,8 +126,9 @@ pub struct PendingStep {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingAction {
-    /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…
-    pub kind: String,
+    /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…: a word the
+    /// controller names without allocating, a string when read back from the API.
+    pub kind: Cow<'static, str>,
 }
 
 /// Why a step is in the plan, in words a user reads on the dashboard. The planner makes it (`Other` it never

@@ -4,68 +4,10 @@
 
 use sdp_dashboard::docs;
 
-use crate::controller::{Health, PendingStep, Status, Sync};
 use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Mode, Settings};
 use crate::git::Change;
 use crate::hub::NodeInfo;
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
-
-impl From<Sync> for docs::Sync {
-    fn from(sync: Sync) -> docs::Sync {
-        match sync {
-            Sync::Synced => docs::Sync::Synced,
-            Sync::OutOfSync => docs::Sync::OutOfSync,
-            Sync::Progressing => docs::Sync::Progressing,
-            Sync::Failed => docs::Sync::Failed,
-            Sync::Suspended => docs::Sync::Suspended,
-        }
-    }
-}
-
-impl From<Health> for docs::Health {
-    fn from(health: Health) -> docs::Health {
-        match health {
-            Health::Healthy => docs::Health::Healthy,
-            Health::Degraded => docs::Health::Degraded,
-            Health::Unhealthy => docs::Health::Unhealthy,
-            Health::Unknown => docs::Health::Unknown,
-        }
-    }
-}
-
-impl From<&Status> for docs::Status {
-    fn from(s: &Status) -> docs::Status {
-        let Status {
-            sync,
-            health,
-            pending,
-            in_flight,
-            last_error,
-            last_pass_ms,
-        } = s;
-        docs::Status {
-            sync: (*sync).into(),
-            health: (*health).into(),
-            pending: pending.iter().map(docs::PendingStep::from).collect(),
-            in_flight: in_flight.clone(),
-            last_error: last_error.clone(),
-            last_pass_ms: *last_pass_ms,
-        }
-    }
-}
-
-impl From<&PendingStep> for docs::PendingStep {
-    fn from(step: &PendingStep) -> docs::PendingStep {
-        docs::PendingStep {
-            role: step.role,
-            resource: step.resource.clone(),
-            action: docs::PendingAction {
-                kind: step.action.kind.to_string(),
-            },
-            reason: step.reason.clone(),
-        }
-    }
-}
 
 impl From<&DesiredSandbox> for docs::DesiredSandbox {
     fn from(d: &DesiredSandbox) -> docs::DesiredSandbox {

@@ -14,7 +14,6 @@ use sdp_protocol::Role;
 use serde::Serialize;
 
 use super::client::{Server, get_doc};
-use crate::controller::PendingStep;
 use crate::desired::{Clock, Mode, Settings};
 use crate::preview::{Inputs, Port, Preview, preview};
 
@@ -53,7 +52,7 @@ struct ActionPlan {
     role: Role,
     resource: String,
     /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…
-    action: String,
+    action: &'static str,
     reason: docs::Reason,
     /// The step as the reconciler's events and log say it.
     says: String,
@@ -192,15 +191,12 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
                 actions: s
                     .steps
                     .iter()
-                    .map(|step| {
-                        let pending = PendingStep::from(step);
-                        ActionPlan {
-                            role: step.role,
-                            resource: step.resource.clone(),
-                            action: pending.action.kind.to_string(),
-                            reason: step.reason.clone(),
-                            says: step.to_string(),
-                        }
+                    .map(|step| ActionPlan {
+                        role: step.role,
+                        resource: step.resource.clone(),
+                        action: crate::controller::kind(&step.action),
+                        reason: step.reason.clone(),
+                        says: step.to_string(),
                     })
                     .collect(),
             })
