@@ -4,7 +4,7 @@
 
 use sdp_dashboard::docs;
 
-use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Mode, Settings};
+use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Settings};
 use crate::git::Change;
 use crate::hub::NodeInfo;
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
@@ -22,10 +22,7 @@ impl From<&DesiredSandbox> for docs::DesiredSandbox {
         docs::DesiredSandbox {
             name: name.clone(),
             owner: owner.clone(),
-            mode: match mode {
-                Mode::Active => docs::Mode::Active,
-                Mode::Suspended(why) => docs::Mode::Suspended(why.clone()),
-            },
+            mode: mode.clone(),
             services: services.iter().map(|(k, c)| (k.clone(), c.into())).collect(),
             gateway: gateway.into(),
             routes: routes.clone(),

@@ -14,7 +14,7 @@ use sdp_protocol::Role;
 use serde::Serialize;
 
 use super::client::{Server, get_doc};
-use crate::desired::{Clock, Mode, Settings};
+use crate::desired::{Clock, Settings};
 use crate::preview::{Inputs, Port, Preview, preview};
 
 /// `sdp plan --format json`: stable for bots (fields in this order, sandboxes by name, actions in plan order).
@@ -183,10 +183,7 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
                 name: s.name.clone(),
                 change: s.change.as_str(),
                 generated_by: None,
-                mode: s.mode.as_ref().map(|m| match m {
-                    Mode::Active => docs::Mode::Active,
-                    Mode::Suspended(why) => docs::Mode::Suspended(why.clone()),
-                }),
+                mode: s.mode.clone(),
                 held: s.held.clone(),
                 actions: s
                     .steps
