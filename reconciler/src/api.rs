@@ -261,7 +261,7 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
         config_commit: world.snapshot.commit.clone(),
         config_author: world.snapshot.author.clone(),
         // The last commit that changed this sandbox's own file (`configCommit` is the one the VMs follow).
-        last_change: world.snapshot.changes.get(&name).map(Into::into),
+        last_change: world.snapshot.changes.get(&name).cloned(),
         events: events.into_iter().map(Into::into).collect(),
         deployments: deployments.into_iter().map(Into::into).collect(),
         name,

@@ -5,7 +5,6 @@
 use sdp_dashboard::docs;
 
 use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Settings};
-use crate::git::Change;
 use crate::hub::NodeInfo;
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
 
@@ -70,16 +69,6 @@ impl From<&DesiredContainer> for docs::DesiredContainer {
             health_path: health_path.clone(),
             build: build.clone(),
             spec_hash: *spec_hash,
-        }
-    }
-}
-
-impl From<&Change> for docs::Change {
-    fn from(c: &Change) -> docs::Change {
-        docs::Change {
-            commit: c.commit.clone(),
-            author: c.author.clone(),
-            time: c.time,
         }
     }
 }
