@@ -503,7 +503,7 @@ pub fn node_list(api: &Api) -> Vec<NodeDoc> {
             NodeDoc {
                 containers: state.containers.len(),
                 heads: state.heads.clone(),
-                node: n.into(),
+                node: n,
             }
         })
         .collect()

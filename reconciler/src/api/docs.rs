@@ -5,7 +5,6 @@
 use sdp_dashboard::docs;
 
 use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Settings};
-use crate::hub::NodeInfo;
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
 
 impl From<&DesiredSandbox> for docs::DesiredSandbox {
@@ -150,31 +149,6 @@ impl From<Deployment> for docs::DeploymentDoc {
                 )
                 .collect(),
             error,
-        }
-    }
-}
-
-impl From<NodeInfo> for docs::Agent {
-    fn from(n: NodeInfo) -> docs::Agent {
-        let NodeInfo {
-            node,
-            role,
-            address,
-            agent_version,
-            repos,
-            images,
-            connected_ms,
-            last_seen_ms,
-        } = n;
-        docs::Agent {
-            node,
-            role,
-            address,
-            agent_version,
-            repos,
-            images,
-            connected_ms,
-            last_seen_ms,
         }
     }
 }
