@@ -10,9 +10,12 @@
 //! (`Container`, `Worktree`, `BranchHead`, `GoBuild`, `Role`, stages) are the protocol's own types, served as the
 //! agents sent them.
 //!
-//! These are plain data: the reconciler converts its own types into them (status, desired state, stored
-//! deployments), so the store's records and the controller's state can change without changing the API, and the
-//! other way round. Field names are the wire format that users' scripts read: rename one only when it is wrong.
+//! These are plain data. Where the reconciler keeps exactly what the API shows, it uses these types themselves
+//! (the controller's `Status`, the plan's `Reason`, a sandbox's `Mode`, a commit's `Change`, a connected `Agent`).
+//! Where it keeps more or keeps it longer, it converts its own types into them, in one place
+//! (`sdp_reconciler::api::docs`): the desired state, and the store's deployments and events, so that the store's
+//! records and the API can change without each other. Field names are the wire format that users' scripts read:
+//! rename one only when it is wrong.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

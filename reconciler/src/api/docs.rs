@@ -1,6 +1,11 @@
-//! The reconciler's own types as the API's documents (`sdp_dashboard::docs`): the controller's status, the
-//! compiled desired state, the store's records and the hub's agents. Each conversion names every field, so a
+//! The reconciler's own types as the API's documents (`sdp_dashboard::docs`): the compiled desired state (which
+//! keeps shared environments and their digest), the store's records (kept apart so that renaming a field of the
+//! API cannot make the stored ones unreadable) and the compile settings. Each conversion names every field, so a
 //! field added on either side is a compile error here, not a field that silently never reaches the API.
+//!
+//! What the reconciler holds exactly as the API shows it is the documents' own type, re-exported where the
+//! reconciler names it, with nothing to convert: the controller's `Status` (`controller::status`), the plan's
+//! `Reason`, the sandbox's `Mode` (`desired`), a commit's `Change` (`git`) and a connected agent (`hub::NodeInfo`).
 
 use sdp_dashboard::docs;
 
