@@ -10,11 +10,16 @@
 //! (`Container`, `Worktree`, `BranchHead`, `GoBuild`, `Role`, stages) are the protocol's own types, served as the
 //! agents sent them.
 //!
-//! These are plain data: the reconciler converts its own types into them (status, desired state, stored
-//! deployments), so the store's records and the controller's state can change without changing the API, and the
-//! other way round. Field names are the wire format that users' scripts read: rename one only when it is wrong.
+//! These are plain data. Where the reconciler keeps exactly what the API shows, it uses these types themselves
+//! (the controller's `Status`, the plan's `Reason`, a sandbox's `Mode`, a commit's `Change`, a connected `Agent`).
+//! Where it keeps more or keeps it longer, it converts its own types into them, in one place
+//! (`sdp_reconciler::api::docs`): the desired state, and the store's deployments and events, so that the store's
+//! records and the API can change without each other. Field names are the wire format that users' scripts read:
+//! rename one only when it is wrong.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use sdp_protocol::{ActualState, BranchHead, Container, GoBuild, Role, Stage, StageState, Worktree};
 use serde::{Deserialize, Serialize};
@@ -72,27 +77,31 @@ pub struct SandboxDoc {
 }
 
 /// The sync status of a sandbox, as Argo CD users know it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Sync {
     Synced,
+    /// Also a sandbox before its first pass.
+    #[default]
     OutOfSync,
     Progressing,
     Failed,
     Suspended,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Health {
     Healthy,
     Degraded,
     Unhealthy,
     /// Nothing is meant to run (suspended), or nothing is known yet (or a word this version does not know).
+    #[default]
     #[serde(other)]
     Unknown,
 }
 
-/// What the API shows of a sandbox besides its desired and actual state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What the API shows of a sandbox besides its desired and actual state; the controller keeps one per sandbox.
+/// The default is a sandbox before its first pass: out of sync, health unknown, nothing pending.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub sync: Sync,
@@ -106,7 +115,8 @@ pub struct Status {
     pub last_pass_ms: Option<u64>,
 }
 
-/// A step of the pending plan: what, where and why.
+/// A step of the pending plan: what, where and why, without the deploy's body (a thousand sandboxes' worth of
+/// environment maps would be kept in the controller's memory for nothing).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingStep {
@@ -119,11 +129,13 @@ pub struct PendingStep {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingAction {
-    /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…
-    pub kind: String,
+    /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…: a word the
+    /// controller names without allocating, a string when read back from the API.
+    pub kind: Cow<'static, str>,
 }
 
-/// Why a step is in the plan.
+/// Why a step is in the plan, in words a user reads on the dashboard. The planner makes it (`Other` it never
+/// makes: that is a reason from a newer reconciler, read by an older `sdp`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Reason {
@@ -426,6 +438,31 @@ pub fn word(value: &impl Serialize) -> String {
     }
 }
 
+/// A step's reason in words, as the reconciler's events and log say it and `sdp plan` prints it.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Missing => f.write_str("missing"),
+            Reason::SpecChanged => f.write_str("spec changed"),
+            Reason::BranchMoved { commit } => write!(f, "branch moved to commit {}", short(commit)),
+            Reason::Pinned { commit } => write!(f, "pinned to {}", short(commit)),
+            Reason::ContainerNotRunning { state } => write!(f, "container {state}"),
+            Reason::RoutesDiffer { services } => write!(f, "routes differ: {}", services.join(", ")),
+            Reason::RoutesUnknown => f.write_str("routes not reported yet"),
+            Reason::GatewayRedeployed => f.write_str("gateway redeployed: its config.php starts from the branch"),
+            Reason::Suspended => f.write_str("sandbox suspended"),
+            Reason::NotDesired => f.write_str("not desired"),
+            Reason::Other => f.write_str("a reason this version does not know"),
+        }
+    }
+}
+
+/// The first 12 characters of a commit id (characters, not bytes: an agent's report is not trusted to hold hex).
+pub fn short(commit: &str) -> &str {
+    let end = commit.char_indices().nth(12).map_or(commit.len(), |(i, _)| i);
+    &commit[..end]
+}
+
 impl Reason {
     /// The word the API writes as its `kind` (`specChanged`, `branchMoved`…).
     pub fn kind(&self) -> String {
@@ -438,7 +475,7 @@ impl Reason {
 
 #[cfg(test)]
 mod tests {
-    use super::{Health, Reason, word};
+    use super::{Health, Reason, short, word};
 
     #[test]
     fn a_word_from_a_newer_reconciler_is_read_not_refused() {
@@ -453,5 +490,15 @@ mod tests {
         assert_eq!(Reason::BranchMoved { commit: "abc".into() }.kind(), "branchMoved");
         assert_eq!(word(&Health::Degraded), "Degraded");
         assert_eq!(word(&sdp_protocol::Role::Gateway), "gateway");
+    }
+
+    #[test]
+    fn short_commit_ids_cut_on_characters_whatever_an_agent_reports() {
+        assert_eq!(short("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short(""), "");
+        // A report with multi-byte characters once panicked a worker (it sliced bytes).
+        assert_eq!(short("ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(short("0123456789aé"), "0123456789aé");
     }
 }

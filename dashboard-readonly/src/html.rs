@@ -37,7 +37,7 @@ pub fn badge(value: &impl serde::Serialize) -> String {
 
 /// The first 12 characters of a commit id, escaped; a dash when there is none.
 pub fn short(commit: Option<&str>) -> String {
-    esc(&dash(commit).chars().take(12).collect::<String>())
+    esc(crate::docs::short(dash(commit)))
 }
 
 /// Unix milliseconds as `2026-11-25 10:00:00 UTC`.

@@ -150,16 +150,12 @@ fn gateway_url(api: &Api, d: &DesiredSandbox) -> Option<String> {
 }
 
 fn status_or_new(api: &Api, name: &str, desired: Option<&DesiredSandbox>) -> Status {
-    api.controller.status(name).unwrap_or(Status {
+    api.controller.status(name).unwrap_or_else(|| Status {
         sync: match desired.map(|d| &d.mode) {
             Some(Mode::Suspended(_)) => Sync::Suspended,
             _ => Sync::OutOfSync,
         },
-        health: crate::controller::Health::Unknown,
-        pending: Vec::new(),
-        in_flight: None,
-        last_error: None,
-        last_pass_ms: None,
+        ..Status::default()
     })
 }
 
@@ -186,8 +182,8 @@ pub fn sandbox_list(api: &Api) -> Vec<SandboxSummary> {
                 .or(status.last_error.clone());
             SandboxSummary {
                 owner: d.and_then(|d| d.owner.clone()),
-                sync: status.sync.into(),
-                health: status.health.into(),
+                sync: status.sync,
+                health: status.health,
                 gateway_url: d.and_then(|d| gateway_url(api, d)),
                 services: d.map_or(0, |d| d.services.len()),
                 last_commit: change.map_or_else(|| world.snapshot.commit.clone(), |c| c.commit.clone()),
@@ -252,7 +248,7 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
         held: world.desired.held.get(&name).cloned(),
         config_errors: world.snapshot.errors.get(&name).cloned(),
         gateway_url: d.and_then(|d| gateway_url(api, d)),
-        status: (&status).into(),
+        status,
         actual,
         manifest: world.snapshot.manifests.get(&name).cloned(),
         generated_by: world
@@ -265,7 +261,7 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
         config_commit: world.snapshot.commit.clone(),
         config_author: world.snapshot.author.clone(),
         // The last commit that changed this sandbox's own file (`configCommit` is the one the VMs follow).
-        last_change: world.snapshot.changes.get(&name).map(Into::into),
+        last_change: world.snapshot.changes.get(&name).cloned(),
         events: events.into_iter().map(Into::into).collect(),
         deployments: deployments.into_iter().map(Into::into).collect(),
         name,
@@ -507,7 +503,7 @@ pub fn node_list(api: &Api) -> Vec<NodeDoc> {
             NodeDoc {
                 containers: state.containers.len(),
                 heads: state.heads.clone(),
-                node: n.into(),
+                node: n,
             }
         })
         .collect()

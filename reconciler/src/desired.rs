@@ -68,14 +68,8 @@ pub fn note_changes(old: &[Arc<Sandbox>], new: &[Arc<Sandbox>], activity: &mut B
     activity.retain(|name, _| now_in.contains(name.as_str()));
 }
 
-/// Why a sandbox runs nothing although it is in git.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "kind", content = "reason")]
-pub enum Mode {
-    Active,
-    /// Containers stopped, ports kept: `suspend: true`, or idle past `expireAfter`.
-    Suspended(String),
-}
+/// Why a sandbox runs nothing although it is in git: the API's type, as the API and `sdp plan` show it.
+pub use sdp_dashboard::docs::Mode;
 
 /// Variables, secret file references and files of a service: its environments merged in order, then its inline
 /// env. Shared between the services that name the same environments with the same inline env.

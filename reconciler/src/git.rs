@@ -9,16 +9,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-/// One commit, as the dashboard shows a change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Change {
-    pub commit: String,
-    /// `Name <email>`
-    pub author: String,
-    /// Commit time, unix seconds.
-    pub time: u64,
-}
+/// One commit: the API's type, as the dashboard shows a change.
+pub use sdp_dashboard::docs::Change;
 
 /// A git work tree.
 pub struct Git {

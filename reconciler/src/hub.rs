@@ -15,7 +15,6 @@ use sdp_protocol::{
     Action, ActionRequest, ActualState, AgentFrame, Ask, BranchHead, Hello, ListBranches, LogLine, PROTOCOL_VERSION,
     Progress, ReconcilerFrame, Request, Role,
 };
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::plan::Actual;
@@ -37,20 +36,8 @@ pub enum HubEvent {
     Log(LogLine),
 }
 
-/// A connected agent, as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeInfo {
-    pub node: String,
-    pub role: Role,
-    pub address: String,
-    pub agent_version: String,
-    pub repos: Vec<String>,
-    pub images: Vec<String>,
-    /// Unix milliseconds.
-    pub connected_ms: u64,
-    pub last_seen_ms: u64,
-}
+/// A connected agent: the API's type, as the API shows it.
+pub use sdp_dashboard::docs::Agent as NodeInfo;
 
 struct Agent {
     info: NodeInfo,

@@ -14,47 +14,10 @@ use serde::Serialize;
 
 use crate::desired::{DesiredContainer, DesiredSandbox, Mode};
 
-/// Why a step is in the plan, in words a user reads on the dashboard.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
-pub enum Reason {
-    Missing,
-    SpecChanged,
-    BranchMoved {
-        commit: String,
-    },
-    /// The manifest pins a commit that is not the one running.
-    Pinned {
-        commit: String,
-    },
-    ContainerNotRunning {
-        state: String,
-    },
-    RoutesDiffer {
-        services: Vec<String>,
-    },
-    RoutesUnknown,
-    GatewayRedeployed,
-    Suspended,
-    NotDesired,
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::Missing => f.write_str("missing"),
-            Reason::SpecChanged => f.write_str("spec changed"),
-            Reason::BranchMoved { commit } => write!(f, "branch moved to commit {}", short(commit)),
-            Reason::Pinned { commit } => write!(f, "pinned to {}", short(commit)),
-            Reason::ContainerNotRunning { state } => write!(f, "container {state}"),
-            Reason::RoutesDiffer { services } => write!(f, "routes differ: {}", services.join(", ")),
-            Reason::RoutesUnknown => f.write_str("routes not reported yet"),
-            Reason::GatewayRedeployed => f.write_str("gateway redeployed: its config.php starts from the branch"),
-            Reason::Suspended => f.write_str("sandbox suspended"),
-            Reason::NotDesired => f.write_str("not desired"),
-        }
-    }
-}
+/// Why a step is in the plan: the API's type, so that what the planner says is what the API and `sdp plan` show.
+pub use sdp_dashboard::docs::Reason;
+/// Commit ids as the plan's reasons print them.
+pub use sdp_dashboard::docs::short;
 
 /// One action for one agent role.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -644,26 +607,5 @@ fn route_steps(d: &DesiredSandbox, gateway_deployed: bool, gateway: &RoleView, s
             },
             reason,
         });
-    }
-}
-
-/// The first 12 characters of a commit id (characters, not bytes: an agent's report is not trusted to hold hex).
-pub fn short(commit: &str) -> &str {
-    let end = commit.char_indices().nth(12).map_or(commit.len(), |(i, _)| i);
-    &commit[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::short;
-
-    #[test]
-    fn short_commit_ids_cut_on_characters_whatever_an_agent_reports() {
-        assert_eq!(short("0123456789abcdef0123"), "0123456789ab");
-        assert_eq!(short("abc"), "abc");
-        assert_eq!(short(""), "");
-        // A report with multi-byte characters once panicked a worker (it sliced bytes).
-        assert_eq!(short("ééééééééééééééé"), "éééééééééééé");
-        assert_eq!(short("0123456789aé"), "0123456789aé");
     }
 }

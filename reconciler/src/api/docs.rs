@@ -1,91 +1,16 @@
-//! The reconciler's own types as the API's documents (`sdp_dashboard::docs`): the controller's status, the
-//! compiled desired state, the store's records and the hub's agents. Each conversion names every field, so a
+//! The reconciler's own types as the API's documents (`sdp_dashboard::docs`): the compiled desired state (which
+//! keeps shared environments and their digest), the store's records (kept apart so that renaming a field of the
+//! API cannot make the stored ones unreadable) and the compile settings. Each conversion names every field, so a
 //! field added on either side is a compile error here, not a field that silently never reaches the API.
+//!
+//! What the reconciler holds exactly as the API shows it is the documents' own type, re-exported where the
+//! reconciler names it, with nothing to convert: the controller's `Status` (`controller::status`), the plan's
+//! `Reason`, the sandbox's `Mode` (`desired`), a commit's `Change` (`git`) and a connected agent (`hub::NodeInfo`).
 
 use sdp_dashboard::docs;
 
-use crate::controller::{Health, PendingStep, Status, Sync};
-use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Mode, Settings};
-use crate::git::Change;
-use crate::hub::NodeInfo;
-use crate::plan::Reason;
+use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Settings};
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
-
-impl From<Sync> for docs::Sync {
-    fn from(sync: Sync) -> docs::Sync {
-        match sync {
-            Sync::Synced => docs::Sync::Synced,
-            Sync::OutOfSync => docs::Sync::OutOfSync,
-            Sync::Progressing => docs::Sync::Progressing,
-            Sync::Failed => docs::Sync::Failed,
-            Sync::Suspended => docs::Sync::Suspended,
-        }
-    }
-}
-
-impl From<Health> for docs::Health {
-    fn from(health: Health) -> docs::Health {
-        match health {
-            Health::Healthy => docs::Health::Healthy,
-            Health::Degraded => docs::Health::Degraded,
-            Health::Unhealthy => docs::Health::Unhealthy,
-            Health::Unknown => docs::Health::Unknown,
-        }
-    }
-}
-
-impl From<&Status> for docs::Status {
-    fn from(s: &Status) -> docs::Status {
-        let Status {
-            sync,
-            health,
-            pending,
-            in_flight,
-            last_error,
-            last_pass_ms,
-        } = s;
-        docs::Status {
-            sync: (*sync).into(),
-            health: (*health).into(),
-            pending: pending.iter().map(docs::PendingStep::from).collect(),
-            in_flight: in_flight.clone(),
-            last_error: last_error.clone(),
-            last_pass_ms: *last_pass_ms,
-        }
-    }
-}
-
-impl From<&PendingStep> for docs::PendingStep {
-    fn from(step: &PendingStep) -> docs::PendingStep {
-        docs::PendingStep {
-            role: step.role,
-            resource: step.resource.clone(),
-            action: docs::PendingAction {
-                kind: step.action.kind.to_string(),
-            },
-            reason: (&step.reason).into(),
-        }
-    }
-}
-
-impl From<&Reason> for docs::Reason {
-    fn from(reason: &Reason) -> docs::Reason {
-        match reason {
-            Reason::Missing => docs::Reason::Missing,
-            Reason::SpecChanged => docs::Reason::SpecChanged,
-            Reason::BranchMoved { commit } => docs::Reason::BranchMoved { commit: commit.clone() },
-            Reason::Pinned { commit } => docs::Reason::Pinned { commit: commit.clone() },
-            Reason::ContainerNotRunning { state } => docs::Reason::ContainerNotRunning { state: state.clone() },
-            Reason::RoutesDiffer { services } => docs::Reason::RoutesDiffer {
-                services: services.clone(),
-            },
-            Reason::RoutesUnknown => docs::Reason::RoutesUnknown,
-            Reason::GatewayRedeployed => docs::Reason::GatewayRedeployed,
-            Reason::Suspended => docs::Reason::Suspended,
-            Reason::NotDesired => docs::Reason::NotDesired,
-        }
-    }
-}
 
 impl From<&DesiredSandbox> for docs::DesiredSandbox {
     fn from(d: &DesiredSandbox) -> docs::DesiredSandbox {
@@ -100,10 +25,7 @@ impl From<&DesiredSandbox> for docs::DesiredSandbox {
         docs::DesiredSandbox {
             name: name.clone(),
             owner: owner.clone(),
-            mode: match mode {
-                Mode::Active => docs::Mode::Active,
-                Mode::Suspended(why) => docs::Mode::Suspended(why.clone()),
-            },
+            mode: mode.clone(),
             services: services.iter().map(|(k, c)| (k.clone(), c.into())).collect(),
             gateway: gateway.into(),
             routes: routes.clone(),
@@ -151,16 +73,6 @@ impl From<&DesiredContainer> for docs::DesiredContainer {
             health_path: health_path.clone(),
             build: build.clone(),
             spec_hash: *spec_hash,
-        }
-    }
-}
-
-impl From<&Change> for docs::Change {
-    fn from(c: &Change) -> docs::Change {
-        docs::Change {
-            commit: c.commit.clone(),
-            author: c.author.clone(),
-            time: c.time,
         }
     }
 }
@@ -242,31 +154,6 @@ impl From<Deployment> for docs::DeploymentDoc {
                 )
                 .collect(),
             error,
-        }
-    }
-}
-
-impl From<NodeInfo> for docs::Agent {
-    fn from(n: NodeInfo) -> docs::Agent {
-        let NodeInfo {
-            node,
-            role,
-            address,
-            agent_version,
-            repos,
-            images,
-            connected_ms,
-            last_seen_ms,
-        } = n;
-        docs::Agent {
-            node,
-            role,
-            address,
-            agent_version,
-            repos,
-            images,
-            connected_ms,
-            last_seen_ms,
         }
     }
 }

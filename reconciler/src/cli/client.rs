@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use sdp_dashboard::docs::{BranchesDoc, DeploymentDoc, ErrorDoc, NodeDoc, SandboxDoc, SandboxSummary, Sync, word};
+use sdp_dashboard::docs::{
+    BranchesDoc, DeploymentDoc, ErrorDoc, NodeDoc, SandboxDoc, SandboxSummary, Sync, short, word,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -164,11 +166,6 @@ fn s(v: Option<&str>) -> String {
     v.unwrap_or("-").to_string()
 }
 
-/// The first 12 characters of a commit id.
-fn short(commit: &str) -> String {
-    commit.chars().take(12).collect()
-}
-
 /// Columns padded to their widest cell, as kubectl prints them.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -253,7 +250,7 @@ pub fn run_get(server: &Server, what: GetWhat) -> Result<ExitCode> {
                                 d.sandbox.clone(),
                                 d.service.clone(),
                                 d.branch.clone(),
-                                d.commit.as_deref().map_or("-".into(), short),
+                                s(d.commit.as_deref().map(short)),
                                 word(&d.state),
                                 d.reason.clone(),
                                 s(d.error.as_deref()),
@@ -341,9 +338,9 @@ pub fn sandbox_table(sb: &SandboxDoc) -> String {
             vec![
                 svc.to_string(),
                 d.branch.clone(),
-                c.and_then(|c| c.labels.get(sdp_protocol::labels::COMMIT))
-                    .map_or("-".into(), |x| short(x)),
-                d.commit.as_deref().map_or("-".into(), short),
+                s(c.and_then(|c| c.labels.get(sdp_protocol::labels::COMMIT))
+                    .map(|x| short(x))),
+                s(d.commit.as_deref().map(short)),
                 c.map_or("missing".into(), |c| match &c.probe {
                     Some(probe) => format!("{} (health: {})", word(&c.state), probe.detail),
                     None => word(&c.state),

@@ -14,8 +14,7 @@ use sdp_protocol::Role;
 use serde::Serialize;
 
 use super::client::{Server, get_doc};
-use crate::controller::PendingStep;
-use crate::desired::{Clock, Mode, Settings};
+use crate::desired::{Clock, Settings};
 use crate::preview::{Inputs, Port, Preview, preview};
 
 /// `sdp plan --format json`: stable for bots (fields in this order, sandboxes by name, actions in plan order).
@@ -53,7 +52,7 @@ struct ActionPlan {
     role: Role,
     resource: String,
     /// `ensureNetwork`, `deployService`, `deployGateway`, `setRoutes`, `stop`, `removeContainer`…
-    action: String,
+    action: &'static str,
     reason: docs::Reason,
     /// The step as the reconciler's events and log say it.
     says: String,
@@ -184,23 +183,17 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
                 name: s.name.clone(),
                 change: s.change.as_str(),
                 generated_by: None,
-                mode: s.mode.as_ref().map(|m| match m {
-                    Mode::Active => docs::Mode::Active,
-                    Mode::Suspended(why) => docs::Mode::Suspended(why.clone()),
-                }),
+                mode: s.mode.clone(),
                 held: s.held.clone(),
                 actions: s
                     .steps
                     .iter()
-                    .map(|step| {
-                        let pending = PendingStep::from(step);
-                        ActionPlan {
-                            role: step.role,
-                            resource: step.resource.clone(),
-                            action: pending.action.kind.to_string(),
-                            reason: (&step.reason).into(),
-                            says: step.to_string(),
-                        }
+                    .map(|step| ActionPlan {
+                        role: step.role,
+                        resource: step.resource.clone(),
+                        action: crate::controller::kind(&step.action),
+                        reason: step.reason.clone(),
+                        says: step.to_string(),
                     })
                     .collect(),
             })

@@ -45,7 +45,7 @@ use crate::store::Store;
 pub use backoff::{BACKOFF_MAX, BACKOFF_MIN, backoff_delay};
 pub use logs::{CONTAINER_LOG_LINES, LiveLog};
 pub use runner::Requeue;
-pub use status::{Health, PendingAction, PendingStep, Status, Sync, health};
+pub use status::{Health, PendingAction, PendingStep, Status, Sync, health, kind};
 pub use trigger::{Trigger, Triggers};
 
 /// The desired side of the world, replaced whole on every compile.

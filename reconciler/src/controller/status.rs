@@ -2,99 +2,38 @@
 //! with its reasons, the step in flight and the last error.
 
 use sdp_protocol::{Action, ContainerState, Role};
-use serde::Serialize;
 
 use crate::desired::{DesiredSandbox, Mode};
 use crate::plan::Step;
 
-/// The sync status of a sandbox, as Argo CD users know it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Sync {
-    Synced,
-    OutOfSync,
-    Progressing,
-    Failed,
-    Suspended,
-}
+/// The API's documents are the controller's status: one type, served as the controller keeps it.
+pub use sdp_dashboard::docs::{Health, PendingAction, PendingStep, Status, Sync};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Health {
-    Healthy,
-    Degraded,
-    Unhealthy,
-    /// Nothing is meant to run (suspended), or nothing is known yet.
-    Unknown,
-}
-
-/// What the API shows of a sandbox besides its desired and actual state.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub sync: Sync,
-    pub health: Health,
-    /// The drift: what the next pass would do, with reasons.
-    pub pending: Vec<PendingStep>,
-    /// The action running now.
-    pub in_flight: Option<String>,
-    pub last_error: Option<String>,
-    /// Unix milliseconds of the last pass.
-    pub last_pass_ms: Option<u64>,
-}
-
-impl Status {
-    /// A sandbox before its first pass.
-    pub fn new() -> Status {
-        Status {
-            sync: Sync::OutOfSync,
-            health: Health::Unknown,
-            pending: Vec::new(),
-            in_flight: None,
-            last_error: None,
-            last_pass_ms: None,
-        }
-    }
-}
-
-impl Default for Status {
-    fn default() -> Status {
-        Status::new()
-    }
-}
-
-/// A step of the pending plan as the API shows it: what, where and why, without the deploy's body (a thousand
-/// sandboxes' worth of environment maps would be kept in memory for nothing).
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PendingStep {
-    pub role: Role,
-    pub resource: String,
-    pub action: PendingAction,
-    pub reason: crate::plan::Reason,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PendingAction {
-    pub kind: &'static str,
-}
-
+/// A step of the plan as the status keeps it: its body (a deploy's spec and environment) left out.
 impl From<&Step> for PendingStep {
     fn from(step: &Step) -> PendingStep {
-        let kind = match step.action {
-            Action::EnsureNetwork { .. } => "ensureNetwork",
-            Action::DeployService(_) => "deployService",
-            Action::DeployGateway(_) => "deployGateway",
-            Action::SetRoutes { .. } => "setRoutes",
-            Action::Stop { .. } => "stop",
-            Action::RemoveContainer { .. } => "removeContainer",
-            Action::RemoveNetwork { .. } => "removeNetwork",
-            Action::RemoveWorktree { .. } => "removeWorktree",
-        };
         PendingStep {
             role: step.role,
             resource: step.resource.clone(),
-            action: PendingAction { kind },
+            action: PendingAction {
+                kind: kind(&step.action).into(),
+            },
             reason: step.reason.clone(),
         }
+    }
+}
+
+/// An action's kind as the API writes it (`deployService`).
+pub fn kind(action: &Action) -> &'static str {
+    match action {
+        Action::EnsureNetwork { .. } => "ensureNetwork",
+        Action::DeployService(_) => "deployService",
+        Action::DeployGateway(_) => "deployGateway",
+        Action::SetRoutes { .. } => "setRoutes",
+        Action::Stop { .. } => "stop",
+        Action::RemoveContainer { .. } => "removeContainer",
+        Action::RemoveNetwork { .. } => "removeNetwork",
+        Action::RemoveWorktree { .. } => "removeWorktree",
     }
 }
 
