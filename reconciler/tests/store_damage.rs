@@ -254,13 +254,14 @@ fn a_store_left_by_a_killed_serve_is_repaired_not_refused() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(listening, "sdp serve started");
-    assert!(
-        matches!(
-            redb::ReadOnlyDatabase::open(data.join("sdp.redb")),
-            Err(redb::DatabaseError::RepairAborted)
-        ),
-        "the file needs redb's repair"
-    );
+    // The kill leaves the file unclean. Whether it needs redb's full repair or only the allocator state its last
+    // commit saved depends on which write was last (redb 4 reads that state when a commit left it): both are a
+    // file a killed serve leaves, and the store must open either. Any other error is damage the kill should not
+    // cause.
+    match redb::ReadOnlyDatabase::open(data.join("sdp.redb")) {
+        Ok(_) | Err(redb::DatabaseError::RepairAborted) => {}
+        Err(e) => panic!("the kill damaged the file: {e}"),
+    }
 
     let store = Store::open(&data).expect("redb repairs an unclean file on open");
     let sandboxes: Vec<String> = store
