@@ -130,7 +130,7 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
             state.containers.push(Container {
                 name: d.container.clone(),
                 id: commit_of(&d.container, "container") + &commit_of("id", &d.container)[..24],
-                labels: l,
+                labels: l.into(),
                 state: ContainerState::Running,
                 ports: vec![d.host_port],
                 restart_count: 0,

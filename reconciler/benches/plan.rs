@@ -133,7 +133,7 @@ fn converged(desired: &Desired) -> Actual {
                 state.containers.push(Container {
                     name: d.container.clone(),
                     id: d.container.clone(),
-                    labels: l,
+                    labels: l.into(),
                     state: ContainerState::Running,
                     ports: vec![d.host_port],
                     restart_count: 0,

@@ -152,7 +152,7 @@ fn container(name: String, sandbox: &str, service: &str, managed: bool) -> Conta
     Container {
         name,
         id: "x".into(),
-        labels,
+        labels: labels.into(),
         state: ContainerState::Running,
         ports: vec![],
         restart_count: 0,
