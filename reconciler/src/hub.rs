@@ -378,7 +378,10 @@ impl Hub {
                 Message::Close(_) => break,
                 _ => continue,
             };
-            match sdp_protocol::decode::<AgentFrame>(&text) {
+            // The text (megabytes for a report) goes before the frame is handled, not after.
+            let frame = AgentFrame::decode(&text);
+            drop(text);
+            match frame {
                 Ok(frame) => self.handle(role, conn, frame).await,
                 Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),
             }
