@@ -139,7 +139,7 @@ impl Engine {
         let list = self.docker.list_containers(Some(options)).await?;
         let mut out = Listed::default();
         for c in list {
-            let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
+            let labels: sdp_protocol::Labels = c.labels.unwrap_or_default().into_iter().collect();
             if !self.ours(|k| labels.get(k).map(String::as_str)) {
                 continue;
             }

@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use sdp_protocol::{ActualState, BranchHead, Container, GoBuild, Role, Stage, StageState, Worktree};
 use serde::{Deserialize, Serialize};
@@ -350,14 +351,15 @@ pub struct HookDoc {
 pub struct ActualDoc {
     /// The config commit the reconciler follows now.
     pub config_commit: String,
-    /// That commit's sandboxes as the reconciler compiles them (a broken one at its last valid spec).
-    pub sandboxes: Vec<sdp_manifest::Sandbox>,
+    /// That commit's sandboxes as the reconciler compiles them (a broken one at its last valid spec). Shared
+    /// with the reconciler's own, as the reports are: the answer is written from them, not from copies.
+    pub sandboxes: Vec<Arc<sdp_manifest::Sandbox>>,
     /// The roles whose agent is connected now; a role without one reports nothing.
     pub connected: Vec<Role>,
     /// The micro agent's last report, as the planner reads it.
-    pub micro: ActualState,
+    pub micro: Arc<ActualState>,
     /// The gateway agent's last report.
-    pub gateway: ActualState,
+    pub gateway: Arc<ActualState>,
     /// The host ports given out, each kept while its sandbox and service exist.
     pub ports: Vec<PortDoc>,
     pub settings: CompileSettings,

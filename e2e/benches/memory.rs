@@ -130,7 +130,7 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
             state.containers.push(Container {
                 name: d.container.clone(),
                 id: commit_of(&d.container, "container") + &commit_of("id", &d.container)[..24],
-                labels: l,
+                labels: l.into(),
                 state: ContainerState::Running,
                 ports: vec![d.host_port],
                 restart_count: 0,
@@ -336,8 +336,20 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         ),
     )
     .unwrap();
+    // `SDP_BENCH_SERVE_WRAPPER="heaptrack -o /tmp/serve"` runs serve under a profiler (the RSS read is then the
+    // wrapper's, and only the profile counts).
+    let wrapper = std::env::var("SDP_BENCH_SERVE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(bins.join("sdp"));
+            c
+        }
+        None => Command::new(bins.join("sdp")),
+    };
     let serve = Process::spawn(
-        Command::new(bins.join("sdp"))
+        command
             // As the systemd unit runs it (deploy/systemd/sdp-reconciler.service).
             .env("MIMALLOC_PURGE_DELAY", "0")
             .args(["serve", "--config"])

@@ -5,6 +5,7 @@
 //! sends requests (`Ask`, each a type that implements `Request`: an action, a branch listing), each with a request id
 //! that its `Answer` carries back. No I/O here: types, encoding and the version rule only.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -28,6 +29,23 @@ pub enum AgentFrame {
     Answer(Answer),
     Progress(Progress),
     LogLine(LogLine),
+}
+
+impl AgentFrame {
+    /// Decodes one agent frame, as `decode` does; a report (megabytes from a busy node) is read straight into its
+    /// `ActualState`. `decode` reads a frame of an internally tagged enum into a tree of serde's own first, which
+    /// for a report of 10,000 containers is several times the size of its text.
+    pub fn decode(text: &str) -> Result<AgentFrame, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+        }
+        match serde_json::from_str::<Tag<'_>>(text) {
+            Ok(tag) if tag.kind == "actualState" => serde_json::from_str(text).map(AgentFrame::ActualState),
+            _ => decode(text),
+        }
+    }
 }
 
 /// What the reconciler sends.
@@ -104,7 +122,7 @@ pub struct ActualState {
 pub struct Container {
     pub name: String,
     pub id: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub state: ContainerState,
     /// Published host ports.
     pub ports: Vec<u16>,
@@ -114,6 +132,132 @@ pub struct Container {
     /// The answer to the last probe of its `sdp.health-path`, when it has one and runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<Probe>,
+}
+
+/// A container's labels, by name. Kept as a list sorted by name rather than a `BTreeMap`: a report holds a
+/// container for each of 10,000 services, each with six or seven labels, and a map gives each of them a node of
+/// eleven slots; the names SDP sets (`labels::ALL`) are shared, not copied into every container. Reads and writes
+/// as a JSON object, as a map does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Vec<(Cow<'static, str>, String)>);
+
+impl Labels {
+    pub fn new() -> Labels {
+        Labels::default()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_ref().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Sets a label; returns the value it replaces.
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        self.set(&name, value)
+    }
+
+    fn set(&mut self, name: &str, value: String) -> Option<String> {
+        match self.find(name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (shared_name(name), value));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.find(name).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// The labels in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &String)> {
+        self.0.iter().map(|(n, v)| (n.as_ref(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A label name: one of `labels::ALL`, shared, or a copy of one SDP does not set.
+fn shared_name(name: &str) -> Cow<'static, str> {
+    match labels::ALL.iter().find(|known| **known == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_string()),
+    }
+}
+
+impl<N: AsRef<str>> FromIterator<(N, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (N, String)>>(iter: I) -> Labels {
+        let mut labels = Labels::default();
+        for (name, value) in iter {
+            labels.set(name.as_ref(), value);
+        }
+        labels.0.shrink_to_fit();
+        labels
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Labels {
+        map.into_iter().collect()
+    }
+}
+
+impl<N: AsRef<str>, V: Into<String>, const K: usize> From<[(N, V); K]> for Labels {
+    fn from(pairs: [(N, V); K]) -> Labels {
+        pairs.into_iter().map(|(n, v)| (n, v.into())).collect()
+    }
+}
+
+impl std::ops::Index<&str> for Labels {
+    type Output = String;
+
+    fn index(&self, name: &str) -> &String {
+        self.get(name).unwrap_or_else(|| panic!("no label {name}"))
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Labels;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of label names to values")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+                let mut labels = Labels(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
+                // A name twice keeps its last value, as a map does.
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    labels.set(&name, value);
+                }
+                labels.0.shrink_to_fit();
+                Ok(labels)
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
 /// One HTTP probe of a container's health path.
@@ -268,6 +412,8 @@ pub mod labels {
     pub const HEALTH_PATH: &str = "sdp.health-path";
     /// The installation (reconciler) that owns the object.
     pub const INSTALLATION: &str = "sdp.installation";
+    /// Every label SDP sets.
+    pub const ALL: [&str; 7] = [MANAGED, SANDBOX, SERVICE, COMMIT, SPEC_HASH, HEALTH_PATH, INSTALLATION];
 }
 
 /// The service name of a sandbox's gateway in names, labels, worktrees and repos.
@@ -479,6 +625,41 @@ mod tests {
         assert_eq!(small, "z [sdp: 7 more bytes cut]");
     }
 
+    #[test]
+    fn labels_read_and_write_as_a_map_does() {
+        let map: BTreeMap<String, String> = [
+            ("sdp.sandbox", "a"),
+            ("sdp.managed", "true"),
+            ("team", "cc"),
+            ("sdp.commit", "0123abc"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let labels = Labels::from(map.clone());
+        assert_eq!(
+            serde_json::to_string(&labels).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        let read: Labels = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+        assert_eq!(read, labels);
+        assert_eq!(read.get("sdp.sandbox").map(String::as_str), Some("a"));
+        assert_eq!(read.get("team").map(String::as_str), Some("cc"));
+        assert_eq!(read.get("sdp.service"), None);
+        assert!(read.contains_key(labels::MANAGED) && !read.contains_key("sdp"));
+        let names: Vec<&str> = read.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, map.keys().map(String::as_str).collect::<Vec<_>>());
+        // A name twice keeps its last value, as a map does.
+        let twice: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
+        assert_eq!(twice, Labels::from([("a", "2"), ("b", "3")]));
+        let mut changed = read.clone();
+        assert_eq!(changed.insert("team".into(), "dd".into()), Some("cc".into()));
+        assert_eq!(changed.insert(labels::SERVICE.into(), "account".into()), None);
+        assert_eq!(changed["sdp.service"], "account");
+        assert_eq!(changed.remove("team"), Some("dd".into()));
+        assert_eq!(changed.len(), 4);
+    }
+
     fn deploy() -> Deploy {
         Deploy {
             sandbox: "qa-login-error".into(),
@@ -517,7 +698,7 @@ mod tests {
                 containers: vec![Container {
                     name: "sandbox-a-account".into(),
                     id: "f00".into(),
-                    labels: BTreeMap::new(),
+                    labels: [("sdp.sandbox", "a"), ("sdp.managed", "true"), ("team", "cc")].into(),
                     state: ContainerState::Running,
                     ports: vec![9001],
                     restart_count: 2,
@@ -554,6 +735,7 @@ mod tests {
         ];
         for frame in agent {
             assert_eq!(decode::<AgentFrame>(&encode(&frame)).unwrap(), frame);
+            assert_eq!(AgentFrame::decode(&encode(&frame)).unwrap(), frame);
         }
         let actions = [
             Action::EnsureNetwork { sandbox: "a".into() },

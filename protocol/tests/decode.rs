@@ -16,6 +16,7 @@ proptest! {
     #[test]
     fn random_text_never_panics(text in any::<String>()) {
         let _ = decode::<AgentFrame>(&text);
+        let _ = AgentFrame::decode(&text);
         let _ = decode::<ReconcilerFrame>(&text);
     }
 
@@ -25,6 +26,8 @@ proptest! {
         let cut = cut.min(frame.len());
         let text = format!("{}{junk}", &frame[..cut]);
         let _ = decode::<AgentFrame>(&text);
+        // The hub's own way decodes what `decode` does, and fails where it fails.
+        prop_assert_eq!(AgentFrame::decode(&text).ok(), decode::<AgentFrame>(&text).ok());
         let _ = decode::<ReconcilerFrame>(&text);
     }
 }
@@ -36,4 +39,8 @@ fn the_real_frames_decode() {
     assert!(decode::<ReconcilerFrame>(FRAMES[2]).is_ok());
     assert!(decode::<ReconcilerFrame>(FRAMES[3]).is_ok());
     assert!(decode::<AgentFrame>(FRAMES[4]).is_ok());
+    assert_eq!(
+        AgentFrame::decode(FRAMES[1]).unwrap(),
+        decode::<AgentFrame>(FRAMES[1]).unwrap()
+    );
 }

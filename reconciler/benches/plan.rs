@@ -133,7 +133,7 @@ fn converged(desired: &Desired) -> Actual {
                 state.containers.push(Container {
                     name: d.container.clone(),
                     id: d.container.clone(),
-                    labels: l,
+                    labels: l.into(),
                     state: ContainerState::Running,
                     ports: vec![d.host_port],
                     restart_count: 0,
@@ -164,8 +164,8 @@ fn with_heads(mut actual: Actual) -> Actual {
             });
         }
     }
-    actual.micro.heads = micro;
-    actual.gateway.heads = vec![BranchHead {
+    actual.of_mut(sdp_protocol::Role::Micro).heads = micro;
+    actual.of_mut(sdp_protocol::Role::Gateway).heads = vec![BranchHead {
         repo: "gateway".into(),
         branch: "develop".into(),
         commit: "c0ffee".into(),

@@ -521,7 +521,7 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
     let clock = c.clock();
     ActualDoc {
         config_commit: c.world().snapshot.commit.clone(),
-        sandboxes: c.world().sandboxes().iter().map(|s| (**s).clone()).collect(),
+        sandboxes: c.world().sandboxes().iter().cloned().collect(),
         connected: [Role::Micro, Role::Gateway]
             .into_iter()
             .filter(|r| c.hub.address(*r).is_some())

@@ -365,7 +365,10 @@ impl Hub {
                 Message::Close(_) => break,
                 _ => continue,
             };
-            match sdp_protocol::decode::<AgentFrame>(&text) {
+            // The text (megabytes for a report) goes before the frame is handled, not after.
+            let frame = AgentFrame::decode(&text);
+            drop(text);
+            match frame {
                 Ok(frame) => self.handle(role, conn, frame).await,
                 Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),
             }
@@ -488,15 +491,19 @@ impl Hub {
         }
     }
 
-    /// Replaces one role's report; says whether anything changed.
-    fn store_report(&self, role: Role, report: ActualState) -> bool {
-        let mut state = self.lock();
-        if state.actual.of(role) == &report {
+    /// Replaces one role's report; says whether anything changed. The other role's report is shared with the
+    /// `Actual` before, not copied.
+    fn store_report(&self, role: Role, mut report: ActualState) -> bool {
+        if self.lock().actual.of(role) == &report {
             return false;
         }
-        let mut next = (*state.actual).clone();
-        *next.of_mut(role) = report;
-        state.actual = Arc::new(next.indexed());
+        // Kept until the next report: without the room its lists grew into while being read.
+        report.containers.shrink_to_fit();
+        report.worktrees.shrink_to_fit();
+        report.networks.shrink_to_fit();
+        report.heads.shrink_to_fit();
+        let mut state = self.lock();
+        state.actual = Arc::new(state.actual.with_report(role, report).indexed());
         true
     }
 }

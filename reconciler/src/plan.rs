@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use sdp_protocol::{
     Action, ActualState, BranchHead, Container, ContainerState, GATEWAY, Role, Worktree, labels, network_name,
@@ -57,8 +58,10 @@ fn verb(action: &Action) -> &'static str {
 /// planned (and fail at dispatch with "no agent"), nothing of it is removed.
 #[derive(Debug, Default)]
 pub struct Actual {
-    pub micro: ActualState,
-    pub gateway: ActualState,
+    /// Each role's report, shared by the `Actual`s made since it came: a report of one role does not copy the
+    /// other's (10,000 containers).
+    pub micro: Arc<ActualState>,
+    pub gateway: Arc<ActualState>,
     /// Whether `view` and `views` read through `index`: set by `indexed`, for an `Actual` that is no longer
     /// changed (the hub's, behind an `Arc`). `of_mut` and `clone` clear it.
     indexed: bool,
@@ -70,7 +73,7 @@ pub struct Actual {
 
 impl Clone for Actual {
     fn clone(&self) -> Actual {
-        Actual::new(self.micro.clone(), self.gateway.clone())
+        Actual::shared(self.micro.clone(), self.gateway.clone())
     }
 }
 
@@ -166,11 +169,25 @@ impl<'a> View<'a> {
 
 impl Actual {
     pub fn new(micro: ActualState, gateway: ActualState) -> Actual {
+        Actual::shared(Arc::new(micro), Arc::new(gateway))
+    }
+
+    /// The reports as they are, shared.
+    pub fn shared(micro: Arc<ActualState>, gateway: Arc<ActualState>) -> Actual {
         Actual {
             micro,
             gateway,
             indexed: false,
             index: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This `Actual` with the report of `role` replaced, the other role's shared.
+    pub fn with_report(&self, role: Role, report: ActualState) -> Actual {
+        let report = Arc::new(report);
+        match role {
+            Role::Micro => Actual::shared(report, self.gateway.clone()),
+            Role::Gateway => Actual::shared(self.micro.clone(), report),
         }
     }
 
@@ -230,12 +247,13 @@ impl Actual {
         }
     }
 
+    /// The report of `role`, to change: copied first when another `Actual` shares it.
     pub fn of_mut(&mut self, role: Role) -> &mut ActualState {
         self.index = std::sync::OnceLock::new();
         self.indexed = false;
         match role {
-            Role::Micro => &mut self.micro,
-            Role::Gateway => &mut self.gateway,
+            Role::Micro => Arc::make_mut(&mut self.micro),
+            Role::Gateway => Arc::make_mut(&mut self.gateway),
         }
     }
 

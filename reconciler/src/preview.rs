@@ -31,8 +31,8 @@ pub struct Inputs {
 impl From<ActualDoc> for Inputs {
     fn from(doc: ActualDoc) -> Inputs {
         Inputs {
-            current: doc.sandboxes.into_iter().map(Arc::new).collect(),
-            actual: Actual::new(doc.micro, doc.gateway),
+            current: doc.sandboxes,
+            actual: Actual::shared(doc.micro, doc.gateway),
             allocations: Arc::new(crate::api::docs::allocations(&doc.ports)),
             settings: Settings::from(&doc.settings),
             clock: Clock {

@@ -481,6 +481,10 @@ fn cannot_use(data: &Path, path: &Path, doing: &str, e: std::io::Error) -> anyho
 /// is found now, with a clear message, rather than in the middle of a request. A file that is there is first opened
 /// read-only: a damaged one is never written to. Only a file left by an unclean shutdown is opened for writing
 /// before it is checked, because redb repairs it on open (that is what its repair is for).
+/// redb's cache of the file's pages (its default is 1 GiB): every transaction here is short and the kernel's
+/// page cache holds the file besides, so a few MB keep the reconciler's memory bounded as the history grows.
+const CACHE_BYTES: usize = 4 << 20;
+
 fn open_db(path: &Path) -> Result<Database, OpenFailure> {
     let exists = match fs::metadata(path) {
         Ok(m) => m.len() > 0, // redb initialises an empty file, as it creates a missing one
@@ -498,7 +502,7 @@ fn open_db(path: &Path) -> Result<Database, OpenFailure> {
         }
     }
     without_panic(|| {
-        let db = Database::create(path)?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path)?;
         if !read_through(&db)? {
             let txn = db.begin_write()?;
             txn.open_table(META)?;

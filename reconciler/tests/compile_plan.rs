@@ -203,9 +203,12 @@ fn the_deploys_of_a_fresh_sandbox_go_side_by_side_between_its_networks_and_its_r
     // Converged, then one container removed by hand and the routes changed: the redeploy runs alone, before
     // the routes.
     converge(&desired, &mut actual);
-    actual.micro.containers.retain(|c| c.name != "sandbox-three-payment");
     actual
-        .gateway
+        .of_mut(Role::Micro)
+        .containers
+        .retain(|c| c.name != "sandbox-three-payment");
+    actual
+        .of_mut(Role::Gateway)
         .routes
         .get_mut("three")
         .unwrap()
@@ -241,17 +244,17 @@ fn drift_is_planned_with_its_reason() {
     let (desired, actual) = converged_example();
 
     let mut exited = actual.clone();
-    exited.micro.containers[0].state = ContainerState::Exited;
+    exited.of_mut(Role::Micro).containers[0].state = ContainerState::Exited;
     let step = only_step(&desired, &exited);
     assert_eq!(step.reason, Reason::ContainerNotRunning { state: "exited".into() });
     assert!(matches!(step.action, Action::DeployService(_)));
 
     let mut removed = actual.clone();
-    removed.micro.containers.clear();
+    removed.of_mut(Role::Micro).containers.clear();
     assert_eq!(only_step(&desired, &removed).reason, Reason::Missing);
 
     let mut moved = actual.clone();
-    moved.micro.heads.push(BranchHead {
+    moved.of_mut(Role::Micro).heads.push(BranchHead {
         repo: "account".into(),
         branch: "feature/login-error".into(),
         commit: "c0ffee1234567890".into(),
@@ -269,7 +272,7 @@ fn drift_is_planned_with_its_reason() {
 
     let mut edited = actual.clone();
     edited
-        .gateway
+        .of_mut(Role::Gateway)
         .routes
         .get_mut("qa-login-error")
         .unwrap()
@@ -319,7 +322,7 @@ fn a_changed_spec_replaces_only_the_changed_container() {
 fn a_deleted_sandbox_is_removed_containers_first_and_unmanaged_containers_are_left_alone() {
     let (_, mut actual) = converged_example();
     // A container someone made by hand with a sandbox label but no sdp.managed: never SDP's to remove.
-    actual.micro.containers.push(Container {
+    actual.of_mut(Role::Micro).containers.push(Container {
         name: "sandbox-qa-login-error-debug".into(),
         id: "hand-made".into(),
         labels: [(labels::SANDBOX.to_string(), "qa-login-error".to_string())].into(),
@@ -577,7 +580,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
     const HEAD: &str = "c0ffee1234567890c0ffee1234567890c0ffee12";
     let (desired, mut actual) = converged_example();
     // The branch has a head and the container runs it.
-    actual.micro.heads.push(BranchHead {
+    actual.of_mut(Role::Micro).heads.push(BranchHead {
         repo: "account".into(),
         branch: "feature/login-error".into(),
         commit: HEAD.into(),
@@ -625,7 +628,12 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
     );
 
     // A push moves the branch: a pinned service stays where it is.
-    let head = actual.micro.heads.iter_mut().find(|h| h.repo == "account").unwrap();
+    let head = actual
+        .of_mut(Role::Micro)
+        .heads
+        .iter_mut()
+        .find(|h| h.repo == "account")
+        .unwrap();
     head.commit = "feedfacefeedfacefeedfacefeedfacefeedface".into();
     assert!(
         plan(

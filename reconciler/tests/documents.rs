@@ -61,11 +61,11 @@ async fn agent(s: &Server, role: Role) {
         containers: vec![Container {
             name: container,
             id: format!("{node}-id"),
-            labels: BTreeMap::from([
-                (sdp_protocol::labels::MANAGED.into(), "true".into()),
-                (sdp_protocol::labels::SANDBOX.into(), SANDBOX.into()),
-                (sdp_protocol::labels::SERVICE.into(), service.into()),
-                (sdp_protocol::labels::COMMIT.into(), "0123456789abcdef0123".into()),
+            labels: sdp_protocol::Labels::from([
+                (sdp_protocol::labels::MANAGED, "true"),
+                (sdp_protocol::labels::SANDBOX, SANDBOX),
+                (sdp_protocol::labels::SERVICE, service),
+                (sdp_protocol::labels::COMMIT, "0123456789abcdef0123"),
             ]),
             state: ContainerState::Running,
             ports: vec![9001],

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use sdp_manifest::{GatewaySpec, Kind, Metadata, Route, Sandbox, SandboxSpec, ServiceSpec};
-use sdp_protocol::{BranchHead, Container, ContainerState, GATEWAY, labels};
+use sdp_protocol::{BranchHead, Container, ContainerState, GATEWAY, Role, labels};
 use sdp_reconciler::desired::{Clock, Desired, Settings, compile, compile_again};
 use sdp_reconciler::plan::{Actual, plan};
 
@@ -152,7 +152,7 @@ fn container(name: String, sandbox: &str, service: &str, managed: bool) -> Conta
     Container {
         name,
         id: "x".into(),
-        labels,
+        labels: labels.into(),
         state: ContainerState::Running,
         ports: vec![],
         restart_count: 0,
@@ -163,11 +163,7 @@ fn container(name: String, sandbox: &str, service: &str, managed: bool) -> Conta
 
 fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
     for (gateway, change) in changes {
-        let state = if *gateway {
-            &mut actual.gateway
-        } else {
-            &mut actual.micro
-        };
+        let state = actual.of_mut(if *gateway { Role::Gateway } else { Role::Micro });
         let n = state.containers.len().max(1);
         match change {
             Drift::RemoveContainer(i) if !state.containers.is_empty() => {

@@ -191,10 +191,11 @@ impl Controller {
 
     /// A new snapshot from the source: make the sets' sandboxes, remember activity, compile, and wake every
     /// sandbox.
-    pub fn set_snapshot(&self, snapshot: Snapshot) {
+    pub fn set_snapshot(&self, snapshot: impl Into<Arc<Snapshot>>) {
+        let snapshot = snapshot.into();
         let commit = snapshot.commit.clone();
         let author = snapshot.author.clone();
-        self.set_world(Some(Arc::new(snapshot)));
+        self.set_world(Some(snapshot));
         self.recompile();
         if let Err(e) = self.store.event(
             now_ms(),

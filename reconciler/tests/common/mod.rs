@@ -42,7 +42,7 @@ pub fn apply(step: &Step, actual: &mut Actual) {
             state.containers.push(Container {
                 name: d.container.clone(),
                 id: format!("id-{}", d.container),
-                labels,
+                labels: labels.into(),
                 state: ContainerState::Running,
                 ports: vec![d.host_port],
                 restart_count: 0,
