@@ -150,12 +150,19 @@ impl Labels {
         self.0.binary_search_by(|(n, _)| n.as_ref().cmp(name))
     }
 
+    /// The value of label `name`. A container has a handful of labels, most of them SDP's, of names of differing
+    /// lengths: comparing for equality (the length first, the bytes only when it matches) finds one in fewer byte
+    /// compares than a binary search, whose every step compares bytes. Past a few dozen labels (an image's own),
+    /// the binary search.
     pub fn get(&self, name: &str) -> Option<&String> {
+        if self.0.len() <= 16 {
+            return self.0.iter().find(|(n, _)| n.as_ref() == name).map(|(_, v)| v);
+        }
         self.find(name).ok().map(|i| &self.0[i].1)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
-        self.find(name).is_ok()
+        self.get(name).is_some()
     }
 
     /// Sets a label; returns the value it replaces.
