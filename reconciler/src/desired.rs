@@ -263,6 +263,12 @@ pub fn compile_again(
         }
     }
 
+    let same_context = last.inputs.settings.as_ref() == Some(settings) && last.inputs.environments == environments;
+    if same_context && last.is_answer_to(&live, &out.expired, previous) {
+        // The steady state (the clock's recompile at every resync): nothing changed, so the last answer stands.
+        return last.clone();
+    }
+
     // Ports: keep what each (sandbox, service) had, honour explicit ports, then fill from the ranges.
     // Sorted by (sandbox, service), the order of the stored allocations, so that the ports each key had are
     // found in one walk of both rather than a search per key.
@@ -377,7 +383,6 @@ pub fn compile_again(
     }
 
     let mut merged = EnvCache::default();
-    let same_context = last.inputs.settings.as_ref() == Some(settings) && last.inputs.environments == environments;
     for (sb, mode) in live {
         let name = &sb.metadata.name;
         if out.held.contains_key(name) {
@@ -426,6 +431,30 @@ pub fn compile_again(
 }
 
 impl Desired {
+    /// Whether this answer is the one a compile of `live` (in the same context) gives: the same manifests, by
+    /// pointer, in the same modes, the same sandboxes expired, `allocations` the ones this answer gave, and none
+    /// held (a held sandbox may be freed by another's change). Pointer compares only: no name is compared.
+    fn is_answer_to(&self, live: &[(&Arc<Sandbox>, Mode)], expired: &[String], allocations: &Arc<Allocations>) -> bool {
+        if !self.held.is_empty()
+            || self.expired != expired
+            || !Arc::ptr_eq(&self.allocations, allocations)
+            || live.len() != self.inputs.manifests.len()
+            || self.sandboxes.len() != self.inputs.manifests.len()
+        {
+            return false;
+        }
+        // Both maps are by name, and every compiled sandbox is in both (none is held).
+        let made = self.inputs.manifests.values().zip(self.sandboxes.values());
+        let mut by_name: Vec<&(&Arc<Sandbox>, Mode)> = live.iter().collect();
+        if !by_name.is_sorted_by(|a, b| a.0.metadata.name <= b.0.metadata.name) {
+            by_name.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
+        }
+        by_name
+            .into_iter()
+            .zip(made)
+            .all(|((sb, mode), (from, d))| Arc::ptr_eq(sb, from) && d.mode == *mode)
+    }
+
     /// What this compile made of `sb`, when it was made from the same manifest in the same mode and with the same
     /// ports as `ports` now gives it.
     fn reusable(

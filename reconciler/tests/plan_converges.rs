@@ -443,6 +443,16 @@ proptest! {
         prop_assert_eq!(&again.held, &fresh.held);
         prop_assert_eq!(&again.expired, &fresh.expired);
         prop_assert_eq!(&again.allocations, &fresh.allocations);
+        // Compiled again with nothing changed (the clock's recompile at every resync): the same answer, every
+        // sandbox the same value.
+        let steady = compile_again(&again, &after, &[], &again.allocations, &later, &clock);
+        prop_assert_eq!(&steady.sandboxes, &fresh.sandboxes);
+        prop_assert_eq!(&steady.held, &fresh.held);
+        prop_assert_eq!(&steady.expired, &fresh.expired);
+        prop_assert_eq!(&steady.allocations, &fresh.allocations);
+        for (name, d) in &steady.sandboxes {
+            prop_assert!(Arc::ptr_eq(d, &again.sandboxes[name]), "{name} was compiled again");
+        }
         // What did not change is the same value, not compiled again.
         for (name, d) in &again.sandboxes {
             let same_manifest = after
