@@ -633,6 +633,24 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_found_as_in_a_map_whatever_their_number() {
+        // A few (found by equality) and many (an image's own labels too: found by binary search).
+        for count in [0, 1, 7, 16, 17, 40] {
+            let map: BTreeMap<String, String> = (0..count)
+                .map(|i| (format!("l{i:02}.{}", "x".repeat(i % 5)), i.to_string()))
+                .collect();
+            let labels = Labels::from(map.clone());
+            for (name, value) in &map {
+                assert_eq!(labels.get(name), Some(value), "{name} of {count}");
+                assert!(labels.contains_key(name));
+            }
+            for absent in ["", "l", "l00", "zz", "l99.x"] {
+                assert_eq!(labels.get(absent), map.get(absent), "{absent} of {count}");
+            }
+        }
+    }
+
+    #[test]
     fn labels_read_and_write_as_a_map_does() {
         let map: BTreeMap<String, String> = [
             ("sdp.sandbox", "a"),
