@@ -276,7 +276,7 @@ pub fn compile_again(
     if !by_name.is_sorted_by(|a, b| a.metadata.name <= b.metadata.name) {
         by_name.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     }
-    let mut wanted: Vec<((&str, &str), Option<u16>)> = Vec::with_capacity(by_name.len() * 11);
+    let mut wanted: Vec<Wanted> = Vec::with_capacity(by_name.len() * 11);
     for sb in by_name {
         let name = sb.metadata.name.as_str();
         let gateway = ((name, GATEWAY), sb.spec.gateway.port.map(|p| p as u16));
@@ -310,10 +310,11 @@ pub fn compile_again(
         .collect();
     // Who holds each port, kept up to date as ports are given out.
     let mut holders: BTreeMap<u16, (&str, &str)> = ports.iter().map(|(k, p)| (*p, *k)).collect();
+    // Explicit ports, a sandbox at a time, each claim by its index in `wanted`. A port outside its range may be
+    // another program's on the VM (a database, SDP's own): only the ranges are SDP's to give.
+    let mut claims: Vec<Vec<usize>> = Vec::new();
     for (i, (key, explicit)) in wanted.iter().enumerate() {
         let Some(port) = explicit else { continue };
-        // Outside its range a port may be another program's on the VM (a database, SDP's own): only the ranges
-        // are SDP's to give.
         let (range, what) = if key.1 == GATEWAY {
             (&settings.gateway_ports, "gateway")
         } else {
@@ -330,25 +331,55 @@ pub fn compile_again(
             out.held.entry(key.0.to_string()).or_insert(reason);
             continue;
         }
-        if ports.get(key) == Some(port) {
+        if had[i] == Some(*port) {
             continue;
         }
-        match holders.get(port) {
-            Some(other) if other != key => {
-                let reason = format!(
-                    "port {port} of {} is in use by sandbox {}, {}: pick another port or leave `port` out",
-                    key.1, other.0, other.1
-                );
-                out.held.entry(key.0.to_string()).or_insert(reason);
+        match claims.last_mut() {
+            Some(mine) if wanted[mine[0]].0.0 == key.0 => mine.push(i),
+            _ => claims.push(vec![i]),
+        }
+    }
+    // A held sandbox keeps what it had: none of its ports moves.
+    claims.retain(|mine| !out.held.contains_key(wanted[mine[0]].0.0));
+    // A sandbox takes all its claims at once, or none: once every port it claims is free, or is left by another
+    // of its own keys that moves too. A move frees ports that other sandboxes may be waiting for, so the claims
+    // are tried until none moves, whatever their order; a sandbox still waiting then is held, keeping its ports
+    // (so nothing it had can be given to another sandbox meanwhile).
+    loop {
+        let waiting = claims.len();
+        claims.retain(|mine| {
+            if blocked(&wanted, mine, &holders).is_some() {
+                return true;
             }
-            _ => {
-                if let Some(old) = ports.insert(*key, *port) {
+            for &i in mine {
+                let (key, port) = (wanted[i].0, wanted[i].1.expect("a claim is explicit"));
+                if let Some(old) = ports.insert(key, port)
+                    && holders.get(&old) == Some(&key)
+                {
                     holders.remove(&old);
                 }
-                holders.insert(*port, *key);
-                had[i] = Some(*port);
+                holders.insert(port, key);
+                had[i] = Some(port);
             }
+            false
+        });
+        if claims.len() == waiting {
+            break;
         }
+    }
+    for mine in &claims {
+        let (key, port, holder) = blocked(&wanted, mine, &holders).expect("still waiting");
+        let reason = match holder {
+            Some(other) if other.0 != key.0 => format!(
+                "port {port} of {} is in use by sandbox {}, {}: pick another port or leave `port` out",
+                key.1, other.0, other.1
+            ),
+            _ => format!(
+                "port {port} of {} is another service's of this sandbox: give each its own port or leave `port` out",
+                key.1
+            ),
+        };
+        out.held.entry(key.0.to_string()).or_insert(reason);
     }
     // The lowest free port of each range, searched from where the last search stopped.
     let mut next_gateway = *settings.gateway_ports.start();
@@ -492,6 +523,31 @@ impl Desired {
         // Every container of it had a port: as many ports, all the same, is the same allocation.
         (count == made.services.len() + 1).then_some(made)
     }
+}
+
+/// A (sandbox, service) key.
+type Key<'a> = (&'a str, &'a str);
+
+/// A key with its explicit port, if any.
+type Wanted<'a> = (Key<'a>, Option<u16>);
+
+/// The first claim of `mine` (indexes into `wanted`, one sandbox's explicit ports) that cannot be taken now: its
+/// key, its port, and who holds that port. A port is free when nobody holds it, or when a key of the same sandbox
+/// that moves too holds it; never when two of the claims want it.
+fn blocked<'a>(
+    wanted: &[Wanted<'a>],
+    mine: &[usize],
+    holders: &BTreeMap<u16, Key<'a>>,
+) -> Option<(Key<'a>, u16, Option<Key<'a>>)> {
+    mine.iter().find_map(|&i| {
+        let (key, port) = (wanted[i].0, wanted[i].1.expect("a claim is explicit"));
+        let twice = mine.iter().any(|&j| j != i && wanted[j].1 == Some(port));
+        let free = match holders.get(&port) {
+            None => true,
+            Some(holder) => holder.0 == key.0 && mine.iter().any(|&j| wanted[j].0 == *holder),
+        };
+        (twice || !free).then(|| (key, port, holders.get(&port).copied()))
+    })
 }
 
 /// Merged environments by (environment names, inline env): most services of a repo share a few combinations.

@@ -453,6 +453,74 @@ fn allocated_ports_stay_stable_and_are_released_on_delete() {
     assert!(!fifth.allocations.ports.keys().any(|k| k.0 == "gamma"));
 }
 
+/// A sandbox whose gateway has `port` (the first `branch: develop` line is the gateway's).
+fn gateway_at(name: &str, services: &[(&str, &str)], port: u16) -> String {
+    sandbox_yaml(name, services).replacen(
+        "    branch: develop\n",
+        &format!("    branch: develop\n    port: {port}\n"),
+        1,
+    )
+}
+
+#[test]
+fn a_port_another_sandbox_leaves_in_the_same_commit_goes_to_the_one_that_asks_for_it() {
+    let envs = Vec::new();
+    let ports = |d: &Desired, sb: &str| d.allocations.ports[&(sb.to_string(), GATEWAY.to_string())];
+    // delta has the lowest gateway port, 8080.
+    let (delta, _) = sandboxes(&sandbox_yaml("delta", &[]));
+    let first = compile_now(&delta, &envs, &Arc::default());
+    assert_eq!(ports(&first, "delta"), 8080);
+
+    // One commit: alpha asks for 8080, delta moves to 8081, gamma is new. alpha comes before delta in name order,
+    // but delta's move frees 8080 for it: nobody is held, and gamma gets a port nobody asked for.
+    let mut config = Vec::new();
+    for yaml in [
+        gateway_at("alpha", &[], 8080),
+        gateway_at("delta", &[], 8081),
+        sandbox_yaml("gamma", &[]),
+    ] {
+        config.extend(sandboxes(&yaml).0);
+    }
+    let second = compile_now(&config, &envs, &first.allocations);
+    assert!(second.held.is_empty(), "{:?}", second.held);
+    assert_eq!(
+        (
+            ports(&second, "alpha"),
+            ports(&second, "delta"),
+            ports(&second, "gamma")
+        ),
+        (8080, 8081, 8082)
+    );
+    // And it stays so.
+    let third = compile_now(&config, &envs, &second.allocations);
+    assert!(third.held.is_empty() && third.allocations == second.allocations);
+
+    // A held sandbox moves none of its ports: epsilon's gateway asks for alpha's port, its service for another;
+    // held, it keeps the service port it had, which nobody else may take meanwhile.
+    let (mut before, _) = sandboxes(&sandbox_yaml("epsilon", &[("account", "x")]));
+    before.extend(config.clone());
+    let fourth = compile_now(&before, &envs, &third.allocations);
+    let had = fourth.allocations.ports[&("epsilon".to_string(), "account".to_string())];
+    let mut after = Vec::new();
+    let epsilon = gateway_at("epsilon", &[("account", "x")], 8080)
+        .replace("      branch: x\n", "      branch: x\n      port: 9050\n");
+    after.extend(sandboxes(&epsilon).0);
+    after.extend(config.clone());
+    after.extend(sandboxes(&sandbox_yaml("zeta", &[("account", "x")])).0);
+    let fifth = compile_now(&after, &envs, &fourth.allocations);
+    assert!(
+        fifth.held["epsilon"].contains("port 8080 of gateway is in use by sandbox alpha, gateway"),
+        "{:?}",
+        fifth.held
+    );
+    assert_eq!(
+        fifth.allocations.ports[&("epsilon".to_string(), "account".to_string())],
+        had
+    );
+    let zeta = fifth.allocations.ports[&("zeta".to_string(), "account".to_string())];
+    assert_ne!(zeta, had, "zeta was given the port epsilon holds");
+}
+
 #[test]
 fn an_explicit_port_outside_its_range_holds_the_sandbox_and_takes_nothing() {
     let envs_only = sandboxes(&sandbox_yaml("ok", &[("account", "x")]));
