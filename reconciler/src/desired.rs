@@ -263,8 +263,13 @@ pub fn compile_again(
         }
     }
 
+    // By name: the order of the last answer's maps and of the stored allocations.
+    let mut by_name: Vec<&(&Arc<Sandbox>, Mode)> = live.iter().collect();
+    if !by_name.is_sorted_by(|a, b| a.0.metadata.name <= b.0.metadata.name) {
+        by_name.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
+    }
     let same_context = last.inputs.settings.as_ref() == Some(settings) && last.inputs.environments == environments;
-    if same_context && last.is_answer_to(&live, &out.expired, previous) {
+    if same_context && last.is_answer_to(&by_name, &out.expired, previous) {
         // The steady state (the clock's recompile at every resync): nothing changed, so the last answer stands.
         return last.clone();
     }
@@ -272,12 +277,8 @@ pub fn compile_again(
     // Ports: keep what each (sandbox, service) had, honour explicit ports, then fill from the ranges.
     // Sorted by (sandbox, service), the order of the stored allocations, so that the ports each key had are
     // found in one walk of both rather than a search per key.
-    let mut by_name: Vec<&Arc<Sandbox>> = live.iter().map(|(sb, _)| *sb).collect();
-    if !by_name.is_sorted_by(|a, b| a.metadata.name <= b.metadata.name) {
-        by_name.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    }
     let mut wanted: Vec<Wanted> = Vec::with_capacity(by_name.len() * 11);
-    for sb in by_name {
+    for (sb, _) in by_name {
         let name = sb.metadata.name.as_str();
         let gateway = ((name, GATEWAY), sb.spec.gateway.port.map(|p| p as u16));
         // The services are in name order already; the gateway goes where its name sorts among them.
@@ -462,26 +463,28 @@ pub fn compile_again(
 }
 
 impl Desired {
-    /// Whether this answer is the one a compile of `live` (in the same context) gives: the same manifests, by
-    /// pointer, in the same modes, the same sandboxes expired, `allocations` the ones this answer gave, and none
-    /// held (a held sandbox may be freed by another's change). Pointer compares only: no name is compared.
-    fn is_answer_to(&self, live: &[(&Arc<Sandbox>, Mode)], expired: &[String], allocations: &Arc<Allocations>) -> bool {
+    /// Whether this answer is the one a compile of `by_name` (the sandboxes that take part, with their modes, by
+    /// name; in the same context) gives: the same manifests, by pointer, in the same modes, the same sandboxes
+    /// expired, `allocations` the ones this answer gave, and none held (a held sandbox may be freed by another's
+    /// change). Pointer compares only: no name is compared.
+    fn is_answer_to(
+        &self,
+        by_name: &[&(&Arc<Sandbox>, Mode)],
+        expired: &[String],
+        allocations: &Arc<Allocations>,
+    ) -> bool {
         if !self.held.is_empty()
             || self.expired != expired
             || !Arc::ptr_eq(&self.allocations, allocations)
-            || live.len() != self.inputs.manifests.len()
+            || by_name.len() != self.inputs.manifests.len()
             || self.sandboxes.len() != self.inputs.manifests.len()
         {
             return false;
         }
         // Both maps are by name, and every compiled sandbox is in both (none is held).
         let made = self.inputs.manifests.values().zip(self.sandboxes.values());
-        let mut by_name: Vec<&(&Arc<Sandbox>, Mode)> = live.iter().collect();
-        if !by_name.is_sorted_by(|a, b| a.0.metadata.name <= b.0.metadata.name) {
-            by_name.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
-        }
         by_name
-            .into_iter()
+            .iter()
             .zip(made)
             .all(|((sb, mode), (from, d))| Arc::ptr_eq(sb, from) && d.mode == *mode)
     }
