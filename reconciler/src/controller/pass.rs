@@ -401,7 +401,7 @@ impl Controller {
     }
 
     fn count(&self, step: &Step, outcome: &'static str) {
-        let kind = PendingStep::from(step).action.kind.to_string();
+        let kind = super::status::kind(&step.action).to_string();
         *self
             .metrics
             .actions
