@@ -177,6 +177,10 @@ fn yaml_problem(file: &Path, err: &serde_saphyr::Error) -> Problem {
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
+    // The parser's advice is for programs that embed it, not for whoever wrote the file.
+    if let Some(at) = message.find(", set DuplicateKeyPolicy") {
+        message.truncate(at);
+    }
     let mut problem = Problem::new(file, pos, message.clone());
     if message.contains(INLINE_SECRET) {
         problem = problem.hint("write `{ file: /etc/sdp/secrets/<name> }` and put the value in that file on the VM");
@@ -185,7 +189,12 @@ fn yaml_problem(file: &Path, err: &serde_saphyr::Error) -> Problem {
     } else if message.contains("budget breached") || message.contains("replay") {
         problem.message = "the document is too large or expands too many aliases (a YAML bomb is refused)".into();
         problem = problem.hint("write the values out; a manifest needs few or no anchors");
-    } else if message.contains("tab") {
+    } else if message.starts_with("duplicate mapping key") {
+        problem = problem.hint("a key is given once in a mapping: keep the one you mean");
+    } else if message
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| w == "tab" || w == "tabs")
+    {
         problem = problem.hint("YAML indents with spaces, never tabs");
     }
     problem

@@ -138,3 +138,19 @@ fn one_broken_document_does_not_hide_the_others() {
     assert_eq!(parsed.len(), 1);
     assert_eq!(parsed[0].object_ref().name, "fine");
 }
+
+#[test]
+fn a_key_given_twice_is_named_with_advice_for_the_writer() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/broken/50-env-variable-twice.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let (_, problems) = sdp_manifest::parse_str(&path, &text);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let p = &problems[0];
+    assert_eq!(p.message, "duplicate mapping key: LOG_LEVEL");
+    // The parser's text ends in "if acceptable", which once earned the advice about tabs.
+    assert_eq!(
+        p.hint.as_deref(),
+        Some("a key is given once in a mapping: keep the one you mean"),
+        "{p}"
+    );
+}
