@@ -132,13 +132,7 @@ pub(crate) fn sandbox(sb: &Sandbox, src: &Source, out: &mut Vec<Problem>) {
 }
 
 /// The `environments` and `env` of a service or of the gateway, at `at`.
-fn environments_and_env(
-    at: &[&str],
-    environments: &[String],
-    env: &std::collections::BTreeMap<String, String>,
-    src: &Source,
-    out: &mut Vec<Problem>,
-) {
+fn environments_and_env(at: &[&str], environments: &[String], env: &crate::Vars, src: &Source, out: &mut Vec<Problem>) {
     for (i, name) in environments.iter().enumerate() {
         let i = i.to_string();
         let path = [at, &["environments", i.as_str()]].concat();

@@ -46,7 +46,7 @@ fn service() -> impl Strategy<Value = ServiceSpec> {
                 branch,
                 commit,
                 environments,
-                env,
+                env: env.into_iter().collect(),
                 port,
                 resources: res.map(|(quarters, mib)| Resources {
                     cpus: quarters.map(|q| f64::from(q) / 4.0),

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use sdp_manifest::rules;
-use sdp_manifest::{Environment, Resources, Route, Sandbox};
+use sdp_manifest::{Environment, Resources, Route, Sandbox, Vars};
 use sdp_protocol::{Deploy, GATEWAY, GoBuild, container_name, labels};
 use serde::{Deserialize, Serialize};
 
@@ -560,13 +560,13 @@ struct EnvCache<'a> {
 }
 
 /// A service's environment names and inline env.
-type EnvKey<'a> = (&'a [String], &'a BTreeMap<String, String>);
+type EnvKey<'a> = (&'a [String], &'a Vars);
 
 impl<'a> EnvCache<'a> {
     fn get(
         &mut self,
         names: &'a [String],
-        inline: &'a BTreeMap<String, String>,
+        inline: &'a Vars,
         envs: &BTreeMap<&str, &Environment>,
     ) -> Result<Arc<MergedEnv>, String> {
         if let Some(m) = self.merged.get(&(names, inline)) {
