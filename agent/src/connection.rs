@@ -197,7 +197,10 @@ async fn session(
         loop {
             tokio::select! {
                 frame = queue.next() => match frame {
-                    Some(f) => if sink.send(Message::Text(sdp_protocol::encode(&f).into())).await.is_err() { break },
+                    Some(f) => {
+                        let mut parts = futures_util::stream::iter(sdp_protocol::frames(sdp_protocol::encode(&f)).map(Ok));
+                        if sink.send_all(&mut parts).await.is_err() { break }
+                    }
                     None => break,
                 },
                 _ = ping.tick() => if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break },

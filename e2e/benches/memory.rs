@@ -161,6 +161,17 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
     }
 }
 
+/// Sends `frame` as the agent does: in fragments when it is long.
+fn send<S: std::io::Read + std::io::Write>(
+    ws: &mut tungstenite::WebSocket<S>,
+    frame: &AgentFrame,
+) -> Result<(), tungstenite::Error> {
+    for message in sdp_protocol::frames(sdp_protocol::encode(frame)) {
+        ws.write(message)?;
+    }
+    ws.flush()
+}
+
 /// A stand-in agent on the real WebSocket: Hello, then its report (once it has one) every `REPORT_EVERY`;
 /// every action is answered with success and applied to what it reports.
 struct StandIn {
@@ -197,7 +208,7 @@ impl StandIn {
             repos,
             images: vec![runtime_image().into(), php_image().into()],
         });
-        ws.send(Message::Text(sdp_protocol::encode(&hello).into())).unwrap();
+        send(&mut ws, &hello).unwrap();
         let installation = match ws.read().expect("an answer to Hello") {
             Message::Text(t) => match sdp_protocol::decode::<ReconcilerFrame>(&t) {
                 Ok(ReconcilerFrame::Welcome { installation, .. }) => installation,
@@ -223,8 +234,7 @@ impl StandIn {
                         }
                         scans += 1;
                         let state = state.clone();
-                        let text = sdp_protocol::encode(&AgentFrame::ActualState(state));
-                        if ws.send(Message::Text(text.into())).is_err() {
+                        if send(&mut ws, &AgentFrame::ActualState(state)).is_err() {
                             return;
                         }
                         sent = Some(Instant::now());
@@ -256,7 +266,7 @@ impl StandIn {
                         Ok(ReconcilerFrame::Refused { reason }) => panic!("the {role} stand-in was refused: {reason}"),
                         _ => continue,
                     };
-                    if ws.send(Message::Text(sdp_protocol::encode(&answer).into())).is_err() {
+                    if send(&mut ws, &answer).is_err() {
                         return;
                     }
                 }

@@ -19,6 +19,33 @@ pub use request::{ActionRequest, Answer, Ask, ListBranches, Request, read_answer
 /// `action`/`actionResult` and `listBranches`/`branches` frames with `ask` and `answer`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// The largest WebSocket frame an agent sends: a longer message (a busy node's report is a few MB) goes as
+/// fragments of this size. The receiver's read buffer keeps the size of the largest frame it has read for as long
+/// as the connection lives; a whole report in one frame kept 4.8 MB per agent in the reconciler.
+pub const FRAGMENT_BYTES: usize = 64 << 10;
+
+/// The byte ranges of the WebSocket frames a message of `len` bytes goes out as (RFC 6455 5.4: the first a text
+/// frame, the others continuations, the last one final): one range up to `FRAGMENT_BYTES`, consecutive ranges of
+/// that size after.
+pub fn fragments(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = len.div_ceil(FRAGMENT_BYTES).max(1);
+    (0..count).map(move |i| i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(len))
+}
+
+/// A message as the WebSocket frames an agent sends (`fragments`), each a slice of the same buffer.
+#[cfg(feature = "ws")]
+pub fn frames(text: String) -> impl Iterator<Item = tungstenite::Message> {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let bytes = tungstenite::Bytes::from(text);
+    let len = bytes.len();
+    fragments(len).map(move |range| {
+        let opcode = if range.start == 0 { Data::Text } else { Data::Continue };
+        let last = range.end == len;
+        tungstenite::Message::Frame(Frame::message(bytes.slice(range), OpCode::Data(opcode), last))
+    })
+}
+
 /// What an agent sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -595,6 +622,25 @@ pub fn scrub(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_cover_a_message_once_in_order_none_longer_than_the_limit() {
+        let f = FRAGMENT_BYTES;
+        for len in [0, 1, f - 1, f, f + 1, 3 * f, 3 * f + 5] {
+            let ranges: Vec<_> = fragments(len).collect();
+            assert!(!ranges.is_empty(), "an empty message is still one frame");
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, len, "{len}");
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{len}: {ranges:?}");
+            }
+            assert!(
+                ranges.iter().all(|r| r.len() <= f && (!r.is_empty() || len == 0)),
+                "{len}: {ranges:?}"
+            );
+            assert_eq!(ranges.len(), len.div_ceil(f).max(1));
+        }
+    }
 
     #[test]
     fn a_long_line_is_cut_on_a_character_boundary_and_says_how_much_went() {

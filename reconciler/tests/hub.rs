@@ -577,6 +577,52 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
 }
 
 #[tokio::test]
+async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
+    let s = server().await;
+    let mut ws = micro(&s).await;
+    let containers: Vec<Container> = (0..2_000)
+        .map(|i| Container {
+            name: format!("sandbox-other-{i:04}-account"),
+            id: format!("{i:064x}"),
+            labels: [(labels::SANDBOX.to_string(), format!("other-{i:04}"))].into(),
+            state: ContainerState::Running,
+            ports: vec![20_000 + i],
+            restart_count: 0,
+            exit_code: None,
+            probe: None,
+        })
+        .collect();
+    let report = AgentFrame::ActualState(ActualState {
+        containers,
+        ..ActualState::default()
+    });
+    let fragments = sdp_protocol::fragments(sdp_protocol::encode(&report).len()).count();
+    assert!(
+        fragments > 3,
+        "the report is {fragments} frames: too short to test fragments"
+    );
+    send(&mut ws, report).await;
+    until("the report to be read", || async {
+        let actual = json(s.url("/api/v1/actual")).await;
+        actual["micro"]["containers"].as_array().map(Vec::len) == Some(2_000)
+    })
+    .await;
+    let actual = json(s.url("/api/v1/actual")).await;
+    assert_eq!(
+        actual["micro"]["containers"][1999]["name"],
+        "sandbox-other-1999-account"
+    );
+    assert_eq!(actual["micro"]["containers"][1999]["ports"][0], 21_999);
+    // The connection still serves: the agent is acted on.
+    let first = next_action(&mut ws).await;
+    assert!(
+        matches!(first.action, Action::EnsureNetwork { .. }),
+        "{:?}",
+        first.action
+    );
+}
+
+#[tokio::test]
 async fn an_agent_is_acted_on_only_once_its_connection_has_reported() {
     let s = server().await;
     until("a pass with no agent", || async {

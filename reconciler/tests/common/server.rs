@@ -174,8 +174,10 @@ pub fn message(frame: &AgentFrame) -> Message {
     Message::Text(sdp_protocol::encode(frame).into())
 }
 
+/// Sends `frame` as the agent does: in fragments when it is long.
 pub async fn send(ws: &mut Ws, frame: AgentFrame) {
-    ws.send(message(&frame)).await.unwrap();
+    let mut frames = futures_util::stream::iter(sdp_protocol::frames(sdp_protocol::encode(&frame)).map(Ok));
+    ws.send_all(&mut frames).await.unwrap();
 }
 
 /// The next frame from the reconciler, within `DEADLINE`.
