@@ -13,7 +13,7 @@
 //!
 //! The RSS is read from /proc once loaded and settled, after each of three rounds of API and dashboard reads, and
 //! after a pause. Then an idle `sdp-agent` with a reconciler of its own. Run: `cargo bench -p sdp-e2e --bench
-//! memory`.
+//! memory` (`-- agents` for one part: `alone`, `agents`, `idle-agent`).
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -468,6 +468,9 @@ fn print(title: &str, loaded_in: Duration, rows: &[(String, (f64, f64))], note: 
 }
 
 fn main() {
+    // `cargo bench -p sdp-e2e --bench memory -- agents` runs one part (`alone`, `agents`, `idle-agent`); none, all.
+    let parts: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let runs = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("config");
     std::fs::create_dir_all(config.join("sandboxes")).unwrap();
@@ -484,10 +487,17 @@ fn main() {
     git(&config, &["add", "-A"]);
     git(&config, &["commit", "-qm", "1000 sandboxes"]);
 
-    let (alone_in, alone, _) = measure(&config, &tmp.path().join("alone"), false);
-    print("no agent connected", alone_in, &alone, "");
-    let (with_in, with, note) = measure(&config, &tmp.path().join("agents"), true);
-    print("both agents' reports held", with_in, &with, &note);
+    if runs("alone") {
+        let (alone_in, alone, _) = measure(&config, &tmp.path().join("alone"), false);
+        print("no agent connected", alone_in, &alone, "");
+    }
+    if runs("agents") {
+        let (with_in, with, note) = measure(&config, &tmp.path().join("agents"), true);
+        print("both agents' reports held", with_in, &with, &note);
+    }
+    if !runs("idle-agent") {
+        return;
+    }
 
     // An idle agent: connected to a reconciler with nothing to do.
     let mut cluster = Cluster::start();
