@@ -180,6 +180,8 @@ struct StandIn {
     report: Arc<Mutex<Option<ActualState>>>,
     /// Actions received: none once the reports say everything converged.
     actions: Arc<AtomicU64>,
+    /// The first few actions received, to say which when there are any.
+    first_actions: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -188,6 +190,7 @@ impl StandIn {
     fn connect(port: u16, role: Role) -> StandIn {
         let report: Arc<Mutex<Option<ActualState>>> = Arc::default();
         let actions = Arc::new(AtomicU64::new(0));
+        let first_actions: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("the reconciler listens");
         let mut request = format!("ws://127.0.0.1:{port}/ws/agent").into_client_request().unwrap();
@@ -219,6 +222,7 @@ impl StandIn {
         ws.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let thread = {
             let (report, actions, stop) = (report.clone(), actions.clone(), stop.clone());
+            let first_actions = first_actions.clone();
             let installation = installation.clone();
             std::thread::spawn(move || {
                 let mut sent: Option<Instant> = None;
@@ -253,6 +257,11 @@ impl StandIn {
                         Ok(ReconcilerFrame::Ask(ask)) if ask.kind == ActionRequest::KIND => {
                             let request: ActionRequest = ask.read().unwrap();
                             actions.fetch_add(1, Ordering::Relaxed);
+                            let mut first = first_actions.lock().unwrap();
+                            if first.len() < 12 {
+                                first.push(format!("{:?}", request.action).chars().take(160).collect());
+                            }
+                            drop(first);
                             if let Some(state) = report.lock().unwrap().as_mut() {
                                 apply(state, request.action, &installation);
                             }
@@ -278,6 +287,7 @@ impl StandIn {
             installation,
             report,
             actions,
+            first_actions,
             stop,
             thread: Some(thread),
         }
@@ -446,6 +456,15 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         note.push_str(&format!(
             "\n  actions sent to the stand-ins after their first report: {sent}"
         ));
+        for action in micro
+            .first_actions
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(gateway.first_actions.lock().unwrap().iter())
+        {
+            note.push_str(&format!("\n    {action}"));
+        }
     }
     drop(serve);
     (loaded_in, rows, note)
