@@ -140,12 +140,13 @@ impl Engine {
         let mut out = Listed::default();
         for c in list {
             let labels: sdp_protocol::Labels = c.labels.unwrap_or_default().into_iter().collect();
-            if !self.ours(|k| labels.get(k).map(String::as_str)) {
+            if !self.ours(|k| labels.get(k)) {
                 continue;
             }
-            let is_gateway = labels.get(labels::SERVICE).map(String::as_str) == Some(sdp_protocol::GATEWAY);
+            let is_gateway = labels.get(labels::SERVICE) == Some(sdp_protocol::GATEWAY);
             if is_gateway != (role == sdp_protocol::Role::Gateway) {
-                out.other_role_sandboxes.extend(labels.get(labels::SANDBOX).cloned());
+                out.other_role_sandboxes
+                    .extend(labels.get(labels::SANDBOX).map(str::to_string));
                 continue;
             }
             let name = c

@@ -143,7 +143,7 @@ impl Executor {
         // never asks to remove what the other role's containers use.
         let mine: std::collections::BTreeSet<&str> = containers
             .iter()
-            .filter_map(|c| c.labels.get(labels::SANDBOX).map(String::as_str))
+            .filter_map(|c| c.labels.get(labels::SANDBOX))
             .collect();
         let others = &listed.other_role_sandboxes;
         networks.retain(|n| {

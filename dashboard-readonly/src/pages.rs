@@ -146,10 +146,7 @@ pub async fn sandbox(viewer: Viewer, State(ctx): State<Ctx>, Path(name): Path<St
                 esc(svc),
                 esc(&d.branch),
                 c.map_or("-".into(), |c| {
-                    format!(
-                        "<code>{}</code>",
-                        short(c.labels.get(labels::COMMIT).map(String::as_str))
-                    )
+                    format!("<code>{}</code>", short(c.labels.get(labels::COMMIT)))
                 }),
                 d.commit.as_deref().map_or("-".into(), |pin| {
                     format!("<code title=\"{}\">{}</code>", esc(pin), short(Some(pin)))

@@ -6,8 +6,10 @@
 //! that its `Answer` carries back. No I/O here: types, encoding and the version rule only.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,10 +71,51 @@ impl AgentFrame {
             kind: Cow<'a, str>,
         }
         match serde_json::from_str::<Tag<'_>>(text) {
-            Ok(tag) if tag.kind == "actualState" => serde_json::from_str(text).map(AgentFrame::ActualState),
+            Ok(tag) if tag.kind == "actualState" => {
+                let _sharing = SharedValues::start();
+                serde_json::from_str(text).map(AgentFrame::ActualState)
+            }
             _ => decode(text),
         }
     }
+}
+
+thread_local! {
+    /// While a report is decoded: the label values read so far in it. A value many containers carry (a commit, the
+    /// installation, `true`, a sandbox's name) is kept once, not once a container. None outside a report, so that
+    /// nothing collects values over a process's life.
+    static SHARED_VALUES: RefCell<Option<HashSet<Arc<str>>>> = const { RefCell::new(None) };
+}
+
+/// Label values are shared while it lives (the decode of one report); dropped on every exit, a panic's included.
+struct SharedValues;
+
+impl SharedValues {
+    fn start() -> SharedValues {
+        SHARED_VALUES.with(|v| *v.borrow_mut() = Some(HashSet::new()));
+        SharedValues
+    }
+}
+
+impl Drop for SharedValues {
+    fn drop(&mut self) {
+        SHARED_VALUES.with(|v| *v.borrow_mut() = None);
+    }
+}
+
+/// `value` as a label value: the one already read in this report when there is one.
+fn label_value(value: &str) -> Arc<str> {
+    SHARED_VALUES.with(|shared| match shared.borrow_mut().as_mut() {
+        Some(seen) => match seen.get(value) {
+            Some(known) => known.clone(),
+            None => {
+                let new: Arc<str> = Arc::from(value);
+                seen.insert(new.clone());
+                new
+            }
+        },
+        None => Arc::from(value),
+    })
 }
 
 /// What the reconciler sends.
@@ -163,10 +206,10 @@ pub struct Container {
 
 /// A container's labels, by name. Kept as a list sorted by name rather than a `BTreeMap`: a report holds a
 /// container for each of 10,000 services, each with six or seven labels, and a map gives each of them a node of
-/// eleven slots; the names SDP sets (`labels::ALL`) are shared, not copied into every container. Reads and writes
-/// as a JSON object, as a map does.
+/// eleven slots; the names SDP sets (`labels::ALL`) are shared, not copied into every container, and so are the
+/// values within a report (`AgentFrame::decode`). Reads and writes as a JSON object, as a map does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Labels(Vec<(Cow<'static, str>, String)>);
+pub struct Labels(Vec<(Cow<'static, str>, Arc<str>)>);
 
 impl Labels {
     pub fn new() -> Labels {
@@ -181,11 +224,11 @@ impl Labels {
     /// lengths: comparing for equality (the length first, the bytes only when it matches) finds one in fewer byte
     /// compares than a binary search, whose every step compares bytes. Past a few dozen labels (an image's own),
     /// the binary search.
-    pub fn get(&self, name: &str) -> Option<&String> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         if self.0.len() <= 16 {
-            return self.0.iter().find(|(n, _)| n.as_ref() == name).map(|(_, v)| v);
+            return self.0.iter().find(|(n, _)| n.as_ref() == name).map(|(_, v)| v.as_ref());
         }
-        self.find(name).ok().map(|i| &self.0[i].1)
+        self.find(name).ok().map(|i| self.0[i].1.as_ref())
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
@@ -193,11 +236,11 @@ impl Labels {
     }
 
     /// Sets a label; returns the value it replaces.
-    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
-        self.set(&name, value)
+    pub fn insert(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Option<Arc<str>> {
+        self.set(name.as_ref(), label_value(value.as_ref()))
     }
 
-    fn set(&mut self, name: &str, value: String) -> Option<String> {
+    fn set(&mut self, name: &str, value: Arc<str>) -> Option<Arc<str>> {
         match self.find(name) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
@@ -207,13 +250,13 @@ impl Labels {
         }
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<String> {
+    pub fn remove(&mut self, name: &str) -> Option<Arc<str>> {
         self.find(name).ok().map(|i| self.0.remove(i).1)
     }
 
     /// The labels in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &String)> {
-        self.0.iter().map(|(n, v)| (n.as_ref(), v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     pub fn len(&self) -> usize {
@@ -233,11 +276,11 @@ fn shared_name(name: &str) -> Cow<'static, str> {
     }
 }
 
-impl<N: AsRef<str>> FromIterator<(N, String)> for Labels {
-    fn from_iter<I: IntoIterator<Item = (N, String)>>(iter: I) -> Labels {
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Labels {
         let mut labels = Labels::default();
         for (name, value) in iter {
-            labels.set(name.as_ref(), value);
+            labels.insert(name, value);
         }
         labels.0.shrink_to_fit();
         labels
@@ -250,16 +293,16 @@ impl From<BTreeMap<String, String>> for Labels {
     }
 }
 
-impl<N: AsRef<str>, V: Into<String>, const K: usize> From<[(N, V); K]> for Labels {
+impl<N: AsRef<str>, V: AsRef<str>, const K: usize> From<[(N, V); K]> for Labels {
     fn from(pairs: [(N, V); K]) -> Labels {
-        pairs.into_iter().map(|(n, v)| (n, v.into())).collect()
+        pairs.into_iter().collect()
     }
 }
 
 impl std::ops::Index<&str> for Labels {
-    type Output = String;
+    type Output = str;
 
-    fn index(&self, name: &str) -> &String {
+    fn index(&self, name: &str) -> &str {
         self.get(name).unwrap_or_else(|| panic!("no label {name}"))
     }
 }
@@ -283,14 +326,43 @@ impl<'de> Deserialize<'de> for Labels {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
                 let mut labels = Labels(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
                 // A name twice keeps its last value, as a map does.
-                while let Some((name, value)) = map.next_entry::<String, String>()? {
-                    labels.set(&name, value);
+                while let Some((name, value)) = map.next_entry::<Text<'de>, Text<'de>>()? {
+                    labels.insert(name.0, value.0);
                 }
                 labels.0.shrink_to_fit();
                 Ok(labels)
             }
         }
         deserializer.deserialize_map(Visit)
+    }
+}
+
+/// A string read from the text itself when it holds no escapes, copied only when it does.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
     }
 }
 
@@ -679,6 +751,57 @@ mod tests {
     }
 
     #[test]
+    fn a_report_keeps_a_label_value_many_containers_carry_once() {
+        let container = |name: &str, commit: &str| Container {
+            name: name.into(),
+            id: format!("{name}-id"),
+            labels: [
+                (labels::COMMIT, commit),
+                (labels::MANAGED, "true"),
+                ("with\\escape", "a\\b"),
+            ]
+            .into(),
+            state: ContainerState::Running,
+            ports: vec![],
+            restart_count: 0,
+            exit_code: None,
+            probe: None,
+        };
+        let report = AgentFrame::ActualState(ActualState {
+            containers: vec![container("a", "c1"), container("b", "c1"), container("c", "c2")],
+            ..ActualState::default()
+        });
+        let text = encode(&report);
+        let Ok(AgentFrame::ActualState(read)) = AgentFrame::decode(&text) else {
+            panic!("{text}")
+        };
+        assert_eq!(AgentFrame::ActualState(read.clone()), report, "read as written");
+        let value = |c: usize, name: &str| {
+            read.containers[c]
+                .labels
+                .0
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&value(0, labels::COMMIT), &value(1, labels::COMMIT)));
+        assert!(!Arc::ptr_eq(&value(0, labels::COMMIT), &value(2, labels::COMMIT)));
+        assert!(Arc::ptr_eq(&value(0, labels::MANAGED), &value(2, labels::MANAGED)));
+        assert_eq!(
+            &*value(2, "with\\escape"),
+            "a\\b",
+            "an escaped value is read as written"
+        );
+        // Outside a report's decode nothing is kept: each value is its own.
+        let one: Labels = serde_json::from_str(r#"{"sdp.commit": "c1"}"#).unwrap();
+        let two: Labels = serde_json::from_str(r#"{"sdp.commit": "c1"}"#).unwrap();
+        assert!(!Arc::ptr_eq(&one.0[0].1, &two.0[0].1));
+        SHARED_VALUES.with(|v| assert!(v.borrow().is_none()));
+    }
+
+    #[test]
     fn labels_are_found_as_in_a_map_whatever_their_number() {
         // A few (found by equality) and many (an image's own labels too: found by binary search).
         for count in [0, 1, 7, 16, 17, 40] {
@@ -687,11 +810,15 @@ mod tests {
                 .collect();
             let labels = Labels::from(map.clone());
             for (name, value) in &map {
-                assert_eq!(labels.get(name), Some(value), "{name} of {count}");
+                assert_eq!(labels.get(name), Some(value.as_str()), "{name} of {count}");
                 assert!(labels.contains_key(name));
             }
             for absent in ["", "l", "l00", "zz", "l99.x"] {
-                assert_eq!(labels.get(absent), map.get(absent), "{absent} of {count}");
+                assert_eq!(
+                    labels.get(absent),
+                    map.get(absent).map(String::as_str),
+                    "{absent} of {count}"
+                );
             }
         }
     }
@@ -714,8 +841,8 @@ mod tests {
         );
         let read: Labels = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
         assert_eq!(read, labels);
-        assert_eq!(read.get("sdp.sandbox").map(String::as_str), Some("a"));
-        assert_eq!(read.get("team").map(String::as_str), Some("cc"));
+        assert_eq!(read.get("sdp.sandbox"), Some("a"));
+        assert_eq!(read.get("team"), Some("cc"));
         assert_eq!(read.get("sdp.service"), None);
         assert!(read.contains_key(labels::MANAGED) && !read.contains_key("sdp"));
         let names: Vec<&str> = read.iter().map(|(n, _)| n).collect();
@@ -724,9 +851,9 @@ mod tests {
         let twice: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
         assert_eq!(twice, Labels::from([("a", "2"), ("b", "3")]));
         let mut changed = read.clone();
-        assert_eq!(changed.insert("team".into(), "dd".into()), Some("cc".into()));
-        assert_eq!(changed.insert(labels::SERVICE.into(), "account".into()), None);
-        assert_eq!(changed["sdp.service"], "account");
+        assert_eq!(changed.insert("team", "dd").as_deref(), Some("cc"));
+        assert_eq!(changed.insert(labels::SERVICE, "account"), None);
+        assert_eq!(&changed["sdp.service"], "account");
         assert_eq!(changed.remove("team"), Some("dd".into()));
         assert_eq!(changed.len(), 4);
     }

@@ -117,7 +117,7 @@ impl DesiredContainer {
     }
 
     /// Whether a container's `sdp.spec-hash` label is this spec's, without allocating.
-    pub fn has_spec(&self, label: Option<&String>) -> bool {
+    pub fn has_spec(&self, label: Option<&str>) -> bool {
         label.is_some_and(|l| l.len() == 16 && u64::from_str_radix(l, 16) == Ok(self.spec_hash))
     }
 

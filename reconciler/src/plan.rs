@@ -447,10 +447,10 @@ pub fn plan(name: &str, desired: Option<&DesiredSandbox>, actual: &View) -> Vec<
     for role in [Role::Micro, Role::Gateway] {
         let state = actual.of(role);
         for c in state.containers.iter().copied() {
-            if !is_managed(c) || c.labels.get(labels::SANDBOX).map(String::as_str) != Some(name) {
+            if !is_managed(c) || c.labels.get(labels::SANDBOX) != Some(name) {
                 continue;
             }
-            let service = c.labels.get(labels::SERVICE).map(String::as_str).unwrap_or("");
+            let service = c.labels.get(labels::SERVICE).unwrap_or("");
             if !wanted(role, service) || !is_container_name(&c.name, name, service) {
                 removals.push(Step {
                     role,
@@ -524,7 +524,7 @@ fn is_container_name(name: &str, sandbox: &str, service: &str) -> bool {
 }
 
 fn is_managed(c: &Container) -> bool {
-    c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
+    c.labels.get(labels::MANAGED) == Some("true")
 }
 
 /// Steps for one desired container; says whether it plans a deploy.
@@ -556,7 +556,7 @@ fn container_steps(role: Role, want: &DesiredContainer, active: bool, actual: &V
     let reason = match current {
         None => Some(Reason::Missing),
         Some(c) if !want.has_spec(c.labels.get(labels::SPEC_HASH)) => Some(Reason::SpecChanged),
-        Some(c) if wanted.is_some() && c.labels.get(labels::COMMIT).map(String::as_str) != wanted => {
+        Some(c) if wanted.is_some() && c.labels.get(labels::COMMIT) != wanted => {
             let commit = wanted.unwrap_or_default().to_string();
             Some(match want.commit {
                 Some(_) => Reason::Pinned { commit },

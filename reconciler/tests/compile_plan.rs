@@ -653,9 +653,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
         branch: "feature/login-error".into(),
         commit: HEAD.into(),
     });
-    account_of(&mut actual)
-        .labels
-        .insert(labels::COMMIT.into(), HEAD.into());
+    account_of(&mut actual).labels.insert(labels::COMMIT, HEAD);
     assert!(
         plan(
             "qa-login-error",
@@ -745,7 +743,7 @@ fn a_pin_is_the_commit_wanted_and_a_moved_branch_does_not_move_it() {
         .gateway
         .containers
         .iter()
-        .find(|c| c.labels.get(labels::SERVICE).map(String::as_str) == Some(GATEWAY))
+        .find(|c| c.labels.get(labels::SERVICE) == Some(GATEWAY))
         .unwrap();
-    assert_eq!(gw.labels.get(labels::COMMIT).map(String::as_str), Some(PIN));
+    assert_eq!(gw.labels.get(labels::COMMIT), Some(PIN));
 }

@@ -672,9 +672,9 @@ async fn nothing_is_removed_before_the_config_repo_has_been_read() {
         exit_code: None,
         probe: None,
     };
-    running.labels.insert(labels::MANAGED.into(), "true".into());
-    running.labels.insert(labels::SANDBOX.into(), SANDBOX.into());
-    running.labels.insert(labels::SERVICE.into(), "account".into());
+    running.labels.insert(labels::MANAGED, "true");
+    running.labels.insert(labels::SANDBOX, SANDBOX);
+    running.labels.insert(labels::SERVICE, "account");
     let report = ActualState {
         containers: vec![running],
         networks: vec![sdp_protocol::network_name(SANDBOX)],

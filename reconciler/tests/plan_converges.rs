@@ -179,9 +179,7 @@ fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
                 ][*s as usize];
             }
             Drift::ChangeHash(i) if !state.containers.is_empty() => {
-                state.containers[i % n]
-                    .labels
-                    .insert(labels::SPEC_HASH.into(), "edited".into());
+                state.containers[i % n].labels.insert(labels::SPEC_HASH, "edited");
             }
             Drift::RemoveNetwork(i) if !state.networks.is_empty() => {
                 let n = state.networks.len();
@@ -277,15 +275,15 @@ fn violations(desired: &Desired, actual: &Actual) -> Vec<String> {
                     if c.state != ContainerState::Running {
                         out.push(format!("{} is {:?}", c.name, c.state));
                     }
-                    if c.labels.get(labels::SPEC_HASH) != Some(&deploy.spec_hash_label()) {
+                    if c.labels.get(labels::SPEC_HASH) != Some(deploy.spec_hash_label().as_str()) {
                         out.push(format!("{} has an old spec", c.name));
                     }
                     match &deploy.commit {
-                        Some(pin) if c.labels.get(labels::COMMIT) != Some(pin) => {
+                        Some(pin) if c.labels.get(labels::COMMIT) != Some(pin.as_str()) => {
                             out.push(format!("{} is not at its pin {pin}", c.name))
                         }
                         Some(_) => {}
-                        None if head.is_some_and(|h| c.labels.get(labels::COMMIT) != Some(&h.commit)) => {
+                        None if head.is_some_and(|h| c.labels.get(labels::COMMIT) != Some(h.commit.as_str())) => {
                             out.push(format!("{} is not at its branch head", c.name))
                         }
                         None => {}

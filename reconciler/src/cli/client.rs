@@ -338,8 +338,7 @@ pub fn sandbox_table(sb: &SandboxDoc) -> String {
             vec![
                 svc.to_string(),
                 d.branch.clone(),
-                s(c.and_then(|c| c.labels.get(sdp_protocol::labels::COMMIT))
-                    .map(|x| short(x))),
+                s(c.and_then(|c| c.labels.get(sdp_protocol::labels::COMMIT)).map(short)),
                 s(d.commit.as_deref().map(short)),
                 c.map_or("missing".into(), |c| match &c.probe {
                     Some(probe) => format!("{} (health: {})", word(&c.state), probe.detail),

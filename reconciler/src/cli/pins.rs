@@ -79,7 +79,7 @@ fn deployed_commits(server: &Server, sandbox: &str) -> Result<(SandboxDoc, BTree
         let commit = running.and_then(|c| c.labels.get(labels::COMMIT));
         match commit {
             Some(c) if rules::commit_id(c).is_ok() => {
-                out.insert(service.to_string(), c.clone());
+                out.insert(service.to_string(), c.to_string());
             }
             _ => bail!(
                 "{service} of sandbox {sandbox} runs no container with a commit yet: wait until `sdp get sandbox \

@@ -362,7 +362,7 @@ impl Controller {
             .containers
             .iter()
             .find(|c| c.name == deploy.container)
-            .and_then(|c| c.labels.get(labels::COMMIT).cloned());
+            .and_then(|c| c.labels.get(labels::COMMIT).map(str::to_string));
         self.store
             .update_deployment(record.id, |d| {
                 d.ended_ms = Some(now_ms());
