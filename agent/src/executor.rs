@@ -177,10 +177,10 @@ impl Executor {
                     }
                 }
                 worktrees.push(Worktree {
-                    sandbox: sandbox.clone(),
-                    service: service.to_string(),
-                    branch: meta.branch,
-                    commit: meta.commit,
+                    sandbox: sandbox.as_str().into(),
+                    service: service.into(),
+                    branch: meta.branch.into(),
+                    commit: meta.commit.into(),
                 });
             }
         }
@@ -197,10 +197,7 @@ impl Executor {
 
     /// Heads of the branches deployed here, as of the last fetch.
     async fn heads(&self, worktrees: &[Worktree]) -> Vec<BranchHead> {
-        let tracked: BTreeSet<(&str, &str)> = worktrees
-            .iter()
-            .map(|w| (w.service.as_str(), w.branch.as_str()))
-            .collect();
+        let tracked: BTreeSet<(&str, &str)> = worktrees.iter().map(|w| (&*w.service, &*w.branch)).collect();
         let mut heads = Vec::new();
         for (service, branch) in tracked {
             let Ok(repo) = self.repo(service) else { continue };

@@ -119,12 +119,12 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
             l.insert(labels::INSTALLATION.into(), installation.into());
             state
                 .worktrees
-                .retain(|w| !(w.sandbox == d.sandbox && w.service == d.service));
+                .retain(|w| !(*w.sandbox == *d.sandbox && *w.service == *d.service));
             state.worktrees.push(Worktree {
-                sandbox: d.sandbox.clone(),
-                service: d.service.clone(),
-                branch: d.branch.clone(),
-                commit,
+                sandbox: d.sandbox.as_str().into(),
+                service: d.service.as_str().into(),
+                branch: d.branch.as_str().into(),
+                commit: commit.as_str().into(),
             });
             state.containers.retain(|c| c.name != d.container);
             state.containers.push(Container {
@@ -157,7 +157,7 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
         Action::RemoveNetwork { sandbox } => state.networks.retain(|n| *n != network_name(&sandbox)),
         Action::RemoveWorktree { sandbox, service } => state
             .worktrees
-            .retain(|w| !(w.sandbox == sandbox && w.service == service)),
+            .retain(|w| !(*w.sandbox == *sandbox && *w.service == *service)),
     }
 }
 

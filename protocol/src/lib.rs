@@ -81,8 +81,9 @@ impl AgentFrame {
 }
 
 thread_local! {
-    /// While a report is decoded: the label values read so far in it. A value many containers carry (a commit, the
-    /// installation, `true`, a sandbox's name) is kept once, not once a container. None outside a report, so that
+    /// While a report is decoded: the label values and worktree fields read so far in it. A value many containers
+    /// and worktrees carry (a commit, a branch, the installation, `true`, a sandbox's name) is kept once, not once
+    /// each. None outside a report, so that
     /// nothing collects values over a process's life.
     static SHARED_VALUES: RefCell<Option<HashSet<Arc<str>>>> = const { RefCell::new(None) };
 }
@@ -103,8 +104,8 @@ impl Drop for SharedValues {
     }
 }
 
-/// `value` as a label value: the one already read in this report when there is one.
-fn label_value(value: &str) -> Arc<str> {
+/// `value` as a label value or a worktree's field: the one already read in this report when there is one.
+fn shared_text(value: &str) -> Arc<str> {
     SHARED_VALUES.with(|shared| match shared.borrow_mut().as_mut() {
         Some(seen) => match seen.get(value) {
             Some(known) => known.clone(),
@@ -237,7 +238,7 @@ impl Labels {
 
     /// Sets a label; returns the value it replaces.
     pub fn insert(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Option<Arc<str>> {
-        self.set(name.as_ref(), label_value(value.as_ref()))
+        self.set(name.as_ref(), shared_text(value.as_ref()))
     }
 
     fn set(&mut self, name: &str, value: Arc<str>) -> Option<Arc<str>> {
@@ -389,14 +390,23 @@ pub enum ContainerState {
     Unknown,
 }
 
-/// A worktree of one service (or the gateway) of one sandbox.
+/// A worktree of one service (or the gateway) of one sandbox. Its fields are shared with the other worktrees and
+/// containers of the report that carry the same text (`AgentFrame::decode`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Worktree {
-    pub sandbox: String,
-    pub service: String,
-    pub branch: String,
-    pub commit: String,
+    #[serde(deserialize_with = "shared")]
+    pub sandbox: Arc<str>,
+    #[serde(deserialize_with = "shared")]
+    pub service: Arc<str>,
+    #[serde(deserialize_with = "shared")]
+    pub branch: Arc<str>,
+    #[serde(deserialize_with = "shared")]
+    pub commit: Arc<str>,
+}
+
+fn shared<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+    Text::deserialize(deserializer).map(|text| shared_text(&text.0))
 }
 
 /// Where a remote branch points.
@@ -769,6 +779,12 @@ mod tests {
         };
         let report = AgentFrame::ActualState(ActualState {
             containers: vec![container("a", "c1"), container("b", "c1"), container("c", "c2")],
+            worktrees: vec![Worktree {
+                sandbox: "s".into(),
+                service: "a".into(),
+                branch: "b".into(),
+                commit: "c1".into(),
+            }],
             ..ActualState::default()
         });
         let text = encode(&report);
@@ -789,6 +805,10 @@ mod tests {
         assert!(Arc::ptr_eq(&value(0, labels::COMMIT), &value(1, labels::COMMIT)));
         assert!(!Arc::ptr_eq(&value(0, labels::COMMIT), &value(2, labels::COMMIT)));
         assert!(Arc::ptr_eq(&value(0, labels::MANAGED), &value(2, labels::MANAGED)));
+        assert!(
+            Arc::ptr_eq(&read.worktrees[0].commit, &value(0, labels::COMMIT)),
+            "a worktree's commit too"
+        );
         assert_eq!(
             &*value(2, "with\\escape"),
             "a\\b",

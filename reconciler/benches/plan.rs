@@ -125,9 +125,9 @@ fn converged(desired: &Desired) -> Actual {
                 let mut l = d.labels.clone();
                 l.insert(labels::COMMIT.into(), "c0ffee".into());
                 state.worktrees.push(Worktree {
-                    sandbox: d.sandbox.clone(),
-                    service: d.service.clone(),
-                    branch: d.branch.clone(),
+                    sandbox: d.sandbox.as_str().into(),
+                    service: d.service.as_str().into(),
+                    branch: d.branch.as_str().into(),
                     commit: "c0ffee".into(),
                 });
                 state.containers.push(Container {

@@ -393,7 +393,7 @@ impl Actual {
                 .filter(|n| **n == network)
                 .map(String::as_str)
                 .collect();
-            part.worktrees = state.worktrees.iter().filter(|w| w.sandbox == name).collect();
+            part.worktrees = state.worktrees.iter().filter(|w| *w.sandbox == *name).collect();
             part.routes = state.routes.get(name);
             part.route_defaults = state.route_defaults.get(name);
         }
@@ -463,13 +463,13 @@ pub fn plan(name: &str, desired: Option<&DesiredSandbox>, actual: &View) -> Vec<
             }
         }
         for w in state.worktrees.iter().copied() {
-            if w.sandbox == name && !wanted(role, &w.service) {
+            if *w.sandbox == *name && !wanted(role, &w.service) {
                 removals.push(Step {
                     role,
                     resource: format!("worktree {}/{}", w.sandbox, w.service),
                     action: Action::RemoveWorktree {
-                        sandbox: w.sandbox.clone(),
-                        service: w.service.clone(),
+                        sandbox: w.sandbox.to_string(),
+                        service: w.service.to_string(),
                     },
                     reason: Reason::NotDesired,
                 });

@@ -51,12 +51,12 @@ pub fn apply(step: &Step, actual: &mut Actual) {
             });
             state
                 .worktrees
-                .retain(|w| !(w.sandbox == d.sandbox && w.service == d.service));
+                .retain(|w| !(*w.sandbox == *d.sandbox && *w.service == *d.service));
             state.worktrees.push(Worktree {
-                sandbox: d.sandbox.clone(),
-                service: d.service.clone(),
-                branch: d.branch.clone(),
-                commit: commit.unwrap_or_else(|| "0000".into()),
+                sandbox: d.sandbox.as_str().into(),
+                service: d.service.as_str().into(),
+                branch: d.branch.as_str().into(),
+                commit: commit.unwrap_or_else(|| "0000".into()).into(),
             });
             if step.role == Role::Gateway && d.service == GATEWAY {
                 // A fresh checkout: config.php holds the branch's own values again.
@@ -78,6 +78,6 @@ pub fn apply(step: &Step, actual: &mut Actual) {
         Action::RemoveNetwork { sandbox } => state.networks.retain(|n| *n != network_name(sandbox)),
         Action::RemoveWorktree { sandbox, service } => state
             .worktrees
-            .retain(|w| !(&w.sandbox == sandbox && &w.service == service)),
+            .retain(|w| !(*w.sandbox == **sandbox && *w.service == **service)),
     }
 }
