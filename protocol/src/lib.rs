@@ -104,10 +104,15 @@ impl Drop for SharedValues {
     }
 }
 
+/// At most this many values are shared in one report, each at most `SHARED_TEXT_BYTES` long: past them a value is
+/// its own, so that a hostile report of millions of distinct values costs no more than it did before sharing.
+const SHARED_TEXTS: usize = 1 << 16;
+const SHARED_TEXT_BYTES: usize = 256;
+
 /// `value` as a label value or a worktree's field: the one already read in this report when there is one.
 fn shared_text(value: &str) -> Arc<str> {
     SHARED_VALUES.with(|shared| match shared.borrow_mut().as_mut() {
-        Some(seen) => match seen.get(value) {
+        Some(seen) if value.len() <= SHARED_TEXT_BYTES && seen.len() < SHARED_TEXTS => match seen.get(value) {
             Some(known) => known.clone(),
             None => {
                 let new: Arc<str> = Arc::from(value);
@@ -115,7 +120,7 @@ fn shared_text(value: &str) -> Arc<str> {
                 new
             }
         },
-        None => Arc::from(value),
+        _ => Arc::from(value),
     })
 }
 
@@ -325,13 +330,26 @@ impl<'de> Deserialize<'de> for Labels {
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
-                let mut labels = Labels(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
-                // A name twice keeps its last value, as a map does.
-                while let Some((name, value)) = map.next_entry::<Text<'de>, Text<'de>>()? {
-                    labels.insert(name.0, value.0);
+                let mut read: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(entry) = map.next_entry()? {
+                    read.push(entry);
                 }
-                labels.0.shrink_to_fit();
-                Ok(labels)
+                // Sorted once (an insertion each was quadratic for names sent in reverse order). Stable: of a name
+                // given twice the last value stays last and is the one kept, as in a map; only kept values are
+                // shared.
+                read.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+                let mut kept: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(read.len());
+                for entry in read {
+                    match kept.last_mut() {
+                        Some(last) if last.0.0 == entry.0.0 => *last = entry,
+                        _ => kept.push(entry),
+                    }
+                }
+                Ok(Labels(
+                    kept.into_iter()
+                        .map(|(name, value)| (shared_name(&name.0), shared_text(&value.0)))
+                        .collect(),
+                ))
             }
         }
         deserializer.deserialize_map(Visit)
@@ -819,6 +837,66 @@ mod tests {
         let two: Labels = serde_json::from_str(r#"{"sdp.commit": "c1"}"#).unwrap();
         assert!(!Arc::ptr_eq(&one.0[0].1, &two.0[0].1));
         SHARED_VALUES.with(|v| assert!(v.borrow().is_none()));
+    }
+
+    #[test]
+    fn labels_read_in_any_order_keep_the_last_value_of_a_name_given_twice() {
+        let read: Labels =
+            serde_json::from_str(r#"{"z": "1", "b": "2", "a": "3", "b": "4", "sdp.commit": "c"}"#).unwrap();
+        let pairs: Vec<(&str, &str)> = read.iter().collect();
+        assert_eq!(pairs, [("a", "3"), ("b", "4"), ("sdp.commit", "c"), ("z", "1")]);
+        // Names in reverse order, thousands of them: sorted once.
+        let many = (0..5000)
+            .rev()
+            .map(|i| format!("\"l{i:05}\": \"{i}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        let read: Labels = serde_json::from_str(&format!("{{{many}}}")).unwrap();
+        assert_eq!(read.len(), 5000);
+        assert_eq!((read.get("l00000"), read.get("l04999")), (Some("0"), Some("4999")));
+        let names: Vec<&str> = read.iter().map(|(n, _)| n).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_report_of_more_distinct_values_than_are_shared_is_read_whole() {
+        let container = |name: &str, labels: Labels| Container {
+            name: name.into(),
+            id: name.into(),
+            labels,
+            state: ContainerState::Running,
+            ports: vec![],
+            restart_count: 0,
+            exit_code: None,
+            probe: None,
+        };
+        let crowd: Labels = (0..SHARED_TEXTS + 10)
+            .map(|i| (format!("l{i}"), format!("v{i}")))
+            .collect();
+        let long = "x".repeat(SHARED_TEXT_BYTES + 1);
+        let report = AgentFrame::ActualState(ActualState {
+            containers: vec![
+                container("a", [(labels::COMMIT, long.as_str())].into()),
+                container("b", [(labels::COMMIT, long.as_str())].into()),
+                container("crowd", crowd),
+                container("c", [(labels::COMMIT, "late")].into()),
+                container("d", [(labels::COMMIT, "late")].into()),
+            ],
+            ..ActualState::default()
+        });
+        let Ok(AgentFrame::ActualState(read)) = AgentFrame::decode(&encode(&report)) else {
+            panic!("unreadable")
+        };
+        assert_eq!(AgentFrame::ActualState(read.clone()), report, "read as written");
+        let commit = |c: usize| read.containers[c].labels.0[0].1.clone();
+        assert!(
+            !Arc::ptr_eq(&commit(0), &commit(1)),
+            "a value over the length is its own"
+        );
+        assert!(
+            !Arc::ptr_eq(&commit(3), &commit(4)),
+            "past the count, a value is its own"
+        );
     }
 
     #[test]
