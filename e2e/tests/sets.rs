@@ -171,7 +171,11 @@ fn a_set_makes_a_sandbox_per_branch_and_removes_it_with_its_branch() {
         wait_for(
             "feature/c on a's old port",
             Duration::from_secs(120),
-            answers(port_a, &c_commit),
+            || match get_text(&format!("http://127.0.0.1:{port_a}/")) {
+                Ok(text) if text.contains(a.as_str()) => panic!("port {port_a} answers as removed feature/a: {text}"),
+                Ok(text) if text.contains(c_commit.as_str()) => Ok(text),
+                other => Err(format!("{other:?}")),
+            },
         );
     } else {
         let left = get_text(&format!("http://127.0.0.1:{port_a}/"));

@@ -592,11 +592,26 @@ async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
             probe: None,
         })
         .collect();
-    let report = AgentFrame::ActualState(ActualState {
+    // A label of two-byte characters across the end of the first fragment: the cut falls inside one of them.
+    let mut report = ActualState {
         containers,
         ..ActualState::default()
-    });
-    let fragments = sdp_protocol::fragments(sdp_protocol::encode(&report).len()).count();
+    };
+    let wide = "é".repeat(40_000);
+    for pad in ["", "x"] {
+        report.containers[0].labels.insert("wide", format!("{pad}{wide}"));
+        let text = sdp_protocol::encode(&AgentFrame::ActualState(report.clone()));
+        if !text.is_char_boundary(sdp_protocol::FRAGMENT_BYTES) {
+            break;
+        }
+    }
+    let report = AgentFrame::ActualState(report);
+    let text = sdp_protocol::encode(&report);
+    assert!(
+        !text.is_char_boundary(sdp_protocol::FRAGMENT_BYTES),
+        "a character is cut by the first fragment"
+    );
+    let fragments = sdp_protocol::fragments(text.len()).count();
     assert!(
         fragments > 3,
         "the report is {fragments} frames: too short to test fragments"
@@ -613,6 +628,8 @@ async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
         "sandbox-other-1999-account"
     );
     assert_eq!(actual["micro"]["containers"][1999]["ports"][0], 21_999);
+    let read = actual["micro"]["containers"][0]["labels"]["wide"].as_str().unwrap();
+    assert!(read.ends_with(&wide) && read.len() <= wide.len() + 1, "{read:.40}");
     // The connection still serves: the agent is acted on.
     let first = next_action(&mut ws).await;
     assert!(
