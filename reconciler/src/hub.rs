@@ -48,6 +48,15 @@ struct Agent {
     reported: bool,
 }
 
+/// Whether the agent of `role` is connected and has reported on this connection.
+fn readiness(state: &State, role: Role) -> Readiness {
+    match state.agents.get(&role) {
+        None => Readiness::NotConnected,
+        Some(a) if !a.reported => Readiness::NoReportYet,
+        Some(_) => Readiness::Ready,
+    }
+}
+
 /// Whether a role's agent can be acted on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -202,13 +211,17 @@ impl Hub {
         self.lock().agents.get(&role).map(|a| a.info.address.clone())
     }
 
-    /// Whether the agent of `role` is connected and has reported on this connection.
-    pub fn readiness(&self, role: Role) -> Readiness {
-        match self.lock().agents.get(&role) {
-            None => Readiness::NotConnected,
-            Some(a) if !a.reported => Readiness::NoReportYet,
-            Some(_) => Readiness::Ready,
-        }
+    /// What every agent reported last, and whether each role was ready when it was read: one read, so that a role
+    /// found ready has its first report of the connection in what is returned (a pass that planned from a report
+    /// read before the first one was stored, then found the role ready, redeployed what ran).
+    pub fn actual_and_readiness(&self) -> (Arc<Actual>, impl Fn(Role) -> Readiness + use<>) {
+        let state = self.lock();
+        let (micro, gateway) = (readiness(&state, Role::Micro), readiness(&state, Role::Gateway));
+        let roles = move |role| match role {
+            Role::Micro => micro,
+            Role::Gateway => gateway,
+        };
+        (state.actual.clone(), roles)
     }
 
     /// Sends an action to the agent of `role` and waits for its result, at most `deadline`.
@@ -435,6 +448,8 @@ impl Hub {
     async fn handle(&self, role: Role, conn: u64, frame: AgentFrame) {
         match frame {
             AgentFrame::ActualState(report) => {
+                // Stored before the connection counts as reported: whoever finds the role ready finds this report.
+                let changed = self.store_report(role, report);
                 let first = {
                     let mut state = self.lock();
                     match state.agents.get_mut(&role) {
@@ -443,7 +458,6 @@ impl Hub {
                     }
                 };
                 // The first report of a connection wakes what waited for it, even when it says nothing new.
-                let changed = self.store_report(role, report);
                 if first {
                     let _ = self.events.send(HubEvent::FirstReport(role)).await;
                 } else if changed {

@@ -138,7 +138,9 @@ impl Controller {
             findings.stopped_early = Some(errors.join("; "));
             return Ok(Requeue::Never);
         }
-        let actual = self.hub.actual();
+        // Readiness as of the report planned from: a role that turned ready since is acted on at the next pass (its
+        // first report wakes every sandbox), never from a plan made before its report was in.
+        let (actual, readiness) = self.hub.actual_and_readiness();
         let steps = plan(name, desired, &actual.view(name));
         findings.planned = steps.len();
         let mut next = self.resync_after();
@@ -156,7 +158,7 @@ impl Controller {
                     findings.problems.push("the reconciler is stopping".into());
                     break 'runs;
                 }
-                match self.hub.readiness(step.role) {
+                match readiness(step.role) {
                     Readiness::Ready => {}
                     // Checked before a deployment is recorded for nothing; the agent's first report wakes every
                     // sandbox. Until it is in, what the hub holds of the role may be empty (a reconciler that just
