@@ -186,7 +186,7 @@ impl Executor {
         }
         let heads = self.heads(&worktrees).await;
         Ok(ActualState {
-            containers,
+            containers: containers.into_iter().map(std::sync::Arc::new).collect(),
             networks,
             worktrees,
             routes,

@@ -127,16 +127,19 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
                 commit: commit.as_str().into(),
             });
             state.containers.retain(|c| c.name != d.container);
-            state.containers.push(Container {
-                name: d.container.clone(),
-                id: commit_of(&d.container, "container") + &commit_of("id", &d.container)[..24],
-                labels: l.into(),
-                state: ContainerState::Running,
-                ports: vec![d.host_port],
-                restart_count: 0,
-                exit_code: None,
-                probe: None,
-            });
+            state.containers.push(
+                Container {
+                    name: d.container.clone(),
+                    id: commit_of(&d.container, "container") + &commit_of("id", &d.container)[..24],
+                    labels: l.into(),
+                    state: ContainerState::Running,
+                    ports: vec![d.host_port],
+                    restart_count: 0,
+                    exit_code: None,
+                    probe: None,
+                }
+                .into(),
+            );
             if d.service == GATEWAY {
                 // A new gateway's config.php starts from the branch.
                 state.routes.insert(d.sandbox.clone(), route_defaults());
@@ -150,7 +153,7 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
         }
         Action::Stop { container } => {
             for c in state.containers.iter_mut().filter(|c| c.name == container) {
-                c.state = ContainerState::Exited;
+                std::sync::Arc::make_mut(c).state = ContainerState::Exited;
             }
         }
         Action::RemoveContainer { container } => state.containers.retain(|c| c.name != container),
@@ -234,7 +237,7 @@ impl StandIn {
                         // whole (an agent sends a report only when it differs from the last).
                         if sent.is_some() && !state.containers.is_empty() {
                             let i = (scans % state.containers.len() as u64) as usize;
-                            state.containers[i].restart_count += 1;
+                            std::sync::Arc::make_mut(&mut state.containers[i]).restart_count += 1;
                         }
                         scans += 1;
                         let state = state.clone();

@@ -227,19 +227,24 @@ impl Vars {
 /// A later value of a name wins, as in a map.
 impl FromIterator<(String, String)> for Vars {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        let mut vars: Vec<(String, String)> = iter.into_iter().collect();
-        // Stable: of equal names, the last one given stays last, and is the one kept.
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(String, String)> = Vec::with_capacity(vars.len());
-        for var in vars {
-            match out.last_mut() {
-                Some(last) if last.0 == var.0 => *last = var,
-                _ => out.push(var),
-            }
-        }
-        out.shrink_to_fit();
-        Vars(out)
+        Vars(by_name_last_wins(iter.into_iter().collect(), |(name, _)| name.as_str()))
     }
+}
+
+/// `entries` sorted by name, keeping of a name given more than once the entry given last, as a map does. Sorted
+/// once: inserting each into a sorted list is quadratic for names given in reverse order, and the names may come
+/// from a hostile writer (a container's labels, a manifest). The sort is stable, so the entry given last of equal
+/// names stays last and is the one kept.
+pub fn by_name_last_wins<T>(mut entries: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
+    entries.sort_by(|a, b| name(a).cmp(name(b)));
+    let mut kept: Vec<T> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match kept.last_mut() {
+            Some(last) if name(last) == name(&entry) => *last = entry,
+            _ => kept.push(entry),
+        }
+    }
+    kept
 }
 
 impl<const N: usize> From<[(String, String); N]> for Vars {
@@ -545,3 +550,20 @@ impl<'de> Deserialize<'de> for SecretRef {
 
 /// The message for a secret written inline. It must never contain the value.
 pub(crate) const INLINE_SECRET: &str = "secret value written inline; secret values never go into the config repo";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// Whatever the order and repeats, the same as inserting each into a map: sorted, the last value kept.
+        #[test]
+        fn entries_by_name_are_what_a_map_keeps(entries in prop::collection::vec(("[a-d]{0,2}", 0u8..4), 0..24)) {
+            let map: BTreeMap<String, u8> = entries.iter().cloned().collect();
+            let kept = by_name_last_wins(entries, |(name, _)| name.as_str());
+            prop_assert_eq!(kept, map.into_iter().collect::<Vec<_>>());
+        }
+    }
+}

@@ -65,6 +65,15 @@ impl AgentFrame {
     /// `ActualState`. `decode` reads a frame of an internally tagged enum into a tree of serde's own first, which
     /// for a report of 10,000 containers is several times the size of its text.
     pub fn decode(text: &str) -> Result<AgentFrame, serde_json::Error> {
+        AgentFrame::decode_after(text, &ActualState::default())
+    }
+
+    /// Decodes one agent frame, as `decode` does. A report's containers that are equal to one of `previous` (the
+    /// report it replaces) with the same id are that container, shared, not a copy: a busy node reports 10,000
+    /// containers again when one of them restarted, and the reconciler holds the last report while it reads the
+    /// next, so without this every report was a second copy of all of them for a moment (megabytes that the
+    /// allocator kept).
+    pub fn decode_after(text: &str, previous: &ActualState) -> Result<AgentFrame, serde_json::Error> {
         #[derive(Deserialize)]
         struct Tag<'a> {
             #[serde(rename = "type", borrow)]
@@ -72,7 +81,7 @@ impl AgentFrame {
         }
         match serde_json::from_str::<Tag<'_>>(text) {
             Ok(tag) if tag.kind == "actualState" => {
-                let _sharing = SharedValues::start();
+                let _decoding = Decoding::start(previous);
                 serde_json::from_str(text).map(AgentFrame::ActualState)
             }
             _ => decode(text),
@@ -81,27 +90,73 @@ impl AgentFrame {
 }
 
 thread_local! {
-    /// While a report is decoded: the label values and worktree fields read so far in it. A value many containers
-    /// and worktrees carry (a commit, a branch, the installation, `true`, a sandbox's name) is kept once, not once
-    /// each. None outside a report, so that
-    /// nothing collects values over a process's life.
-    static SHARED_VALUES: RefCell<Option<HashSet<Arc<str>>>> = const { RefCell::new(None) };
+    /// While a report is decoded: what it may share (see `Decoding`). None outside a report, so that nothing
+    /// collects values over a process's life.
+    static DECODING: RefCell<Option<Shared>> = const { RefCell::new(None) };
 }
 
-/// Label values are shared while it lives (the decode of one report); dropped on every exit, a panic's included.
-struct SharedValues;
+/// What the report being decoded shares.
+struct Shared {
+    /// The label values and worktree fields read so far in it. A value many containers and worktrees carry (a
+    /// commit, a branch, the installation, `true`, a sandbox's name) is kept once, not once each.
+    values: HashSet<Arc<str>>,
+    /// The containers of the report it replaces, by id.
+    previous: Vec<Arc<Container>>,
+}
 
-impl SharedValues {
-    fn start() -> SharedValues {
-        SHARED_VALUES.with(|v| *v.borrow_mut() = Some(HashSet::new()));
-        SharedValues
+/// Sharing is on while it lives (the decode of one report); off on every exit, a panic's included.
+struct Decoding;
+
+impl Decoding {
+    fn start(previous: &ActualState) -> Decoding {
+        let mut by_id = previous.containers.clone();
+        by_id.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        DECODING.with(|d| {
+            *d.borrow_mut() = Some(Shared {
+                values: HashSet::new(),
+                previous: by_id,
+            })
+        });
+        Decoding
     }
 }
 
-impl Drop for SharedValues {
+impl Drop for Decoding {
     fn drop(&mut self) {
-        SHARED_VALUES.with(|v| *v.borrow_mut() = None);
+        DECODING.with(|d| *d.borrow_mut() = None);
     }
+}
+
+/// `container` as read in a report: the previous report's equal container of its id when there is one.
+fn kept(container: Container) -> Arc<Container> {
+    DECODING.with(|d| {
+        let d = d.borrow();
+        let previous = d.as_ref().map_or(&[][..], |d| &d.previous[..]);
+        match previous.binary_search_by(|p| p.id.as_str().cmp(&container.id)) {
+            Ok(i) if *previous[i] == container => previous[i].clone(),
+            _ => Arc::new(container),
+        }
+    })
+}
+
+fn containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<Container>>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<Arc<Container>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of containers")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut read = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(container) = seq.next_element()? {
+                read.push(kept(container));
+            }
+            Ok(read)
+        }
+    }
+    deserializer.deserialize_seq(Visit)
 }
 
 /// At most this many values are shared in one report, each at most `SHARED_TEXT_BYTES` long: past them a value is
@@ -111,7 +166,7 @@ const SHARED_TEXT_BYTES: usize = 256;
 
 /// `value` as a label value or a worktree's field: the one already read in this report when there is one.
 fn shared_text(value: &str) -> Arc<str> {
-    SHARED_VALUES.with(|shared| match shared.borrow_mut().as_mut() {
+    DECODING.with(|d| match d.borrow_mut().as_mut().map(|d| &mut d.values) {
         Some(seen) if value.len() <= SHARED_TEXT_BYTES && seen.len() < SHARED_TEXTS => match seen.get(value) {
             Some(known) => known.clone(),
             None => {
@@ -177,7 +232,9 @@ pub struct Hello {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActualState {
-    pub containers: Vec<Container>,
+    /// Shared with the report before when equal (`AgentFrame::decode_after`).
+    #[serde(deserialize_with = "containers")]
+    pub containers: Vec<Arc<Container>>,
     /// Networks labelled `sdp.managed=true`, by name.
     pub networks: Vec<String>,
     pub worktrees: Vec<Worktree>,
@@ -193,7 +250,7 @@ pub struct ActualState {
 }
 
 /// A container labelled `sdp.managed=true`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     pub name: String,
@@ -282,14 +339,15 @@ fn shared_name(name: &str) -> Cow<'static, str> {
     }
 }
 
+/// A later value of a name wins, as in a map. Only kept values are shared (while a report is decoded).
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Labels {
-        let mut labels = Labels::default();
-        for (name, value) in iter {
-            labels.insert(name, value);
-        }
-        labels.0.shrink_to_fit();
-        labels
+        let kept = sdp_manifest::by_name_last_wins(iter.into_iter().collect(), |(name, _)| name.as_ref());
+        Labels(
+            kept.into_iter()
+                .map(|(name, value)| (shared_name(name.as_ref()), shared_text(value.as_ref())))
+                .collect(),
+        )
     }
 }
 
@@ -334,22 +392,7 @@ impl<'de> Deserialize<'de> for Labels {
                 while let Some(entry) = map.next_entry()? {
                     read.push(entry);
                 }
-                // Sorted once (an insertion each was quadratic for names sent in reverse order). Stable: of a name
-                // given twice the last value stays last and is the one kept, as in a map; only kept values are
-                // shared.
-                read.sort_by(|a, b| a.0.0.cmp(&b.0.0));
-                let mut kept: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(read.len());
-                for entry in read {
-                    match kept.last_mut() {
-                        Some(last) if last.0.0 == entry.0.0 => *last = entry,
-                        _ => kept.push(entry),
-                    }
-                }
-                Ok(Labels(
-                    kept.into_iter()
-                        .map(|(name, value)| (shared_name(&name.0), shared_text(&value.0)))
-                        .collect(),
-                ))
+                Ok(read.into_iter().collect())
             }
         }
         deserializer.deserialize_map(Visit)
@@ -358,6 +401,12 @@ impl<'de> Deserialize<'de> for Labels {
 
 /// A string read from the text itself when it holds no escapes, copied only when it does.
 struct Text<'a>(Cow<'a, str>);
+
+impl AsRef<str> for Text<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
 
 impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {
@@ -796,7 +845,11 @@ mod tests {
             probe: None,
         };
         let report = AgentFrame::ActualState(ActualState {
-            containers: vec![container("a", "c1"), container("b", "c1"), container("c", "c2")],
+            containers: vec![
+                container("a", "c1").into(),
+                container("b", "c1").into(),
+                container("c", "c2").into(),
+            ],
             worktrees: vec![Worktree {
                 sandbox: "s".into(),
                 service: "a".into(),
@@ -836,7 +889,60 @@ mod tests {
         let one: Labels = serde_json::from_str(r#"{"sdp.commit": "c1"}"#).unwrap();
         let two: Labels = serde_json::from_str(r#"{"sdp.commit": "c1"}"#).unwrap();
         assert!(!Arc::ptr_eq(&one.0[0].1, &two.0[0].1));
-        SHARED_VALUES.with(|v| assert!(v.borrow().is_none()));
+        DECODING.with(|v| assert!(v.borrow().is_none()));
+    }
+
+    #[test]
+    fn a_report_shares_the_containers_it_has_in_common_with_the_one_before() {
+        let container = |id: &str, restarts: u32| Container {
+            name: format!("sdp-{id}"),
+            id: id.into(),
+            labels: [(labels::MANAGED, "true")].into(),
+            state: ContainerState::Running,
+            ports: vec![8080],
+            restart_count: restarts,
+            exit_code: None,
+            probe: None,
+        };
+        let report = |containers: Vec<Container>| ActualState {
+            containers: containers.into_iter().map(Arc::new).collect(),
+            ..ActualState::default()
+        };
+        let read = |text: &str, previous: &ActualState| match AgentFrame::decode_after(text, previous) {
+            Ok(AgentFrame::ActualState(read)) => read,
+            other => panic!("not a report: {other:?}"),
+        };
+        let before = read(
+            &encode(&AgentFrame::ActualState(report(vec![
+                container("a", 0),
+                container("b", 0),
+                container("c", 0),
+            ]))),
+            &ActualState::default(),
+        );
+        // b restarted, d is new, c is gone; the order changed.
+        let sent = report(vec![container("d", 0), container("b", 1), container("a", 0)]);
+        let after = read(&encode(&AgentFrame::ActualState(sent.clone())), &before);
+        assert_eq!(after, sent, "read as written");
+        assert!(
+            Arc::ptr_eq(&after.containers[2], &before.containers[0]),
+            "a, unchanged, is the one before"
+        );
+        assert!(
+            !Arc::ptr_eq(&after.containers[1], &before.containers[1]),
+            "b changed: read anew"
+        );
+        assert_eq!(after.containers[1].restart_count, 1);
+        // A container equal in all but its id is not taken for another: the id is part of what is compared.
+        let renamed = report(vec![Container {
+            id: "z".into(),
+            ..container("a", 0)
+        }]);
+        let read_renamed = read(&encode(&AgentFrame::ActualState(renamed.clone())), &before);
+        assert_eq!(read_renamed, renamed);
+        assert!(!Arc::ptr_eq(&read_renamed.containers[0], &before.containers[0]));
+        // Nothing is kept past a decode.
+        DECODING.with(|d| assert!(d.borrow().is_none()));
     }
 
     #[test]
@@ -876,11 +982,11 @@ mod tests {
         let long = "x".repeat(SHARED_TEXT_BYTES + 1);
         let report = AgentFrame::ActualState(ActualState {
             containers: vec![
-                container("a", [(labels::COMMIT, long.as_str())].into()),
-                container("b", [(labels::COMMIT, long.as_str())].into()),
-                container("crowd", crowd),
-                container("c", [(labels::COMMIT, "late")].into()),
-                container("d", [(labels::COMMIT, "late")].into()),
+                container("a", [(labels::COMMIT, long.as_str())].into()).into(),
+                container("b", [(labels::COMMIT, long.as_str())].into()).into(),
+                container("crowd", crowd).into(),
+                container("c", [(labels::COMMIT, "late")].into()).into(),
+                container("d", [(labels::COMMIT, "late")].into()).into(),
             ],
             ..ActualState::default()
         });
@@ -948,6 +1054,8 @@ mod tests {
         // A name twice keeps its last value, as a map does.
         let twice: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
         assert_eq!(twice, Labels::from([("a", "2"), ("b", "3")]));
+        // And so do labels built from a list (the agent builds them from Docker's).
+        assert_eq!(Labels::from([("b", "1"), ("a", "2"), ("b", "3")]), twice);
         let mut changed = read.clone();
         assert_eq!(changed.insert("team", "dd").as_deref(), Some("cc"));
         assert_eq!(changed.insert(labels::SERVICE, "account"), None);
@@ -991,7 +1099,7 @@ mod tests {
                 images: vec!["alpine:3.20".into()],
             }),
             AgentFrame::ActualState(ActualState {
-                containers: vec![Container {
+                containers: vec![Arc::new(Container {
                     name: "sandbox-a-account".into(),
                     id: "f00".into(),
                     labels: [("sdp.sandbox", "a"), ("sdp.managed", "true"), ("team", "cc")].into(),
@@ -1000,7 +1108,7 @@ mod tests {
                     restart_count: 2,
                     exit_code: None,
                     probe: None,
-                }],
+                })],
                 networks: vec!["sandbox-a".into()],
                 worktrees: vec![],
                 routes: [(

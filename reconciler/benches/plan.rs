@@ -130,16 +130,19 @@ fn converged(desired: &Desired) -> Actual {
                     branch: d.branch.as_str().into(),
                     commit: "c0ffee".into(),
                 });
-                state.containers.push(Container {
-                    name: d.container.clone(),
-                    id: d.container.clone(),
-                    labels: l.into(),
-                    state: ContainerState::Running,
-                    ports: vec![d.host_port],
-                    restart_count: 0,
-                    exit_code: None,
-                    probe: None,
-                });
+                state.containers.push(
+                    Container {
+                        name: d.container.clone(),
+                        id: d.container.clone(),
+                        labels: l.into(),
+                        state: ContainerState::Running,
+                        ports: vec![d.host_port],
+                        restart_count: 0,
+                        exit_code: None,
+                        probe: None,
+                    }
+                    .into(),
+                );
             }
             Action::SetRoutes { sandbox, routes } => {
                 state.routes.insert(sandbox, routes);

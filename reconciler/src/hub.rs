@@ -378,9 +378,11 @@ impl Hub {
                 Message::Close(_) => break,
                 _ => continue,
             };
-            // The text (megabytes for a report) goes before the frame is handled, not after.
-            let frame = AgentFrame::decode(&text);
-            drop(text);
+            // The text (megabytes for a report) goes before the frame is handled, not after. A report shares the
+            // containers it has in common with the role's last one.
+            let previous = self.lock().actual.shared_of(role).clone();
+            let frame = AgentFrame::decode_after(&text, &previous);
+            drop((text, previous));
             match frame {
                 Ok(frame) => self.handle(role, conn, frame).await,
                 Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),

@@ -241,6 +241,11 @@ impl Actual {
     }
 
     pub fn of(&self, role: Role) -> &ActualState {
+        self.shared_of(role)
+    }
+
+    /// The report of `role`, to hold past this `Actual`.
+    pub fn shared_of(&self, role: Role) -> &Arc<ActualState> {
         match role {
             Role::Micro => &self.micro,
             Role::Gateway => &self.gateway,
@@ -304,7 +309,7 @@ impl Actual {
                 part.containers = places
                     .containers
                     .iter()
-                    .map(|i| &state.containers[*i as usize])
+                    .map(|i| &*state.containers[*i as usize])
                     .collect();
                 part.networks = places
                     .networks
@@ -386,6 +391,7 @@ impl Actual {
                 .containers
                 .iter()
                 .filter(|c| c.labels.get(labels::SANDBOX).is_some_and(|s| s == name))
+                .map(|c| &**c)
                 .collect();
             part.networks = state
                 .networks

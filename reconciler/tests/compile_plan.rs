@@ -244,7 +244,7 @@ fn drift_is_planned_with_its_reason() {
     let (desired, actual) = converged_example();
 
     let mut exited = actual.clone();
-    exited.of_mut(Role::Micro).containers[0].state = ContainerState::Exited;
+    Arc::make_mut(&mut exited.of_mut(Role::Micro).containers[0]).state = ContainerState::Exited;
     let step = only_step(&desired, &exited);
     assert_eq!(step.reason, Reason::ContainerNotRunning { state: "exited".into() });
     assert!(matches!(step.action, Action::DeployService(_)));
@@ -322,16 +322,19 @@ fn a_changed_spec_replaces_only_the_changed_container() {
 fn a_deleted_sandbox_is_removed_containers_first_and_unmanaged_containers_are_left_alone() {
     let (_, mut actual) = converged_example();
     // A container someone made by hand with a sandbox label but no sdp.managed: never SDP's to remove.
-    actual.of_mut(Role::Micro).containers.push(Container {
-        name: "sandbox-qa-login-error-debug".into(),
-        id: "hand-made".into(),
-        labels: [(labels::SANDBOX.to_string(), "qa-login-error".to_string())].into(),
-        state: ContainerState::Running,
-        ports: vec![],
-        restart_count: 0,
-        exit_code: None,
-        probe: None,
-    });
+    actual.of_mut(Role::Micro).containers.push(
+        Container {
+            name: "sandbox-qa-login-error-debug".into(),
+            id: "hand-made".into(),
+            labels: [(labels::SANDBOX.to_string(), "qa-login-error".to_string())].into(),
+            state: ContainerState::Running,
+            ports: vec![],
+            restart_count: 0,
+            exit_code: None,
+            probe: None,
+        }
+        .into(),
+    );
     let steps = plan("qa-login-error", None, &actual.view("qa-login-error"));
     assert_eq!(
         kinds(&steps),
@@ -607,10 +610,10 @@ fn health_comes_from_state_restarts_and_the_health_path() {
     account_of(&mut actual).restart_count = 3;
     assert_eq!(health(d, &actual.view(name)), Health::Degraded, "restarting often");
     for c in actual.of_mut(Role::Micro).containers.iter_mut() {
-        c.state = ContainerState::Exited;
+        Arc::make_mut(c).state = ContainerState::Exited;
     }
     for c in actual.of_mut(Role::Gateway).containers.iter_mut() {
-        c.state = ContainerState::Exited;
+        Arc::make_mut(c).state = ContainerState::Exited;
     }
     assert_eq!(health(d, &actual.view(name)), Health::Unhealthy, "nothing runs");
 
@@ -636,10 +639,11 @@ fn health_comes_from_state_restarts_and_the_health_path() {
 
 fn account_of(actual: &mut Actual) -> &mut Container {
     let containers = &mut actual.of_mut(Role::Micro).containers;
-    containers
+    let account = containers
         .iter_mut()
         .find(|c| c.name == "sandbox-qa-login-error-account")
-        .unwrap()
+        .unwrap();
+    Arc::make_mut(account)
 }
 
 #[test]

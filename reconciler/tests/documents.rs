@@ -58,24 +58,27 @@ async fn agent(s: &Server, role: Role) {
     .await;
     let container = sdp_protocol::container_name(SANDBOX, service);
     let mut report = ActualState {
-        containers: vec![Container {
-            name: container,
-            id: format!("{node}-id"),
-            labels: sdp_protocol::Labels::from([
-                (sdp_protocol::labels::MANAGED, "true"),
-                (sdp_protocol::labels::SANDBOX, SANDBOX),
-                (sdp_protocol::labels::SERVICE, service),
-                (sdp_protocol::labels::COMMIT, "0123456789abcdef0123"),
-            ]),
-            state: ContainerState::Running,
-            ports: vec![9001],
-            restart_count: 2,
-            exit_code: None,
-            probe: Some(Probe {
-                ok: false,
-                detail: "HTTP 503".into(),
-            }),
-        }],
+        containers: vec![
+            Container {
+                name: container,
+                id: format!("{node}-id"),
+                labels: sdp_protocol::Labels::from([
+                    (sdp_protocol::labels::MANAGED, "true"),
+                    (sdp_protocol::labels::SANDBOX, SANDBOX),
+                    (sdp_protocol::labels::SERVICE, service),
+                    (sdp_protocol::labels::COMMIT, "0123456789abcdef0123"),
+                ]),
+                state: ContainerState::Running,
+                ports: vec![9001],
+                restart_count: 2,
+                exit_code: None,
+                probe: Some(Probe {
+                    ok: false,
+                    detail: "HTTP 503".into(),
+                }),
+            }
+            .into(),
+        ],
         networks: vec![sdp_protocol::network_name(SANDBOX)],
         worktrees: vec![Worktree {
             sandbox: SANDBOX.into(),

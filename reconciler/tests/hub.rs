@@ -277,21 +277,24 @@ async fn triggers_of_a_sandbox_in_a_pass_are_merged_into_one_pass() {
     // Fifty reports, each saying something new of the sandbox: fifty triggers while it is in a pass.
     for i in 0..50 {
         let report = ActualState {
-            containers: vec![Container {
-                name: sdp_protocol::container_name(SANDBOX, "account"),
-                id: "c0ffee".into(),
-                labels: [
-                    (labels::MANAGED.to_string(), "true".to_string()),
-                    (labels::SANDBOX.to_string(), SANDBOX.to_string()),
-                    (labels::SERVICE.to_string(), "account".to_string()),
-                ]
+            containers: vec![
+                Container {
+                    name: sdp_protocol::container_name(SANDBOX, "account"),
+                    id: "c0ffee".into(),
+                    labels: [
+                        (labels::MANAGED.to_string(), "true".to_string()),
+                        (labels::SANDBOX.to_string(), SANDBOX.to_string()),
+                        (labels::SERVICE.to_string(), "account".to_string()),
+                    ]
+                    .into(),
+                    state: ContainerState::Exited,
+                    ports: vec![],
+                    restart_count: i,
+                    exit_code: Some(1),
+                    probe: None,
+                }
                 .into(),
-                state: ContainerState::Exited,
-                ports: vec![],
-                restart_count: i,
-                exit_code: Some(1),
-                probe: None,
-            }],
+            ],
             ..ActualState::default()
         };
         send(&mut ws, AgentFrame::ActualState(report)).await;
@@ -580,16 +583,18 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
 async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
     let s = server().await;
     let mut ws = micro(&s).await;
-    let containers: Vec<Container> = (0..2_000)
-        .map(|i| Container {
-            name: format!("sandbox-other-{i:04}-account"),
-            id: format!("{i:064x}"),
-            labels: [(labels::SANDBOX.to_string(), format!("other-{i:04}"))].into(),
-            state: ContainerState::Running,
-            ports: vec![20_000 + i],
-            restart_count: 0,
-            exit_code: None,
-            probe: None,
+    let containers: Vec<Arc<Container>> = (0..2_000)
+        .map(|i| {
+            Arc::new(Container {
+                name: format!("sandbox-other-{i:04}-account"),
+                id: format!("{i:064x}"),
+                labels: [(labels::SANDBOX.to_string(), format!("other-{i:04}"))].into(),
+                state: ContainerState::Running,
+                ports: vec![20_000 + i],
+                restart_count: 0,
+                exit_code: None,
+                probe: None,
+            })
         })
         .collect();
     // A label of two-byte characters across the end of the first fragment: the cut falls inside one of them.
@@ -599,7 +604,9 @@ async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
     };
     let wide = "é".repeat(40_000);
     for pad in ["", "x"] {
-        report.containers[0].labels.insert("wide", format!("{pad}{wide}"));
+        Arc::make_mut(&mut report.containers[0])
+            .labels
+            .insert("wide", format!("{pad}{wide}"));
         let text = sdp_protocol::encode(&AgentFrame::ActualState(report.clone()));
         if !text.is_char_boundary(sdp_protocol::FRAGMENT_BYTES) {
             break;
@@ -693,7 +700,7 @@ async fn nothing_is_removed_before_the_config_repo_has_been_read() {
     running.labels.insert(labels::SANDBOX, SANDBOX);
     running.labels.insert(labels::SERVICE, "account");
     let report = ActualState {
-        containers: vec![running],
+        containers: vec![running.into()],
         networks: vec![sdp_protocol::network_name(SANDBOX)],
         ..Default::default()
     };

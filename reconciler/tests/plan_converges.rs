@@ -170,7 +170,7 @@ fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
                 state.containers.remove(i % n);
             }
             Drift::SetState(i, s) if !state.containers.is_empty() => {
-                state.containers[i % n].state = [
+                std::sync::Arc::make_mut(&mut state.containers[i % n]).state = [
                     ContainerState::Exited,
                     ContainerState::Dead,
                     ContainerState::Created,
@@ -179,7 +179,9 @@ fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
                 ][*s as usize];
             }
             Drift::ChangeHash(i) if !state.containers.is_empty() => {
-                state.containers[i % n].labels.insert(labels::SPEC_HASH, "edited");
+                std::sync::Arc::make_mut(&mut state.containers[i % n])
+                    .labels
+                    .insert(labels::SPEC_HASH, "edited");
             }
             Drift::RemoveNetwork(i) if !state.networks.is_empty() => {
                 let n = state.networks.len();
@@ -207,11 +209,15 @@ fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
             Drift::StrayManaged(sb, svc) => {
                 let service = ["account", "payment", "user", "old"][*svc];
                 let name = format!("sandbox-{}-{service}-stray", SANDBOXES[*sb]);
-                state.containers.push(container(name, SANDBOXES[*sb], service, true));
+                state
+                    .containers
+                    .push(container(name, SANDBOXES[*sb], service, true).into());
             }
             Drift::Unmanaged(sb) => {
                 let name = format!("hand-made-{sb}-{}", state.containers.len());
-                state.containers.push(container(name, SANDBOXES[*sb], "account", false));
+                state
+                    .containers
+                    .push(container(name, SANDBOXES[*sb], "account", false).into());
             }
             _ => {}
         }

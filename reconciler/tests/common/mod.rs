@@ -39,16 +39,19 @@ pub fn apply(step: &Step, actual: &mut Actual) {
                     .map(|h| h.commit.clone())
             });
             labels.insert(labels::COMMIT.into(), commit.clone().unwrap_or_else(|| "0000".into()));
-            state.containers.push(Container {
-                name: d.container.clone(),
-                id: format!("id-{}", d.container),
-                labels: labels.into(),
-                state: ContainerState::Running,
-                ports: vec![d.host_port],
-                restart_count: 0,
-                exit_code: None,
-                probe: None,
-            });
+            state.containers.push(
+                Container {
+                    name: d.container.clone(),
+                    id: format!("id-{}", d.container),
+                    labels: labels.into(),
+                    state: ContainerState::Running,
+                    ports: vec![d.host_port],
+                    restart_count: 0,
+                    exit_code: None,
+                    probe: None,
+                }
+                .into(),
+            );
             state
                 .worktrees
                 .retain(|w| !(*w.sandbox == *d.sandbox && *w.service == *d.service));
@@ -71,7 +74,7 @@ pub fn apply(step: &Step, actual: &mut Actual) {
         }
         Action::Stop { container } => {
             for c in state.containers.iter_mut().filter(|c| &c.name == container) {
-                c.state = ContainerState::Exited;
+                std::sync::Arc::make_mut(c).state = ContainerState::Exited;
             }
         }
         Action::RemoveContainer { container } => state.containers.retain(|c| &c.name != container),
