@@ -72,7 +72,8 @@ impl AgentFrame {
     /// report it replaces) with the same id are that container, shared, not a copy: a busy node reports 10,000
     /// containers again when one of them restarted, and the reconciler holds the last report while it reads the
     /// next, so without this every report was a second copy of all of them for a moment (megabytes that the
-    /// allocator kept).
+    /// allocator kept). A container sent exactly as the one before it would be written is not even read: reading
+    /// it only to drop it made megabytes of garbage every few seconds, interleaved with what the report keeps.
     pub fn decode_after(text: &str, previous: &ActualState) -> Result<AgentFrame, serde_json::Error> {
         #[derive(Deserialize)]
         struct Tag<'a> {
@@ -82,10 +83,69 @@ impl AgentFrame {
         match serde_json::from_str::<Tag<'_>>(text) {
             Ok(tag) if tag.kind == "actualState" => {
                 let _decoding = Decoding::start(previous);
-                serde_json::from_str(text).map(AgentFrame::ActualState)
+                serde_json::from_str::<Report<'_>>(text)?
+                    .read()
+                    .map(AgentFrame::ActualState)
             }
             _ => decode(text),
         }
+    }
+}
+
+/// A report as it arrives, its containers still as sent: `ActualState` field for field (its attributes too),
+/// `type` aside. Building the `ActualState` names every field, so a field added there does not compile until it is
+/// added here.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    #[serde(borrow)]
+    containers: Vec<&'a serde_json::value::RawValue>,
+    networks: Vec<String>,
+    worktrees: Vec<Worktree>,
+    #[serde(default)]
+    routes: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    route_defaults: BTreeMap<String, BTreeMap<String, String>>,
+    heads: Vec<BranchHead>,
+}
+
+impl Report<'_> {
+    /// The report, each container the previous report's with its id when it was sent exactly as that one is
+    /// written (an agent writes what it reads as the reconciler does), else read (and still the previous one
+    /// when equal, `kept`). A container that cannot be read is named by its place in the list.
+    fn read(self) -> Result<ActualState, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            id: Cow<'a, str>,
+        }
+        let mut written = Vec::new();
+        let mut containers = Vec::with_capacity(self.containers.len());
+        for (i, raw) in self.containers.into_iter().enumerate() {
+            let text = raw.get();
+            let before = serde_json::from_str::<Id<'_>>(text)
+                .ok()
+                .and_then(|Id { id }| previous_with_id(&id));
+            if let Some(before) = before {
+                written.clear();
+                serde_json::to_writer(&mut written, &*before)?;
+                if written == text.as_bytes() {
+                    containers.push(before);
+                    continue;
+                }
+            }
+            let container = serde_json::from_str::<Container>(text)
+                .map_err(|e| <serde_json::Error as serde::de::Error>::custom(format!("containers[{i}]: {e}")))?;
+            containers.push(kept(container));
+        }
+        Ok(ActualState {
+            containers,
+            networks: self.networks,
+            worktrees: self.worktrees,
+            routes: self.routes,
+            route_defaults: self.route_defaults,
+            heads: self.heads,
+        })
     }
 }
 
@@ -127,16 +187,22 @@ impl Drop for Decoding {
     }
 }
 
-/// `container` as read in a report: the previous report's equal container of its id when there is one.
-fn kept(container: Container) -> Arc<Container> {
+/// The previous report's container with id `id`, while a report is decoded.
+fn previous_with_id(id: &str) -> Option<Arc<Container>> {
     DECODING.with(|d| {
         let d = d.borrow();
         let previous = d.as_ref().map_or(&[][..], |d| &d.previous[..]);
-        match previous.binary_search_by(|p| p.id.as_str().cmp(&container.id)) {
-            Ok(i) if *previous[i] == container => previous[i].clone(),
-            _ => Arc::new(container),
-        }
+        let i = previous.binary_search_by(|p| p.id.as_str().cmp(id)).ok()?;
+        Some(previous[i].clone())
     })
+}
+
+/// `container` as read in a report: the previous report's equal container of its id when there is one.
+fn kept(container: Container) -> Arc<Container> {
+    match previous_with_id(&container.id) {
+        Some(before) if *before == container => before,
+        _ => Arc::new(container),
+    }
 }
 
 fn containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<Container>>, D::Error> {
@@ -941,6 +1007,24 @@ mod tests {
         let read_renamed = read(&encode(&AgentFrame::ActualState(renamed.clone())), &before);
         assert_eq!(read_renamed, renamed);
         assert!(!Arc::ptr_eq(&read_renamed.containers[0], &before.containers[0]));
+        // Written otherwise than the reconciler writes it (spaced, its keys in another order), an equal container
+        // is read, and still the one before.
+        let spaced = r#"{"type": "actualState", "containers": [ {"labels": {"sdp.managed": "true"}, "id": "a", "name": "sdp-a",
+                "state": "running", "ports": [8080], "restartCount": 0} ], "networks": [], "worktrees": [], "heads": []}"#;
+        let read_spaced = read(spaced, &before);
+        assert_eq!(read_spaced, report(vec![container("a", 0)]));
+        assert!(Arc::ptr_eq(&read_spaced.containers[0], &before.containers[0]));
+        // Sent as the one before but with a field of the wrong type: read, and refused, naming its place.
+        let text = encode(&AgentFrame::ActualState(report(vec![
+            container("b", 0),
+            container("a", 0),
+        ])))
+        .replace(r#""restartCount":0}]"#, r#""restartCount":"zero"}]"#);
+        let error = AgentFrame::decode_after(&text, &before).unwrap_err().to_string();
+        assert!(
+            error.starts_with("containers[1]: invalid type: string \"zero\""),
+            "{error}"
+        );
         // Nothing is kept past a decode.
         DECODING.with(|d| assert!(d.borrow().is_none()));
     }
