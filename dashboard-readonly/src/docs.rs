@@ -362,6 +362,9 @@ pub struct ActualDoc {
     pub gateway: Arc<ActualState>,
     /// The host ports given out, each kept while its sandbox and service exist.
     pub ports: Vec<PortDoc>,
+    /// Ports given up, with who had them: not given out again while a container on the VMs still publishes them.
+    #[serde(default)]
+    pub leaving_ports: Vec<PortDoc>,
     pub settings: CompileSettings,
     /// The reconciler's clock, unix seconds.
     pub now: u64,

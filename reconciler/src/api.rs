@@ -529,6 +529,7 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
         micro: actual.micro.clone(),
         gateway: actual.gateway.clone(),
         ports: docs::ports(&c.allocations()),
+        leaving_ports: docs::leaving(&c.allocations()),
         settings: (&c.compile_settings()).into(),
         now: clock.now,
         last_activity: clock.last_activity,

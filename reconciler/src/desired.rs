@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sdp_manifest::rules;
 use sdp_manifest::{Environment, Resources, Route, Sandbox, Vars};
-use sdp_protocol::{Deploy, GATEWAY, GoBuild, container_name, labels};
+use sdp_protocol::{Deploy, GATEWAY, GoBuild, Role, container_name, labels};
 use serde::{Deserialize, Serialize};
 
 /// Annotation that `sdp restart SANDBOX` writes: a change of its value replaces every container of the sandbox.
@@ -43,6 +43,38 @@ impl Default for Settings {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocations {
     pub ports: BTreeMap<(String, String), u16>,
+    /// Ports given up (their sandbox or service went, or it moved to another port), with who had them: not given
+    /// out again until no container on the VMs publishes them any more (`settled`). The old container runs until
+    /// its sandbox's pass removes it: a new sandbox (a renamed one, often, in the same commit) given its port at
+    /// once failed to start on it, or had its gateway route to the old container meanwhile. An explicit `port`
+    /// may still take one: its deploy is retried until the port is free.
+    #[serde(default)]
+    pub leaving: BTreeMap<u16, (String, String)>,
+}
+
+impl Allocations {
+    /// These allocations without the leaving ports that no container publishes now, or `None` when none is
+    /// released. `published(role)` is the host ports published on that role's VM as its agent last reported, or
+    /// `None` when that is not known (no agent, or no report since it connected): then nothing of it is released.
+    pub fn settled(&self, published: impl Fn(Role) -> Option<BTreeSet<u16>>) -> Option<Allocations> {
+        if self.leaving.is_empty() {
+            return None;
+        }
+        let [micro, gateway] = [Role::Micro, Role::Gateway].map(&published);
+        let leaving: BTreeMap<u16, (String, String)> = self
+            .leaving
+            .iter()
+            .filter(|(port, (_, service))| {
+                let on = if service == GATEWAY { &gateway } else { &micro };
+                on.as_ref().is_none_or(|published| published.contains(port))
+            })
+            .map(|(port, key)| (*port, key.clone()))
+            .collect();
+        (leaving.len() != self.leaving.len()).then(|| Allocations {
+            ports: self.ports.clone(),
+            leaving,
+        })
+    }
 }
 
 /// What compile reads besides the manifests: when each sandbox last changed or deployed, and now (unix seconds).
@@ -292,18 +324,20 @@ pub fn compile_again(
     wanted.dedup_by(|a, b| a.0 == b.0);
     // The port each wanted key had, in the order of `wanted`.
     let mut had: Vec<Option<u16>> = Vec::with_capacity(wanted.len());
+    // Ports given up now: of keys no longer wanted (found on the same walk), or moved by an explicit `port`.
+    let mut given_up: Vec<u16> = Vec::new();
     let mut stored = previous.ports.iter().peekable();
     for (key, _) in &wanted {
-        while stored
-            .next_if(|((sb, svc), _)| (sb.as_str(), svc.as_str()) < *key)
-            .is_some()
-        {}
+        while let Some((_, port)) = stored.next_if(|((sb, svc), _)| (sb.as_str(), svc.as_str()) < *key) {
+            given_up.push(*port);
+        }
         had.push(
             stored
                 .next_if(|((sb, svc), _)| (sb.as_str(), svc.as_str()) == *key)
                 .map(|(_, p)| *p),
         );
     }
+    given_up.extend(stored.map(|(_, port)| *port));
     let mut ports: BTreeMap<(&str, &str), u16> = wanted
         .iter()
         .zip(&had)
@@ -358,6 +392,7 @@ pub fn compile_again(
                     && holders.get(&old) == Some(&key)
                 {
                     holders.remove(&old);
+                    given_up.push(old);
                 }
                 holders.insert(port, key);
                 had[i] = Some(port);
@@ -382,6 +417,8 @@ pub fn compile_again(
         };
         out.held.entry(key.0.to_string()).or_insert(reason);
     }
+    // Not given out: the ports leaving, and the ones given up now (held by nobody any more).
+    let reserved: BTreeSet<u16> = previous.leaving.keys().copied().chain(given_up).collect();
     // The lowest free port of each range, searched from where the last search stopped.
     let mut next_gateway = *settings.gateway_ports.start();
     let mut next_service = *settings.service_ports.start();
@@ -395,7 +432,7 @@ pub fn compile_again(
         } else {
             (&settings.service_ports, &mut next_service)
         };
-        match (*next..=*range.end()).find(|p| !holders.contains_key(p)) {
+        match (*next..=*range.end()).find(|p| !holders.contains_key(p) && !reserved.contains(p)) {
             Some(port) => {
                 ports.insert(*key, port);
                 holders.insert(port, *key);
@@ -452,11 +489,21 @@ pub fn compile_again(
     out.allocations = if unchanged {
         previous.clone()
     } else {
+        // What was leaving and what was given up now, but a port given out again (an explicit `port` took it).
+        let given: BTreeSet<u16> = ports.values().copied().collect();
+        let mut leaving = previous.leaving.clone();
+        for (key, port) in &previous.ports {
+            if !given.contains(port) {
+                leaving.insert(*port, key.clone());
+            }
+        }
+        leaving.retain(|port, _| !given.contains(port));
         Arc::new(Allocations {
             ports: ports
                 .into_iter()
                 .map(|((sb, svc), p)| ((sb.to_string(), svc.to_string()), p))
                 .collect(),
+            leaving,
         })
     };
     out

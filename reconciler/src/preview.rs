@@ -33,7 +33,7 @@ impl From<ActualDoc> for Inputs {
         Inputs {
             current: doc.sandboxes,
             actual: Actual::shared(doc.micro, doc.gateway),
-            allocations: Arc::new(crate::api::docs::allocations(&doc.ports)),
+            allocations: Arc::new(crate::api::docs::allocations(&doc.ports, &doc.leaving_ports)),
             settings: Settings::from(&doc.settings),
             clock: Clock {
                 now: doc.now,

@@ -229,18 +229,34 @@ impl Store {
 
     pub fn allocations(&self) -> Result<Allocations> {
         let stored: Vec<(String, String, u16)> = self.get_meta("allocations")?;
+        let leaving: Vec<(String, String, u16)> = self.get_meta("leaving ports")?;
         Ok(Allocations {
             ports: stored.into_iter().map(|(sb, svc, p)| ((sb, svc), p)).collect(),
+            leaving: leaving.into_iter().map(|(sb, svc, p)| (p, (sb, svc))).collect(),
         })
     }
 
+    /// The ports given out and the ports leaving, in one transaction: a port is never lost between the two.
     pub fn set_allocations(&self, a: &Allocations) -> Result<()> {
         let flat: Vec<(&str, &str, u16)> = a
             .ports
             .iter()
             .map(|((sb, svc), p)| (sb.as_str(), svc.as_str(), *p))
             .collect();
-        self.put_meta("allocations", &flat)
+        let leaving: Vec<(&str, &str, u16)> = a
+            .leaving
+            .iter()
+            .map(|(p, (sb, svc))| (sb.as_str(), svc.as_str(), *p))
+            .collect();
+        let (flat, leaving) = (serde_json::to_vec(&flat)?, serde_json::to_vec(&leaving)?);
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("allocations", flat.as_slice())?;
+            meta.insert("leaving ports", leaving.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// When each sandbox last changed in git or was deployed (unix seconds).

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -430,15 +431,64 @@ fn allocated_ports_stay_stable_and_are_released_on_delete() {
     assert_eq!(ports(&second, "aaa", "account"), 9003);
     assert_eq!(ports(&second, "aaa", GATEWAY), 8081);
 
-    // alpha deleted: its ports are free again and the next sandbox gets the lowest.
+    // alpha deleted: its ports leave, and are given to nobody while its containers may still publish them.
     let (aaa, _) = sandboxes(&sandbox_yaml("aaa", &[("account", "x")]));
     let third = compile_now(&aaa, &envs, &second.allocations);
     assert_eq!(third.allocations.ports.len(), 2);
+    let leaving = |d: &Desired| -> Vec<(u16, String)> {
+        d.allocations
+            .leaving
+            .iter()
+            .map(|(p, (sb, svc))| (*p, format!("{sb}/{svc}")))
+            .collect()
+    };
+    let alpha_leaving = vec![
+        (8080, "alpha/gateway".to_string()),
+        (9001, "alpha/account".to_string()),
+        (9002, "alpha/user".to_string()),
+    ];
+    assert_eq!(leaving(&third), alpha_leaving);
+    // A sandbox made meanwhile (alpha renamed to beta, say) gets other ports.
     let (mut next, _) = sandboxes(&sandbox_yaml("beta", &[("user", "x")]));
-    next.extend(aaa);
-    let fourth = compile_now(&next, &envs, &third.allocations);
+    next.extend(aaa.clone());
+    let early = compile_now(&next, &envs, &third.allocations);
+    assert_eq!(ports(&early, "beta", "user"), 9004);
+    assert_eq!(ports(&early, "beta", GATEWAY), 8082);
+    assert_eq!(leaving(&early), alpha_leaving);
+    // They stay leaving while the VM that ran them still publishes them, or while nothing is known of it.
+    let published = |ports: &[u16]| Some(ports.iter().copied().collect::<BTreeSet<u16>>());
+    let unknown_gateway = |role: Role| (role == Role::Micro).then(BTreeSet::new);
+    let partly = third
+        .allocations
+        .settled(unknown_gateway)
+        .expect("the services' ports went");
+    assert_eq!(partly.leaving.into_keys().collect::<Vec<_>>(), [8080]);
+    let still = |role: Role| match role {
+        Role::Micro => published(&[9001, 9002, 9003]),
+        Role::Gateway => published(&[8080, 8081]),
+    };
+    assert_eq!(third.allocations.settled(still), None, "nothing was released");
+    // Once no container publishes them, they are free again and the next sandbox gets the lowest.
+    let settled = third.allocations.settled(|_| published(&[])).expect("released");
+    assert!(settled.leaving.is_empty());
+    assert_eq!(settled.ports, third.allocations.ports);
+    let fourth = compile_now(&next, &envs, &Arc::new(settled));
     assert_eq!(ports(&fourth, "beta", "user"), 9001);
     assert_eq!(ports(&fourth, "beta", GATEWAY), 8080);
+    // A port that moves is given up too: the container that had it runs until it is replaced.
+    let (moved, _) = sandboxes(
+        &sandbox_yaml("aaa", &[("account", "x")]).replace("      branch: x\n", "      branch: x\n      port: 9050\n"),
+    );
+    let after_move = compile_now(&moved, &envs, &third.allocations);
+    assert_eq!(ports(&after_move, "aaa", "account"), 9050);
+    assert!(after_move.allocations.leaving.contains_key(&9003));
+    // An explicit port may take a leaving one: it is asked for by name (its deploy waits until it is free).
+    let (claims, _) = sandboxes(
+        &sandbox_yaml("beta", &[("user", "x")]).replace("      branch: x\n", "      branch: x\n      port: 9002\n"),
+    );
+    let claimed = compile_now(&claims, &envs, &third.allocations);
+    assert_eq!(ports(&claimed, "beta", "user"), 9002);
+    assert!(!claimed.allocations.leaving.contains_key(&9002));
 
     // An explicit port already allocated to someone else holds the newcomer, and moves nobody.
     let mut claim = sandbox_yaml("gamma", &[("user", "x")]);

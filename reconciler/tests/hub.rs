@@ -758,3 +758,84 @@ async fn a_pass_that_panics_is_shown_and_the_sandbox_is_retried() {
     let deploy = next_deployment(&mut ws).await;
     assert!(matches!(&deploy.action, Action::DeployService(d) if d.service == "account"));
 }
+
+#[tokio::test]
+async fn a_removed_sandboxs_ports_are_given_out_again_only_once_no_container_publishes_them() {
+    let s = server().await;
+    let doc = |name: &'static str| {
+        let url = s.url("/api/v1/actual");
+        async move {
+            let actual = json(url).await;
+            let ports: Vec<(String, u64)> = actual[name]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter(|p| p["sandbox"] == SANDBOX)
+                .map(|p| (p["service"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap()))
+                .collect();
+            ports
+        }
+    };
+    until("the sandbox's ports", || async { !doc("ports").await.is_empty() }).await;
+    let given = doc("ports").await;
+    let account = given
+        .iter()
+        .find(|(svc, _)| svc == "account")
+        .expect("account has a port")
+        .1;
+    assert!(given.iter().any(|(svc, _)| svc == "gateway"), "{given:?}");
+    // The micro agent reports the sandbox's account container, publishing its port.
+    let mut ws = micro(&s).await;
+    let running = |ports: Vec<u16>| {
+        AgentFrame::ActualState(ActualState {
+            containers: vec![Arc::new(Container {
+                name: format!("{SANDBOX}-account"),
+                id: format!("{:064x}", 1),
+                labels: [(labels::SANDBOX, SANDBOX), (labels::SERVICE, "account")].into(),
+                state: ContainerState::Running,
+                ports,
+                restart_count: 0,
+                exit_code: None,
+                probe: None,
+            })],
+            ..ActualState::default()
+        })
+    };
+    send(&mut ws, running(vec![account as u16])).await;
+    // The sandbox leaves git: its ports leave, given to nobody while its container may still publish them.
+    s.repo.git(&["rm", "-q", &format!("sandboxes/{SANDBOX}.yaml")]);
+    s.repo.git(&["commit", "-qm", "remove the sandbox"]);
+    until("the sandbox's ports to leave", || async {
+        doc("ports").await.is_empty()
+    })
+    .await;
+    let mut leaving = doc("leavingPorts").await;
+    leaving.sort();
+    let mut had = given.clone();
+    had.sort();
+    assert_eq!(leaving, had);
+    // A commit recompiles: the account port is still published, the gateway's VM is unknown (no agent): both stay.
+    s.repo.write("README.md", "one\n");
+    s.repo.git(&["add", "-A"]);
+    s.repo.git(&["commit", "-qm", "a commit"]);
+    let commits = s.repo.head();
+    until("the commit to be read", || async {
+        json(s.url("/api/v1/actual")).await["configCommit"] == commits.as_str()
+    })
+    .await;
+    assert_eq!(doc("leavingPorts").await.len(), had.len());
+    // The container is gone: at the next compile the account port is free again; the gateway's stays leaving.
+    send(&mut ws, running(Vec::new())).await;
+    until("the report without the port to be in", || async {
+        json(s.url("/api/v1/actual")).await["micro"]["containers"][0]["ports"] == serde_json::json!([])
+    })
+    .await;
+    s.repo.write("README.md", "two\n");
+    s.repo.git(&["commit", "-qam", "another commit"]);
+    until("the account port to be released", || async {
+        doc("leavingPorts").await.iter().all(|(svc, _)| svc != "account")
+    })
+    .await;
+    assert!(doc("leavingPorts").await.iter().any(|(svc, _)| svc == "gateway"));
+}

@@ -258,9 +258,18 @@ fn a_store_left_by_a_killed_serve_is_repaired_not_refused() {
     // commit saved depends on which write was last (redb 4 reads that state when a commit left it): both are a
     // file a killed serve leaves, and the store must open either. Any other error is damage the kill should not
     // cause.
-    match redb::ReadOnlyDatabase::open(data.join("sdp.redb")) {
-        Ok(_) | Err(redb::DatabaseError::RepairAborted) => {}
-        Err(e) => panic!("the kill damaged the file: {e}"),
+    // A `git` the serve was starting may still hold the file's lock for a moment: forked, it shares the serve's
+    // descriptors until it execs, and the kill does not stop it. Only that is waited for, a second at most.
+    let mut tries = 0;
+    loop {
+        match redb::ReadOnlyDatabase::open(data.join("sdp.redb")) {
+            Ok(_) | Err(redb::DatabaseError::RepairAborted) => break,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("the kill damaged the file: {e}"),
+        }
     }
 
     let store = Store::open(&data).expect("redb repairs an unclean file on open");

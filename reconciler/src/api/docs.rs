@@ -171,12 +171,29 @@ pub fn ports(allocations: &Allocations) -> Vec<docs::PortDoc> {
         .collect()
 }
 
-/// The list back into allocations (`sdp plan`).
-pub fn allocations(ports: &[docs::PortDoc]) -> Allocations {
+/// The ports leaving (given up, not given out again yet) as a list, by port.
+pub fn leaving(allocations: &Allocations) -> Vec<docs::PortDoc> {
+    allocations
+        .leaving
+        .iter()
+        .map(|(port, (sandbox, service))| docs::PortDoc {
+            sandbox: sandbox.clone(),
+            service: service.clone(),
+            port: *port,
+        })
+        .collect()
+}
+
+/// The lists back into allocations (`sdp plan`).
+pub fn allocations(ports: &[docs::PortDoc], leaving: &[docs::PortDoc]) -> Allocations {
     Allocations {
         ports: ports
             .iter()
             .map(|p| ((p.sandbox.clone(), p.service.clone()), p.port))
+            .collect(),
+        leaving: leaving
+            .iter()
+            .map(|p| (p.port, (p.sandbox.clone(), p.service.clone())))
             .collect(),
     }
 }
