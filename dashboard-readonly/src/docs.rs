@@ -395,6 +395,9 @@ pub struct PortDoc {
     pub sandbox: String,
     pub service: String,
     pub port: u16,
+    /// For a port leaving: since when (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
 }
 
 /// The reconciler's settings that compile reads.

@@ -83,23 +83,21 @@ impl AgentFrame {
         match serde_json::from_str::<Tag<'_>>(text) {
             Ok(tag) if tag.kind == "actualState" => {
                 let _decoding = Decoding::start(previous);
-                serde_json::from_str::<Report<'_>>(text)?
-                    .read()
-                    .map(AgentFrame::ActualState)
+                serde_json::from_str::<Report>(text).map(|report| AgentFrame::ActualState(report.read()))
             }
             _ => decode(text),
         }
     }
 }
 
-/// A report as it arrives, its containers still as sent: `ActualState` field for field (its attributes too),
-/// `type` aside. Building the `ActualState` names every field, so a field added there does not compile until it is
-/// added here.
+/// A report as it arrives: `ActualState` field for field (its attributes too), `type` aside, its containers read one
+/// at a time as sent (`raw_containers`). Building the `ActualState` names every field, so a field added there does
+/// not compile until it is added here.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Report<'a> {
-    #[serde(borrow)]
-    containers: Vec<&'a serde_json::value::RawValue>,
+struct Report {
+    #[serde(deserialize_with = "raw_containers")]
+    containers: Vec<Arc<Container>>,
     networks: Vec<String>,
     worktrees: Vec<Worktree>,
     #[serde(default)]
@@ -109,44 +107,80 @@ struct Report<'a> {
     heads: Vec<BranchHead>,
 }
 
-impl Report<'_> {
-    /// The report, each container the previous report's with its id when it was sent exactly as that one is
-    /// written (an agent writes what it reads as the reconciler does), else read (and still the previous one
-    /// when equal, `kept`). A container that cannot be read is named by its place in the list.
-    fn read(self) -> Result<ActualState, serde_json::Error> {
-        #[derive(Deserialize)]
-        struct Id<'a> {
-            #[serde(borrow)]
-            id: Cow<'a, str>,
-        }
-        let mut written = Vec::new();
-        let mut containers = Vec::with_capacity(self.containers.len());
-        for (i, raw) in self.containers.into_iter().enumerate() {
-            let text = raw.get();
-            let before = serde_json::from_str::<Id<'_>>(text)
-                .ok()
-                .and_then(|Id { id }| previous_with_id(&id));
-            if let Some(before) = before {
-                written.clear();
-                serde_json::to_writer(&mut written, &*before)?;
-                if written == text.as_bytes() {
-                    containers.push(before);
-                    continue;
-                }
-            }
-            let container = serde_json::from_str::<Container>(text)
-                .map_err(|e| <serde_json::Error as serde::de::Error>::custom(format!("containers[{i}]: {e}")))?;
-            containers.push(kept(container));
-        }
-        Ok(ActualState {
-            containers,
+impl Report {
+    fn read(self) -> ActualState {
+        ActualState {
+            containers: self.containers,
             networks: self.networks,
             worktrees: self.worktrees,
             routes: self.routes,
             route_defaults: self.route_defaults,
             heads: self.heads,
-        })
+        }
     }
+}
+
+/// A report's containers, each the previous report's with its id when it was sent exactly as that one is written
+/// (an agent writes what it reads as the reconciler does), else read (and still the previous one when equal,
+/// `kept`). Each is taken as its text, one at a time: a list of millions of bad entries fails at the first, and
+/// holds nothing else meanwhile. A container that cannot be read is named by its place in the list.
+fn raw_containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<Container>>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<Arc<Container>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of containers")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            #[derive(Deserialize)]
+            struct Id<'a> {
+                #[serde(borrow)]
+                id: Cow<'a, str>,
+            }
+            let mut read = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+                let text = raw.get();
+                let before = serde_json::from_str::<Id<'_>>(text)
+                    .ok()
+                    .and_then(|Id { id }| previous_with_id(&id))
+                    .filter(|before| written_as(before, text));
+                if let Some(before) = before {
+                    read.push(before);
+                    continue;
+                }
+                let container = serde_json::from_str::<Container>(text)
+                    .map_err(|e| serde::de::Error::custom(format!("containers[{}]: {e}", read.len())))?;
+                read.push(kept(container));
+            }
+            Ok(read)
+        }
+    }
+    deserializer.deserialize_seq(Visit)
+}
+
+/// Whether `container`, written, is `text`: compared as it is written, so that the work stops at the first byte
+/// that differs (a hostile report that sends one id a million times costs no more than reading it).
+fn written_as(container: &Container, text: &str) -> bool {
+    struct SameAs<'a>(&'a [u8]);
+    impl std::io::Write for SameAs<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match self.0.strip_prefix(buf) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(buf.len())
+                }
+                None => Err(std::io::Error::other("differs")),
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rest = SameAs(text.as_bytes());
+    serde_json::to_writer(&mut rest, container).is_ok() && rest.0.is_empty()
 }
 
 thread_local! {
@@ -1027,6 +1061,40 @@ mod tests {
         );
         // Nothing is kept past a decode.
         DECODING.with(|d| assert!(d.borrow().is_none()));
+    }
+
+    #[test]
+    fn a_container_is_taken_for_the_one_before_only_when_sent_exactly_as_it_is_written() {
+        let big = Container {
+            name: "sdp-big".into(),
+            id: "a".into(),
+            labels: [("wide", "x".repeat(100_000))].into(),
+            state: ContainerState::Running,
+            ports: vec![],
+            restart_count: 0,
+            exit_code: None,
+            probe: None,
+        };
+        let written = serde_json::to_string(&big).unwrap();
+        assert!(written_as(&big, &written));
+        assert!(!written_as(&big, &written[..written.len() - 1]), "a prefix is not it");
+        assert!(!written_as(&big, &format!("{written} ")), "nor is more");
+        assert!(!written_as(&big, r#"{"name":"sdp-big","id":"a"}"#));
+        // The same id many times, each small: every one is read for what it is, none taken for the big one.
+        let before = ActualState {
+            containers: vec![Arc::new(big)],
+            ..ActualState::default()
+        };
+        let small = r#"{"name":"n","id":"a","labels":{},"state":"running","ports":[],"restartCount":0}"#;
+        let text = format!(
+            r#"{{"type":"actualState","containers":[{}],"networks":[],"worktrees":[],"heads":[]}}"#,
+            vec![small; 1000].join(",")
+        );
+        let Ok(AgentFrame::ActualState(read)) = AgentFrame::decode_after(&text, &before) else {
+            panic!("not a report")
+        };
+        assert_eq!(read.containers.len(), 1000);
+        assert!(read.containers.iter().all(|c| c.name == "n" && c.labels.is_empty()));
     }
 
     #[test]

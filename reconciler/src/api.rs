@@ -517,6 +517,7 @@ async fn actual(State(api): State<Api>) -> Json<ActualDoc> {
 /// settings and clock that compile reads, and the sandboxes it compiles now.
 pub fn actual_doc(api: &Api) -> ActualDoc {
     let c = &api.controller;
+    let allocations = c.allocations();
     let actual = c.hub.actual();
     let clock = c.clock();
     ActualDoc {
@@ -528,8 +529,8 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
             .collect(),
         micro: actual.micro.clone(),
         gateway: actual.gateway.clone(),
-        ports: docs::ports(&c.allocations()),
-        leaving_ports: docs::leaving(&c.allocations()),
+        ports: docs::ports(&allocations),
+        leaving_ports: docs::leaving(&allocations),
         settings: (&c.compile_settings()).into(),
         now: clock.now,
         last_activity: clock.last_activity,

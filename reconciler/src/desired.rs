@@ -49,26 +49,52 @@ pub struct Allocations {
     /// once failed to start on it, or had its gateway route to the old container meanwhile. An explicit `port`
     /// may still take one: its deploy is retried until the port is free.
     #[serde(default)]
-    pub leaving: BTreeMap<u16, (String, String)>,
+    pub leaving: BTreeMap<u16, Leaving>,
+}
+
+/// Who had a port that is leaving, and since when (unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    pub sandbox: String,
+    pub service: String,
+    pub since: u64,
+}
+
+/// What the agent of a role last reported, as releasing a port reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// When the report came (unix seconds).
+    pub at: u64,
+    /// The host ports its containers publish.
+    pub ports: BTreeSet<u16>,
+    /// The (sandbox, service) of each of its containers, running or not: a stopped or restarting container
+    /// publishes nothing, and takes its port again when it starts.
+    pub containers: BTreeSet<(String, String)>,
 }
 
 impl Allocations {
-    /// These allocations without the leaving ports that no container publishes now, or `None` when none is
-    /// released. `published(role)` is the host ports published on that role's VM as its agent last reported, or
-    /// `None` when that is not known (no agent, or no report since it connected): then nothing of it is released.
-    pub fn settled(&self, published: impl Fn(Role) -> Option<BTreeSet<u16>>) -> Option<Allocations> {
+    /// These allocations without the leaving ports that are free on their VM now, or `None` when none is
+    /// released. A port is free when the agent of the VM that had it reported after the port started leaving,
+    /// and its report has no container of the key that had it and none that publishes it. `seen(role)` is that
+    /// agent's last report, or `None` when it is not known (no agent, or no report since it connected): then
+    /// nothing of that VM is released.
+    pub fn settled(&self, seen: impl Fn(Role) -> Option<Seen>) -> Option<Allocations> {
         if self.leaving.is_empty() {
             return None;
         }
-        let [micro, gateway] = [Role::Micro, Role::Gateway].map(&published);
-        let leaving: BTreeMap<u16, (String, String)> = self
+        let [micro, gateway] = [Role::Micro, Role::Gateway].map(&seen);
+        let leaving: BTreeMap<u16, Leaving> = self
             .leaving
             .iter()
-            .filter(|(port, (_, service))| {
-                let on = if service == GATEWAY { &gateway } else { &micro };
-                on.as_ref().is_none_or(|published| published.contains(port))
+            .filter(|(port, who)| {
+                let on = if who.service == GATEWAY { &gateway } else { &micro };
+                on.as_ref().is_none_or(|seen| {
+                    seen.at <= who.since
+                        || seen.ports.contains(port)
+                        || seen.containers.contains(&(who.sandbox.clone(), who.service.clone()))
+                })
             })
-            .map(|(port, key)| (*port, key.clone()))
+            .map(|(port, who)| (*port, who.clone()))
             .collect();
         (leaving.len() != self.leaving.len()).then(|| Allocations {
             ports: self.ports.clone(),
@@ -472,11 +498,16 @@ pub fn compile_again(
             }
         }
     }
-    // A held sandbox keeps the ports it had, so that it comes back where it was, and takes no new ones.
-    ports.retain(|k, _| !out.held.contains_key(k.0));
-    for ((sb, svc), port) in &previous.ports {
-        if out.held.contains_key(sb) {
-            ports.insert((sb, svc), *port);
+    // A held sandbox keeps the ports it had, so that it comes back where it was, and takes no new ones; but not
+    // a port another sandbox was given meanwhile (its service went in this commit, and another asked for the
+    // port by name): one port is never two keys'.
+    if !out.held.is_empty() {
+        ports.retain(|k, _| !out.held.contains_key(k.0));
+        let given: BTreeSet<u16> = ports.values().copied().collect();
+        for ((sb, svc), port) in &previous.ports {
+            if out.held.contains_key(sb) && !given.contains(port) {
+                ports.insert((sb, svc), *port);
+            }
         }
     }
     out.inputs.environments = environments.to_vec();
@@ -492,9 +523,14 @@ pub fn compile_again(
         // What was leaving and what was given up now, but a port given out again (an explicit `port` took it).
         let given: BTreeSet<u16> = ports.values().copied().collect();
         let mut leaving = previous.leaving.clone();
-        for (key, port) in &previous.ports {
+        for ((sandbox, service), port) in &previous.ports {
             if !given.contains(port) {
-                leaving.insert(*port, key.clone());
+                let who = Leaving {
+                    sandbox: sandbox.clone(),
+                    service: service.clone(),
+                    since: clock.now,
+                };
+                leaving.insert(*port, who);
             }
         }
         leaving.retain(|port, _| !given.contains(port));

@@ -13,7 +13,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{
     Action, ActionRequest, ActualState, AgentFrame, Ask, BranchHead, Hello, ListBranches, LogLine, PROTOCOL_VERSION,
-    Progress, ReconcilerFrame, Request, Role,
+    Progress, ReconcilerFrame, Request, Role, labels,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +46,8 @@ struct Agent {
     /// Whether this connection has sent its report yet: until then, what the hub holds of its role may be stale
     /// or empty (a reconciler that just started), and nothing of that role is planned against it.
     reported: bool,
+    /// When its last report came (unix seconds), equal to the one before or not.
+    reported_at: u64,
 }
 
 /// Whether the agent of `role` is connected and has reported on this connection.
@@ -222,6 +224,25 @@ impl Hub {
             Role::Gateway => gateway,
         };
         (state.actual.clone(), roles)
+    }
+
+    /// What the agent of `role` reported last, with when, if it has reported since it connected.
+    pub fn last_report(&self, role: Role) -> Option<crate::desired::Seen> {
+        let state = self.lock();
+        let agent = state.agents.get(&role).filter(|a| a.reported)?;
+        let report = state.actual.of(role);
+        Some(crate::desired::Seen {
+            at: agent.reported_at,
+            ports: report.containers.iter().flat_map(|c| c.ports.iter().copied()).collect(),
+            containers: report
+                .containers
+                .iter()
+                .filter_map(|c| {
+                    let key = (c.labels.get(labels::SANDBOX)?, c.labels.get(labels::SERVICE)?);
+                    Some((key.0.to_string(), key.1.to_string()))
+                })
+                .collect(),
+        })
     }
 
     /// Sends an action to the agent of `role` and waits for its result, at most `deadline`.
@@ -428,6 +449,7 @@ impl Hub {
                 conn,
                 tx,
                 reported: false,
+                reported_at: 0,
             },
         );
     }
@@ -455,7 +477,10 @@ impl Hub {
                 let first = {
                     let mut state = self.lock();
                     match state.agents.get_mut(&role) {
-                        Some(a) if a.conn == conn => !std::mem::replace(&mut a.reported, true),
+                        Some(a) if a.conn == conn => {
+                            a.reported_at = now_ms() / 1000;
+                            !std::mem::replace(&mut a.reported, true)
+                        }
                         _ => false,
                     }
                 };

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::desired::Allocations;
+use crate::desired::{Allocations, Leaving};
 
 /// Single values (allocations, activity), as JSON by name.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -229,10 +229,22 @@ impl Store {
 
     pub fn allocations(&self) -> Result<Allocations> {
         let stored: Vec<(String, String, u16)> = self.get_meta("allocations")?;
-        let leaving: Vec<(String, String, u16)> = self.get_meta("leaving ports")?;
+        let leaving: Vec<(String, String, u16, u64)> = self.get_meta("leaving ports")?;
         Ok(Allocations {
             ports: stored.into_iter().map(|(sb, svc, p)| ((sb, svc), p)).collect(),
-            leaving: leaving.into_iter().map(|(sb, svc, p)| (p, (sb, svc))).collect(),
+            leaving: leaving
+                .into_iter()
+                .map(|(sandbox, service, port, since)| {
+                    (
+                        port,
+                        Leaving {
+                            sandbox,
+                            service,
+                            since,
+                        },
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -243,10 +255,10 @@ impl Store {
             .iter()
             .map(|((sb, svc), p)| (sb.as_str(), svc.as_str(), *p))
             .collect();
-        let leaving: Vec<(&str, &str, u16)> = a
+        let leaving: Vec<(&str, &str, u16, u64)> = a
             .leaving
             .iter()
-            .map(|(p, (sb, svc))| (sb.as_str(), svc.as_str(), *p))
+            .map(|(p, who)| (who.sandbox.as_str(), who.service.as_str(), *p, who.since))
             .collect();
         let (flat, leaving) = (serde_json::to_vec(&flat)?, serde_json::to_vec(&leaving)?);
         let txn = self.db.begin_write()?;

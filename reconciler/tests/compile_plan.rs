@@ -2,13 +2,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use sdp_manifest::{ConfigSet, Environment, InputFile, Kind, Sandbox};
 use sdp_protocol::{Action, BranchHead, Container, ContainerState, GATEWAY, Role, labels};
-use sdp_reconciler::desired::{Allocations, Clock, Desired, Mode, RESTART_SERVICE_PREFIX, Settings, compile};
+use sdp_reconciler::desired::{Allocations, Clock, Desired, Mode, RESTART_SERVICE_PREFIX, Seen, Settings, compile};
 use sdp_reconciler::plan::{Actual, Reason, Step, plan, side_by_side};
 
 fn examples() -> (Vec<Sandbox>, Vec<Environment>) {
@@ -439,7 +438,7 @@ fn allocated_ports_stay_stable_and_are_released_on_delete() {
         d.allocations
             .leaving
             .iter()
-            .map(|(p, (sb, svc))| (*p, format!("{sb}/{svc}")))
+            .map(|(p, who)| (*p, format!("{}/{}", who.sandbox, who.service)))
             .collect()
     };
     let alpha_leaving = vec![
@@ -455,21 +454,36 @@ fn allocated_ports_stay_stable_and_are_released_on_delete() {
     assert_eq!(ports(&early, "beta", "user"), 9004);
     assert_eq!(ports(&early, "beta", GATEWAY), 8082);
     assert_eq!(leaving(&early), alpha_leaving);
-    // They stay leaving while the VM that ran them still publishes them, or while nothing is known of it.
-    let published = |ports: &[u16]| Some(ports.iter().copied().collect::<BTreeSet<u16>>());
-    let unknown_gateway = |role: Role| (role == Role::Micro).then(BTreeSet::new);
+    // They stay leaving while the VM that ran them still publishes them or still has a container of theirs
+    // (stopped, it publishes nothing, and takes the port again when it starts), while nothing is known of it, and
+    // until it reported after they started leaving.
+    let seen = |at: u64, ports: &[u16], containers: &[(&str, &str)]| Seen {
+        at,
+        ports: ports.iter().copied().collect(),
+        containers: containers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+    };
+    let unknown_gateway = |role: Role| (role == Role::Micro).then(|| seen(1, &[], &[]));
     let partly = third
         .allocations
         .settled(unknown_gateway)
         .expect("the services' ports went");
     assert_eq!(partly.leaving.into_keys().collect::<Vec<_>>(), [8080]);
     let still = |role: Role| match role {
-        Role::Micro => published(&[9001, 9002, 9003]),
-        Role::Gateway => published(&[8080, 8081]),
+        Role::Micro => Some(seen(1, &[9001, 9003], &[("alpha", "user")])),
+        Role::Gateway => Some(seen(1, &[8080, 8081], &[])),
     };
     assert_eq!(third.allocations.settled(still), None, "nothing was released");
-    // Once no container publishes them, they are free again and the next sandbox gets the lowest.
-    let settled = third.allocations.settled(|_| published(&[])).expect("released");
+    let before = |_| Some(seen(0, &[], &[]));
+    assert_eq!(
+        third.allocations.settled(before),
+        None,
+        "a report from before they left says nothing"
+    );
+    // Once no container has them, they are free again and the next sandbox gets the lowest.
+    let settled = third
+        .allocations
+        .settled(|_| Some(seen(1, &[], &[])))
+        .expect("released");
     assert!(settled.leaving.is_empty());
     assert_eq!(settled.ports, third.allocations.ports);
     let fourth = compile_now(&next, &envs, &Arc::new(settled));
@@ -572,6 +586,62 @@ fn a_port_another_sandbox_leaves_in_the_same_commit_goes_to_the_one_that_asks_fo
     );
     let zeta = fifth.allocations.ports[&("zeta".to_string(), "account".to_string())];
     assert_ne!(zeta, had, "zeta was given the port epsilon holds");
+}
+
+#[test]
+fn a_sandbox_renamed_in_one_commit_gets_other_ports_and_one_port_is_never_two_keys() {
+    let envs = Vec::new();
+    let ports = |d: &Desired, sb: &str| -> Vec<u16> {
+        let mut p: Vec<u16> = d
+            .allocations
+            .ports
+            .iter()
+            .filter(|((s, _), _)| s == sb)
+            .map(|(_, p)| *p)
+            .collect();
+        p.sort();
+        p
+    };
+    let (alpha, _) = sandboxes(&sandbox_yaml("alpha", &[("account", "main")]));
+    let first = compile_now(&alpha, &envs, &Arc::default());
+    assert_eq!(ports(&first, "alpha"), [8080, 9001]);
+    // alpha becomes beta in one commit: beta's ports are not alpha's, which its containers still publish.
+    let (beta, _) = sandboxes(&sandbox_yaml("beta", &[("account", "main")]));
+    let renamed = compile_now(&beta, &envs, &first.allocations);
+    assert_eq!(ports(&renamed, "beta"), [8081, 9002]);
+    assert_eq!(
+        renamed.allocations.leaving.keys().copied().collect::<Vec<_>>(),
+        [8080, 9001]
+    );
+
+    // In one commit a service moves to an explicit port and a new sandbox comes: the new one does not get the
+    // port given up.
+    let moved = sandbox_yaml("alpha", &[("account", "main")])
+        .replace("      branch: main\n", "      branch: main\n      port: 9050\n");
+    let (mut both, _) = sandboxes(&moved);
+    both.extend(sandboxes(&sandbox_yaml("gamma", &[("account", "main")])).0);
+    let second = compile_now(&both, &envs, &first.allocations);
+    assert_eq!(ports(&second, "alpha"), [8080, 9050]);
+    assert_eq!(ports(&second, "gamma"), [8081, 9002]);
+    assert!(second.allocations.leaving.contains_key(&9001));
+
+    // alpha drops its service and is held in the same commit (its gateway asks for a port out of range) while
+    // delta asks for the dropped service's port by name: delta has it, and alpha does not keep it too.
+    let held = sandbox_yaml("alpha", &[]).replace("  gateway:\n", "  gateway:\n    port: 9005\n");
+    let claims = sandbox_yaml("delta", &[("account", "main")])
+        .replace("      branch: main\n", "      branch: main\n      port: 9001\n");
+    let (mut config, _) = sandboxes(&held);
+    config.extend(sandboxes(&claims).0);
+    let third = compile_now(&config, &envs, &first.allocations);
+    assert!(third.held.contains_key("alpha"), "{:?}", third.held);
+    assert_eq!(ports(&third, "delta"), [8081, 9001]);
+    let holders: Vec<_> = third.allocations.ports.iter().filter(|(_, p)| **p == 9001).collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(
+        ports(&third, "alpha"),
+        [8080],
+        "the held sandbox keeps its gateway port"
+    );
 }
 
 #[test]

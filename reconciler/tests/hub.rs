@@ -762,7 +762,7 @@ async fn a_pass_that_panics_is_shown_and_the_sandbox_is_retried() {
 #[tokio::test]
 async fn a_removed_sandboxs_ports_are_given_out_again_only_once_no_container_publishes_them() {
     let s = server().await;
-    let doc = |name: &'static str| {
+    let doc_of = |name: &'static str, sandbox: &'static str| {
         let url = s.url("/api/v1/actual");
         async move {
             let actual = json(url).await;
@@ -771,12 +771,13 @@ async fn a_removed_sandboxs_ports_are_given_out_again_only_once_no_container_pub
                 .cloned()
                 .unwrap_or_default()
                 .iter()
-                .filter(|p| p["sandbox"] == SANDBOX)
+                .filter(|p| p["sandbox"] == sandbox)
                 .map(|p| (p["service"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap()))
                 .collect();
             ports
         }
     };
+    let doc = |name: &'static str| doc_of(name, SANDBOX);
     until("the sandbox's ports", || async { !doc("ports").await.is_empty() }).await;
     let given = doc("ports").await;
     let account = given
@@ -815,24 +816,41 @@ async fn a_removed_sandboxs_ports_are_given_out_again_only_once_no_container_pub
     let mut had = given.clone();
     had.sort();
     assert_eq!(leaving, had);
-    // A commit recompiles: the account port is still published, the gateway's VM is unknown (no agent): both stay.
-    s.repo.write("README.md", "one\n");
+    // A commit that adds a sandbox (the removed one under another name) recompiles: the account port is still
+    // published and the gateway's VM is unknown (no agent), so both stay leaving, and the new sandbox gets neither.
+    let text = s.repo.git(&["show", &format!("HEAD~1:sandboxes/{SANDBOX}.yaml")]);
+    // Its explicit ports dropped (an explicit port may take a leaving one), as `sdp clone` does.
+    let renamed: String = text
+        .replace(&format!("name: {SANDBOX}"), "name: qa-renamed")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("port:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(renamed, text);
+    s.repo.write("sandboxes/qa-renamed.yaml", &renamed);
     s.repo.git(&["add", "-A"]);
-    s.repo.git(&["commit", "-qm", "a commit"]);
-    let commits = s.repo.head();
-    until("the commit to be read", || async {
-        json(s.url("/api/v1/actual")).await["configCommit"] == commits.as_str()
+    s.repo.git(&["commit", "-qm", "the sandbox under another name"]);
+    until("the renamed sandbox's ports", || async {
+        !doc_of("ports", "qa-renamed").await.is_empty()
     })
     .await;
+    let new_ports = doc_of("ports", "qa-renamed").await;
+    assert!(
+        new_ports.iter().all(|(_, p)| had.iter().all(|(_, q)| p != q)),
+        "{new_ports:?} {had:?}"
+    );
     assert_eq!(doc("leavingPorts").await.len(), had.len());
-    // The container is gone: at the next compile the account port is free again; the gateway's stays leaving.
-    send(&mut ws, running(Vec::new())).await;
-    until("the report without the port to be in", || async {
-        json(s.url("/api/v1/actual")).await["micro"]["containers"][0]["ports"] == serde_json::json!([])
+    // The container is gone (a report that came later than the ports left): at the next compile the account port
+    // is free again; the gateway's stays leaving.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&mut ws, AgentFrame::ActualState(ActualState::default())).await;
+    until("the report without the container to be in", || async {
+        json(s.url("/api/v1/actual")).await["micro"]["containers"] == serde_json::json!([])
     })
     .await;
     s.repo.write("README.md", "two\n");
-    s.repo.git(&["commit", "-qam", "another commit"]);
+    s.repo.git(&["add", "-A"]);
+    s.repo.git(&["commit", "-qm", "another commit"]);
     until("the account port to be released", || async {
         doc("leavingPorts").await.iter().all(|(svc, _)| svc != "account")
     })

@@ -9,7 +9,7 @@
 
 use sdp_dashboard::docs;
 
-use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, MergedEnv, Settings};
+use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, Leaving, MergedEnv, Settings};
 use crate::store::{Deployment, DeploymentState, Event, StageRecord};
 
 impl From<&DesiredSandbox> for docs::DesiredSandbox {
@@ -167,6 +167,7 @@ pub fn ports(allocations: &Allocations) -> Vec<docs::PortDoc> {
             sandbox: sandbox.clone(),
             service: service.clone(),
             port: *port,
+            since: None,
         })
         .collect()
 }
@@ -176,10 +177,11 @@ pub fn leaving(allocations: &Allocations) -> Vec<docs::PortDoc> {
     allocations
         .leaving
         .iter()
-        .map(|(port, (sandbox, service))| docs::PortDoc {
-            sandbox: sandbox.clone(),
-            service: service.clone(),
+        .map(|(port, who)| docs::PortDoc {
+            sandbox: who.sandbox.clone(),
+            service: who.service.clone(),
             port: *port,
+            since: Some(who.since),
         })
         .collect()
 }
@@ -193,7 +195,14 @@ pub fn allocations(ports: &[docs::PortDoc], leaving: &[docs::PortDoc]) -> Alloca
             .collect(),
         leaving: leaving
             .iter()
-            .map(|p| (p.port, (p.sandbox.clone(), p.service.clone())))
+            .map(|p| {
+                let who = Leaving {
+                    sandbox: p.sandbox.clone(),
+                    service: p.service.clone(),
+                    since: p.since.unwrap_or_default(),
+                };
+                (p.port, who)
+            })
             .collect(),
     }
 }

@@ -171,6 +171,7 @@ fn document(preview: &Preview, server: Option<String>, config_commit: Option<Str
         sandbox: sandbox.clone(),
         service: service.clone(),
         port: *port,
+        since: None,
     };
     PlanDoc {
         server,

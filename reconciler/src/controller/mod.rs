@@ -296,7 +296,7 @@ impl Controller {
         let clock = self.clock();
         let mut allocations = self.allocations.lock().unwrap_or_else(|e| e.into_inner());
         // Ports leaving that no container publishes any more go back to the ranges.
-        if let Some(settled) = allocations.settled(|role| self.published(role)) {
+        if let Some(settled) = allocations.settled(|role| self.hub.last_report(role)) {
             match self.store.set_allocations(&settled) {
                 Ok(()) => *allocations = Arc::new(settled),
                 Err(e) => tracing::error!("cannot store port allocations: {e:#}"),
@@ -327,20 +327,6 @@ impl Controller {
             .filter(|n| old.differs(new, n) || old.held.get(*n) != new.held.get(*n))
             .cloned()
             .collect()
-    }
-
-    /// The host ports published on `role`'s VM as its agent reported them since it connected, or `None` when no
-    /// such report is in (nothing is known of them).
-    fn published(&self, role: Role) -> Option<BTreeSet<u16>> {
-        let (actual, readiness) = self.hub.actual_and_readiness();
-        (readiness(role) == crate::hub::Readiness::Ready).then(|| {
-            actual
-                .of(role)
-                .containers
-                .iter()
-                .flat_map(|c| c.ports.iter().copied())
-                .collect()
-        })
     }
 
     /// The settings compile reads: the reconciler's own, with the micro agent's address once it has connected.
