@@ -52,7 +52,7 @@ pub struct Allocations {
     pub leaving: BTreeMap<u16, Leaving>,
 }
 
-/// Who had a port that is leaving, and since when (unix seconds).
+/// Who had a port that is leaving, and since when (unix milliseconds: a report that came a moment later counts).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leaving {
     pub sandbox: String,
@@ -63,7 +63,7 @@ pub struct Leaving {
 /// What the agent of a role last reported, as releasing a port reads it.
 #[derive(Clone, Debug, Default)]
 pub struct Seen {
-    /// When the report came (unix seconds).
+    /// When the report came (unix milliseconds).
     pub at: u64,
     /// The host ports its containers publish.
     pub ports: BTreeSet<u16>,
@@ -73,6 +73,20 @@ pub struct Seen {
 }
 
 impl Allocations {
+    /// The ports that started leaving since `before` (compile stamps them with the start of its second) stamped
+    /// with `now_ms`, the moment they were given up.
+    pub fn stamp_leaving(&mut self, before: &Allocations, now_ms: u64) {
+        for (port, who) in &mut self.leaving {
+            let known = before
+                .leaving
+                .get(port)
+                .is_some_and(|b| b.sandbox == who.sandbox && b.service == who.service);
+            if !known {
+                who.since = now_ms;
+            }
+        }
+    }
+
     /// These allocations without the leaving ports that are free on their VM now, or `None` when none is
     /// released. A port is free when the agent of the VM that had it reported after the port started leaving,
     /// and its report has no container of the key that had it and none that publishes it. `seen(role)` is that
@@ -528,7 +542,7 @@ pub fn compile_again(
                 let who = Leaving {
                     sandbox: sandbox.clone(),
                     service: service.clone(),
-                    since: clock.now,
+                    since: clock.now.saturating_mul(1000),
                 };
                 leaving.insert(*port, who);
             }

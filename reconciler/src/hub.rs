@@ -46,7 +46,7 @@ struct Agent {
     /// Whether this connection has sent its report yet: until then, what the hub holds of its role may be stale
     /// or empty (a reconciler that just started), and nothing of that role is planned against it.
     reported: bool,
-    /// When its last report came (unix seconds), equal to the one before or not.
+    /// When its last report came (unix milliseconds), equal to the one before or not.
     reported_at: u64,
 }
 
@@ -478,7 +478,7 @@ impl Hub {
                     let mut state = self.lock();
                     match state.agents.get_mut(&role) {
                         Some(a) if a.conn == conn => {
-                            a.reported_at = now_ms() / 1000;
+                            a.reported_at = now_ms();
                             !std::mem::replace(&mut a.reported, true)
                         }
                         _ => false,

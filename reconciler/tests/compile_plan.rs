@@ -479,6 +479,22 @@ fn allocated_ports_stay_stable_and_are_released_on_delete() {
         None,
         "a report from before they left says nothing"
     );
+    // The reconciler stamps the ports that started leaving with the moment it gave them up; the others keep theirs.
+    let mut stamped = (*early.allocations).clone();
+    stamped.stamp_leaving(&third.allocations, 5_000);
+    assert!(
+        stamped.leaving.values().all(|who| who.since == 0),
+        "none new since third"
+    );
+    let mut stamped = (*third.allocations).clone();
+    stamped.stamp_leaving(&second.allocations, 5_000);
+    assert!(stamped.leaving.values().all(|who| who.since == 5_000));
+    assert_eq!(
+        stamped.settled(|_| Some(seen(5_000, &[], &[]))),
+        None,
+        "a report of that very moment"
+    );
+    assert!(stamped.settled(|_| Some(seen(5_001, &[], &[]))).is_some());
     // Once no container has them, they are free again and the next sandbox gets the lowest.
     let settled = third
         .allocations

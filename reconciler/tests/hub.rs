@@ -842,7 +842,6 @@ async fn a_removed_sandboxs_ports_are_given_out_again_only_once_no_container_pub
     assert_eq!(doc("leavingPorts").await.len(), had.len());
     // The container is gone (a report that came later than the ports left): at the next compile the account port
     // is free again; the gateway's stays leaving.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     send(&mut ws, AgentFrame::ActualState(ActualState::default())).await;
     until("the report without the container to be in", || async {
         json(s.url("/api/v1/actual")).await["micro"]["containers"] == serde_json::json!([])

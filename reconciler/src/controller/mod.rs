@@ -303,7 +303,7 @@ impl Controller {
             }
         }
         // From the last answer: what did not change is reused, not compiled again.
-        let desired = compile_again(
+        let mut desired = compile_again(
             &world.desired,
             &world.sandboxes(),
             &world.snapshot.environments,
@@ -312,6 +312,8 @@ impl Controller {
             &clock,
         );
         if !Arc::ptr_eq(&desired.allocations, &allocations) {
+            // To the millisecond: a report that comes a moment later says whether the port is free.
+            Arc::make_mut(&mut desired.allocations).stamp_leaving(&allocations, now_ms());
             match self.store.set_allocations(&desired.allocations) {
                 Ok(()) => *allocations = desired.allocations.clone(),
                 Err(e) => tracing::error!("cannot store port allocations: {e:#}"),
