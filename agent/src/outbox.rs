@@ -22,8 +22,9 @@ const LOG_BYTES: usize = 1 << 20;
 pub struct Outbox {
     tx: mpsc::Sender<AgentFrame>,
     shared: Arc<Shared>,
-    /// The last report sent, so that an unchanged node is not reported again, whoever scanned it.
-    last_report: Arc<Mutex<Option<ActualState>>>,
+    /// The last report sent and when, so that an unchanged node is not reported again, whoever scanned it, but
+    /// every `REPORT_AGAIN_AFTER`.
+    last_report: Arc<Mutex<Option<(ActualState, std::time::Instant)>>>,
 }
 
 /// The receiving side, read by the connection's writer.
@@ -60,7 +61,8 @@ impl Outbox {
         let _ = self.tx.send(frame).await;
     }
 
-    /// Takes a report with `scan` and sends it unless it is the one sent last; gives back what `scan` found
+    /// Takes a report with `scan` and sends it unless it is the one sent last, less than `REPORT_AGAIN_AFTER` ago;
+    /// gives back what `scan` found
     /// (`None`: nothing to send). The lock is held from the scan to the send, so reports leave in the order they
     /// were taken: two actions that end side by side each scan, and the scan of the first, taken while the
     /// second's container was created but not yet started, once left after the second's own report and just
@@ -71,8 +73,11 @@ impl Outbox {
     {
         let mut last = self.last_report.lock().await;
         let state = scan.await?;
-        if last.as_ref() != Some(&state) {
-            *last = Some(state.clone());
+        let due = last
+            .as_ref()
+            .is_none_or(|(sent, at)| sent != &state || at.elapsed() >= sdp_protocol::timing::REPORT_AGAIN_AFTER);
+        if due {
+            *last = Some((state.clone(), std::time::Instant::now()));
             let _ = self.tx.send(AgentFrame::ActualState(state.clone())).await;
         }
         Some(state)

@@ -144,7 +144,7 @@ fn raw_containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
                 let text = raw.get();
                 let before = serde_json::from_str::<Id<'_>>(text)
                     .ok()
-                    .and_then(|Id { id }| previous_with_id(&id))
+                    .and_then(|Id { id }| untried_with_id(&id))
                     .filter(|before| written_as(before, text));
                 if let Some(before) = before {
                     read.push(before);
@@ -196,6 +196,9 @@ struct Shared {
     values: HashSet<Arc<str>>,
     /// The containers of the report it replaces, by id.
     previous: Vec<Arc<Container>>,
+    /// Whether each of `previous` was compared as written with a container of this report already: each is, once
+    /// at most (a report never repeats an id, and a hostile one that does costs no more than the report before).
+    tried: Vec<bool>,
 }
 
 /// Sharing is on while it lives (the decode of one report); off on every exit, a panic's included.
@@ -208,6 +211,7 @@ impl Decoding {
         DECODING.with(|d| {
             *d.borrow_mut() = Some(Shared {
                 values: HashSet::new(),
+                tried: vec![false; by_id.len()],
                 previous: by_id,
             })
         });
@@ -219,6 +223,17 @@ impl Drop for Decoding {
     fn drop(&mut self) {
         DECODING.with(|d| *d.borrow_mut() = None);
     }
+}
+
+/// The previous report's container with id `id` if no container of this report was compared as written with it
+/// yet, while a report is decoded.
+fn untried_with_id(id: &str) -> Option<Arc<Container>> {
+    DECODING.with(|d| {
+        let mut d = d.borrow_mut();
+        let d = d.as_mut()?;
+        let i = d.previous.binary_search_by(|p| p.id.as_str().cmp(id)).ok()?;
+        (!std::mem::replace(&mut d.tried[i], true)).then(|| d.previous[i].clone())
+    })
 }
 
 /// The previous report's container with id `id`, while a report is decoded.
@@ -1095,6 +1110,18 @@ mod tests {
         };
         assert_eq!(read.containers.len(), 1000);
         assert!(read.containers.iter().all(|c| c.name == "n" && c.labels.is_empty()));
+        // Each container of the report before is compared as written once at most: a second container with its
+        // id is read, even when it is the same.
+        let twice = format!(
+            r#"{{"type":"actualState","containers":[{written},{written}],"networks":[],"worktrees":[],"heads":[]}}"#
+        );
+        let Ok(AgentFrame::ActualState(read)) = AgentFrame::decode_after(&twice, &before) else {
+            panic!("not a report")
+        };
+        assert!(Arc::ptr_eq(&read.containers[0], &before.containers[0]));
+        assert_eq!(read.containers[1], before.containers[0]);
+        // Read and found equal, it is still the one before (`kept`).
+        assert!(Arc::ptr_eq(&read.containers[1], &before.containers[0]));
     }
 
     #[test]

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 /// How often each side pings the other over an idle connection.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// An agent sends its report again this long after the last, even unchanged: what the reconciler holds back
+/// until a report newer than a change says so (a port given up, `Allocations::settled`) is released on a quiet
+/// node too.
+pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// A peer that sends nothing (not even a pong) for this long is gone: three pings missed.
 pub const SILENCE: Duration = Duration::from_secs(3 * PING_EVERY.as_secs());
 
