@@ -434,6 +434,20 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         None
     };
     std::thread::sleep(Duration::from_secs(5));
+    // A reading at one moment may land on a report's arrival (4.8 MB read, then dropped): the RSS is also sampled
+    // every 0.25 s from here to the end, and its median said, to compare one change with another.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                samples.push(rss(pid).0);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            samples
+        })
+    };
     let mut rows = vec![("loaded and settled".to_string(), rss(pid))];
     for round in 1..=3 {
         for path in [
@@ -477,6 +491,19 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
             note.push_str(&format!("\n    {action}"));
         }
     }
+    sampling.store(false, Ordering::Relaxed);
+    let mut samples = sampler.join().expect("the sampler ends");
+    samples.sort_by(f64::total_cmp);
+    if let (Some(max), false) = (samples.last(), samples.is_empty()) {
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        note.push_str(&format!(
+            "\n  RSS every 0.25 s from settled to the end ({} samples): median {:.1} MB, 90th percentile {:.1} MB, \
+             highest {max:.1} MB",
+            samples.len(),
+            at(0.5),
+            at(0.9)
+        ));
+    }
     drop(serve);
     (loaded_in, rows, note)
 }
@@ -484,7 +511,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
 fn print(title: &str, loaded_in: Duration, rows: &[Row], note: &str) {
     println!("sdp serve, {SANDBOXES} sandboxes x {SERVICES} services, {title} (loaded in {loaded_in:.1?}):");
     if !note.is_empty() {
-        println!("  {note}");
+        println!("  {}", note.trim_start());
     }
     println!(
         "  {:<24} {:>8} {:>8} {:>12}",
@@ -521,8 +548,8 @@ fn main() {
     git(&config, &["commit", "-qm", "1000 sandboxes"]);
 
     if runs("alone") {
-        let (alone_in, alone, _) = measure(&config, &tmp.path().join("alone"), false);
-        print("no agent connected", alone_in, &alone, "");
+        let (alone_in, alone, alone_note) = measure(&config, &tmp.path().join("alone"), false);
+        print("no agent connected", alone_in, &alone, &alone_note);
     }
     if runs("agents") {
         let (with_in, with, note) = measure(&config, &tmp.path().join("agents"), true);
