@@ -62,11 +62,10 @@ impl Outbox {
     }
 
     /// Takes a report with `scan` and sends it unless it is the one sent last, less than `REPORT_AGAIN_AFTER` ago;
-    /// gives back what `scan` found
-    /// (`None`: nothing to send). The lock is held from the scan to the send, so reports leave in the order they
-    /// were taken: two actions that end side by side each scan, and the scan of the first, taken while the
-    /// second's container was created but not yet started, once left after the second's own report and just
-    /// before its result, and the reconciler redeployed the container it had just started.
+    /// gives back what `scan` found (`None`: nothing to send). The lock is held from the scan to the send, so
+    /// reports leave in the order they were taken: two actions that end side by side each scan, and the scan of the
+    /// first, taken while the second's container was created but not yet started, once left after the second's own
+    /// report and just before its result, and the reconciler redeployed the container it had just started.
     pub async fn report<F>(&self, scan: F) -> Option<ActualState>
     where
         F: Future<Output = Option<ActualState>>,

@@ -395,7 +395,7 @@ pub struct PortDoc {
     pub sandbox: String,
     pub service: String,
     pub port: u16,
-    /// For a port leaving: since when (unix seconds).
+    /// For a port leaving: since when (unix milliseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
 }

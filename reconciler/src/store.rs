@@ -162,9 +162,18 @@ impl Store {
     }
 
     fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value)?;
+        self.put_metas(&[(key, serde_json::to_vec(value)?)])
+    }
+
+    /// Values (as JSON) by key, in one transaction: all of them are written, or none.
+    fn put_metas(&self, values: &[(&str, Vec<u8>)]) -> Result<()> {
         let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert(key, bytes.as_slice())?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for (key, bytes) in values {
+                meta.insert(*key, bytes.as_slice())?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }
@@ -260,15 +269,10 @@ impl Store {
             .iter()
             .map(|(p, who)| (who.sandbox.as_str(), who.service.as_str(), *p, who.since))
             .collect();
-        let (flat, leaving) = (serde_json::to_vec(&flat)?, serde_json::to_vec(&leaving)?);
-        let txn = self.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert("allocations", flat.as_slice())?;
-            meta.insert("leaving ports", leaving.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.put_metas(&[
+            ("allocations", serde_json::to_vec(&flat)?),
+            ("leaving ports", serde_json::to_vec(&leaving)?),
+        ])
     }
 
     /// When each sandbox last changed in git or was deployed (unix seconds).
