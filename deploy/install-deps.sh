@@ -15,6 +15,8 @@ command -v go >/dev/null || need+=(golang-go)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v file >/dev/null || need+=(file)
+# make: cargo builds jemalloc, the reconciler's allocator, from source (with cc, which cargo needs anyway).
+command -v make >/dev/null || need+=(make)
 command -v ip >/dev/null || need+=(iproute2)
 command -v docker >/dev/null || need+=(docker.io)
 if [ "$what" = tests ]; then

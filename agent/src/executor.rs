@@ -168,10 +168,10 @@ impl Executor {
                 if self.config.role == Role::Gateway && service == GATEWAY {
                     let worktree = self.config.worktree(&sandbox, service);
                     if let Ok(text) = files::read_capped(&worktree, &self.config.config_php, MAX_CONFIG_PHP) {
-                        routes.insert(sandbox.clone(), routes::routes(&text));
+                        routes.insert(sandbox.clone(), routes::routes(&text).into());
                     }
                     if let Ok(text) = std::fs::read_to_string(self.defaults_path(&meta.branch))
-                        && let Ok(map) = serde_json::from_str(&text)
+                        && let Ok(map) = serde_json::from_str::<sdp_protocol::Routes>(&text)
                     {
                         route_defaults.insert(sandbox.clone(), map);
                     }

@@ -15,7 +15,6 @@
 //! after a pause. Then an idle `sdp-agent` with a reconciler of its own. Run: `cargo bench -p sdp-e2e --bench
 //! memory` (`-- agents` for one part: `alone`, `agents`, `idle-agent`).
 
-use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 use sdp_e2e::*;
 use sdp_protocol::{
     Action, ActionRequest, ActualState, AgentFrame, Answer, BranchHead, Container, ContainerState, GATEWAY, Hello,
-    ListBranches, PROTOCOL_VERSION, ReconcilerFrame, Request, Role, Worktree, labels, network_name,
+    ListBranches, PROTOCOL_VERSION, ReconcilerFrame, Request, Role, Routes, Worktree, labels, network_name,
 };
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
@@ -98,7 +97,7 @@ fn heads(role: Role) -> Vec<BranchHead> {
 }
 
 /// What the gateway branch's own config.php says for each service: the OCP URLs a route to `ocp` means.
-fn route_defaults() -> BTreeMap<String, String> {
+fn route_defaults() -> Routes {
     (0..SERVICES)
         .map(|s| (format!("svc{s}"), format!("https://svc{s}.ocp.example.internal")))
         .collect()
@@ -373,11 +372,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         None => Command::new(bins.join("sdp")),
     };
     let serve = Process::spawn(
-        command
-            // As the systemd unit runs it (deploy/systemd/sdp-reconciler.service).
-            .env("MIMALLOC_PURGE_DELAY", "0")
-            .args(["serve", "--config"])
-            .arg(&serve_yaml),
+        command.args(["serve", "--config"]).arg(&serve_yaml),
         dir.join("serve.log"),
     );
     let pid = serve.child.id();

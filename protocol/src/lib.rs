@@ -101,9 +101,9 @@ struct Report {
     networks: Vec<String>,
     worktrees: Vec<Worktree>,
     #[serde(default)]
-    routes: BTreeMap<String, BTreeMap<String, String>>,
+    routes: BTreeMap<String, Routes>,
     #[serde(default)]
-    route_defaults: BTreeMap<String, BTreeMap<String, String>>,
+    route_defaults: BTreeMap<String, Routes>,
     heads: Vec<BranchHead>,
 }
 
@@ -355,11 +355,11 @@ pub struct ActualState {
     pub worktrees: Vec<Worktree>,
     /// The gateway's live `<service>_url` map per sandbox, as read back from config.php.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub routes: BTreeMap<String, BTreeMap<String, String>>,
+    pub routes: BTreeMap<String, Routes>,
     /// Per sandbox, the OCP value of each `<service>_url` key: what the gateway branch's own config.php held
     /// before any patch. A route to `ocp` means this value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub route_defaults: BTreeMap<String, BTreeMap<String, String>>,
+    pub route_defaults: BTreeMap<String, Routes>,
     /// Heads of the remote branches that the desired state tracks.
     pub heads: Vec<BranchHead>,
 }
@@ -384,10 +384,45 @@ pub struct Container {
 
 /// A container's labels, by name. Kept as a list sorted by name rather than a `BTreeMap`: a report holds a
 /// container for each of 10,000 services, each with six or seven labels, and a map gives each of them a node of
-/// eleven slots; the names SDP sets (`labels::ALL`) are shared, not copied into every container, and so are the
-/// values within a report (`AgentFrame::decode`). Reads and writes as a JSON object, as a map does.
+/// eleven slots; the names SDP sets (`labels::ALL`) are a byte each, not copied into every container (a label is
+/// 32 bytes, not the 40 of a `Cow` name: 0.6 MB of 70,000), and the values within a report are shared
+/// (`AgentFrame::decode`). Reads and writes as a JSON object, as a map does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Labels(Vec<(Cow<'static, str>, Arc<str>)>);
+pub struct Labels(Vec<(LabelName, Arc<str>)>);
+
+/// A label's name: one of `labels::ALL` by its place there, or a copy of one SDP does not set. 16 bytes: the
+/// place goes where the copy's length would, and a null pointer tells them apart.
+#[derive(Clone, Debug)]
+enum LabelName {
+    Known(u8),
+    Other(Box<str>),
+}
+
+impl LabelName {
+    fn new(name: &str) -> LabelName {
+        match labels::ALL.iter().position(|known| *known == name) {
+            Some(i) => LabelName::Known(i as u8),
+            None => LabelName::Other(name.into()),
+        }
+    }
+}
+
+impl AsRef<str> for LabelName {
+    fn as_ref(&self) -> &str {
+        match self {
+            LabelName::Known(i) => labels::ALL[usize::from(*i)],
+            LabelName::Other(name) => name,
+        }
+    }
+}
+
+impl PartialEq for LabelName {
+    fn eq(&self, other: &LabelName) -> bool {
+        self.as_ref() == other.as_ref()
+    }
+}
+
+impl Eq for LabelName {}
 
 impl Labels {
     pub fn new() -> Labels {
@@ -422,7 +457,7 @@ impl Labels {
         match self.find(name) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
-                self.0.insert(i, (shared_name(name), value));
+                self.0.insert(i, (LabelName::new(name), value));
                 None
             }
         }
@@ -446,21 +481,13 @@ impl Labels {
     }
 }
 
-/// A label name: one of `labels::ALL`, shared, or a copy of one SDP does not set.
-fn shared_name(name: &str) -> Cow<'static, str> {
-    match labels::ALL.iter().find(|known| **known == name) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(name.to_string()),
-    }
-}
-
 /// A later value of a name wins, as in a map. Only kept values are shared (while a report is decoded).
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Labels {
         let kept = sdp_manifest::by_name_last_wins(iter.into_iter().collect(), |(name, _)| name.as_ref());
         Labels(
             kept.into_iter()
-                .map(|(name, value)| (shared_name(name.as_ref()), shared_text(value.as_ref())))
+                .map(|(name, value)| (LabelName::new(name.as_ref()), shared_text(value.as_ref())))
                 .collect(),
         )
     }
@@ -503,6 +530,130 @@ impl<'de> Deserialize<'de> for Labels {
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+                let mut read: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(entry) = map.next_entry()? {
+                    read.push(entry);
+                }
+                Ok(read.into_iter().collect())
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// A gateway's `<service>_url` map, by service: what its config.php holds (`ActualState::routes`) or what the
+/// gateway branch's own holds (`route_defaults`). A list sorted by service, its names and URLs shared within a
+/// report (`AgentFrame::decode`): 1,000 sandboxes report two maps each of the same ten services, whose OCP URLs
+/// are the same in every sandbox, so a map is mostly a list of pointers to one copy. Reads and writes as a JSON
+/// object, as a map does; a service named twice keeps its last URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes(Vec<(Arc<str>, Arc<str>)>);
+
+impl Routes {
+    pub fn new() -> Routes {
+        Routes::default()
+    }
+
+    fn find(&self, service: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(s, _)| s.as_ref().cmp(service))
+    }
+
+    /// The URL of `service`.
+    pub fn get(&self, service: &str) -> Option<&str> {
+        self.find(service).ok().map(|i| self.0[i].1.as_ref())
+    }
+
+    pub fn contains_key(&self, service: &str) -> bool {
+        self.find(service).is_ok()
+    }
+
+    /// Sets the URL of `service`; returns the one it replaces.
+    pub fn insert(&mut self, service: impl AsRef<str>, url: impl AsRef<str>) -> Option<Arc<str>> {
+        let url = shared_text(url.as_ref());
+        match self.find(service.as_ref()) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, url)),
+            Err(i) => {
+                self.0.insert(i, (shared_text(service.as_ref()), url));
+                None
+            }
+        }
+    }
+
+    /// The routes in service order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(s, u)| (s.as_ref(), u.as_ref()))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(s, _)| s.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// As the API and the pages show it.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(s, u)| (s.to_string(), u.to_string())).collect()
+    }
+}
+
+impl<S: AsRef<str>, U: AsRef<str>> FromIterator<(S, U)> for Routes {
+    fn from_iter<I: IntoIterator<Item = (S, U)>>(iter: I) -> Routes {
+        let mut routes = Routes::new();
+        routes.extend(iter);
+        routes
+    }
+}
+
+/// Sorted once at the end, not kept sorted entry by entry: a hostile report's million routes in reverse order
+/// cost a sort, not a million shifts of the list.
+impl<S: AsRef<str>, U: AsRef<str>> Extend<(S, U)> for Routes {
+    fn extend<I: IntoIterator<Item = (S, U)>>(&mut self, iter: I) {
+        let mut all = std::mem::take(&mut self.0);
+        all.extend(
+            iter.into_iter()
+                .map(|(service, url)| (shared_text(service.as_ref()), shared_text(url.as_ref()))),
+        );
+        let mut kept = sdp_manifest::by_name_last_wins(all, |(service, _)| service.as_ref());
+        kept.shrink_to_fit();
+        self.0 = kept;
+    }
+}
+
+impl From<BTreeMap<String, String>> for Routes {
+    fn from(map: BTreeMap<String, String>) -> Routes {
+        map.into_iter().collect()
+    }
+}
+
+impl<S: AsRef<str>, U: AsRef<str>, const K: usize> From<[(S, U); K]> for Routes {
+    fn from(pairs: [(S, U); K]) -> Routes {
+        pairs.into_iter().collect()
+    }
+}
+
+impl Serialize for Routes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Routes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Routes, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Routes;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of service names to URLs")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
                 let mut read: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
                 while let Some(entry) = map.next_entry()? {
                     read.push(entry);
@@ -983,7 +1134,7 @@ mod tests {
                 .labels
                 .0
                 .iter()
-                .find(|(n, _)| n == name)
+                .find(|(n, _)| n.as_ref() == name)
                 .unwrap()
                 .1
                 .clone()
@@ -1230,6 +1381,9 @@ mod tests {
         assert!(read.contains_key(labels::MANAGED) && !read.contains_key("sdp"));
         let names: Vec<&str> = read.iter().map(|(n, _)| n).collect();
         assert_eq!(names, map.keys().map(String::as_str).collect::<Vec<_>>());
+        // A label is two words of name (SDP's own by their place in `labels::ALL`) and two of shared value.
+        assert_eq!(std::mem::size_of::<(LabelName, Arc<str>)>(), 32);
+        assert!(matches!(read.0[0].0, LabelName::Known(_)) && matches!(read.0[3].0, LabelName::Other(_)));
         // A name twice keeps its last value, as a map does.
         let twice: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
         assert_eq!(twice, Labels::from([("a", "2"), ("b", "3")]));

@@ -18,8 +18,8 @@ mod common;
 
 use common::server::{self, Server, connected, hello, next_frame, send};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator `sdp` runs with, set as it sets it.
+sdp_reconciler::global_allocator!();
 
 const LINES: u64 = 50_000;
 

@@ -20,9 +20,8 @@ use sdp_protocol::{Action, BranchHead, Container, ContainerState, Worktree, labe
 use sdp_reconciler::desired::{Clock, Desired, Settings, compile, compile_again};
 use sdp_reconciler::plan::{Actual, Step, plan};
 
-/// The allocator `sdp` runs with.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator `sdp` runs with, set as it sets it.
+sdp_reconciler::global_allocator!();
 
 const SANDBOXES: usize = 1000;
 const SERVICES: usize = 10;
@@ -145,7 +144,7 @@ fn converged(desired: &Desired) -> Actual {
                 );
             }
             Action::SetRoutes { sandbox, routes } => {
-                state.routes.insert(sandbox, routes);
+                state.routes.insert(sandbox, routes.into());
             }
             _ => {}
         }

@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use sdp_dashboard::docs::{
     Actual, ActualDoc, BranchesDoc, DeploymentDoc, ErrorDoc, HookDoc, NodeDoc, SandboxDoc, SandboxSummary,
 };
-use sdp_protocol::{Role, labels};
+use sdp_protocol::{Role, Routes, labels};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -234,8 +234,8 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
             .chain(&view.gateway.worktrees)
             .map(|w| (*w).clone())
             .collect(),
-        routes: view.gateway.routes.cloned(),
-        route_defaults: view.gateway.route_defaults.cloned(),
+        routes: view.gateway.routes.map(Routes::to_map),
+        route_defaults: view.gateway.route_defaults.map(Routes::to_map),
     };
     let events = api.controller.store.events(Some(&name), 50).unwrap_or_default();
     let deployments = api

@@ -2,9 +2,7 @@
 
 use std::process::ExitCode;
 
-/// mimalloc: compile and plan allocate many small strings; it halves their cost against glibc's malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+sdp_reconciler::global_allocator!();
 
 fn main() -> ExitCode {
     sdp_reconciler::cli::main()

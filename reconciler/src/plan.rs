@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use sdp_protocol::{
-    Action, ActualState, BranchHead, Container, ContainerState, GATEWAY, Role, Worktree, labels, network_name,
+    Action, ActualState, BranchHead, Container, ContainerState, GATEWAY, Role, Routes, Worktree, labels, network_name,
 };
 use serde::Serialize;
 
@@ -104,8 +104,8 @@ pub struct RoleView<'a> {
     pub containers: Vec<&'a Container>,
     pub networks: Vec<&'a str>,
     pub worktrees: Vec<&'a Worktree>,
-    pub routes: Option<&'a BTreeMap<String, String>>,
-    pub route_defaults: Option<&'a BTreeMap<String, String>>,
+    pub routes: Option<&'a Routes>,
+    pub route_defaults: Option<&'a Routes>,
     /// Heads of tracked branches: shared by every sandbox.
     pub heads: &'a [BranchHead],
     /// `heads` by repository and branch, when the reports are indexed: a deploy's head is found in a few steps
@@ -591,8 +591,8 @@ fn container_steps(role: Role, want: &DesiredContainer, active: bool, actual: &V
 
 /// The gateway's `<service>_url` map this sandbox should have: the branch's OCP values, with the sandbox's
 /// routes on top.
-pub fn expected_routes(d: &DesiredSandbox, defaults: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    let mut map = defaults.cloned().unwrap_or_default();
+pub fn expected_routes(d: &DesiredSandbox, defaults: Option<&Routes>) -> BTreeMap<String, String> {
+    let mut map = defaults.map(Routes::to_map).unwrap_or_default();
     map.extend(d.routes.iter().map(|(k, v)| (k.clone(), v.clone())));
     map
 }
@@ -607,14 +607,15 @@ fn route_steps(d: &DesiredSandbox, gateway_deployed: bool, gateway: &RoleView, s
             Some(live) => {
                 // The sandbox's own routes, then the OCP values of every other key: compared in place, since
                 // this runs for every sandbox on every pass.
-                let defaults = gateway.route_defaults.into_iter().flatten();
+                let defaults = gateway.route_defaults.into_iter().flat_map(Routes::iter);
                 let expected = d
                     .routes
                     .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
                     .chain(defaults.filter(|(k, _)| !d.routes.contains_key(*k)));
                 let mut differ: Vec<String> = expected
-                    .filter(|(k, v)| live.get(*k) != Some(*v))
-                    .map(|(k, _)| k.clone())
+                    .filter(|(k, v)| live.get(k) != Some(*v))
+                    .map(|(k, _)| k.to_string())
                     .collect();
                 differ.sort();
                 (!differ.is_empty()).then_some(Reason::RoutesDiffer { services: differ })

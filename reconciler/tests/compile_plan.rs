@@ -212,7 +212,7 @@ fn the_deploys_of_a_fresh_sandbox_go_side_by_side_between_its_networks_and_its_r
         .routes
         .get_mut("three")
         .unwrap()
-        .insert("account".into(), "elsewhere".into());
+        .insert("account", "elsewhere");
     let steps = plan("three", desired.sandbox("three"), &actual.view("three"));
     let runs: Vec<Vec<String>> = side_by_side(&steps).into_iter().map(kinds).collect();
     assert_eq!(runs, [vec!["micro:deployService"], vec!["gateway:setRoutes"]]);
@@ -276,7 +276,7 @@ fn drift_is_planned_with_its_reason() {
         .routes
         .get_mut("qa-login-error")
         .unwrap()
-        .insert("account".into(), "http://someone-else:1".into());
+        .insert("account", "http://someone-else:1");
     let step = only_step(&desired, &edited);
     assert_eq!(
         step.reason,

@@ -95,8 +95,8 @@ async fn agent(s: &Server, role: Role) {
     };
     if role == Role::Gateway {
         let routes = BTreeMap::from([("account".to_string(), "http://172.18.136.92:9105".to_string())]);
-        report.routes.insert(SANDBOX.into(), routes.clone());
-        report.route_defaults.insert(SANDBOX.into(), routes);
+        report.routes.insert(SANDBOX.into(), routes.clone().into());
+        report.route_defaults.insert(SANDBOX.into(), routes.into());
     }
     send(&mut ws, AgentFrame::ActualState(report)).await;
     tokio::spawn(async move {

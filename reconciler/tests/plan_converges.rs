@@ -193,7 +193,7 @@ fn drift(actual: &mut Actual, changes: &[(bool, Drift)]) {
                     .routes
                     .get_mut(&key)
                     .unwrap()
-                    .insert(SERVICES[*svc].into(), "http://by-hand:1".into());
+                    .insert(SERVICES[*svc], "http://by-hand:1");
             }
             Drift::MoveHead(svc, branch) => {
                 let repo = if *gateway { GATEWAY } else { SERVICES[*svc] };

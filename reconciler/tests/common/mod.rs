@@ -63,8 +63,8 @@ pub fn apply(step: &Step, actual: &mut Actual) {
             });
             if step.role == Role::Gateway && d.service == GATEWAY {
                 // A fresh checkout: config.php holds the branch's own values again.
-                state.route_defaults.insert(d.sandbox.clone(), ocp_defaults());
-                state.routes.insert(d.sandbox.clone(), ocp_defaults());
+                state.route_defaults.insert(d.sandbox.clone(), ocp_defaults().into());
+                state.routes.insert(d.sandbox.clone(), ocp_defaults().into());
             }
         }
         Action::SetRoutes { sandbox, routes } => {
