@@ -1276,6 +1276,49 @@ mod tests {
     }
 
     #[test]
+    fn routes_read_and_write_as_a_map_does_and_share_their_text_within_a_report() {
+        let ocp = |s: usize| format!("https://svc{s}.ocp.example.internal");
+        let map: BTreeMap<String, String> = (0..12).map(|s| (format!("svc{s}"), ocp(s))).collect();
+        let report = AgentFrame::ActualState(ActualState {
+            routes: [("a", map.clone()), ("b", map.clone())]
+                .into_iter()
+                .map(|(sb, m)| (sb.to_string(), Routes::from(m)))
+                .collect(),
+            route_defaults: [("a".to_string(), Routes::from(map.clone()))].into(),
+            ..ActualState::default()
+        });
+        let text = encode(&report);
+        assert!(
+            text.contains(&serde_json::to_string(&map).unwrap()),
+            "written as a map: {text}"
+        );
+        let Ok(AgentFrame::ActualState(read)) = AgentFrame::decode(&text) else {
+            panic!("{text}")
+        };
+        assert_eq!(AgentFrame::ActualState(read.clone()), report, "read as written");
+        let (a, b) = (&read.routes["a"], &read.routes["b"]);
+        assert_eq!(a.to_map(), map);
+        assert_eq!(a.get("svc10"), Some(ocp(10).as_str()));
+        assert_eq!((a.get("svc"), a.contains_key("svc1"), a.len()), (None, true, 12));
+        // Equal URLs of two sandboxes, and of a sandbox's live map and its defaults, are one copy.
+        assert!(Arc::ptr_eq(&a.0[3].1, &b.0[3].1) && Arc::ptr_eq(&a.0[3].0, &b.0[3].0));
+        assert!(Arc::ptr_eq(&a.0[3].1, &read.route_defaults["a"].0[3].1));
+
+        // Any order, a service twice: sorted, the last URL wins, as in a map.
+        let read: Routes = serde_json::from_str(r#"{"z":"1","b":"2","z":"3","a":"4"}"#).unwrap();
+        assert_eq!(read.iter().collect::<Vec<_>>(), [("a", "4"), ("b", "2"), ("z", "3")]);
+        let mut more = read.clone();
+        more.extend([("b", "5"), ("c", "6")]);
+        assert_eq!(more.insert("a", "7").as_deref(), Some("4"));
+        assert_eq!(more.keys().collect::<Vec<_>>(), ["a", "b", "c", "z"]);
+        assert_eq!((more.get("a"), more.get("b")), (Some("7"), Some("5")));
+        assert!(
+            serde_json::from_str::<Routes>(r#"{"a":1}"#).is_err(),
+            "a URL is a string"
+        );
+    }
+
+    #[test]
     fn labels_read_in_any_order_keep_the_last_value_of_a_name_given_twice() {
         let read: Labels =
             serde_json::from_str(r#"{"z": "1", "b": "2", "a": "3", "b": "4", "sdp.commit": "c"}"#).unwrap();
