@@ -338,7 +338,8 @@ fn converged(api: &str, config: &Path, installation: &str) -> (ActualState, Actu
 type Row = (String, (f64, f64, f64));
 
 /// Rows of (when, (RSS, peak)) for one run of `sdp serve` on `config`, with or without stand-in agents.
-fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, String) {
+/// Returns when it loaded, the readings, a note, and the median and highest of the RSS sampled every 0.25 s.
+fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, String, (f64, f64)) {
     let bins = binaries();
     std::fs::create_dir_all(dir).unwrap();
     let token = dir.join("token");
@@ -489,6 +490,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
     sampling.store(false, Ordering::Relaxed);
     let mut samples = sampler.join().expect("the sampler ends");
     samples.sort_by(f64::total_cmp);
+    let mut sampled = (f64::NAN, f64::NAN);
     if let (Some(max), false) = (samples.last(), samples.is_empty()) {
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
         note.push_str(&format!(
@@ -498,12 +500,13 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
             at(0.5),
             at(0.9)
         ));
+        sampled = (at(0.5), *max);
     }
     drop(serve);
-    (loaded_in, rows, note)
+    (loaded_in, rows, note, sampled)
 }
 
-fn print(title: &str, loaded_in: Duration, rows: &[Row], note: &str) {
+fn print(title: &str, loaded_in: Duration, rows: &[Row], note: &str, (median, highest): (f64, f64)) {
     println!("sdp serve, {SANDBOXES} sandboxes x {SERVICES} services, {title} (loaded in {loaded_in:.1?}):");
     if !note.is_empty() {
         println!("  {}", note.trim_start());
@@ -515,10 +518,17 @@ fn print(title: &str, loaded_in: Duration, rows: &[Row], note: &str) {
     for (when, (now, peak, file)) in rows {
         println!("  {when:<24} {now:>8.1} {peak:>8.1} {file:>12.1}");
     }
-    let worst = rows.iter().map(|(_, (now, _, _))| *now).fold(0.0, f64::max);
+    // Both verdicts: the RSS as it stays (the median of the samples), and the highest reading of all, which with
+    // agents is a report of 10,000 containers being read (a 4.8 MB message, then the containers that differ).
+    let verdict = |mb: f64| if mb < TARGET_SERVE_MB { "met" } else { "NOT met" };
+    let worst = rows.iter().map(|(_, (now, _, _))| *now).fold(highest, f64::max);
     println!(
-        "  highest settled RSS {worst:.1} MB: target < {TARGET_SERVE_MB} MB ({})",
-        if worst < TARGET_SERVE_MB { "met" } else { "NOT met" }
+        "  settled RSS (median of the samples) {median:.1} MB: target < {TARGET_SERVE_MB} MB ({})",
+        verdict(median)
+    );
+    println!(
+        "  highest reading {worst:.1} MB: target < {TARGET_SERVE_MB} MB ({})",
+        verdict(worst)
     );
 }
 
@@ -543,12 +553,12 @@ fn main() {
     git(&config, &["commit", "-qm", "1000 sandboxes"]);
 
     if runs("alone") {
-        let (alone_in, alone, alone_note) = measure(&config, &tmp.path().join("alone"), false);
-        print("no agent connected", alone_in, &alone, &alone_note);
+        let (alone_in, alone, alone_note, sampled) = measure(&config, &tmp.path().join("alone"), false);
+        print("no agent connected", alone_in, &alone, &alone_note, sampled);
     }
     if runs("agents") {
-        let (with_in, with, note) = measure(&config, &tmp.path().join("agents"), true);
-        print("both agents' reports held", with_in, &with, &note);
+        let (with_in, with, note, sampled) = measure(&config, &tmp.path().join("agents"), true);
+        print("both agents' reports held", with_in, &with, &note, sampled);
     }
     if !runs("idle-agent") {
         return;
