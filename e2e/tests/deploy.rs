@@ -247,5 +247,21 @@ fn the_release_build_makes_static_binaries_with_version_and_commit() {
         });
         assert!(!interp, "{bin} asks for a dynamic loader");
     }
+    // The reconciler runs on jemalloc with the options `sdp_reconciler::global_allocator!` sets (its memory target
+    // depends on them): jemalloc says which it read when asked for its statistics at exit.
+    let stats = Command::new(out.path().join("sdp"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stderr).to_string() + &String::from_utf8_lossy(&stats.stdout);
+    for option in [
+        "opt.narenas: 1",
+        "opt.tcache: false",
+        "opt.dirty_decay_ms: 0",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(stats.contains(option), "sdp's allocator lacks {option}:\n{stats}");
+    }
     assert!(out.path().join("RUNBOOK.md").exists() && out.path().join("systemd/sdp-reconciler.service").exists());
 }
