@@ -107,7 +107,7 @@ fn plan_everything(desired: &Desired, actual: &Actual) -> Vec<Step> {
     let views = actual.views();
     let empty = actual.empty_view();
     let mut steps = Vec::new();
-    for (name, d) in &desired.sandboxes {
+    for (name, d) in desired.sandboxes.iter() {
         steps.extend(plan(name, Some(d), views.get(name.as_str()).unwrap_or(&empty)));
     }
     steps

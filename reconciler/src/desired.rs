@@ -239,10 +239,12 @@ pub struct DesiredSandbox {
 }
 
 /// The whole desired state.
+/// Cloned whole by every compile that changes nothing (the clock's at each resync): its maps of 1,000 sandboxes are
+/// shared, not copied (a copy was 2,000 names and their nodes, 0.1-0.3 ms).
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     /// Shared: a sandbox whose inputs did not change is the same `Arc` from one compile to the next.
-    pub sandboxes: BTreeMap<String, Arc<DesiredSandbox>>,
+    pub sandboxes: Arc<BTreeMap<String, Arc<DesiredSandbox>>>,
     /// Sandboxes that cannot be compiled (no free port, a port taken, an environment gone), with the reason.
     /// Nothing is done to them: what runs keeps running.
     pub held: BTreeMap<String, String>,
@@ -251,7 +253,7 @@ pub struct Desired {
     /// The allocations to store: the same `Arc` as `previous` when nothing changed.
     pub allocations: Arc<Allocations>,
     /// What `sandboxes` were compiled from, for the next compile to reuse what did not change.
-    inputs: Inputs,
+    inputs: Arc<Inputs>,
 }
 
 /// What a compile read, besides the ports: the next compile reuses a sandbox when its manifest and these are the
@@ -492,20 +494,22 @@ pub fn compile_again(
     }
 
     let mut merged = EnvCache::default();
+    let mut sandboxes = BTreeMap::new();
+    let mut manifests = BTreeMap::new();
     for (sb, mode) in live {
         let name = &sb.metadata.name;
         if out.held.contains_key(name) {
             continue;
         }
         if same_context && let Some(reused) = last.reusable(sb, &mode, &ports) {
-            out.inputs.manifests.insert(name.clone(), sb.clone());
-            out.sandboxes.insert(name.clone(), reused.clone());
+            manifests.insert(name.clone(), sb.clone());
+            sandboxes.insert(name.clone(), reused.clone());
             continue;
         }
         match compile_one(sb, mode, &envs, &ports, &mut merged, settings) {
             Ok(d) => {
-                out.inputs.manifests.insert(name.clone(), sb.clone());
-                out.sandboxes.insert(name.clone(), Arc::new(d));
+                manifests.insert(name.clone(), sb.clone());
+                sandboxes.insert(name.clone(), Arc::new(d));
             }
             Err(reason) => {
                 out.held.insert(name.clone(), reason);
@@ -524,8 +528,12 @@ pub fn compile_again(
             }
         }
     }
-    out.inputs.environments = environments.to_vec();
-    out.inputs.settings = Some(settings.clone());
+    out.sandboxes = Arc::new(sandboxes);
+    out.inputs = Arc::new(Inputs {
+        environments: environments.to_vec(),
+        settings: Some(settings.clone()),
+        manifests,
+    });
     let unchanged = ports.len() == previous.ports.len()
         && ports
             .iter()

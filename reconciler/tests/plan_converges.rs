@@ -454,11 +454,11 @@ proptest! {
         prop_assert_eq!(&steady.held, &fresh.held);
         prop_assert_eq!(&steady.expired, &fresh.expired);
         prop_assert_eq!(&steady.allocations, &fresh.allocations);
-        for (name, d) in &steady.sandboxes {
+        for (name, d) in steady.sandboxes.iter() {
             prop_assert!(Arc::ptr_eq(d, &again.sandboxes[name]), "{name} was compiled again");
         }
         // What did not change is the same value, not compiled again.
-        for (name, d) in &again.sandboxes {
+        for (name, d) in again.sandboxes.iter() {
             let same_manifest = after
                 .iter()
                 .find(|s| &s.metadata.name == name)

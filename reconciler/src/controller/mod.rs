@@ -391,7 +391,7 @@ impl Controller {
                 .filter(|h| !was.contains(h))
                 .map(|h| (h.repo.as_str(), h.branch.as_str()))
                 .collect();
-            for (name, sandbox) in &desired.sandboxes {
+            for (name, sandbox) in desired.sandboxes.iter() {
                 let containers = match role {
                     Role::Micro => sandbox.services.values().collect::<Vec<_>>(),
                     Role::Gateway => vec![&sandbox.gateway],
