@@ -529,12 +529,8 @@ impl<'de> Deserialize<'de> for Labels {
                 f.write_str("a map of label names to values")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
-                let mut read: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(entry) = map.next_entry()? {
-                    read.push(entry);
-                }
-                Ok(read.into_iter().collect())
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Labels, A::Error> {
+                Ok(read_map(map)?.into_iter().collect())
             }
         }
         deserializer.deserialize_map(Visit)
@@ -653,16 +649,29 @@ impl<'de> Deserialize<'de> for Routes {
                 f.write_str("a map of service names to URLs")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
-                let mut read: Vec<(Text<'de>, Text<'de>)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(entry) = map.next_entry()? {
-                    read.push(entry);
-                }
-                Ok(read.into_iter().collect())
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Routes, A::Error> {
+                Ok(read_map(map)?.into_iter().collect())
             }
         }
         deserializer.deserialize_map(Visit)
     }
+}
+
+/// The entries of a JSON object (labels, routes) in name order, a name given twice keeping its last value, as a map
+/// keeps them. Compacted so while it is read, whenever the list has doubled: an object that repeats a few names
+/// millions of times (a hostile report, up to a frame's 32 MiB) holds those few entries, not millions.
+fn read_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Vec<(Text<'de>, Text<'de>)>, A::Error> {
+    let last_wins = |read| sdp_manifest::by_name_last_wins(read, |(name, _): &(Text, Text)| name.as_ref());
+    let mut read = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+    let mut compact_at = 1024;
+    while let Some(entry) = map.next_entry::<Text<'de>, Text<'de>>()? {
+        read.push(entry);
+        if read.len() >= compact_at {
+            read = last_wins(read);
+            compact_at = read.len().saturating_mul(2).max(1024);
+        }
+    }
+    Ok(last_wins(read))
 }
 
 /// A string read from the text itself when it holds no escapes, copied only when it does.
@@ -1316,6 +1325,17 @@ mod tests {
             serde_json::from_str::<Routes>(r#"{"a":1}"#).is_err(),
             "a URL is a string"
         );
+
+        // A few names repeated many times (a hostile report): each once, with its last value, in labels too.
+        let repeated: String = (0..50_000).map(|i| format!(r#""s{}":"u{i}","#, i % 3)).collect();
+        let text = format!("{{{}\"z\":\"end\"}}", repeated);
+        let read: Routes = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            read.iter().collect::<Vec<_>>(),
+            [("s0", "u49998"), ("s1", "u49999"), ("s2", "u49997"), ("z", "end")]
+        );
+        let labels: Labels = serde_json::from_str(&text).unwrap();
+        assert_eq!(labels.iter().collect::<Vec<_>>(), read.iter().collect::<Vec<_>>());
     }
 
     #[test]
