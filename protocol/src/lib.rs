@@ -521,19 +521,7 @@ impl Serialize for Labels {
 
 impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Labels;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of label names to values")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Labels, A::Error> {
-                Ok(read_map(map)?.into_iter().collect())
-            }
-        }
-        deserializer.deserialize_map(Visit)
+        text_map(deserializer, "a map of label names to values")
     }
 }
 
@@ -641,37 +629,41 @@ impl Serialize for Routes {
 
 impl<'de> Deserialize<'de> for Routes {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Routes, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Routes;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of service names to URLs")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Routes, A::Error> {
-                Ok(read_map(map)?.into_iter().collect())
-            }
-        }
-        deserializer.deserialize_map(Visit)
+        text_map(deserializer, "a map of service names to URLs")
     }
 }
 
-/// The entries of a JSON object (labels, routes) in name order, a name given twice keeping its last value, as a map
-/// keeps them. Compacted so while it is read, whenever the list has doubled: an object that repeats a few names
-/// millions of times (a hostile report, up to a frame's 32 MiB) holds those few entries, not millions.
-fn read_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Vec<(Text<'de>, Text<'de>)>, A::Error> {
-    let last_wins = |read| sdp_manifest::by_name_last_wins(read, |(name, _): &(Text, Text)| name.as_ref());
-    let mut read = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-    let mut compact_at = 1024;
-    while let Some(entry) = map.next_entry::<Text<'de>, Text<'de>>()? {
-        read.push(entry);
-        if read.len() >= compact_at {
-            read = last_wins(read);
-            compact_at = read.len().saturating_mul(2).max(1024);
+/// A JSON object of strings read into `T` (labels, routes), whose `FromIterator` sorts the entries by name once and
+/// keeps a name's last value, as a map does. Compacted so while it is read, whenever the list has doubled: an object
+/// that repeats a few names millions of times (a hostile report, up to a frame's 32 MiB) holds those few entries,
+/// not millions.
+fn text_map<'de, D, T>(deserializer: D, expecting: &'static str) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromIterator<(Text<'de>, Text<'de>)>,
+{
+    struct Visit<T>(&'static str, std::marker::PhantomData<T>);
+    impl<'de, T: FromIterator<(Text<'de>, Text<'de>)>> serde::de::Visitor<'de> for Visit<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut read = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+            let mut compact_at = 1024;
+            while let Some(entry) = map.next_entry::<Text<'de>, Text<'de>>()? {
+                read.push(entry);
+                if read.len() >= compact_at {
+                    read = sdp_manifest::by_name_last_wins(read, |(name, _)| name.as_ref());
+                    compact_at = read.len().saturating_mul(2).max(1024);
+                }
+            }
+            Ok(read.into_iter().collect())
         }
     }
-    Ok(last_wins(read))
+    deserializer.deserialize_map(Visit(expecting, std::marker::PhantomData))
 }
 
 /// A string read from the text itself when it holds no escapes, copied only when it does.
