@@ -170,15 +170,17 @@ async fn session(
     sink.send(Message::Text(sdp_protocol::encode(&hello).into()))
         .await
         .map_err(|e| cause(&e))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
+    let reads_deflated = match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => match sdp_protocol::decode::<ReconcilerFrame>(&text) {
             Ok(ReconcilerFrame::Welcome {
                 protocol_version,
                 installation,
+                reads_deflated,
             }) => {
                 // The same rule on this side: a reconciler of another version is refused, naming both.
                 sdp_protocol::check_version(protocol_version).map_err(|e| e.to_string())?;
                 executor.engine.set_installation(&installation);
+                reads_deflated
             }
             Ok(ReconcilerFrame::Refused { reason }) => return Err(format!("refused by the reconciler: {reason}")),
             Ok(_) => return Err("the reconciler did not answer Hello".into()),
@@ -187,7 +189,7 @@ async fn session(
         Ok(Some(Err(e))) => return Err(cause(&e)),
         Ok(_) => return Err("the reconciler closed the connection after Hello".into()),
         Err(_) => return Err("no answer to Hello".into()),
-    }
+    };
     tracing::info!(reconciler = %config.reconciler, "connected");
 
     // Everything to the reconciler goes through one bounded queue, in order.
@@ -198,7 +200,7 @@ async fn session(
             tokio::select! {
                 frame = queue.next() => match frame {
                     Some(f) => {
-                        let mut parts = futures_util::stream::iter(sdp_protocol::frames(sdp_protocol::encode(&f)).map(Ok));
+                        let mut parts = futures_util::stream::iter(sdp_protocol::agent_frames(&f, reads_deflated).map(Ok));
                         if sink.send_all(&mut parts).await.is_err() { break }
                     }
                     None => break,

@@ -164,12 +164,13 @@ fn apply(state: &mut ActualState, action: Action, installation: &str) {
     }
 }
 
-/// Sends `frame` as the agent does: in fragments when it is long.
+/// Sends `frame` as the agent does to a reconciler that reads deflated frames: a report deflated, in fragments
+/// when it is long.
 fn send<S: std::io::Read + std::io::Write>(
     ws: &mut tungstenite::WebSocket<S>,
     frame: &AgentFrame,
 ) -> Result<(), tungstenite::Error> {
-    for message in sdp_protocol::frames(sdp_protocol::encode(frame)) {
+    for message in sdp_protocol::agent_frames(frame, true) {
         ws.write(message)?;
     }
     ws.flush()
@@ -400,9 +401,18 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         // The micro agent's address goes into every route to `sandbox`: the reconciler recompiles on its Hello.
         std::thread::sleep(Duration::from_secs(2));
         let (m, g) = converged(&api, config, &micro.installation);
+        // What a report is on the wire: deflated, as the stand-ins send it, and how long deflating it takes.
+        let deflated = |state: &ActualState| {
+            let frame = AgentFrame::ActualState(state.clone());
+            let started = Instant::now();
+            let bytes = sdp_protocol::deflate(&frame).len();
+            (bytes as f64 / 1e3, started.elapsed())
+        };
+        let ((m_kb, m_took), (g_kb, g_took)) = (deflated(&m), deflated(&g));
         note = format!(
-            "reports: micro {} containers, {} worktrees, {} networks, {} heads ({:.1} MB of JSON); gateway {} \
-             containers, {} route maps ({:.1} MB of JSON)",
+            "reports: micro {} containers, {} worktrees, {} networks, {} heads ({:.1} MB of JSON, {m_kb:.0} KB \
+             deflated in {m_took:.0?}); gateway {} containers, {} route maps ({:.1} MB of JSON, {g_kb:.0} KB \
+             deflated in {g_took:.0?})",
             m.containers.len(),
             m.worktrees.len(),
             m.networks.len(),
@@ -430,7 +440,10 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         None
     };
     std::thread::sleep(Duration::from_secs(5));
-    // A reading at one moment may land on a report's arrival (4.8 MB read, then dropped): the RSS is also sampled
+    // The kernel's peak (VmHWM) starts again from here: at the end it is the highest RSS of the measured span, a
+    // report's arrival included, however short (samples can miss it).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak RSS is reset (Linux 4.0 and later)");
+    // A reading at one moment may land on a report's arrival (4.8 MB of text, then dropped): the RSS is also sampled
     // every 0.25 s from here to the end, and its median said, to compare one change with another.
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
@@ -488,6 +501,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         }
     }
     sampling.store(false, Ordering::Relaxed);
+    let (_, peak, _) = rss(pid);
     let mut samples = sampler.join().expect("the sampler ends");
     samples.sort_by(f64::total_cmp);
     let mut sampled = (f64::NAN, f64::NAN);
@@ -495,12 +509,12 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
         note.push_str(&format!(
             "\n  RSS every 0.25 s from settled to the end ({} samples): median {:.1} MB, 90th percentile {:.1} MB, \
-             highest {max:.1} MB",
+             highest {max:.1} MB; the kernel's peak over that span (VmHWM) {peak:.1} MB",
             samples.len(),
             at(0.5),
             at(0.9)
         ));
-        sampled = (at(0.5), *max);
+        sampled = (at(0.5), max.max(peak));
     }
     drop(serve);
     (loaded_in, rows, note, sampled)
@@ -518,8 +532,8 @@ fn print(title: &str, loaded_in: Duration, rows: &[Row], note: &str, (median, hi
     for (when, (now, peak, file)) in rows {
         println!("  {when:<24} {now:>8.1} {peak:>8.1} {file:>12.1}");
     }
-    // Both verdicts: the RSS as it stays (the median of the samples), and the highest reading of all, which with
-    // agents is a report of 10,000 containers being read (a 4.8 MB message, then the containers that differ).
+    // Both verdicts: the RSS as it stays (the median of the samples), and the highest of all, the kernel's peak
+    // included, which with agents is a report of 10,000 containers being read.
     let verdict = |mb: f64| if mb < TARGET_SERVE_MB { "met" } else { "NOT met" };
     let worst = rows.iter().map(|(_, (now, _, _))| *now).fold(highest, f64::max);
     println!(
@@ -527,7 +541,7 @@ fn print(title: &str, loaded_in: Duration, rows: &[Row], note: &str, (median, hi
         verdict(median)
     );
     println!(
-        "  highest reading {worst:.1} MB: target < {TARGET_SERVE_MB} MB ({})",
+        "  highest RSS from settled on {worst:.1} MB (the kernel's peak included): target < {TARGET_SERVE_MB} MB ({})",
         verdict(worst)
     );
 }

@@ -1,4 +1,5 @@
-//! Frames between the reconciler and its agents, as JSON text messages over the agent's WebSocket.
+//! Frames between the reconciler and its agents, as JSON text messages over the agent's WebSocket; an agent's
+//! report goes deflated, as a binary message, to a reconciler that says it reads those (see `deflated`).
 //!
 //! An agent opens with `Hello`; the reconciler answers `Welcome` or `Refused` (a version mismatch names both
 //! versions). From then on the agent reports `ActualState` and streams `Progress` and `LogLine`; the reconciler
@@ -13,8 +14,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod deflated;
 mod request;
 
+pub use deflated::deflate;
 pub use request::{ActionRequest, Answer, Ask, ListBranches, Request, read_answer};
 
 /// The protocol version both sides announce. Frames change only with a new version: 2 replaced version 1's
@@ -34,15 +37,36 @@ pub fn fragments(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..count).map(move |i| i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(len))
 }
 
-/// A message as the WebSocket frames an agent sends (`fragments`), each a slice of the same buffer.
+/// A text message as the WebSocket frames an agent sends (`fragments`), each a slice of the same buffer.
 #[cfg(feature = "ws")]
 pub fn frames(text: String) -> impl Iterator<Item = tungstenite::Message> {
+    fragmented(
+        tungstenite::Bytes::from(text),
+        tungstenite::protocol::frame::coding::Data::Text,
+    )
+}
+
+/// `frame` as the WebSocket frames an agent sends: a report deflated (`deflate`) as a binary message when the
+/// reconciler reads those (`readsDeflated` in its `Welcome`), anything else as text; in fragments when long.
+#[cfg(feature = "ws")]
+pub fn agent_frames(frame: &AgentFrame, reads_deflated: bool) -> impl Iterator<Item = tungstenite::Message> {
+    use tungstenite::protocol::frame::coding::Data;
+    match frame {
+        AgentFrame::ActualState(_) if reads_deflated => fragmented(deflate(frame).into(), Data::Binary),
+        _ => fragmented(encode(frame).into(), Data::Text),
+    }
+}
+
+#[cfg(feature = "ws")]
+fn fragmented(
+    bytes: tungstenite::Bytes,
+    kind: tungstenite::protocol::frame::coding::Data,
+) -> impl Iterator<Item = tungstenite::Message> {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
-    let bytes = tungstenite::Bytes::from(text);
     let len = bytes.len();
     fragments(len).map(move |range| {
-        let opcode = if range.start == 0 { Data::Text } else { Data::Continue };
+        let opcode = if range.start == 0 { kind } else { Data::Continue };
         let last = range.end == len;
         tungstenite::Message::Frame(Frame::message(bytes.slice(range), OpCode::Data(opcode), last))
     })
@@ -140,7 +164,8 @@ fn raw_containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
                 id: Cow<'a, str>,
             }
             let mut read = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            // Owned, not borrowed from the text: a deflated report is read from a stream (`inflate_after`).
+            while let Some(raw) = seq.next_element::<Box<serde_json::value::RawValue>>()? {
                 let text = raw.get();
                 let before = serde_json::from_str::<Id<'_>>(text)
                     .ok()
@@ -306,6 +331,10 @@ pub enum ReconcilerFrame {
         /// existed), so two installations on one Docker engine never prune each other's sandboxes.
         #[serde(default)]
         installation: String,
+        /// The reconciler reads frames sent deflated, as binary messages (`deflate`): an agent sends its reports
+        /// so. False from a release before them, which reads only text.
+        #[serde(default)]
+        reads_deflated: bool,
     },
     /// The agent's Hello was refused; the connection closes after this frame.
     Refused { reason: String },
@@ -1562,11 +1591,21 @@ mod tests {
         let text = encode(&ReconcilerFrame::Welcome {
             protocol_version: 1,
             installation: "0a1b2c3d4e5f6071".into(),
+            reads_deflated: true,
         });
         assert_eq!(
             text,
-            r#"{"type":"welcome","protocolVersion":1,"installation":"0a1b2c3d4e5f6071"}"#
+            r#"{"type":"welcome","protocolVersion":1,"installation":"0a1b2c3d4e5f6071","readsDeflated":true}"#
         );
+        // An older reconciler's Welcome says nothing of deflated frames: the agent sends it text.
+        let older = decode::<ReconcilerFrame>(r#"{"type":"welcome","protocolVersion":2,"installation":"i"}"#);
+        assert!(matches!(
+            older,
+            Ok(ReconcilerFrame::Welcome {
+                reads_deflated: false,
+                ..
+            })
+        ));
         let remove = encode(&Action::RemoveWorktree {
             sandbox: "a".into(),
             service: "s".into(),

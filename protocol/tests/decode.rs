@@ -1,8 +1,11 @@
 //! Whatever arrives on a WebSocket, decoding it never panics: random text, and every cut of real frames of both
-//! directions (what the hub and the agent each decode first).
+//! directions (what the hub and the agent each decode first); random bytes and every cut of real frames, deflated,
+//! as binary messages (what the hub reads as a deflated frame).
+
+use std::io::Write;
 
 use proptest::prelude::*;
-use sdp_protocol::{AgentFrame, ReconcilerFrame, decode};
+use sdp_protocol::{ActualState, AgentFrame, ReconcilerFrame, decode};
 
 const FRAMES: [&str; 5] = [
     r#"{"type":"hello","node":"micro-92","role":"micro","protocolVersion":1,"agentVersion":"0.1.0","address":"172.18.136.92","repos":["account"],"images":["alpine:3.20"]}"#,
@@ -12,7 +15,37 @@ const FRAMES: [&str; 5] = [
     r#"{"type":"answer","requestId":7,"result":{"ok":[{"repo":"account","branch":"main","commit":"0123abc"}]}}"#,
 ];
 
+fn deflated(text: &str) -> Vec<u8> {
+    let mut out = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    out.write_all(text.as_bytes()).unwrap();
+    out.finish().unwrap()
+}
+
+fn inflate(bytes: &[u8]) -> Option<AgentFrame> {
+    AgentFrame::inflate_after(bytes, &ActualState::default(), 1 << 20).ok()
+}
+
 proptest! {
+    #[test]
+    fn random_bytes_never_panic_as_a_deflated_frame(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = inflate(&bytes);
+    }
+
+    #[test]
+    fn every_cut_of_a_real_frame_deflated_never_panics(
+        which in 0..FRAMES.len(),
+        cut in 0usize..400,
+        junk in any::<String>(),
+        bytes in 0usize..200,
+    ) {
+        let frame = FRAMES[which];
+        let text = format!("{}{junk}", &frame[..cut.min(frame.len())]);
+        let _ = inflate(&deflated(&text));
+        // And the deflated stream cut short.
+        let whole = deflated(frame);
+        prop_assert_eq!(inflate(&whole[..bytes.min(whole.len())]).is_some(), bytes >= whole.len() && which != 2 && which != 3);
+    }
+
     #[test]
     fn random_text_never_panics(text in any::<String>()) {
         let _ = decode::<AgentFrame>(&text);
@@ -43,4 +76,8 @@ fn the_real_frames_decode() {
         AgentFrame::decode(FRAMES[1]).unwrap(),
         decode::<AgentFrame>(FRAMES[1]).unwrap()
     );
+    // The agent's frames, deflated, read as their text does.
+    for text in [FRAMES[0], FRAMES[1], FRAMES[4]] {
+        assert_eq!(inflate(&deflated(text)), Some(decode::<AgentFrame>(text).unwrap()));
+    }
 }

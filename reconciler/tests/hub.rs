@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::server::{
-    self, Server, TOKEN, Ws, connected, dial, get, hello, json, message, metric, next_frame, send, sse_data, until,
+    self, Server, TOKEN, Ws, connected, dial, get, hello, json, message, metric, next_frame, send, send_text, sse_data,
+    until,
 };
 use futures_util::SinkExt;
 use sdp_protocol::{
@@ -560,6 +561,24 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
             break;
         }
     }
+    // And as binary messages, which are read as deflated frames: noise, cut ones and whole ones. Bounded: 300.
+    let deflated: Vec<Vec<u8>> = valid
+        .iter()
+        .map(|text| sdp_protocol::deflate(&sdp_protocol::decode(text).unwrap()))
+        .collect();
+    for i in 0..300 {
+        let frame = match i % 3 {
+            0 => noise(&mut seed, (i * 7) % 4000),
+            1 => {
+                let v = &deflated[i % deflated.len()];
+                v[..noise(&mut seed, 1)[0] as usize * v.len() / 256].to_vec()
+            }
+            _ => deflated[i % deflated.len()].clone(),
+        };
+        if ws.send(Message::Binary(frame.into())).await.is_err() {
+            break;
+        }
+    }
     // The hub still serves: a new agent is welcomed, and its report wakes passes over the sandboxes with what
     // was reported, which run.
     let passes = metric(&s, "sdp_passes_total").await;
@@ -580,7 +599,7 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
 }
 
 #[tokio::test]
-async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
+async fn a_report_longer_than_a_frame_arrives_in_fragments_as_text_or_deflated_and_is_read_whole() {
     let s = server().await;
     let mut ws = micro(&s).await;
     let containers: Vec<Arc<Container>> = (0..2_000)
@@ -623,7 +642,8 @@ async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
         fragments > 3,
         "the report is {fragments} frames: too short to test fragments"
     );
-    send(&mut ws, report).await;
+    // As text: an agent of a release before deflated reports.
+    send_text(&mut ws, report.clone()).await;
     until("the report to be read", || async {
         let actual = json(s.url("/api/v1/actual")).await;
         actual["micro"]["containers"].as_array().map(Vec::len) == Some(2_000)
@@ -644,6 +664,45 @@ async fn a_report_longer_than_a_frame_arrives_in_fragments_and_is_read_whole() {
         "{:?}",
         first.action
     );
+    // Deflated, as an agent of this release sends it, in fragments too: one container moved.
+    let AgentFrame::ActualState(mut report) = report else {
+        unreachable!()
+    };
+    Arc::make_mut(&mut report.containers[1999]).ports = vec![29_999];
+    // A label of random hex on each container, which deflating cannot shrink below 64 bytes: over a fragment.
+    let mut seed = 0x5eed_u64;
+    for c in &mut report.containers {
+        let random: String = noise(&mut seed, 64).iter().map(|b| format!("{b:02x}")).collect();
+        Arc::make_mut(c).labels.insert("random", random);
+    }
+    let report = AgentFrame::ActualState(report);
+    let deflated = sdp_protocol::deflate(&report);
+    let text = sdp_protocol::encode(&report);
+    assert!(
+        sdp_protocol::fragments(deflated.len()).count() > 1 && deflated.len() * 3 < text.len(),
+        "{} bytes deflated of {}",
+        deflated.len(),
+        text.len()
+    );
+    send(&mut ws, report.clone()).await;
+    until("the deflated report to be read", || async {
+        let actual = json(s.url("/api/v1/actual")).await;
+        actual["micro"]["containers"][1999]["ports"][0] == 29_999
+    })
+    .await;
+    let actual = json(s.url("/api/v1/actual")).await;
+    assert_eq!(actual["micro"]["containers"].as_array().map(Vec::len), Some(2_000));
+    let read = actual["micro"]["containers"][0]["labels"]["wide"].as_str().unwrap();
+    assert!(read.ends_with(&wide), "{read:.40}");
+    let AgentFrame::ActualState(sent) = report else {
+        unreachable!()
+    };
+    for i in [0, 1000, 1999] {
+        assert_eq!(
+            actual["micro"]["containers"][i]["labels"]["random"].as_str(),
+            sent.containers[i].labels.get("random")
+        );
+    }
 }
 
 #[tokio::test]

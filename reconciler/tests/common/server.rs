@@ -174,8 +174,15 @@ pub fn message(frame: &AgentFrame) -> Message {
     Message::Text(sdp_protocol::encode(frame).into())
 }
 
-/// Sends `frame` as the agent does: in fragments when it is long.
+/// Sends `frame` as the agent does to a reconciler that reads deflated frames: a report deflated, anything else as
+/// text, in fragments when long.
 pub async fn send(ws: &mut Ws, frame: AgentFrame) {
+    let mut frames = futures_util::stream::iter(sdp_protocol::agent_frames(&frame, true).map(Ok));
+    ws.send_all(&mut frames).await.unwrap();
+}
+
+/// Sends `frame` as text, as an agent of a release before deflated frames does: in fragments when it is long.
+pub async fn send_text(ws: &mut Ws, frame: AgentFrame) {
     let mut frames = futures_util::stream::iter(sdp_protocol::frames(sdp_protocol::encode(&frame)).map(Ok));
     ws.send_all(&mut frames).await.unwrap();
 }
@@ -199,7 +206,16 @@ pub async fn connected(url: &str, hello: Hello) -> Ws {
     let mut ws = dial(url, Some(TOKEN)).await.unwrap();
     send(&mut ws, AgentFrame::Hello(hello)).await;
     let welcome = next_frame(&mut ws).await;
-    assert!(matches!(welcome, ReconcilerFrame::Welcome { .. }), "{welcome:?}");
+    assert!(
+        matches!(
+            welcome,
+            ReconcilerFrame::Welcome {
+                reads_deflated: true,
+                ..
+            }
+        ),
+        "{welcome:?}"
+    );
     ws
 }
 
