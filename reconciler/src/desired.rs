@@ -347,6 +347,11 @@ pub fn compile_again(
         // The steady state (the clock's recompile at every resync): nothing changed, so the last answer stands.
         return last.clone();
     }
+    if same_context && let Some(edited) = last.edited_in_place(&by_name, &out.expired, previous, &envs, settings) {
+        // A commit that edits sandboxes without asking for other ports (a branch, a variable): those are compiled
+        // again, the others and the ports stand.
+        return edited;
+    }
 
     // Ports: keep what each (sandbox, service) had, honour explicit ports, then fill from the ranges.
     // Sorted by (sandbox, service), the order of the stored allocations, so that the ports each key had are
@@ -594,6 +599,79 @@ impl Desired {
             .all(|((sb, mode), (from, d))| Arc::ptr_eq(sb, from) && d.mode == *mode)
     }
 
+    /// This answer with the sandboxes whose manifests or modes changed compiled again, when nothing else did: the
+    /// same sandboxes by name, none held, the same expired, `allocations` this answer's, and each changed manifest
+    /// asking for the ports it asked for before (the same services, the same explicit ports). A whole compile would
+    /// then give every key the port it has, so the allocations stand and only the changed sandboxes are compiled.
+    /// None when anything else changed: the whole compile decides.
+    fn edited_in_place(
+        &self,
+        by_name: &[&(&Arc<Sandbox>, Mode)],
+        expired: &[String],
+        allocations: &Arc<Allocations>,
+        envs: &BTreeMap<&str, &Environment>,
+        settings: &Settings,
+    ) -> Option<Desired> {
+        if !self.held.is_empty()
+            || self.expired != expired
+            || !Arc::ptr_eq(&self.allocations, allocations)
+            || by_name.len() != self.inputs.manifests.len()
+            || self.sandboxes.len() != self.inputs.manifests.len()
+        {
+            return None;
+        }
+        let made = self.inputs.manifests.values().zip(self.sandboxes.values());
+        let mut changed = Vec::new();
+        for ((sb, mode), (from, d)) in by_name.iter().map(|e| (e.0, &e.1)).zip(made) {
+            if Arc::ptr_eq(sb, from) && d.mode == *mode {
+                continue;
+            }
+            if sb.metadata.name != from.metadata.name || !asks_same_ports(sb, from) {
+                return None;
+            }
+            changed.push((sb, mode, from, d));
+        }
+        let mut sandboxes = (*self.sandboxes).clone();
+        let mut manifests = self.inputs.manifests.clone();
+        let mut held = BTreeMap::new();
+        let mut merged = EnvCache::default();
+        for (sb, mode, from, d) in changed {
+            let name = &sb.metadata.name;
+            manifests.insert(name.clone(), sb.clone());
+            if d.mode == *mode && from == sb {
+                continue;
+            }
+            let ports: BTreeMap<Key<'_>, u16> = allocations
+                .ports
+                .range((name.clone(), String::new())..)
+                .take_while(|((sandbox, _), _)| sandbox == name)
+                .map(|((sandbox, service), port)| ((sandbox.as_str(), service.as_str()), *port))
+                .collect();
+            match compile_one(sb, mode.clone(), envs, &ports, &mut merged, settings) {
+                Ok(d) => {
+                    sandboxes.insert(name.clone(), Arc::new(d));
+                }
+                Err(reason) => {
+                    // Held as the whole compile holds it: nothing compiled, its ports kept.
+                    sandboxes.remove(name);
+                    manifests.remove(name);
+                    held.insert(name.clone(), reason);
+                }
+            }
+        }
+        Some(Desired {
+            sandboxes: Arc::new(sandboxes),
+            held,
+            expired: expired.to_vec(),
+            allocations: allocations.clone(),
+            inputs: Arc::new(Inputs {
+                environments: self.inputs.environments.clone(),
+                settings: self.inputs.settings.clone(),
+                manifests,
+            }),
+        })
+    }
+
     /// What this compile made of `sb`, when it was made from the same manifest in the same mode and with the same
     /// ports as `ports` now gives it.
     fn reusable(
@@ -631,6 +709,18 @@ impl Desired {
         // Every container of it had a port: as many ports, all the same, is the same allocation.
         (count == made.services.len() + 1).then_some(made)
     }
+}
+
+/// Whether `a` and `b` ask for the same ports: the same services, each with the same explicit port or none, and
+/// the same explicit gateway port or none.
+fn asks_same_ports(a: &Sandbox, b: &Sandbox) -> bool {
+    a.spec.gateway.port == b.spec.gateway.port
+        && a.spec.services.len() == b.spec.services.len()
+        && a.spec
+            .services
+            .iter()
+            .zip(&b.spec.services)
+            .all(|((m, s), (n, t))| m == n && s.port == t.port)
 }
 
 /// A (sandbox, service) key.

@@ -399,7 +399,7 @@ proptest! {
     fn compiling_from_the_last_answer_gives_what_a_fresh_compile_gives(
         before in config_strategy(),
         other in config_strategy(),
-        keep in proptest::collection::vec(0..3u8, 4),
+        keep in proptest::collection::vec(0..4u8, 4),
         ports_before in proptest::collection::vec(proptest::option::of(8080u16..8083), 4),
         ports_after in proptest::collection::vec(proptest::option::of(8080u16..8083), 4),
         address in 0..2usize,
@@ -416,7 +416,8 @@ proptest! {
         let before: Vec<Arc<Sandbox>> =
             expiring(with_ports(before, &ports_before)).into_iter().map(Arc::new).collect();
         let other = expiring(with_ports(other, &ports_after));
-        // Each sandbox of the second config: the same Arc as before (0), an equal copy (1), or the other config's.
+        // Each sandbox of the second config: the same Arc as before (0), an equal copy (1), the same sandbox edited
+        // without asking for other ports (3: other branches, suspended or woken), or the other config's.
         let mut after: Vec<Arc<Sandbox>> = Vec::new();
         for (i, name) in SANDBOXES.into_iter().enumerate() {
             let old = before.iter().find(|s| s.metadata.name == name);
@@ -424,6 +425,15 @@ proptest! {
             let sb = match (keep[i], old, new) {
                 (0, Some(old), _) => Some(old.clone()),
                 (1, Some(old), _) => Some(Arc::new((**old).clone())),
+                (3, Some(old), _) => {
+                    let mut edited = (**old).clone();
+                    edited.spec.gateway.branch.push_str("-edited");
+                    for service in edited.spec.services.values_mut().step_by(2) {
+                        service.branch.push_str("-edited");
+                    }
+                    edited.spec.suspend ^= i % 2 == 0;
+                    Some(Arc::new(edited))
+                }
                 (_, _, Some(new)) => Some(Arc::new(new.clone())),
                 _ => None,
             };
