@@ -94,7 +94,7 @@ impl<'de> serde::de::Visitor<'de> for TypeFirst<'_> {
             ));
         }
         let kind = map.next_value::<Text<'_>>()?;
-        let rest = MapAccessDeserializer::new(map);
+        let rest = MapAccessDeserializer::new(Rest(map));
         match kind.as_ref() {
             "actualState" => {
                 let _decoding = Decoding::start(self.0);
@@ -109,6 +109,28 @@ impl<'de> serde::de::Visitor<'de> for TypeFirst<'_> {
                 &["hello", "actualState", "answer", "progress", "logLine"],
             )),
         }
+    }
+}
+
+/// The rest of a frame's object after its `type`: a second `type` is an error, as it is when text is read.
+struct Rest<A>(A);
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for Rest<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::{Error, IntoDeserializer};
+        let Some(key) = self.0.next_key::<Text<'de>>()? else {
+            return Ok(None);
+        };
+        if key.as_ref() == "type" {
+            return Err(A::Error::duplicate_field("type"));
+        }
+        seed.deserialize(key.0.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
     }
 }
 
@@ -238,6 +260,10 @@ mod tests {
             (
                 deflated_text(r#"{"type":"shell","cmd":"rm"}"#),
                 "unknown variant `shell`",
+            ),
+            (
+                deflated_text(r#"{"type":"actualState","type":"hello","containers":[]}"#),
+                "duplicate field `type`",
             ),
             (
                 deflated_text(r#"{"type":"actualState","containers":[{"id":1}]}"#),

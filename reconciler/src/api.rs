@@ -517,19 +517,32 @@ async fn actual(State(api): State<Api>) -> Response {
 /// `doc` as a JSON answer written piece by piece while the client reads it: what is held meanwhile is a few pieces
 /// of `PIECE` bytes, not the whole text (6 MB for `/api/v1/actual` with 11,000 containers reported, which with its
 /// buffer's growth added 9 MB to the reconciler's RSS for the moment it was sent). It is written on the blocking
-/// pool; a client that goes away ends the writing at its next piece.
+/// pool, `WRITING` answers at once (the others wait their turn without a thread); a client that goes away, or
+/// takes no piece for `PIECE_WITHIN`, ends the writing, so that slow clients cannot hold the pool the agents'
+/// reports are read on.
 fn streamed_json<T: serde::Serialize + Send + 'static>(doc: T) -> Response {
     const PIECE: usize = 64 << 10;
+    const PIECE_WITHIN: Duration = Duration::from_secs(30);
+    static WRITING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
     struct Pieces {
         out: mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+        runtime: tokio::runtime::Handle,
         piece: Vec<u8>,
     }
     impl Pieces {
         fn send(&mut self) -> std::io::Result<()> {
             let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(PIECE));
-            self.out
-                .blocking_send(Ok(piece.into()))
-                .map_err(|_| std::io::Error::other("the client went away"))
+            let sent = self
+                .runtime
+                .block_on(tokio::time::timeout(PIECE_WITHIN, self.out.send(Ok(piece.into()))));
+            match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+                Err(_) => Err(std::io::Error::other(format!(
+                    "the client took nothing for {} s",
+                    PIECE_WITHIN.as_secs()
+                ))),
+            }
         }
     }
     impl std::io::Write for Pieces {
@@ -546,15 +559,22 @@ fn streamed_json<T: serde::Serialize + Send + 'static>(doc: T) -> Response {
         }
     }
     let (out, mut pieces) = mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
-        let mut writer = Pieces {
-            out,
-            piece: Vec::with_capacity(PIECE),
-        };
-        // A document holds only strings, numbers and maps with string keys: only the client can stop it.
-        if serde_json::to_writer(&mut writer, &doc).is_ok() {
-            let _ = std::io::Write::flush(&mut writer);
-        }
+    let runtime = tokio::runtime::Handle::current();
+    tokio::spawn(async move {
+        let Ok(_turn) = WRITING.acquire().await else { return };
+        let written = tokio::task::spawn_blocking(move || {
+            let mut writer = Pieces {
+                out: out.clone(),
+                runtime,
+                piece: Vec::with_capacity(PIECE),
+            };
+            let written = serde_json::to_writer(&mut writer, &doc).map_err(std::io::Error::from);
+            if let Err(e) = written.and_then(|()| std::io::Write::flush(&mut writer)) {
+                // The answer is cut short as an error, not as a shorter document (the client may be gone).
+                let _ = out.try_send(Err(e));
+            }
+        });
+        let _ = written.await;
     });
     let body = futures_util::stream::poll_fn(move |cx| pieces.poll_recv(cx));
     (

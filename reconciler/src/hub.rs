@@ -135,25 +135,44 @@ impl Pick<'_> {
 }
 
 /// Reads an agent's text or binary (deflated) message, sharing what it can with `previous`, the report of its role.
-/// A long one (a report: 20 ms as text, 40 ms deflated, for 10,000 containers) is read on the blocking pool, so that
-/// it holds up no other task meanwhile; the connection's next message waits for it, so frames keep their order.
+/// A binary message (a report: 40 ms for 10,000 containers) or a long text is read on the blocking pool, so that it
+/// holds up no other task meanwhile, and at most `READING` at once: each may hold up to what `MAX_FRAME_BYTES` of
+/// text decodes to. The connection's next message waits for it, so frames keep their order. A deflated message may
+/// inflate to `INFLATES_AT_MOST` times its size (a report of 10,000 containers inflates 4 to 8 times, 1,000
+/// gateway route maps 16 times; 8 MB of spaces 1,000 times). The error says what went
+/// wrong in at most `ERROR_CHARS` characters: serde quotes what it could not read, which may be megabytes.
 async fn read_frame(message: Message, previous: Arc<ActualState>) -> Result<AgentFrame, String> {
-    const LONG: usize = 64 << 10;
+    const LONG_TEXT: usize = 64 << 10;
+    const INFLATES_AT_MOST: usize = 256;
+    const ERROR_CHARS: usize = 300;
+    static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
     let long = match &message {
-        Message::Binary(deflated) => deflated.len() > LONG / 8,
-        Message::Text(text) => text.len() > LONG,
+        Message::Binary(_) => true,
+        Message::Text(text) => text.len() > LONG_TEXT,
         _ => false,
     };
-    let read = move || match message {
-        Message::Binary(deflated) => {
-            AgentFrame::inflate_after(&deflated, &previous, MAX_FRAME_BYTES).map_err(|e| e.to_string())
-        }
-        Message::Text(text) => AgentFrame::decode_after(&text, &previous).map_err(|e| e.to_string()),
-        _ => Err("only a text or binary message is a frame".to_string()),
+    let read = move || {
+        let read = match message {
+            Message::Binary(deflated) => {
+                let max_text = MAX_FRAME_BYTES.min(deflated.len().saturating_mul(INFLATES_AT_MOST));
+                AgentFrame::inflate_after(&deflated, &previous, max_text)
+            }
+            Message::Text(text) => AgentFrame::decode_after(&text, &previous),
+            _ => return Err("only a text or binary message is a frame".to_string()),
+        };
+        read.map_err(|e| {
+            let mut said = e.to_string();
+            if let Some((cut, _)) = said.char_indices().nth(ERROR_CHARS) {
+                said.truncate(cut);
+                said.push_str("...");
+            }
+            said
+        })
     };
     if !long {
         return read();
     }
+    let _turn = READING.acquire().await.map_err(|e| e.to_string())?;
     match tokio::task::spawn_blocking(read).await {
         Ok(frame) => frame,
         Err(e) => Err(format!("reading it failed: {e}")),
@@ -355,6 +374,9 @@ impl Hub {
                 Ok(_) => return refuse(&mut sink, "the first frame must be Hello".into()).await,
                 Err(e) => return refuse(&mut sink, format!("unreadable Hello: {e}")).await,
             },
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                return refuse(&mut sink, "the first frame must be a Hello, as a text message".into()).await;
+            }
             _ => {
                 tracing::warn!(
                     "an agent connected but sent no Hello within {} s",
@@ -421,7 +443,11 @@ impl Hub {
                     break;
                 }
             };
-            self.seen(role, conn);
+            if !self.seen(role, conn) {
+                // Replaced by a newer connection of the role: what this one still sends is not read (a report
+                // decoded now could overwrite the newer connection's).
+                break;
+            }
             if !matches!(next, Message::Text(_) | Message::Binary(_)) {
                 if matches!(next, Message::Close(_)) {
                     break;
@@ -481,9 +507,15 @@ impl Hub {
         );
     }
 
-    fn seen(&self, role: Role, conn: u64) {
-        if let Some(a) = self.lock().agents.get_mut(&role).filter(|a| a.conn == conn) {
-            a.info.last_seen_ms = now_ms();
+    /// Notes that the connection `conn` of `role` was heard from; false when it is no longer the role's (a newer
+    /// connection replaced it).
+    fn seen(&self, role: Role, conn: u64) -> bool {
+        match self.lock().agents.get_mut(&role).filter(|a| a.conn == conn) {
+            Some(a) => {
+                a.info.last_seen_ms = now_ms();
+                true
+            }
+            None => false,
         }
     }
 
@@ -500,6 +532,10 @@ impl Hub {
         match frame {
             AgentFrame::ActualState(report) => {
                 // Stored before the connection counts as reported: whoever finds the role ready finds this report.
+                // Only the role's current connection's: a replaced one's report, read meanwhile, is older.
+                if self.lock().agents.get(&role).is_none_or(|a| a.conn != conn) {
+                    return;
+                }
                 let changed = self.store_report(role, report);
                 let first = {
                     let mut state = self.lock();

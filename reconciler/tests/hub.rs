@@ -915,3 +915,68 @@ async fn a_removed_sandboxs_ports_are_given_out_again_only_once_no_container_pub
     .await;
     assert!(doc("leavingPorts").await.iter().any(|(svc, _)| svc == "gateway"));
 }
+
+#[tokio::test]
+async fn a_deflated_bomb_is_cut_at_its_cap_and_the_agent_reports_on() {
+    let s = server().await;
+    let mut ws = micro(&s).await;
+    // 8 MiB of spaces inside a report deflate to about 8 KB: far under the 32 MiB of text a frame may be, but more
+    // than the 256 times its size a deflated frame may inflate to. It is not read (nor taken as a report).
+    let bomb = format!(
+        "{{\"type\":\"actualState\",\"networks\":[{}\"sandbox-bomb\"],\"containers\":[],\"worktrees\":[],\"heads\":[]}}",
+        " ".repeat(8 << 20)
+    );
+    let mut deflated = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut deflated, bomb.as_bytes()).unwrap();
+    let deflated = deflated.finish().unwrap();
+    assert!(deflated.len() * 256 < bomb.len(), "{}", deflated.len());
+    ws.send(Message::Binary(deflated.into())).await.unwrap();
+    barrier(&s, &mut ws, "after the bomb").await;
+    let networks = json(s.url("/api/v1/actual")).await["micro"]["networks"].clone();
+    assert_ne!(networks, serde_json::json!(["sandbox-bomb"]));
+    // The connection serves on: its next report is read.
+    let report = ActualState {
+        networks: vec!["sandbox-after".into()],
+        ..ActualState::default()
+    };
+    send(&mut ws, AgentFrame::ActualState(report)).await;
+    until("the report after the bomb to be read", || async {
+        json(s.url("/api/v1/actual")).await["micro"]["networks"] == serde_json::json!(["sandbox-after"])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replaced_connection_is_read_no_further() {
+    let s = server().await;
+    let mut old = micro(&s).await;
+    let mut new = micro(&s).await;
+    // The old connection was told, and what it still sends is not taken: its report does not replace the new one's.
+    loop {
+        match next_frame(&mut old).await {
+            ReconcilerFrame::Refused { reason } => {
+                assert!(reason.contains("replaced by a newer connection"), "{reason}");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let report = |network: &str| {
+        AgentFrame::ActualState(ActualState {
+            networks: vec![network.into()],
+            ..ActualState::default()
+        })
+    };
+    send(&mut new, report("sandbox-new")).await;
+    until("the new connection's report", || async {
+        json(s.url("/api/v1/actual")).await["micro"]["networks"] == serde_json::json!(["sandbox-new"])
+    })
+    .await;
+    // Unread, the old connection's report stays out: the new one's stands.
+    let _ = old.send(message(&report("sandbox-old"))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        json(s.url("/api/v1/actual")).await["micro"]["networks"],
+        serde_json::json!(["sandbox-new"])
+    );
+}
