@@ -343,14 +343,14 @@ pub fn compile_again(
         by_name.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
     }
     let same_context = last.inputs.settings.as_ref() == Some(settings) && last.inputs.environments == environments;
-    if same_context && last.is_answer_to(&by_name, &out.expired, previous) {
-        // The steady state (the clock's recompile at every resync): nothing changed, so the last answer stands.
-        return last.clone();
-    }
-    if same_context && let Some(edited) = last.edited_in_place(&by_name, &out.expired, previous, &envs, settings) {
+    if same_context && let Some(changed) = last.changed_in_place(&by_name, &out.expired, previous) {
+        if changed.is_empty() {
+            // The steady state (the clock's recompile at every resync): nothing changed, so the last answer stands.
+            return last.clone();
+        }
         // A commit that edits sandboxes without asking for other ports (a branch, a variable): those are compiled
         // again, the others and the ports stand.
-        return edited;
+        return last.with_recompiled(changed, previous, &envs, settings);
     }
 
     // Ports: keep what each (sandbox, service) had, honour explicit ports, then fill from the ranges.
@@ -573,45 +573,18 @@ pub fn compile_again(
 }
 
 impl Desired {
-    /// Whether this answer is the one a compile of `by_name` (the sandboxes that take part, with their modes, by
-    /// name; in the same context) gives: the same manifests, by pointer, in the same modes, the same sandboxes
-    /// expired, `allocations` the ones this answer gave, and none held (a held sandbox may be freed by another's
-    /// change). Pointer compares only: no name is compared.
-    fn is_answer_to(
+    /// The sandboxes of `by_name` (those that take part, with their modes, by name; in the same context) whose
+    /// manifest or mode changed since this answer, when nothing else did: the same sandboxes by name, none held, the
+    /// same expired, `allocations` the ones this answer gave, and each changed manifest asking for the ports it asked
+    /// for before (the same services, the same explicit ports). A whole compile would then give every key the port
+    /// it has. Empty when this answer is the one a compile gives; None when anything else changed, and the whole
+    /// compile decides. Unchanged manifests are compared by pointer only: no name is compared.
+    fn changed_in_place<'b>(
         &self,
-        by_name: &[&(&Arc<Sandbox>, Mode)],
+        by_name: &[&'b (&'b Arc<Sandbox>, Mode)],
         expired: &[String],
         allocations: &Arc<Allocations>,
-    ) -> bool {
-        if !self.held.is_empty()
-            || self.expired != expired
-            || !Arc::ptr_eq(&self.allocations, allocations)
-            || by_name.len() != self.inputs.manifests.len()
-            || self.sandboxes.len() != self.inputs.manifests.len()
-        {
-            return false;
-        }
-        // Both maps are by name, and every compiled sandbox is in both (none is held).
-        let made = self.inputs.manifests.values().zip(self.sandboxes.values());
-        by_name
-            .iter()
-            .zip(made)
-            .all(|((sb, mode), (from, d))| Arc::ptr_eq(sb, from) && d.mode == *mode)
-    }
-
-    /// This answer with the sandboxes whose manifests or modes changed compiled again, when nothing else did: the
-    /// same sandboxes by name, none held, the same expired, `allocations` this answer's, and each changed manifest
-    /// asking for the ports it asked for before (the same services, the same explicit ports). A whole compile would
-    /// then give every key the port it has, so the allocations stand and only the changed sandboxes are compiled.
-    /// None when anything else changed: the whole compile decides.
-    fn edited_in_place(
-        &self,
-        by_name: &[&(&Arc<Sandbox>, Mode)],
-        expired: &[String],
-        allocations: &Arc<Allocations>,
-        envs: &BTreeMap<&str, &Environment>,
-        settings: &Settings,
-    ) -> Option<Desired> {
+    ) -> Option<Vec<&'b (&'b Arc<Sandbox>, Mode)>> {
         if !self.held.is_empty()
             || self.expired != expired
             || !Arc::ptr_eq(&self.allocations, allocations)
@@ -620,25 +593,39 @@ impl Desired {
         {
             return None;
         }
+        // Both maps are by name, and every compiled sandbox is in both (none is held).
         let made = self.inputs.manifests.values().zip(self.sandboxes.values());
         let mut changed = Vec::new();
-        for ((sb, mode), (from, d)) in by_name.iter().map(|e| (e.0, &e.1)).zip(made) {
+        for (now, (from, d)) in by_name.iter().copied().zip(made) {
+            let (sb, mode) = now;
             if Arc::ptr_eq(sb, from) && d.mode == *mode {
                 continue;
             }
             if sb.metadata.name != from.metadata.name || !asks_same_ports(sb, from) {
                 return None;
             }
-            changed.push((sb, mode, from, d));
+            changed.push(now);
         }
+        Some(changed)
+    }
+
+    /// This answer with `changed` (from `changed_in_place`) compiled again with the ports they have.
+    fn with_recompiled(
+        &self,
+        changed: Vec<&(&Arc<Sandbox>, Mode)>,
+        allocations: &Arc<Allocations>,
+        envs: &BTreeMap<&str, &Environment>,
+        settings: &Settings,
+    ) -> Desired {
         let mut sandboxes = (*self.sandboxes).clone();
         let mut manifests = self.inputs.manifests.clone();
         let mut held = BTreeMap::new();
         let mut merged = EnvCache::default();
-        for (sb, mode, from, d) in changed {
+        for (sb, mode) in changed {
             let name = &sb.metadata.name;
-            manifests.insert(name.clone(), sb.clone());
-            if d.mode == *mode && from == sb {
+            let before = manifests.insert(name.clone(), (*sb).clone());
+            let made = sandboxes.get(name);
+            if made.is_some_and(|d| d.mode == *mode) && before.is_some_and(|from| from == **sb) {
                 continue;
             }
             let ports: BTreeMap<Key<'_>, u16> = allocations
@@ -659,17 +646,17 @@ impl Desired {
                 }
             }
         }
-        Some(Desired {
+        Desired {
             sandboxes: Arc::new(sandboxes),
             held,
-            expired: expired.to_vec(),
+            expired: self.expired.clone(),
             allocations: allocations.clone(),
             inputs: Arc::new(Inputs {
                 environments: self.inputs.environments.clone(),
                 settings: self.inputs.settings.clone(),
                 manifests,
             }),
-        })
+        }
     }
 
     /// What this compile made of `sb`, when it was made from the same manifest in the same mode and with the same
