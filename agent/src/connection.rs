@@ -200,7 +200,7 @@ async fn session(
             tokio::select! {
                 frame = queue.next() => match frame {
                     Some(f) => {
-                        let mut parts = futures_util::stream::iter(sdp_protocol::agent_frames(&f, reads_deflated).map(Ok));
+                        let mut parts = futures_util::stream::iter(sdp_protocol::agent_frames(&f, reads_deflated).into_iter().map(Ok));
                         if sink.send_all(&mut parts).await.is_err() { break }
                     }
                     None => break,

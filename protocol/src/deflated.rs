@@ -1,13 +1,14 @@
-//! Frames sent deflated: an agent's report as a binary WebSocket message holding its JSON compressed (RFC 1951),
-//! read by the reconciler as it inflates.
+//! Frames sent deflated: an agent's report as binary WebSocket messages holding its JSON compressed (RFC 1951) in
+//! pieces (`pieces`), read by the reconciler as the pieces come and inflate.
 //!
 //! A busy node's report is 4.8 MB of JSON text for 10,000 containers, and a text message is held whole while it is
 //! read: for that moment the reconciler held the report's text, the report it replaces and the new one. Deflated,
-//! the same report is a few hundred KB, and its text is never held whole: it is read from the inflating stream.
+//! the same report is a few hundred KB to 1 MB, and neither it nor its text is ever held whole: the pieces go into
+//! the inflating stream as they come.
 //! The reconciler says in its `Welcome` that it reads such frames (`readsDeflated`); an agent sends text to one that
 //! does not say so (an older release).
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use flate2::Compression;
 use flate2::bufread::DeflateDecoder;
@@ -33,6 +34,25 @@ pub fn deflate(frame: &AgentFrame) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// A deflated frame goes as binary messages of at most `PIECE_BYTES` of it, each after one byte: `MORE` when pieces
+/// of the same frame follow, `LAST` on its last. The receiver reads each piece as it comes, so that it never holds
+/// the whole message either (a WebSocket message sent in fragments is put together whole before it is handed on).
+pub const PIECE_BYTES: usize = crate::FRAGMENT_BYTES;
+pub const MORE: u8 = 1;
+pub const LAST: u8 = 0;
+
+/// The binary messages that carry `deflated`, as `PIECE_BYTES` says.
+pub fn pieces(deflated: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let count = deflated.len().div_ceil(PIECE_BYTES).max(1);
+    (0..count).map(move |i| {
+        let piece = &deflated[i * PIECE_BYTES..((i + 1) * PIECE_BYTES).min(deflated.len())];
+        let mut message = Vec::with_capacity(1 + piece.len());
+        message.push(if i + 1 < count { MORE } else { LAST });
+        message.extend_from_slice(piece);
+        message
+    })
+}
+
 impl AgentFrame {
     /// Decodes one agent frame sent deflated (`deflate`), as `decode_after` decodes text, while it inflates: the
     /// text is never held whole. It may inflate to `max_text` bytes, the longest text message the receiver takes; a
@@ -43,9 +63,19 @@ impl AgentFrame {
         previous: &ActualState,
         max_text: usize,
     ) -> Result<AgentFrame, serde_json::Error> {
+        AgentFrame::inflate_from(deflated, previous, || max_text)
+    }
+
+    /// `inflate_after` from a stream of the deflated frame (its pieces as they come), which may inflate to
+    /// `max_text()` bytes, asked again as it inflates (a limit that grows with what has come so far).
+    pub fn inflate_from(
+        deflated: impl BufRead,
+        previous: &ActualState,
+        max_text: impl FnMut() -> usize,
+    ) -> Result<AgentFrame, serde_json::Error> {
         let text = Capped {
             inner: DeflateDecoder::new(deflated),
-            left: max_text,
+            read: 0,
             max: max_text,
         };
         let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(32 << 10, text));
@@ -55,22 +85,23 @@ impl AgentFrame {
     }
 }
 
-/// A reader that fails, saying so, past `max` bytes.
-struct Capped<R> {
+/// A reader that fails, saying so, past `max()` bytes.
+struct Capped<R, M> {
     inner: R,
-    left: usize,
-    max: usize,
+    read: usize,
+    max: M,
 }
 
-impl<R: Read> Read for Capped<R> {
+impl<R: Read, M: FnMut() -> usize> Read for Capped<R, M> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.left = self.left.checked_sub(n).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "the deflated frame inflates to more than {} bytes, the longest frame taken",
-                self.max
-            ))
-        })?;
+        self.read = self.read.saturating_add(n);
+        let max = (self.max)();
+        if self.read > max {
+            return Err(std::io::Error::other(format!(
+                "the deflated frame inflates to more than {max} bytes, the most it may"
+            )));
+        }
         Ok(n)
     }
 }
@@ -202,6 +233,20 @@ mod tests {
         assert!(Arc::ptr_eq(&read.containers[0], &before.containers[0]));
         assert!(!Arc::ptr_eq(&read.containers[7], &before.containers[7]));
         assert_eq!(read.containers[7].restart_count, 1);
+    }
+
+    #[test]
+    fn pieces_carry_the_deflated_frame_in_order_and_say_which_is_last() {
+        for len in [0, 1, PIECE_BYTES - 1, PIECE_BYTES, PIECE_BYTES + 1, 3 * PIECE_BYTES + 7] {
+            let deflated: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let pieces: Vec<Vec<u8>> = pieces(&deflated).collect();
+            assert_eq!(pieces.len(), len.div_ceil(PIECE_BYTES).max(1), "{len}");
+            let (last, more) = pieces.split_last().unwrap();
+            assert_eq!(last[0], LAST, "{len}");
+            assert!(more.iter().all(|p| p[0] == MORE && p.len() == 1 + PIECE_BYTES), "{len}");
+            let joined: Vec<u8> = pieces.iter().flat_map(|p| p[1..].iter().copied()).collect();
+            assert_eq!(joined, deflated, "{len}");
+        }
     }
 
     #[test]

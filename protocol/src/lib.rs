@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 mod deflated;
 mod request;
 
-pub use deflated::deflate;
+pub use deflated::{LAST, MORE, PIECE_BYTES, deflate, pieces};
 pub use request::{ActionRequest, Answer, Ask, ListBranches, Request, read_answer};
 
 /// The protocol version both sides announce. Frames change only with a new version: 2 replaced version 1's
@@ -40,36 +40,28 @@ pub fn fragments(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 /// A text message as the WebSocket frames an agent sends (`fragments`), each a slice of the same buffer.
 #[cfg(feature = "ws")]
 pub fn frames(text: String) -> impl Iterator<Item = tungstenite::Message> {
-    fragmented(
-        tungstenite::Bytes::from(text),
-        tungstenite::protocol::frame::coding::Data::Text,
-    )
-}
-
-/// `frame` as the WebSocket frames an agent sends: a report deflated (`deflate`) as a binary message when the
-/// reconciler reads those (`readsDeflated` in its `Welcome`), anything else as text; in fragments when long.
-#[cfg(feature = "ws")]
-pub fn agent_frames(frame: &AgentFrame, reads_deflated: bool) -> impl Iterator<Item = tungstenite::Message> {
-    use tungstenite::protocol::frame::coding::Data;
-    match frame {
-        AgentFrame::ActualState(_) if reads_deflated => fragmented(deflate(frame).into(), Data::Binary),
-        _ => fragmented(encode(frame).into(), Data::Text),
-    }
-}
-
-#[cfg(feature = "ws")]
-fn fragmented(
-    bytes: tungstenite::Bytes,
-    kind: tungstenite::protocol::frame::coding::Data,
-) -> impl Iterator<Item = tungstenite::Message> {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let bytes = tungstenite::Bytes::from(text);
     let len = bytes.len();
     fragments(len).map(move |range| {
-        let opcode = if range.start == 0 { kind } else { Data::Continue };
+        let opcode = if range.start == 0 { Data::Text } else { Data::Continue };
         let last = range.end == len;
         tungstenite::Message::Frame(Frame::message(bytes.slice(range), OpCode::Data(opcode), last))
     })
+}
+
+/// `frame` as the WebSocket messages an agent sends: a report deflated (`deflate`) as binary messages, one a piece
+/// (`deflated::pieces`), when the reconciler reads those (`readsDeflated` in its `Welcome`); anything else as one
+/// text message, in fragments when long.
+#[cfg(feature = "ws")]
+pub fn agent_frames(frame: &AgentFrame, reads_deflated: bool) -> Vec<tungstenite::Message> {
+    match frame {
+        AgentFrame::ActualState(_) if reads_deflated => deflated::pieces(&deflate(frame))
+            .map(|piece| tungstenite::Message::Binary(piece.into()))
+            .collect(),
+        _ => frames(encode(frame)).collect(),
+    }
 }
 
 /// What an agent sends.
@@ -123,6 +115,7 @@ struct Report {
     #[serde(deserialize_with = "raw_containers")]
     containers: Vec<Arc<Container>>,
     networks: Vec<String>,
+    #[serde(deserialize_with = "worktrees")]
     worktrees: Vec<Worktree>,
     #[serde(default)]
     routes: BTreeMap<String, Routes>,
@@ -163,7 +156,7 @@ fn raw_containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
                 #[serde(borrow)]
                 id: Cow<'a, str>,
             }
-            let mut read = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            let mut read = Vec::with_capacity(as_many_as_before(|d| d.previous.len()));
             // Owned, not borrowed from the text: a deflated report is read from a stream (`inflate_after`).
             while let Some(raw) = seq.next_element::<Box<serde_json::value::RawValue>>()? {
                 let text = raw.get();
@@ -224,6 +217,36 @@ struct Shared {
     /// Whether each of `previous` was compared as written with a container of this report already: each is, once
     /// at most (a report never repeats an id, and a hostile one that does costs no more than the report before).
     tried: Vec<bool>,
+    /// How many worktrees the report it replaces has.
+    worktrees_before: usize,
+}
+
+/// Room for as many entries of a report's list as the report before had, while a report is decoded: a report is
+/// mostly the one before, and its lists then take no room they do not use, nor copies while they grow (the list of
+/// 10,000 worktrees took 1 MB for 640 KB of them, and a copy of both to shrink it).
+fn as_many_as_before(count: impl Fn(&Shared) -> usize) -> usize {
+    DECODING.with(|d| d.borrow().as_ref().map_or(0, count))
+}
+
+/// A report's worktrees, in a list as long as the last report's.
+fn worktrees<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Worktree>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<Worktree>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of worktrees")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut read = Vec::with_capacity(as_many_as_before(|d| d.worktrees_before));
+            while let Some(worktree) = seq.next_element()? {
+                read.push(worktree);
+            }
+            Ok(read)
+        }
+    }
+    deserializer.deserialize_seq(Visit)
 }
 
 /// Sharing is on while it lives (the decode of one report); off on every exit, a panic's included.
@@ -238,6 +261,7 @@ impl Decoding {
                 values: HashSet::new(),
                 tried: vec![false; by_id.len()],
                 previous: by_id,
+                worktrees_before: previous.worktrees.len(),
             })
         });
         Decoding

@@ -134,41 +134,38 @@ impl Pick<'_> {
     }
 }
 
-/// Reads an agent's text or binary (deflated) message, sharing what it can with `previous`, the report of its role.
-/// A binary message (a report: 40 ms for 10,000 containers) or a long text is read on the blocking pool, so that it
-/// holds up no other task meanwhile, and at most `READING` at once: each may hold up to what `MAX_FRAME_BYTES` of
-/// text decodes to. The connection's next message waits for it, so frames keep their order. A deflated message may
-/// inflate to `INFLATES_AT_MOST` times its size (a report of 10,000 containers inflates 4 to 8 times, 1,000
-/// gateway route maps 16 times; 8 MB of spaces 1,000 times). The error says what went
-/// wrong in at most `ERROR_CHARS` characters: serde quotes what it could not read, which may be megabytes.
-async fn read_frame(message: Message, previous: Arc<ActualState>) -> Result<AgentFrame, String> {
+/// At most this many frames are read at once, each on the blocking pool, so that one holds up no other task (a
+/// report takes 20 ms as text, 40 ms deflated, for 10,000 containers): each may hold what `MAX_FRAME_BYTES` of text
+/// decode to.
+static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A deflated frame may inflate to this many times what has come of it (a report of 10,000 containers inflates 4
+/// to 8 times, 1,000 gateway route maps 16 times; 8 MB of spaces 1,000 times), and to `MAX_FRAME_BYTES` at most.
+const INFLATES_AT_MOST: usize = 256;
+
+/// The pieces of a deflated frame come within this time of its first, or it is dropped (with the reading turn it
+/// holds).
+const PIECES_WITHIN: Duration = Duration::from_secs(60);
+
+/// An error of reading a frame says what went wrong in at most this many characters: serde quotes what it could
+/// not read, which may be megabytes.
+const ERROR_CHARS: usize = 300;
+
+fn said(e: serde_json::Error) -> String {
+    let mut said = e.to_string();
+    if let Some((cut, _)) = said.char_indices().nth(ERROR_CHARS) {
+        said.truncate(cut);
+        said.push_str("...");
+    }
+    said
+}
+
+/// Reads an agent's text message, sharing what it can with `previous`, the report of its role: a long one on the
+/// blocking pool, in its turn (`READING`). The connection's next message waits for it, so frames keep their order.
+async fn read_text(text: axum::extract::ws::Utf8Bytes, previous: Arc<ActualState>) -> Result<AgentFrame, String> {
     const LONG_TEXT: usize = 64 << 10;
-    const INFLATES_AT_MOST: usize = 256;
-    const ERROR_CHARS: usize = 300;
-    static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-    let long = match &message {
-        Message::Binary(_) => true,
-        Message::Text(text) => text.len() > LONG_TEXT,
-        _ => false,
-    };
-    let read = move || {
-        let read = match message {
-            Message::Binary(deflated) => {
-                let max_text = MAX_FRAME_BYTES.min(deflated.len().saturating_mul(INFLATES_AT_MOST));
-                AgentFrame::inflate_after(&deflated, &previous, max_text)
-            }
-            Message::Text(text) => AgentFrame::decode_after(&text, &previous),
-            _ => return Err("only a text or binary message is a frame".to_string()),
-        };
-        read.map_err(|e| {
-            let mut said = e.to_string();
-            if let Some((cut, _)) = said.char_indices().nth(ERROR_CHARS) {
-                said.truncate(cut);
-                said.push_str("...");
-            }
-            said
-        })
-    };
+    let long = text.len() > LONG_TEXT;
+    let read = move || AgentFrame::decode_after(&text, &previous).map_err(said);
     if !long {
         return read();
     }
@@ -176,6 +173,121 @@ async fn read_frame(message: Message, previous: Arc<ActualState>) -> Result<Agen
     match tokio::task::spawn_blocking(read).await {
         Ok(frame) => frame,
         Err(e) => Err(format!("reading it failed: {e}")),
+    }
+}
+
+/// A deflated frame being read as its pieces come (`sdp_protocol::pieces`): on the blocking pool, in its turn
+/// (`READING`), from a channel of a few pieces, so that neither the whole message nor its text is ever held.
+struct Inflating {
+    pieces: mpsc::Sender<axum::body::Bytes>,
+    read: tokio::task::JoinHandle<Result<AgentFrame, String>>,
+    /// The bytes of it that came.
+    came: Arc<std::sync::atomic::AtomicUsize>,
+    started: std::time::Instant,
+}
+
+impl Inflating {
+    async fn start(previous: Arc<ActualState>) -> Inflating {
+        let (pieces, rx) = mpsc::channel(4);
+        let came = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let turn = READING.acquire().await;
+        let read = {
+            let came = came.clone();
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                let max_text = || {
+                    let came = came.load(Ordering::Relaxed);
+                    // Each piece is counted before the reader can have it.
+                    MAX_FRAME_BYTES.min(came.saturating_mul(INFLATES_AT_MOST))
+                };
+                let pieces = Pieces {
+                    rx,
+                    current: axum::body::Bytes::new(),
+                };
+                AgentFrame::inflate_from(pieces, &previous, max_text).map_err(said)
+            })
+        };
+        Inflating {
+            pieces,
+            read,
+            came,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Hands the reader one piece (a binary message): the frame still being read, or (as an error) the frame read
+    /// when that was the last piece or the reading ended.
+    async fn push(
+        self,
+        message: axum::body::Bytes,
+    ) -> Result<Inflating, impl Future<Output = Result<AgentFrame, String>>> {
+        let Some((&more, _)) = message.split_first() else {
+            return Err(self.end(Some("an empty binary message".into())));
+        };
+        let came = self.came.fetch_add(message.len() - 1, Ordering::Relaxed) + message.len() - 1;
+        if came > MAX_FRAME_BYTES {
+            return Err(self.end(Some(format!("a deflated frame longer than {MAX_FRAME_BYTES} bytes"))));
+        }
+        // The reader takes no more once it failed: its answer says why.
+        if self.pieces.send(message.slice(1..)).await.is_err() || more != sdp_protocol::MORE {
+            return Err(self.end(None));
+        }
+        Ok(self)
+    }
+
+    /// The frame read, once the reader has what came (the pieces end here); `failed` says why it ends early.
+    fn end(self, failed: Option<String>) -> impl Future<Output = Result<AgentFrame, String>> {
+        drop(self.pieces);
+        let read = self.read;
+        async move {
+            let read = match read.await {
+                Ok(frame) => frame,
+                Err(e) => Err(format!("reading it failed: {e}")),
+            };
+            match failed {
+                Some(why) => Err(why),
+                None => read,
+            }
+        }
+    }
+
+    fn overdue(&self) -> bool {
+        self.started.elapsed() > PIECES_WITHIN
+    }
+}
+
+/// The pieces of a deflated frame as one stream, as they come; it ends with the pieces.
+struct Pieces {
+    rx: mpsc::Receiver<axum::body::Bytes>,
+    current: axum::body::Bytes,
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let from = std::io::BufRead::fill_buf(self)?;
+            let n = from.len().min(buf.len());
+            buf[..n].copy_from_slice(&from[..n]);
+            n
+        };
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for Pieces {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(piece) => self.current = piece,
+                None => break,
+            }
+        }
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.current = self.current.slice(n..);
     }
 }
 
@@ -430,6 +542,8 @@ impl Hub {
             let _ = sink.close().await;
         });
 
+        // A deflated frame being read, when its last piece has not come yet.
+        let mut inflating: Option<Inflating> = None;
         loop {
             let next = match tokio::time::timeout(SILENCE, stream.next()).await {
                 Ok(Some(Ok(m))) => m,
@@ -448,16 +562,42 @@ impl Hub {
                 // decoded now could overwrite the newer connection's).
                 break;
             }
-            if !matches!(next, Message::Text(_) | Message::Binary(_)) {
-                if matches!(next, Message::Close(_)) {
-                    break;
-                }
-                continue;
-            }
             // A report shares the containers it has in common with the role's last one. The message (megabytes of
-            // text for a report, or a few hundred KB deflated) goes before the frame is handled, not after.
-            let previous = self.lock().actual.shared_of(role).clone();
-            match read_frame(next, previous).await {
+            // text for a report) goes before the frame is handled, not after.
+            let read = match next {
+                Message::Binary(piece) => {
+                    let frame = match inflating.take() {
+                        Some(going) => going,
+                        None => {
+                            let previous = self.lock().actual.shared_of(role).clone();
+                            Inflating::start(previous).await
+                        }
+                    };
+                    match frame.push(piece).await {
+                        Ok(going) => {
+                            inflating = Some(going);
+                            continue;
+                        }
+                        Err(done) => done.await,
+                    }
+                }
+                Message::Text(text) => {
+                    if inflating.take().is_some() {
+                        tracing::warn!(node = %node, "a text frame came before the last piece of a deflated one: that one is dropped");
+                    }
+                    let previous = self.lock().actual.shared_of(role).clone();
+                    read_text(text, previous).await
+                }
+                Message::Close(_) => break,
+                _ => {
+                    if inflating.as_ref().is_some_and(Inflating::overdue) {
+                        tracing::warn!(node = %node, "a deflated frame did not end within {} s: dropped", PIECES_WITHIN.as_secs());
+                        inflating = None;
+                    }
+                    continue;
+                }
+            };
+            match read {
                 Ok(frame) => self.handle(role, conn, frame).await,
                 Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),
             }

@@ -564,7 +564,10 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
     // And as binary messages, which are read as deflated frames: noise, cut ones and whole ones. Bounded: 300.
     let deflated: Vec<Vec<u8>> = valid
         .iter()
-        .map(|text| sdp_protocol::deflate(&sdp_protocol::decode(text).unwrap()))
+        .map(|text| {
+            let deflated = sdp_protocol::deflate(&sdp_protocol::decode(text).unwrap());
+            sdp_protocol::pieces(&deflated).next().unwrap()
+        })
         .collect();
     for i in 0..300 {
         let frame = match i % 3 {
@@ -679,7 +682,7 @@ async fn a_report_longer_than_a_frame_arrives_in_fragments_as_text_or_deflated_a
     let deflated = sdp_protocol::deflate(&report);
     let text = sdp_protocol::encode(&report);
     assert!(
-        sdp_protocol::fragments(deflated.len()).count() > 1 && deflated.len() * 3 < text.len(),
+        sdp_protocol::pieces(&deflated).count() > 1 && deflated.len() * 3 < text.len(),
         "{} bytes deflated of {}",
         deflated.len(),
         text.len()
@@ -930,7 +933,9 @@ async fn a_deflated_bomb_is_cut_at_its_cap_and_the_agent_reports_on() {
     std::io::Write::write_all(&mut deflated, bomb.as_bytes()).unwrap();
     let deflated = deflated.finish().unwrap();
     assert!(deflated.len() * 256 < bomb.len(), "{}", deflated.len());
-    ws.send(Message::Binary(deflated.into())).await.unwrap();
+    for piece in sdp_protocol::pieces(&deflated) {
+        ws.send(Message::Binary(piece.into())).await.unwrap();
+    }
     barrier(&s, &mut ws, "after the bomb").await;
     let networks = json(s.url("/api/v1/actual")).await["micro"]["networks"].clone();
     assert_ne!(networks, serde_json::json!(["sandbox-bomb"]));
@@ -979,4 +984,32 @@ async fn a_replaced_connection_is_read_no_further() {
         json(s.url("/api/v1/actual")).await["micro"]["networks"],
         serde_json::json!(["sandbox-new"])
     );
+}
+
+#[tokio::test]
+async fn a_text_frame_amid_the_pieces_of_a_deflated_one_drops_that_one_and_is_read() {
+    let s = server().await;
+    let mut ws = micro(&s).await;
+    let report = |network: &str| {
+        AgentFrame::ActualState(ActualState {
+            networks: vec![network.into()],
+            ..ActualState::default()
+        })
+    };
+    // The first piece of a deflated report, said to be followed by more that never come.
+    let deflated = sdp_protocol::deflate(&report("sandbox-cut-short"));
+    let mut first = vec![sdp_protocol::MORE];
+    first.extend_from_slice(&deflated[..deflated.len() / 2]);
+    ws.send(Message::Binary(first.into())).await.unwrap();
+    send_text(&mut ws, report("sandbox-text")).await;
+    until("the text report to be read", || async {
+        json(s.url("/api/v1/actual")).await["micro"]["networks"] == serde_json::json!(["sandbox-text"])
+    })
+    .await;
+    // And the next deflated report is read whole.
+    send(&mut ws, report("sandbox-deflated")).await;
+    until("the next deflated report to be read", || async {
+        json(s.url("/api/v1/actual")).await["micro"]["networks"] == serde_json::json!(["sandbox-deflated"])
+    })
+    .await;
 }

@@ -177,7 +177,7 @@ pub fn message(frame: &AgentFrame) -> Message {
 /// Sends `frame` as the agent does to a reconciler that reads deflated frames: a report deflated, anything else as
 /// text, in fragments when long.
 pub async fn send(ws: &mut Ws, frame: AgentFrame) {
-    let mut frames = futures_util::stream::iter(sdp_protocol::agent_frames(&frame, true).map(Ok));
+    let mut frames = futures_util::stream::iter(sdp_protocol::agent_frames(&frame, true).into_iter().map(Ok));
     ws.send_all(&mut frames).await.unwrap();
 }
 
