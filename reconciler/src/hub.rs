@@ -48,6 +48,8 @@ struct Agent {
     reported: bool,
     /// When its last report came (unix milliseconds), equal to the one before or not.
     reported_at: u64,
+    /// Told when a newer connection of the role replaces this one: its reading stops at once.
+    replaced: Arc<tokio::sync::Notify>,
 }
 
 /// Whether the agent of `role` is connected and has reported on this connection.
@@ -141,11 +143,12 @@ static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// A deflated frame may inflate to this many times what has come of it (a report of 10,000 containers inflates 4
 /// to 8 times, 1,000 gateway route maps 16 times; 8 MB of spaces 1,000 times), and to `MAX_FRAME_BYTES` at most.
+/// It holds for every part of the frame as it comes, its first piece too: level-1 deflate of JSON never nears it.
 const INFLATES_AT_MOST: usize = 256;
 
-/// The pieces of a deflated frame come within this time of its first, or it is dropped (with the reading turn it
-/// holds).
-const PIECES_WITHIN: Duration = Duration::from_secs(60);
+/// Each piece of a deflated frame comes within this time of the one before, or the frame is dropped (with the
+/// reading turn it holds). Every piece but the last is whole (`PIECE_BYTES`), so a frame is at most 512 pieces.
+const PIECE_WITHIN: Duration = Duration::from_secs(30);
 
 /// An error of reading a frame says what went wrong in at most this many characters: serde quotes what it could
 /// not read, which may be megabytes.
@@ -183,7 +186,7 @@ struct Inflating {
     read: tokio::task::JoinHandle<Result<AgentFrame, String>>,
     /// The bytes of it that came.
     came: Arc<std::sync::atomic::AtomicUsize>,
-    started: std::time::Instant,
+    last_piece: std::time::Instant,
 }
 
 impl Inflating {
@@ -211,19 +214,27 @@ impl Inflating {
             pieces,
             read,
             came,
-            started: std::time::Instant::now(),
+            last_piece: std::time::Instant::now(),
         }
     }
 
     /// Hands the reader one piece (a binary message): the frame still being read, or (as an error) the frame read
     /// when that was the last piece or the reading ended.
     async fn push(
-        self,
+        mut self,
         message: axum::body::Bytes,
     ) -> Result<Inflating, impl Future<Output = Result<AgentFrame, String>>> {
         let Some((&more, _)) = message.split_first() else {
             return Err(self.end(Some("an empty binary message".into())));
         };
+        let whole = 1 + sdp_protocol::PIECE_BYTES;
+        if message.len() > whole || (more == sdp_protocol::MORE && message.len() != whole) {
+            return Err(self.end(Some(format!(
+                "a piece of a deflated frame of {} bytes: each but the last is {whole}, the last at most that",
+                message.len()
+            ))));
+        }
+        self.last_piece = std::time::Instant::now();
         let came = self.came.fetch_add(message.len() - 1, Ordering::Relaxed) + message.len() - 1;
         if came > MAX_FRAME_BYTES {
             return Err(self.end(Some(format!("a deflated frame longer than {MAX_FRAME_BYTES} bytes"))));
@@ -252,7 +263,12 @@ impl Inflating {
     }
 
     fn overdue(&self) -> bool {
-        self.started.elapsed() > PIECES_WITHIN
+        self.last_piece.elapsed() > PIECE_WITHIN
+    }
+
+    /// How long the next piece may take yet.
+    fn next_piece_within(&self) -> Duration {
+        PIECE_WITHIN.saturating_sub(self.last_piece.elapsed())
     }
 }
 
@@ -522,7 +538,8 @@ impl Hub {
         let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
         let role = hello.role;
         let node = hello.node.clone();
-        self.register(&hello, conn, tx.clone());
+        let replaced = Arc::new(tokio::sync::Notify::new());
+        self.register(&hello, conn, tx.clone(), replaced.clone());
         tracing::info!(node = %node, role = %role, version = %hello.agent_version, "agent connected");
         let _ = self.events.send(HubEvent::Connected(role)).await;
 
@@ -542,16 +559,29 @@ impl Hub {
             let _ = sink.close().await;
         });
 
-        // A deflated frame being read, when its last piece has not come yet.
+        // A deflated frame being read, when its last piece has not come yet; and whether the pieces that come are
+        // the rest of one that ended early (unreadable), to be passed over up to its last.
         let mut inflating: Option<Inflating> = None;
+        let mut skipping = false;
         loop {
-            let next = match tokio::time::timeout(SILENCE, stream.next()).await {
+            if inflating.as_ref().is_some_and(Inflating::overdue) {
+                tracing::warn!(node = %node, "no piece of a deflated frame within {} s: it is dropped", PIECE_WITHIN.as_secs());
+                inflating = None;
+                skipping = true;
+            }
+            let wait = inflating.as_ref().map_or(SILENCE, Inflating::next_piece_within);
+            let next = tokio::select! {
+                _ = replaced.notified() => break,
+                next = tokio::time::timeout(wait, stream.next()) => next,
+            };
+            let next = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(node = %node, "agent connection failed: {e}");
                     break;
                 }
                 Ok(None) => break,
+                Err(_) if inflating.is_some() => continue,
                 Err(_) => {
                     tracing::warn!(node = %node, "agent silent for {} s: dropped", SILENCE.as_secs());
                     break;
@@ -566,6 +596,10 @@ impl Hub {
             // text for a report) goes before the frame is handled, not after.
             let read = match next {
                 Message::Binary(piece) => {
+                    let more = piece.first() == Some(&sdp_protocol::MORE);
+                    if std::mem::replace(&mut skipping, more) || piece.is_empty() {
+                        continue;
+                    }
                     let frame = match inflating.take() {
                         Some(going) => going,
                         None => {
@@ -576,12 +610,15 @@ impl Hub {
                     match frame.push(piece).await {
                         Ok(going) => {
                             inflating = Some(going);
+                            skipping = false;
                             continue;
                         }
+                        // Ended: at its last piece, or early (then `skipping` passes over the rest of it).
                         Err(done) => done.await,
                     }
                 }
                 Message::Text(text) => {
+                    skipping = false;
                     if inflating.take().is_some() {
                         tracing::warn!(node = %node, "a text frame came before the last piece of a deflated one: that one is dropped");
                     }
@@ -589,26 +626,27 @@ impl Hub {
                     read_text(text, previous).await
                 }
                 Message::Close(_) => break,
-                _ => {
-                    if inflating.as_ref().is_some_and(Inflating::overdue) {
-                        tracing::warn!(node = %node, "a deflated frame did not end within {} s: dropped", PIECES_WITHIN.as_secs());
-                        inflating = None;
-                    }
-                    continue;
-                }
+                _ => continue,
             };
             match read {
                 Ok(frame) => self.handle(role, conn, frame).await,
                 Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),
             }
         }
+        drop(inflating);
         writer.abort();
         self.unregister(role, conn);
         tracing::info!(node = %node, role = %role, "agent disconnected");
         let _ = self.events.send(HubEvent::Disconnected(role)).await;
     }
 
-    fn register(&self, hello: &Hello, conn: u64, tx: mpsc::UnboundedSender<Message>) {
+    fn register(
+        &self,
+        hello: &Hello,
+        conn: u64,
+        tx: mpsc::UnboundedSender<Message>,
+        replaced: Arc<tokio::sync::Notify>,
+    ) {
         let now = now_ms();
         let mut state = self.lock();
         if let Some(old) = state.agents.get(&hello.role) {
@@ -625,6 +663,7 @@ impl Hub {
                 sdp_protocol::encode(&ReconcilerFrame::Refused { reason }).into(),
             ));
             let _ = old.tx.send(Message::Close(None));
+            old.replaced.notify_one();
         }
         state.agents.insert(
             hello.role,
@@ -643,6 +682,7 @@ impl Hub {
                 tx,
                 reported: false,
                 reported_at: 0,
+                replaced,
             },
         );
     }
