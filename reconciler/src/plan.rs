@@ -278,15 +278,24 @@ impl Actual {
 
     /// The reports cut by sandbox, through the index of the reports (made once per report).
     pub fn views(&self) -> BTreeMap<&str, View<'_>> {
-        let Some(index) = self.fresh_index() else {
+        if self.fresh_index().is_none() {
             return self.walk_views();
+        }
+        self.names().into_iter().map(|name| (name, self.view(name))).collect()
+    }
+
+    /// The sandboxes the reports hold something of: `views`' names, without the views (a view of each of 1,000
+    /// sandboxes is a megabyte; a walk that compares two reports needs one at a time).
+    pub fn names(&self) -> BTreeSet<&str> {
+        let Some(index) = self.fresh_index() else {
+            return self.walk_views().into_keys().collect();
         };
         let mut names: BTreeSet<&str> = index.places.keys().map(String::as_str).collect();
         for state in [&self.micro, &self.gateway] {
             names.extend(state.routes.keys().map(String::as_str));
             names.extend(state.route_defaults.keys().map(String::as_str));
         }
-        names.into_iter().map(|name| (name, self.view(name))).collect()
+        names
     }
 
     /// One sandbox's view, read through the index of the reports (made once per report), so that a pass reads

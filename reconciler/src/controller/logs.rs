@@ -38,9 +38,17 @@ impl Default for Logs {
 }
 
 impl Logs {
-    /// Forgets the recent output of every container not in `live`: a removed container's lines go with it.
-    pub fn forget_all_but(&self, live: &std::collections::BTreeSet<&str>) {
+    /// Forgets the recent output of every container no report of `actual` has: a removed container's lines go with it.
+    pub fn forget_all_but(&self, actual: &crate::plan::Actual) {
         let mut all = self.container_logs.lock().unwrap_or_else(|e| e.into_inner());
+        if all.is_empty() {
+            // Nothing to forget: no set of every container's name (11,000 of them on a busy node) is made.
+            return;
+        }
+        let live: std::collections::BTreeSet<&str> = [sdp_protocol::Role::Micro, sdp_protocol::Role::Gateway]
+            .iter()
+            .flat_map(|r| actual.of(*r).containers.iter().map(|c| c.name.as_str()))
+            .collect();
         all.retain(|name, _| live.contains(name.as_str()));
     }
 

@@ -369,14 +369,12 @@ impl Controller {
     /// the sandbox it belongs to. Forgets the recent output of containers that are gone.
     pub fn trigger_changed(&self, before: &crate::plan::Actual) {
         let now = self.hub.actual();
-        let (old, new) = (before.views(), now.views());
-        let names: BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
+        // A sandbox at a time: both reports cut whole by sandbox were a megabyte each, for the moment of a report.
+        // A sandbox in one of them only has objects there, and none in the other's view.
+        let mut names = before.names();
+        names.extend(now.names());
         for name in names {
-            let differs = match (old.get(name), new.get(name)) {
-                (Some(a), Some(b)) => !crate::plan::same_objects(a, b),
-                _ => true,
-            };
-            if differs {
+            if !crate::plan::same_objects(&before.view(name), &now.view(name)) {
                 self.trigger(name, Trigger::AgentReport);
             }
         }
@@ -404,11 +402,7 @@ impl Controller {
                 }
             }
         }
-        let containers: BTreeSet<&str> = [Role::Micro, Role::Gateway]
-            .iter()
-            .flat_map(|r| now.of(*r).containers.iter().map(|c| c.name.as_str()))
-            .collect();
-        self.logs.forget_all_but(&containers);
+        self.logs.forget_all_but(&now);
     }
 
     /// Runs `concurrency` workers, and a clock that recompiles every `resync` (time passes for `expireAfter`),
