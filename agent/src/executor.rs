@@ -188,7 +188,7 @@ impl Executor {
         Ok(ActualState {
             containers: containers.into_iter().map(std::sync::Arc::new).collect(),
             networks,
-            worktrees,
+            worktrees: worktrees.into(),
             routes,
             route_defaults,
             heads,

@@ -194,7 +194,8 @@ mod tests {
                 service: "account".into(),
                 branch: "feature/é".into(),
                 commit: "c".repeat(40).into(),
-            }],
+            }]
+            .into(),
             routes: [(
                 "sb-0000".to_string(),
                 Routes::from([("account", "http://10.0.0.2:30000")]),

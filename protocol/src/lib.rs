@@ -116,7 +116,7 @@ struct Report {
     containers: Vec<Arc<Container>>,
     networks: Vec<String>,
     #[serde(deserialize_with = "worktrees")]
-    worktrees: Vec<Worktree>,
+    worktrees: Arc<Vec<Worktree>>,
     #[serde(default)]
     routes: BTreeMap<String, Routes>,
     #[serde(default)]
@@ -217,33 +217,50 @@ struct Shared {
     /// Whether each of `previous` was compared as written with a container of this report already: each is, once
     /// at most (a report never repeats an id, and a hostile one that does costs no more than the report before).
     tried: Vec<bool>,
-    /// How many worktrees the report it replaces has.
-    worktrees_before: usize,
+    /// The worktrees of the report it replaces.
+    worktrees_before: Arc<Vec<Worktree>>,
 }
 
 /// Room for as many entries of a report's list as the report before had, while a report is decoded: a report is
-/// mostly the one before, and its lists then take no room they do not use, nor copies while they grow (the list of
-/// 10,000 worktrees took 1 MB for 640 KB of them, and a copy of both to shrink it).
+/// mostly the one before, and its lists then take no room they do not use, nor copies while they grow.
 fn as_many_as_before(count: impl Fn(&Shared) -> usize) -> usize {
     DECODING.with(|d| d.borrow().as_ref().map_or(0, count))
 }
 
-/// A report's worktrees, in a list as long as the last report's.
-fn worktrees<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Worktree>, D::Error> {
+/// A report's worktrees: the last report's list itself when they are the same (10,000 worktrees are 640 KB, which
+/// a report of one restarted container no longer copies), else a list as long as the last one.
+fn worktrees<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<Vec<Worktree>>, D::Error> {
     struct Visit;
     impl<'de> serde::de::Visitor<'de> for Visit {
-        type Value = Vec<Worktree>;
+        type Value = Arc<Vec<Worktree>>;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a list of worktrees")
         }
 
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut read = Vec::with_capacity(as_many_as_before(|d| d.worktrees_before));
-            while let Some(worktree) = seq.next_element()? {
-                read.push(worktree);
+            let before = DECODING.with(|d| d.borrow().as_ref().map(|d| d.worktrees_before.clone()));
+            let before = before.unwrap_or_default();
+            // How many read so far are the last report's, in its order; the list is made at the first that is not.
+            let mut same = 0;
+            let mut read: Option<Vec<Worktree>> = None;
+            while let Some(worktree) = seq.next_element::<Worktree>()? {
+                match &mut read {
+                    Some(read) => read.push(worktree),
+                    None if before.get(same) == Some(&worktree) => same += 1,
+                    None => {
+                        let mut list = Vec::with_capacity(before.len().max(same + 1));
+                        list.extend_from_slice(&before[..same]);
+                        list.push(worktree);
+                        read = Some(list);
+                    }
+                }
             }
-            Ok(read)
+            Ok(match read {
+                Some(read) => Arc::new(read),
+                None if same == before.len() => before,
+                None => Arc::new(before[..same].to_vec()),
+            })
         }
     }
     deserializer.deserialize_seq(Visit)
@@ -261,7 +278,7 @@ impl Decoding {
                 values: HashSet::new(),
                 tried: vec![false; by_id.len()],
                 previous: by_id,
-                worktrees_before: previous.worktrees.len(),
+                worktrees_before: previous.worktrees.clone(),
             })
         });
         Decoding
@@ -405,7 +422,8 @@ pub struct ActualState {
     pub containers: Vec<Arc<Container>>,
     /// Networks labelled `sdp.managed=true`, by name.
     pub networks: Vec<String>,
-    pub worktrees: Vec<Worktree>,
+    /// Shared with the report before when equal (`AgentFrame::decode_after`).
+    pub worktrees: Arc<Vec<Worktree>>,
     /// The gateway's live `<service>_url` map per sandbox, as read back from config.php.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, Routes>,
@@ -1175,7 +1193,8 @@ mod tests {
                 service: "a".into(),
                 branch: "b".into(),
                 commit: "c1".into(),
-            }],
+            }]
+            .into(),
             ..ActualState::default()
         });
         let text = encode(&report);
@@ -1210,6 +1229,45 @@ mod tests {
         let two: Labels = serde_json::from_str(r#"{"sdp.commit": "c1"}"#).unwrap();
         assert!(!Arc::ptr_eq(&one.0[0].1, &two.0[0].1));
         DECODING.with(|v| assert!(v.borrow().is_none()));
+    }
+
+    #[test]
+    fn a_report_shares_its_worktrees_with_the_one_before_when_they_are_the_same() {
+        let worktree = |i: usize| Worktree {
+            sandbox: format!("sb-{i}").into(),
+            service: "account".into(),
+            branch: "main".into(),
+            commit: "c0ffee".into(),
+        };
+        let before = ActualState {
+            worktrees: Arc::new((0..5).map(worktree).collect()),
+            ..ActualState::default()
+        };
+        let read = |state: &ActualState| {
+            let text = encode(&AgentFrame::ActualState(state.clone()));
+            match AgentFrame::decode_after(&text, &before).unwrap() {
+                AgentFrame::ActualState(read) => read,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(Arc::ptr_eq(&read(&before).worktrees, &before.worktrees));
+        // One changed, one fewer, one more, none: each read as sent, in a list of its own.
+        let mut changed: Vec<Worktree> = (0..5).map(worktree).collect();
+        changed[2].branch = "feature/x".into();
+        for now in [
+            changed,
+            (0..4).map(worktree).collect(),
+            (0..6).map(worktree).collect(),
+            vec![],
+        ] {
+            let state = ActualState {
+                worktrees: Arc::new(now),
+                ..ActualState::default()
+            };
+            let read = read(&state);
+            assert_eq!(read.worktrees, state.worktrees);
+            assert!(!Arc::ptr_eq(&read.worktrees, &before.worktrees));
+        }
     }
 
     #[test]
@@ -1551,7 +1609,7 @@ mod tests {
                     probe: None,
                 })],
                 networks: vec!["sandbox-a".into()],
-                worktrees: vec![],
+                worktrees: vec![].into(),
                 routes: [(
                     "a".to_string(),
                     [("account".to_string(), "http://x:9001".to_string())].into(),

@@ -123,7 +123,7 @@ fn converged(desired: &Desired) -> Actual {
             Action::DeployService(d) | Action::DeployGateway(d) => {
                 let mut l = d.labels.clone();
                 l.insert(labels::COMMIT.into(), "c0ffee".into());
-                state.worktrees.push(Worktree {
+                Arc::make_mut(&mut state.worktrees).push(Worktree {
                     sandbox: d.sandbox.as_str().into(),
                     service: d.service.as_str().into(),
                     branch: d.branch.as_str().into(),

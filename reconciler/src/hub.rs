@@ -783,7 +783,10 @@ impl Hub {
         }
         // Kept until the next report: without the room its lists grew into while being read.
         report.containers.shrink_to_fit();
-        report.worktrees.shrink_to_fit();
+        // The worktrees are the last report's list itself when unchanged: that one is left as it is.
+        if let Some(worktrees) = Arc::get_mut(&mut report.worktrees) {
+            worktrees.shrink_to_fit();
+        }
         report.networks.shrink_to_fit();
         report.heads.shrink_to_fit();
         let mut state = self.lock();

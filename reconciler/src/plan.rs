@@ -360,7 +360,7 @@ impl Actual {
                     self.entry(&mut out, sb, role).networks.push(n);
                 }
             }
-            for w in &state.worktrees {
+            for w in state.worktrees.iter() {
                 self.entry(&mut out, &w.sandbox, role).worktrees.push(w);
             }
             for (sb, map) in &state.routes {

@@ -85,7 +85,8 @@ async fn agent(s: &Server, role: Role) {
             service: service.into(),
             branch: "develop".into(),
             commit: "0123456789abcdef0123".into(),
-        }],
+        }]
+        .into(),
         heads: vec![BranchHead {
             repo: repo.into(),
             branch: "develop".into(),

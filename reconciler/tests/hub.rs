@@ -525,7 +525,8 @@ async fn random_and_truncated_frames_neither_panic_the_hub_nor_stop_it_serving()
                 service: "account".into(),
                 branch: "main".into(),
                 commit: "ééééééééééééééééé".into(),
-            }],
+            }]
+            .into(),
             heads: vec![sdp_protocol::BranchHead {
                 repo: "account".into(),
                 branch: "main".into(),

@@ -52,10 +52,9 @@ pub fn apply(step: &Step, actual: &mut Actual) {
                 }
                 .into(),
             );
-            state
-                .worktrees
-                .retain(|w| !(*w.sandbox == *d.sandbox && *w.service == *d.service));
-            state.worktrees.push(Worktree {
+            let worktrees = std::sync::Arc::make_mut(&mut state.worktrees);
+            worktrees.retain(|w| !(*w.sandbox == *d.sandbox && *w.service == *d.service));
+            worktrees.push(Worktree {
                 sandbox: d.sandbox.as_str().into(),
                 service: d.service.as_str().into(),
                 branch: d.branch.as_str().into(),
@@ -79,8 +78,7 @@ pub fn apply(step: &Step, actual: &mut Actual) {
         }
         Action::RemoveContainer { container } => state.containers.retain(|c| &c.name != container),
         Action::RemoveNetwork { sandbox } => state.networks.retain(|n| *n != network_name(sandbox)),
-        Action::RemoveWorktree { sandbox, service } => state
-            .worktrees
+        Action::RemoveWorktree { sandbox, service } => std::sync::Arc::make_mut(&mut state.worktrees)
             .retain(|w| !(*w.sandbox == **sandbox && *w.service == **service)),
     }
 }
