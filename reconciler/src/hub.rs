@@ -544,7 +544,7 @@ impl Hub {
         let _ = self.events.send(HubEvent::Connected(role)).await;
 
         // Writer: actions and pings, until the reader ends.
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             let mut ping = tokio::time::interval(PING_EVERY);
             ping.tick().await;
             loop {
@@ -634,8 +634,13 @@ impl Hub {
             }
         }
         drop(inflating);
-        writer.abort();
         self.unregister(role, conn);
+        // What is queued for the agent (the Refused of a replaced connection) goes before the connection closes:
+        // with every sender gone, the writer ends once it has sent it, or at once on a dead connection.
+        drop(tx);
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+            writer.abort();
+        }
         tracing::info!(node = %node, role = %role, "agent disconnected");
         let _ = self.events.send(HubEvent::Disconnected(role)).await;
     }
@@ -790,7 +795,7 @@ impl Hub {
         report.networks.shrink_to_fit();
         report.heads.shrink_to_fit();
         let mut state = self.lock();
-        state.actual = Arc::new(state.actual.with_report(role, report).indexed());
+        state.actual = Arc::new(state.actual.with_report(role, report).indexed_after(&state.actual));
         true
     }
 }

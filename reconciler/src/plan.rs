@@ -68,7 +68,7 @@ pub struct Actual {
     /// Where each sandbox's objects are in the reports, made on the first `view` of an indexed `Actual` and kept
     /// with it: the hub keeps one `Actual` per report, so a pass after a report reads only its own sandbox's
     /// objects instead of walking every container of the VM.
-    index: std::sync::OnceLock<Index>,
+    index: std::sync::OnceLock<Arc<Index>>,
 }
 
 impl Clone for Actual {
@@ -167,6 +167,25 @@ impl<'a> View<'a> {
     }
 }
 
+/// Whether `a` and `b` put every sandbox's objects at the same places, with the same branch heads: an index of one
+/// is the other's. Shared containers and worktree lists are the same by pointer; only what changed is compared.
+fn same_places(a: &ActualState, b: &ActualState) -> bool {
+    let container = |x: &Arc<Container>, y: &Arc<Container>| {
+        Arc::ptr_eq(x, y) || x.labels.get(labels::SANDBOX) == y.labels.get(labels::SANDBOX)
+    };
+    let worktrees = Arc::ptr_eq(&a.worktrees, &b.worktrees)
+        || (a.worktrees.len() == b.worktrees.len()
+            && a.worktrees
+                .iter()
+                .zip(b.worktrees.iter())
+                .all(|(x, y)| x.sandbox == y.sandbox));
+    worktrees
+        && a.containers.len() == b.containers.len()
+        && a.containers.iter().zip(&b.containers).all(|(x, y)| container(x, y))
+        && a.networks == b.networks
+        && a.heads == b.heads
+}
+
 impl Actual {
     pub fn new(micro: ActualState, gateway: ActualState) -> Actual {
         Actual::shared(Arc::new(micro), Arc::new(gateway))
@@ -199,45 +218,64 @@ impl Actual {
         self
     }
 
+    /// `indexed`, sharing the index of `before` when its reports put every sandbox's objects at the same places
+    /// (a report of one restarted container does): no second index of 1,000 sandboxes is made for it.
+    pub fn indexed_after(self, before: &Actual) -> Actual {
+        // Only an index already made, and still true of its reports: none is made here to be compared.
+        let reuse = before
+            .index
+            .get()
+            .filter(|index| before.indexed && index.sizes == before.sizes())
+            .filter(|_| same_places(&self.micro, &before.micro) && same_places(&self.gateway, &before.gateway))
+            .cloned();
+        let indexed = self.indexed();
+        if let Some(index) = reuse {
+            let _ = indexed.index.set(index);
+        }
+        indexed
+    }
+
     fn index(&self) -> &Index {
-        self.index.get_or_init(|| {
-            let mut index = Index::default();
-            for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
-                let state = self.of(role);
-                index.sizes[r] = (
-                    state.containers.len(),
-                    state.networks.len(),
-                    state.worktrees.len(),
-                    state.heads.len(),
-                );
-                for (i, h) in state.heads.iter().enumerate() {
-                    let by_branch = index.heads[r].entry(h.repo.clone()).or_default();
-                    if !by_branch.contains_key(&h.branch) {
-                        by_branch.insert(h.branch.clone(), i as u32);
-                    }
-                }
-                fn at<'i>(index: &'i mut Index, name: &str, r: usize) -> &'i mut Places {
-                    if !index.places.contains_key(name) {
-                        index.places.insert(name.to_string(), Default::default());
-                    }
-                    &mut index.places.get_mut(name).expect("just inserted")[r]
-                }
-                for (i, c) in state.containers.iter().enumerate() {
-                    if let Some(sb) = c.labels.get(labels::SANDBOX) {
-                        at(&mut index, sb, r).containers.push(i as u32);
-                    }
-                }
-                for (i, n) in state.networks.iter().enumerate() {
-                    if let Some(sb) = n.strip_prefix("sandbox-") {
-                        at(&mut index, sb, r).networks.push(i as u32);
-                    }
-                }
-                for (i, w) in state.worktrees.iter().enumerate() {
-                    at(&mut index, &w.sandbox, r).worktrees.push(i as u32);
+        self.index.get_or_init(|| Arc::new(self.make_index()))
+    }
+
+    fn make_index(&self) -> Index {
+        let mut index = Index::default();
+        for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
+            let state = self.of(role);
+            index.sizes[r] = (
+                state.containers.len(),
+                state.networks.len(),
+                state.worktrees.len(),
+                state.heads.len(),
+            );
+            for (i, h) in state.heads.iter().enumerate() {
+                let by_branch = index.heads[r].entry(h.repo.clone()).or_default();
+                if !by_branch.contains_key(&h.branch) {
+                    by_branch.insert(h.branch.clone(), i as u32);
                 }
             }
-            index
-        })
+            fn at<'i>(index: &'i mut Index, name: &str, r: usize) -> &'i mut Places {
+                if !index.places.contains_key(name) {
+                    index.places.insert(name.to_string(), Default::default());
+                }
+                &mut index.places.get_mut(name).expect("just inserted")[r]
+            }
+            for (i, c) in state.containers.iter().enumerate() {
+                if let Some(sb) = c.labels.get(labels::SANDBOX) {
+                    at(&mut index, sb, r).containers.push(i as u32);
+                }
+            }
+            for (i, n) in state.networks.iter().enumerate() {
+                if let Some(sb) = n.strip_prefix("sandbox-") {
+                    at(&mut index, sb, r).networks.push(i as u32);
+                }
+            }
+            for (i, w) in state.worktrees.iter().enumerate() {
+                at(&mut index, &w.sandbox, r).worktrees.push(i as u32);
+            }
+        }
+        index
     }
 
     pub fn of(&self, role: Role) -> &ActualState {
@@ -340,9 +378,12 @@ impl Actual {
             return None;
         }
         let index = self.index();
-        let sizes = [&self.micro, &self.gateway]
-            .map(|s| (s.containers.len(), s.networks.len(), s.worktrees.len(), s.heads.len()));
-        (index.sizes == sizes).then_some(index)
+        (index.sizes == self.sizes()).then_some(index)
+    }
+
+    /// The lengths of each report's lists, as an index made of them records them.
+    fn sizes(&self) -> [(usize, usize, usize, usize); 2] {
+        [&self.micro, &self.gateway].map(|s| (s.containers.len(), s.networks.len(), s.worktrees.len(), s.heads.len()))
     }
 
     /// The reports cut by sandbox in one walk, without the index.

@@ -345,8 +345,14 @@ proptest! {
             common::apply(&step, &mut actual);
         }
         prop_assert!(plan_all(&desired(&before), &actual).is_empty());
+        let converged_indexed = actual.clone().indexed();
+        prop_assert_eq!(converged_indexed.views(), actual.views());
         drift(&mut actual, &changes);
         let hand_made = unmanaged(&actual);
+        // The hub indexes each report after the one before, sharing that one's index when every sandbox's objects
+        // are where they were: read through it, the drifted reports are cut as a walk cuts them.
+        let after_drift = actual.clone().indexed_after(&converged_indexed);
+        prop_assert_eq!(after_drift.views(), actual.views());
         // A pass reads one sandbox's view; it is that sandbox's part of the whole cut, whatever drifted.
         let cut = actual.views();
         for (name, view) in &cut {
