@@ -693,6 +693,11 @@ async fn metrics(State(api): State<Api>) -> Response {
         "# TYPE sdp_sandboxes gauge\nsdp_sandboxes {}\n",
         world.desired.sandboxes.len() + world.desired.held.len()
     ));
+    out.push_str("# HELP sdp_agent_frames_unreadable_total Frames from agents that could not be read (a report among them is lost).\n");
+    out.push_str(&format!(
+        "# TYPE sdp_agent_frames_unreadable_total counter\nsdp_agent_frames_unreadable_total {}\n",
+        c.hub.unreadable_frames()
+    ));
     out.push_str("# HELP sdp_agents_connected Agents connected now.\n");
     out.push_str(&format!(
         "# TYPE sdp_agents_connected gauge\nsdp_agents_connected {}\n",

@@ -331,6 +331,8 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     events: mpsc::Sender<HubEvent>,
+    /// Frames from agents that could not be read (each also logged, with its agent and why).
+    unreadable: AtomicU64,
 }
 
 impl Hub {
@@ -342,7 +344,14 @@ impl Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             events,
+            unreadable: AtomicU64::new(0),
         }
+    }
+
+    /// How many frames from agents could not be read since the start: a report among them is lost, and the role's
+    /// last report stands.
+    pub fn unreadable_frames(&self) -> u64 {
+        self.unreadable.load(Ordering::Relaxed)
     }
 
     pub fn set_installation(&self, id: String) {
@@ -630,7 +639,10 @@ impl Hub {
             };
             match read {
                 Ok(frame) => self.handle(role, conn, frame).await,
-                Err(e) => tracing::warn!(node = %node, "unreadable frame from agent: {e}"),
+                Err(e) => {
+                    self.unreadable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %node, "unreadable frame from agent: {e}");
+                }
             }
         }
         drop(inflating);

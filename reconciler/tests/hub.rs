@@ -940,6 +940,8 @@ async fn a_deflated_bomb_is_cut_at_its_cap_and_the_agent_reports_on() {
     barrier(&s, &mut ws, "after the bomb").await;
     let networks = json(s.url("/api/v1/actual")).await["micro"]["networks"].clone();
     assert_ne!(networks, serde_json::json!(["sandbox-bomb"]));
+    // It shows, besides the log: an unreadable frame is counted.
+    assert_eq!(metric(&s, "sdp_agent_frames_unreadable_total").await, 1);
     // The connection serves on: its next report is read.
     let report = ActualState {
         networks: vec!["sandbox-after".into()],
