@@ -16,7 +16,7 @@ use flate2::write::DeflateEncoder;
 use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 
-use crate::{ActualState, AgentFrame, Answer, Decoding, Hello, LogLine, Progress, Report, Text};
+use crate::{ActualState, AgentFrame, Answer, Hello, LogLine, Progress, Text, read_report};
 
 /// `frame` as JSON, deflated: the body of the binary message an agent sends.
 pub fn deflate(frame: &AgentFrame) -> Vec<u8> {
@@ -41,14 +41,12 @@ pub const PIECE_BYTES: usize = crate::FRAGMENT_BYTES;
 pub const MORE: u8 = 1;
 pub const LAST: u8 = 0;
 
-/// The binary messages that carry `deflated`, as `PIECE_BYTES` says.
+/// The binary messages that carry `deflated`, as `PIECE_BYTES` says: cut where a text message's fragments are.
 pub fn pieces(deflated: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    let count = deflated.len().div_ceil(PIECE_BYTES).max(1);
-    (0..count).map(move |i| {
-        let piece = &deflated[i * PIECE_BYTES..((i + 1) * PIECE_BYTES).min(deflated.len())];
-        let mut message = Vec::with_capacity(1 + piece.len());
-        message.push(if i + 1 < count { MORE } else { LAST });
-        message.extend_from_slice(piece);
+    crate::fragments(deflated.len()).map(move |range| {
+        let mut message = Vec::with_capacity(1 + range.len());
+        message.push(if range.end == deflated.len() { LAST } else { MORE });
+        message.extend_from_slice(&deflated[range]);
         message
     })
 }
@@ -127,10 +125,7 @@ impl<'de> serde::de::Visitor<'de> for TypeFirst<'_> {
         let kind = map.next_value::<Text<'_>>()?;
         let rest = MapAccessDeserializer::new(Rest(map));
         match kind.as_ref() {
-            "actualState" => {
-                let _decoding = Decoding::start(self.0);
-                Report::deserialize(rest).map(|report| AgentFrame::ActualState(report.read()))
-            }
+            "actualState" => read_report(rest, self.0),
             "hello" => Hello::deserialize(rest).map(AgentFrame::Hello),
             "answer" => Answer::deserialize(rest).map(AgentFrame::Answer),
             "progress" => Progress::deserialize(rest).map(AgentFrame::Progress),

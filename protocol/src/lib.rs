@@ -98,8 +98,9 @@ impl AgentFrame {
         }
         match serde_json::from_str::<Tag<'_>>(text) {
             Ok(tag) if tag.kind == "actualState" => {
-                let _decoding = Decoding::start(previous);
-                serde_json::from_str::<Report>(text).map(|report| AgentFrame::ActualState(report.read()))
+                let mut de = serde_json::Deserializer::from_str(text);
+                let frame = read_report(&mut de, previous)?;
+                de.end().map(|()| frame)
             }
             _ => decode(text),
         }
@@ -122,6 +123,16 @@ struct Report {
     #[serde(default)]
     route_defaults: BTreeMap<String, Routes>,
     heads: Vec<BranchHead>,
+}
+
+/// A report read from `deserializer`, sharing what it can with `previous` (the report it replaces), as a frame: the
+/// one way both text and deflated reports are read.
+fn read_report<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    previous: &ActualState,
+) -> Result<AgentFrame, D::Error> {
+    let _decoding = Decoding::start(previous);
+    Report::deserialize(deserializer).map(|report| AgentFrame::ActualState(report.read()))
 }
 
 impl Report {
@@ -156,7 +167,7 @@ fn raw_containers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
                 #[serde(borrow)]
                 id: Cow<'a, str>,
             }
-            let mut read = Vec::with_capacity(as_many_as_before(|d| d.previous.len()));
+            let mut read = Vec::with_capacity(decoding(|d| d.previous.len()));
             // Owned, not borrowed from the text: a deflated report is read from a stream (`inflate_after`).
             while let Some(raw) = seq.next_element::<Box<serde_json::value::RawValue>>()? {
                 let text = raw.get();
@@ -221,10 +232,11 @@ struct Shared {
     worktrees_before: Arc<Vec<Worktree>>,
 }
 
-/// Room for as many entries of a report's list as the report before had, while a report is decoded: a report is
-/// mostly the one before, and its lists then take no room they do not use, nor copies while they grow.
-fn as_many_as_before(count: impl Fn(&Shared) -> usize) -> usize {
-    DECODING.with(|d| d.borrow().as_ref().map_or(0, count))
+/// What `read` takes of the report being decoded (its default outside one): the last report's lists, to share
+/// with it or to make room for as many entries (a report is mostly the one before, and its lists then take no room
+/// they do not use, nor copies while they grow).
+fn decoding<R: Default>(read: impl FnOnce(&Shared) -> R) -> R {
+    DECODING.with(|d| d.borrow().as_ref().map(read).unwrap_or_default())
 }
 
 /// A report's worktrees: the last report's list itself when they are the same (10,000 worktrees are 640 KB, which
@@ -239,8 +251,7 @@ fn worktrees<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<Ve
         }
 
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let before = DECODING.with(|d| d.borrow().as_ref().map(|d| d.worktrees_before.clone()));
-            let before = before.unwrap_or_default();
+            let before = decoding(|d| d.worktrees_before.clone());
             // How many read so far are the last report's, in its order; the list is made at the first that is not.
             let mut same = 0;
             let mut read: Option<Vec<Worktree>> = None;
