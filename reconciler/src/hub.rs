@@ -173,10 +173,12 @@ async fn read_text(text: axum::extract::ws::Utf8Bytes, previous: Arc<ActualState
         return read();
     }
     let _turn = READING.acquire().await.map_err(|e| e.to_string())?;
-    match tokio::task::spawn_blocking(read).await {
-        Ok(frame) => frame,
-        Err(e) => Err(format!("reading it failed: {e}")),
-    }
+    read_on_the_pool(tokio::task::spawn_blocking(read)).await
+}
+
+/// The frame a reader on the blocking pool read, or why it has none.
+async fn read_on_the_pool(reader: tokio::task::JoinHandle<Result<AgentFrame, String>>) -> Result<AgentFrame, String> {
+    reader.await.unwrap_or_else(|e| Err(format!("reading it failed: {e}")))
 }
 
 /// A deflated frame being read as its pieces come (`sdp_protocol::pieces`): on the blocking pool, in its turn
@@ -251,10 +253,7 @@ impl Inflating {
         drop(self.pieces);
         let read = self.read;
         async move {
-            let read = match read.await {
-                Ok(frame) => frame,
-                Err(e) => Err(format!("reading it failed: {e}")),
-            };
+            let read = read_on_the_pool(read).await;
             match failed {
                 Some(why) => Err(why),
                 None => read,
@@ -263,7 +262,7 @@ impl Inflating {
     }
 
     fn overdue(&self) -> bool {
-        self.last_piece.elapsed() > PIECE_WITHIN
+        self.next_piece_within().is_zero()
     }
 
     /// How long the next piece may take yet.

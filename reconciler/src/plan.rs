@@ -225,7 +225,7 @@ impl Actual {
         let reuse = before
             .index
             .get()
-            .filter(|index| before.indexed && index.sizes == before.sizes())
+            .filter(|index| before.is_fresh(index))
             .filter(|_| same_places(&self.micro, &before.micro) && same_places(&self.gateway, &before.gateway))
             .cloned();
         let indexed = self.indexed();
@@ -240,15 +240,12 @@ impl Actual {
     }
 
     fn make_index(&self) -> Index {
-        let mut index = Index::default();
+        let mut index = Index {
+            sizes: self.sizes(),
+            ..Index::default()
+        };
         for (r, role) in [Role::Micro, Role::Gateway].into_iter().enumerate() {
             let state = self.of(role);
-            index.sizes[r] = (
-                state.containers.len(),
-                state.networks.len(),
-                state.worktrees.len(),
-                state.heads.len(),
-            );
             for (i, h) in state.heads.iter().enumerate() {
                 let by_branch = index.heads[r].entry(h.repo.clone()).or_default();
                 if !by_branch.contains_key(&h.branch) {
@@ -378,7 +375,12 @@ impl Actual {
             return None;
         }
         let index = self.index();
-        (index.sizes == self.sizes()).then_some(index)
+        self.is_fresh(index).then_some(index)
+    }
+
+    /// Whether `index` is still true of this `Actual`'s reports.
+    fn is_fresh(&self, index: &Index) -> bool {
+        self.indexed && index.sizes == self.sizes()
     }
 
     /// The lengths of each report's lists, as an index made of them records them.
