@@ -56,6 +56,32 @@ fn rss(pid: u32) -> (f64, f64, f64) {
     (field("VmRSS:"), field("VmHWM:"), field("RssFile:"))
 }
 
+/// The kernel's peak RSS of a process (VmHWM), started again at will, with the highest of every stretch kept.
+struct Peak {
+    pid: u32,
+    /// The highest of the stretches before the one going on.
+    before: f64,
+}
+
+impl Peak {
+    /// The peak from now on (Linux 4.0 and later can start it again).
+    fn start(pid: u32) -> Peak {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak RSS is reset (Linux 4.0 and later)");
+        Peak { pid, before: 0.0 }
+    }
+
+    /// Starts the kernel's peak again from the RSS now; the stretch's peak is kept.
+    fn restart(&mut self) {
+        self.before = self.before.max(rss(self.pid).1);
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5").expect("the peak RSS is reset");
+    }
+
+    /// The highest RSS since `start`.
+    fn highest(&self) -> f64 {
+        self.before.max(rss(self.pid).1)
+    }
+}
+
 fn sandbox(i: usize) -> String {
     let mut s = format!(
         "apiVersion: sdp/v1\nkind: Sandbox\nmetadata:\n  name: sb-{i:04}\n  owner: user{}\nspec:\n  gateway:\n    \
@@ -441,7 +467,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
     std::thread::sleep(Duration::from_secs(5));
     // The kernel's peak (VmHWM) starts again from here: at the end it is the highest RSS of the measured span, a
     // report's arrival included, however short (samples can miss it).
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak RSS is reset (Linux 4.0 and later)");
+    let mut peak = Peak::start(pid);
     // A reading at one moment may land on a report's arrival (4.8 MB of text, then dropped): the RSS is also sampled
     // every 0.25 s from here to the end, and its median said, to compare one change with another.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -457,10 +483,8 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         })
     };
     let mut rows = vec![("loaded and settled".to_string(), rss(pid))];
-    // The peak each read adds, in the first round: the kernel's peak is reset before each and read after it (the
-    // span's peak is kept meanwhile).
+    // The peak each read adds, in the first round: the kernel's peak starts again before each and is read after it.
     let mut peaks: Vec<(f64, &str)> = Vec::new();
-    let mut span_peak: f64 = 0.0;
     for round in 1..=3 {
         for path in [
             "/api/v1/sandboxes",
@@ -472,9 +496,8 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
             "/metrics",
         ] {
             if round == 1 {
-                let (before, peak, _) = rss(pid);
-                span_peak = span_peak.max(peak);
-                std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+                let before = rss(pid).0;
+                peak.restart();
                 get_text(&format!("{api}{path}")).unwrap();
                 peaks.push((rss(pid).1 - before, path));
             } else {
@@ -489,8 +512,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
     }
     // Reports alone (every 5 s, with agents): the kernel's peak starts again here too, so that this row's peak
     // is what a report's arrival adds with nothing else going on.
-    span_peak = span_peak.max(rss(pid).1);
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    peak.restart();
     std::thread::sleep(Duration::from_secs(12));
     rows.push(("12 s after the reads".to_string(), rss(pid)));
     // `SDP_BENCH_HOLD=<seconds>` keeps everything up that long once measured and says so, so that a profiler's
@@ -516,7 +538,7 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
         }
     }
     sampling.store(false, Ordering::Relaxed);
-    let peak = span_peak.max(rss(pid).1);
+    let peak = peak.highest();
     peaks.sort_by(|a, b| b.0.total_cmp(&a.0));
     note.push_str("\n  RSS a read adds at its peak (first round):");
     for (added, path) in &peaks {
