@@ -346,9 +346,12 @@ pub struct HookDoc {
 /// `GET /api/v1/actual`: what the reconciler compiles and plans with besides the config repo's files, so that
 /// `sdp plan` compiles a change with the same allocations, settings and clock and plans it against the same
 /// reports. Secret values are not in it: the specs and the reports hold secret file paths only.
+///
+/// `Ports` is how the reconciler holds `ports` while it writes them: straight from its allocations, 11,000 ports
+/// of 1,000 sandboxes, rather than a megabyte of documents made for the moment (it writes them as `PortDoc`s).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ActualDoc {
+pub struct ActualDoc<Ports = Vec<PortDoc>> {
     /// The config commit the reconciler follows now.
     pub config_commit: String,
     /// That commit's sandboxes as the reconciler compiles them (a broken one at its last valid spec). Shared
@@ -361,7 +364,7 @@ pub struct ActualDoc {
     /// The gateway agent's last report.
     pub gateway: Arc<ActualState>,
     /// The host ports given out, each kept while its sandbox and service exist.
-    pub ports: Vec<PortDoc>,
+    pub ports: Ports,
     /// Ports given up, with who had them: not given out again while a container on the VMs still publishes them.
     #[serde(default)]
     pub leaving_ports: Vec<PortDoc>,
@@ -388,12 +391,13 @@ pub struct SkippedDoc {
     pub reason: String,
 }
 
-/// One host port given to a sandbox's service (or its `gateway`).
+/// One host port given to a sandbox's service (or its `gateway`). Written from borrowed names (`PortDoc<&str>`)
+/// where the reconciler writes them from its own.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PortDoc {
-    pub sandbox: String,
-    pub service: String,
+pub struct PortDoc<Name = String> {
+    pub sandbox: Name,
+    pub service: Name,
     pub port: u16,
     /// For a port leaving: since when (unix milliseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]

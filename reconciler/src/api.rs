@@ -586,7 +586,7 @@ fn streamed_json<T: serde::Serialize + Send + 'static>(doc: T) -> Response {
 
 /// What the planner reads besides the config repo, for `sdp plan`: the agents' reports, the allocations, the
 /// settings and clock that compile reads, and the sandboxes it compiles now.
-pub fn actual_doc(api: &Api) -> ActualDoc {
+pub fn actual_doc(api: &Api) -> ActualDoc<docs::Ports> {
     let c = &api.controller;
     let allocations = c.allocations();
     let actual = c.hub.actual();
@@ -600,8 +600,8 @@ pub fn actual_doc(api: &Api) -> ActualDoc {
             .collect(),
         micro: actual.micro.clone(),
         gateway: actual.gateway.clone(),
-        ports: docs::ports(&allocations),
         leaving_ports: docs::leaving(&allocations),
+        ports: docs::Ports(allocations),
         settings: (&c.compile_settings()).into(),
         now: clock.now,
         last_activity: clock.last_activity,

@@ -7,6 +7,8 @@
 //! reconciler names it, with nothing to convert: the controller's `Status` (`controller::status`), the plan's
 //! `Reason`, the sandbox's `Mode` (`desired`), a commit's `Change` (`git`) and a connected agent (`hub::NodeInfo`).
 
+use std::sync::Arc;
+
 use sdp_dashboard::docs;
 
 use crate::desired::{Allocations, DesiredContainer, DesiredSandbox, Leaving, MergedEnv, Settings};
@@ -158,18 +160,19 @@ impl From<Deployment> for docs::DeploymentDoc {
     }
 }
 
-/// The allocations as a list, in the store's order (sandbox, then service).
-pub fn ports(allocations: &Allocations) -> Vec<docs::PortDoc> {
-    allocations
-        .ports
-        .iter()
-        .map(|((sandbox, service), port)| docs::PortDoc {
-            sandbox: sandbox.clone(),
-            service: service.clone(),
+/// The allocations' ports as `ActualDoc::ports` lists them (`PortDoc`s, in the store's order: sandbox, then
+/// service), written from the allocations themselves as the answer is written.
+pub struct Ports(pub Arc<Allocations>);
+
+impl serde::Serialize for Ports {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.ports.iter().map(|((sandbox, service), port)| docs::PortDoc {
+            sandbox: sandbox.as_str(),
+            service: service.as_str(),
             port: *port,
             since: None,
-        })
-        .collect()
+        }))
+    }
 }
 
 /// The ports leaving (given up, not given out again yet) as a list, by port.
