@@ -189,8 +189,8 @@ impl Executor {
             containers: containers.into_iter().map(std::sync::Arc::new).collect(),
             networks,
             worktrees: worktrees.into(),
-            routes,
-            route_defaults,
+            routes: routes.into(),
+            route_defaults: route_defaults.into(),
             heads,
         })
     }

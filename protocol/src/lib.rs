@@ -118,10 +118,10 @@ struct Report {
     networks: Vec<String>,
     #[serde(deserialize_with = "worktrees")]
     worktrees: Arc<Vec<Worktree>>,
-    #[serde(default)]
-    routes: BTreeMap<String, Routes>,
-    #[serde(default)]
-    route_defaults: BTreeMap<String, Routes>,
+    #[serde(default, deserialize_with = "live_routes")]
+    routes: RouteMaps,
+    #[serde(default, deserialize_with = "default_routes")]
+    route_defaults: RouteMaps,
     heads: Vec<BranchHead>,
 }
 
@@ -230,6 +230,8 @@ struct Shared {
     tried: Vec<bool>,
     /// The worktrees of the report it replaces.
     worktrees_before: Arc<Vec<Worktree>>,
+    /// The route maps of the report it replaces: `routes`, then `route_defaults`.
+    routes_before: [RouteMaps; 2],
 }
 
 /// What `read` takes of the report being decoded (its default outside one): the last report's lists, to share
@@ -277,6 +279,74 @@ fn worktrees<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<Ve
     deserializer.deserialize_seq(Visit)
 }
 
+/// A report's `routes`: the last report's maps themselves when they are the same.
+fn live_routes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<RouteMaps, D::Error> {
+    route_maps(deserializer, |d| d.routes_before[0].clone())
+}
+
+/// A report's `route_defaults`: the last report's maps themselves when they are the same.
+fn default_routes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<RouteMaps, D::Error> {
+    route_maps(deserializer, |d| d.routes_before[1].clone())
+}
+
+/// A report's route maps by sandbox: `before` (the last report's) itself when they are the same, else a map made at
+/// the first sandbox that differs. A gateway of 1,000 sandboxes reports 2,000 maps (0.8 MB held), which a report of
+/// one restarted container no longer makes again for the moment it is read and compared. A sandbox named twice
+/// keeps its last map, as a map does.
+fn route_maps<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    before: fn(&Shared) -> RouteMaps,
+) -> Result<RouteMaps, D::Error> {
+    struct Visit(fn(&Shared) -> RouteMaps);
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = RouteMaps;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of sandbox names to routes")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RouteMaps, A::Error> {
+            let before = decoding(self.0);
+            // The last report's entries read so far, in its order; the map is made at the first that is not.
+            let mut same = before.iter();
+            let mut matched = 0;
+            let mut read: Option<BTreeMap<String, Routes>> = None;
+            while let Some((sandbox, routes)) = map.next_entry::<Text<'de>, Routes>()? {
+                match &mut read {
+                    Some(read) => {
+                        read.insert(sandbox.0.into_owned(), routes);
+                    }
+                    None if same
+                        .next()
+                        .is_some_and(|(k, v)| k.as_str() == sandbox.as_ref() && *v == routes) =>
+                    {
+                        matched += 1
+                    }
+                    None => {
+                        let mut made: BTreeMap<String, Routes> = before
+                            .iter()
+                            .take(matched)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        made.insert(sandbox.0.into_owned(), routes);
+                        read = Some(made);
+                    }
+                }
+            }
+            Ok(match read {
+                Some(read) => RouteMaps::from(read),
+                None if matched == before.len() => before,
+                None => before
+                    .iter()
+                    .take(matched)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+        }
+    }
+    deserializer.deserialize_map(Visit(before))
+}
+
 /// Sharing is on while it lives (the decode of one report); off on every exit, a panic's included.
 struct Decoding;
 
@@ -290,6 +360,7 @@ impl Decoding {
                 tried: vec![false; by_id.len()],
                 previous: by_id,
                 worktrees_before: previous.worktrees.clone(),
+                routes_before: [previous.routes.clone(), previous.route_defaults.clone()],
             })
         });
         Decoding
@@ -435,13 +506,14 @@ pub struct ActualState {
     pub networks: Vec<String>,
     /// Shared with the report before when equal (`AgentFrame::decode_after`).
     pub worktrees: Arc<Vec<Worktree>>,
-    /// The gateway's live `<service>_url` map per sandbox, as read back from config.php.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub routes: BTreeMap<String, Routes>,
+    /// The gateway's live `<service>_url` map per sandbox, as read back from config.php. Shared with the report
+    /// before when equal (`AgentFrame::decode_after`).
+    #[serde(default, skip_serializing_if = "RouteMaps::is_empty")]
+    pub routes: RouteMaps,
     /// Per sandbox, the OCP value of each `<service>_url` key: what the gateway branch's own config.php held
-    /// before any patch. A route to `ocp` means this value.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub route_defaults: BTreeMap<String, Routes>,
+    /// before any patch. A route to `ocp` means this value. Shared with the report before when equal.
+    #[serde(default, skip_serializing_if = "RouteMaps::is_empty")]
+    pub route_defaults: RouteMaps,
     /// Heads of the remote branches that the desired state tracks.
     pub heads: Vec<BranchHead>,
 }
@@ -604,6 +676,74 @@ impl Serialize for Labels {
 impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
         text_map(deserializer, "a map of label names to values")
+    }
+}
+
+/// A gateway's route maps by sandbox (`ActualState::routes`, `route_defaults`): a map, which a report shares with
+/// the one before when they are equal (`route_maps`). Reads as the map; changing it copies the map first if the
+/// report before holds it too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RouteMaps(Arc<BTreeMap<String, Routes>>);
+
+impl RouteMaps {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether both are one map (a report's shared with the one before), not only equal.
+    pub fn is_shared_with(&self, other: &RouteMaps) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for RouteMaps {
+    type Target = BTreeMap<String, Routes>;
+
+    fn deref(&self) -> &BTreeMap<String, Routes> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RouteMaps {
+    fn deref_mut(&mut self) -> &mut BTreeMap<String, Routes> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<S: Into<String>, const K: usize> From<[(S, Routes); K]> for RouteMaps {
+    fn from(pairs: [(S, Routes); K]) -> RouteMaps {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a RouteMaps {
+    type Item = (&'a String, &'a Routes);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Routes>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<BTreeMap<String, Routes>> for RouteMaps {
+    fn from(map: BTreeMap<String, Routes>) -> RouteMaps {
+        RouteMaps(Arc::new(map))
+    }
+}
+
+impl<S: Into<String>> FromIterator<(S, Routes)> for RouteMaps {
+    fn from_iter<I: IntoIterator<Item = (S, Routes)>>(iter: I) -> RouteMaps {
+        iter.into_iter()
+            .map(|(k, v)| (k.into(), v))
+            .collect::<BTreeMap<_, _>>()
+            .into()
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteMaps {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RouteMaps, D::Error> {
+        BTreeMap::deserialize(deserializer).map(RouteMaps::from)
     }
 }
 
@@ -1282,6 +1422,61 @@ mod tests {
     }
 
     #[test]
+    fn a_report_shares_its_route_maps_with_the_one_before_when_they_are_the_same() {
+        let maps = |n: usize, url: &str| -> RouteMaps {
+            (0..n)
+                .map(|i| {
+                    (
+                        format!("sb-{i}"),
+                        Routes::from([("account", url), ("billing", "http://ocp")]),
+                    )
+                })
+                .collect()
+        };
+        let before = ActualState {
+            routes: maps(5, "http://10.0.0.2:9001"),
+            route_defaults: maps(5, "http://ocp"),
+            ..ActualState::default()
+        };
+        let read_text = |text: &str| match AgentFrame::decode_after(text, &before).unwrap() {
+            AgentFrame::ActualState(read) => read,
+            other => panic!("{other:?}"),
+        };
+        let read = |state: &ActualState| read_text(&encode(&AgentFrame::ActualState(state.clone())));
+        let same = read(&before);
+        assert!(same.routes.is_shared_with(&before.routes));
+        assert!(same.route_defaults.is_shared_with(&before.route_defaults));
+        // One changed, one fewer, one more, none: each read as sent, in a map of its own; the other map still shared.
+        let mut changed = maps(5, "http://10.0.0.2:9001");
+        changed.get_mut("sb-2").unwrap().insert("account", "http://ocp");
+        for now in [
+            changed,
+            maps(4, "http://10.0.0.2:9001"),
+            maps(6, "http://10.0.0.2:9001"),
+            RouteMaps::default(),
+        ] {
+            let state = ActualState {
+                routes: now,
+                ..before.clone()
+            };
+            let read = read(&state);
+            assert_eq!(read.routes, state.routes);
+            assert!(!read.routes.is_shared_with(&before.routes));
+            assert!(read.route_defaults.is_shared_with(&before.route_defaults));
+        }
+        // A sandbox named twice keeps its last map, as a map does, whether the first was the last report's or not.
+        for first in ["http://10.0.0.2:9001", "http://elsewhere"] {
+            let text = format!(
+                r#"{{"type":"actualState","containers":[],"networks":[],"worktrees":[],"heads":[],"routes":{{
+                "sb-0":{{"account":"{first}","billing":"http://ocp"}},"sb-0":{{"account":"http://last"}}}}}}"#
+            );
+            let read = read_text(&text);
+            assert_eq!(read.routes.len(), 1);
+            assert_eq!(read.routes["sb-0"], Routes::from([("account", "http://last")]));
+        }
+    }
+
+    #[test]
     fn a_report_shares_the_containers_it_has_in_common_with_the_one_before() {
         let container = |id: &str, restarts: u32| Container {
             name: format!("sdp-{id}"),
@@ -1626,7 +1821,7 @@ mod tests {
                     [("account".to_string(), "http://x:9001".to_string())].into(),
                 )]
                 .into(),
-                route_defaults: BTreeMap::new(),
+                route_defaults: RouteMaps::default(),
                 heads: vec![],
             }),
             AgentFrame::Answer(Answer::new::<ActionRequest>(
