@@ -211,6 +211,8 @@ struct StandIn {
     actions: Arc<AtomicU64>,
     /// The first few actions received, to say which when there are any.
     first_actions: Arc<Mutex<Vec<String>>>,
+    /// While set, no report is sent (actions are still answered): to measure the other role's reports alone.
+    quiet: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -221,6 +223,7 @@ impl StandIn {
         let actions = Arc::new(AtomicU64::new(0));
         let first_actions: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let quiet = Arc::new(AtomicBool::new(false));
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("the reconciler listens");
         let mut request = format!("ws://127.0.0.1:{port}/ws/agent").into_client_request().unwrap();
         request
@@ -251,13 +254,14 @@ impl StandIn {
         ws.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let thread = {
             let (report, actions, stop) = (report.clone(), actions.clone(), stop.clone());
+            let quiet = quiet.clone();
             let first_actions = first_actions.clone();
             let installation = installation.clone();
             std::thread::spawn(move || {
                 let mut sent: Option<Instant> = None;
                 let mut scans: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let due = sent.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+                    let due = sent.is_none_or(|at| at.elapsed() >= REPORT_EVERY) && !quiet.load(Ordering::Relaxed);
                     if due && let Some(state) = report.lock().unwrap().as_mut() {
                         // A busy node: between two scans one container restarted, so the report is sent again
                         // whole (an agent sends a report only when it differs from the last).
@@ -317,6 +321,7 @@ impl StandIn {
             report,
             actions,
             first_actions,
+            quiet,
             stop,
             thread: Some(thread),
         }
@@ -515,6 +520,19 @@ fn measure(config: &Path, dir: &Path, agents: bool) -> (Duration, Vec<Row>, Stri
     peak.restart();
     std::thread::sleep(Duration::from_secs(12));
     rows.push(("12 s after the reads".to_string(), rss(pid)));
+    // Then each role's reports alone, the other's agent quiet: what a report of each adds at its peak.
+    if let Some((micro, gateway)) = &stand_ins {
+        for (reporting, quiet, role) in [(micro, gateway, "micro"), (gateway, micro, "gateway")] {
+            quiet.quiet.store(true, Ordering::Relaxed);
+            reporting.quiet.store(false, Ordering::Relaxed);
+            // A report under way when the other went quiet is read by now.
+            std::thread::sleep(Duration::from_secs(1));
+            peak.restart();
+            std::thread::sleep(REPORT_EVERY + Duration::from_secs(2));
+            rows.push((format!("{role} reports alone"), rss(pid)));
+        }
+        micro.quiet.store(false, Ordering::Relaxed);
+    }
     // `SDP_BENCH_HOLD=<seconds>` keeps everything up that long once measured and says so, so that a profiler's
     // view of the settled state can be taken (with the wrapper above: SIGKILL the profiled serve, and what it held
     // shows as leaked).
