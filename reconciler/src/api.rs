@@ -32,6 +32,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use crate::auth::Auth;
 use crate::controller::{Controller, LiveLog, Status, Sync};
 use crate::desired::{DesiredSandbox, Mode};
+use crate::source::Manifest;
 use crate::store::{Deployment, DeploymentState};
 
 /// What the handlers share.
@@ -250,7 +251,7 @@ pub fn sandbox_doc(api: &Api, name: &str) -> Option<SandboxDoc> {
         gateway_url: d.and_then(|d| gateway_url(api, d)),
         status,
         actual,
-        manifest: world.snapshot.manifests.get(&name).cloned(),
+        manifest: world.snapshot.manifests.get(&name).map(Manifest::text),
         generated_by: world
             .generated
             .sandboxes

@@ -22,7 +22,7 @@ fn only_committed_content_counts_and_a_broken_file_keeps_the_last_valid_spec() {
     assert_eq!(names(&first), ["qa-login-error"]);
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     assert_eq!(first.environments.len(), 2);
-    assert!(first.manifests["qa-login-error"].contains("feature/login-error"));
+    assert!(first.manifests["qa-login-error"].text().contains("feature/login-error"));
 
     // Unchanged HEAD: nothing new, even with an uncommitted edit in the work tree.
     let path = "sandboxes/qa-login-error.yaml";
@@ -40,7 +40,11 @@ fn only_committed_content_counts_and_a_broken_file_keeps_the_last_valid_spec() {
     let errors = &broken.errors["qa-login-error"];
     assert!(errors[0].starts_with("sandboxes/qa-login-error.yaml:"), "{errors:?}");
     assert!(errors[0].contains("brnch"), "{errors:?}");
-    assert!(broken.manifests["qa-login-error"].contains("feature/login-error"));
+    assert!(
+        broken.manifests["qa-login-error"]
+            .text()
+            .contains("feature/login-error")
+    );
 
     // Broken YAML (no object can be read at all) keeps it too.
     repo.write(path, "apiVersion: sdp/v1\nkind: Sandbox\nmetadata: [unclosed\n");
@@ -226,7 +230,11 @@ fn a_local_clone_follows_its_upstream_and_never_loses_a_local_commit() {
     let merged = source.refresh().unwrap().expect("the upstream commit is read");
     assert_ne!(merged.commit, first.commit);
     assert_eq!(merged.commit, git_in(&laptop, &repo, &["rev-parse", "HEAD"]));
-    assert!(merged.manifests["qa-login-error"].contains("feature/merged-in-bitbucket"));
+    assert!(
+        merged.manifests["qa-login-error"]
+            .text()
+            .contains("feature/merged-in-bitbucket")
+    );
 
     // A commit made on the served clone and another pushed upstream: diverged. The error says so, the local
     // commit stays, and the local HEAD is still what is read.
