@@ -687,11 +687,7 @@ async fn metrics(State(api): State<Api>) -> Response {
             "sdp_actions_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}\n"
         ));
     }
-    let statuses = c.statuses();
-    let out_of_sync = statuses
-        .values()
-        .filter(|s| matches!(s.sync, Sync::OutOfSync | Sync::Failed | Sync::Progressing))
-        .count();
+    let out_of_sync = c.count_statuses(|s| matches!(s.sync, Sync::OutOfSync | Sync::Failed | Sync::Progressing));
     out.push_str("# HELP sdp_sandboxes_out_of_sync Sandboxes whose VMs differ from git.\n");
     out.push_str(&format!(
         "# TYPE sdp_sandboxes_out_of_sync gauge\nsdp_sandboxes_out_of_sync {out_of_sync}\n"
