@@ -202,7 +202,11 @@ async fn what_the_api_serves_sdp_get_reads_whole() {
     assert_eq!(list[1].gateway_url.as_deref(), Some("http://127.0.0.1:8081"));
     // The metric counts the controller's statuses: the failed one at least, never more than are listed.
     let out_of_sync = server::metric(&s, "sdp_sandboxes_out_of_sync").await;
-    assert!((1..=list.len() as u64).contains(&out_of_sync), "{out_of_sync} of {}", list.len());
+    assert!(
+        (1..=list.len() as u64).contains(&out_of_sync),
+        "{out_of_sync} of {}",
+        list.len()
+    );
 
     let sb: SandboxDoc = round_trip(&s, "/api/v1/sandboxes/qa-login-error").await;
     let desired = sb.desired.as_ref().expect("the example compiles");
