@@ -97,14 +97,12 @@ impl Git {
     }
 
     /// The commits that touched files under `dirs`, oldest first, each with the files it touched: those after
-    /// `since` up to HEAD, or all of HEAD's history without `since` (or when git no longer knows it).
-    pub fn changes(&self, since: Option<&str>, dirs: &[&str]) -> Result<Vec<(Change, Vec<PathBuf>)>> {
-        if !self.has_head() {
-            return Ok(Vec::new());
-        }
+    /// `since` up to `until` (a commit id), or all of `until`'s history without `since` (or when git no longer
+    /// knows it).
+    pub fn changes(&self, since: Option<&str>, until: &str, dirs: &[&str]) -> Result<Vec<(Change, Vec<PathBuf>)>> {
         let range = match since {
-            Some(s) if self.run(&["cat-file", "-e", &format!("{s}^{{commit}}")]).is_ok() => format!("{s}..HEAD"),
-            _ => "HEAD".to_string(),
+            Some(s) if self.run(&["cat-file", "-e", &format!("{s}^{{commit}}")]).is_ok() => format!("{s}..{until}"),
+            _ => until.to_string(),
         };
         let mut args = vec![
             "log",
@@ -168,7 +166,13 @@ impl Git {
         if !self.has_head() {
             return Ok(Vec::new());
         }
-        let mut args = vec!["ls-tree", "-r", "-z", "-l", "HEAD", "--"];
+        self.files_at("HEAD", dirs)
+    }
+
+    /// The files under `dirs` in `commit` (an id, or a name git resolves), with their content, as paths relative to
+    /// the work tree.
+    pub fn files_at(&self, commit: &str, dirs: &[&str]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+        let mut args = vec!["ls-tree", "-r", "-z", "-l", commit, "--"];
         args.extend(dirs);
         let listing = self.run(&args)?;
         let mut wanted = Vec::new();

@@ -197,8 +197,13 @@ impl Source {
             return Ok(None);
         }
         let folders: Vec<&str> = Kind::ALL.iter().map(|k| k.folder()).collect();
-        let files: BTreeMap<PathBuf, String> = git
-            .head_files(&folders)?
+        // The files and history of that commit, by its id: HEAD may move meanwhile (a commit being made, a
+        // rebase), and a snapshot is one commit's, never one commit's id with the next one's files.
+        let files = match commit.as_str() {
+            "" => Vec::new(),
+            commit => git.files_at(commit, &folders)?,
+        };
+        let files: BTreeMap<PathBuf, String> = files
             .into_iter()
             .filter(|(rel, _)| matches!(rel.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
             .map(|(rel, bytes)| (rel, String::from_utf8_lossy(&bytes).into_owned()))
@@ -206,7 +211,11 @@ impl Source {
         // Who last changed each file: the whole history once, then the commits since the last snapshot. Without
         // it the dashboard shows HEAD's commit; it is never a reason to refuse the new specs.
         let since = self.last.as_ref().map(|l| l.commit.clone()).filter(|c| !c.is_empty());
-        match git.changes(since.as_deref(), &folders) {
+        let changes = match commit.as_str() {
+            "" => Ok(Vec::new()),
+            until => git.changes(since.as_deref(), until, &folders),
+        };
+        match changes {
             Ok(commits) => {
                 for (change, paths) in commits {
                     for path in paths {
