@@ -423,6 +423,26 @@ fn spawn_source(controller: Arc<Controller>, source: Source, hook: Arc<Notify>, 
     });
 }
 
+/// Whether a file event in `git_dir` may mean that a commit moved: a change to HEAD, `packed-refs` or a ref, lock
+/// files aside. Not a read: every git process, the reconciler's own among them, opens HEAD and the refs, and each
+/// of its reads made the next one (25 to 40 a second, idle).
+fn moves_a_ref(event: &notify::Event, git_dir: &Path) -> bool {
+    use notify::EventKind;
+    if !matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    ) {
+        return false;
+    }
+    event.paths.iter().any(|path| {
+        let Ok(inside) = path.strip_prefix(git_dir) else {
+            return false;
+        };
+        path.extension().is_none_or(|e| e != "lock")
+            && (inside == Path::new("HEAD") || inside == Path::new("packed-refs") || inside.starts_with("refs"))
+    })
+}
+
 /// Watches a local repo's git dir (HEAD, refs, packed-refs) for commits, debounced by `SETTLE`: the files one commit
 /// writes in a few milliseconds make one read. Nothing needs to wait longer: git moves a ref by renaming a file
 /// whole, after the objects it names are written, so a read at any moment sees a whole commit (the one before, at
@@ -444,15 +464,14 @@ fn watch(
     }
     // 150 ms before: an eighth of the time from a commit to its containers running, waited on every commit.
     const SETTLE: Duration = Duration::from_millis(25);
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        SETTLE,
-        None,
+    let mut debouncer = notify_debouncer_full::new_debouncer(SETTLE, None, {
+        let git_dir = git_dir.clone();
         move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
+            if result.is_ok_and(|events| events.iter().any(|e| moves_a_ref(e, &git_dir))) {
                 let _ = tx.try_send(());
             }
-        },
-    )
+        }
+    })
     .map_err(|e| tracing::warn!("cannot watch {}: {e}; polling only", git_dir.display()))
     .ok()?;
     let watched = debouncer
@@ -463,4 +482,50 @@ fn watch(
         return None;
     }
     Some(debouncer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::mpsc;
+
+    use super::watch;
+
+    #[test]
+    fn reading_a_repo_is_no_commit_and_a_commit_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .current_dir(dir.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        git(&["init", "-q"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "one"]);
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watching = watch(dir.path(), tx).expect("the git dir is watched");
+        // What a read of the repo runs, and what an engineer's tools run beside it: none of it moves a ref.
+        for _ in 0..5 {
+            git(&["log", "-1", "HEAD"]);
+            git(&["ls-tree", "-r", "HEAD"]);
+            git(&["status", "--porcelain"]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(rx.try_recv().is_err(), "reading the repo was taken for a commit");
+        git(&["commit", "-q", "--allow-empty", "-m", "two"]);
+        let started = Instant::now();
+        while rx.try_recv().is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "a commit went unseen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
