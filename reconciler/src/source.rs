@@ -119,17 +119,19 @@ impl Manifest {
     pub fn new(text: &str) -> Manifest {
         use std::io::Write;
         let mut deflated = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-        // Writing to a Vec cannot fail.
-        let _ = deflated.write_all(text.as_bytes());
-        Manifest(deflated.finish().unwrap_or_default().into())
+        deflated
+            .write_all(text.as_bytes())
+            .expect("writing to a Vec cannot fail");
+        Manifest(deflated.finish().expect("writing to a Vec cannot fail").into())
     }
 
     /// The document's text.
     pub fn text(&self) -> String {
         use std::io::Read;
         let mut text = String::new();
-        // What `new` deflated inflates (it was text), whole.
-        let _ = flate2::read::DeflateDecoder::new(&self.0[..]).read_to_string(&mut text);
+        flate2::read::DeflateDecoder::new(&self.0[..])
+            .read_to_string(&mut text)
+            .expect("what `new` deflated inflates to the text it was");
         text
     }
 
