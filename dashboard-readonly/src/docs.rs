@@ -323,6 +323,20 @@ pub struct Agent {
     /// Unix milliseconds.
     pub connected_ms: u64,
     pub last_seen_ms: u64,
+    /// Why its last frame could not be read, when no report was read after it: what the reconciler knows of the
+    /// node may be older than the node (a report over the size limit, a newer agent's field it does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Unreadable>,
+}
+
+/// A frame from an agent that could not be read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unreadable {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Why, in at most a few hundred characters.
+    pub reason: String,
 }
 
 /// `GET /api/v1/repos/{repo}/branches`: a repository's branches, listed now by the agent that serves it.

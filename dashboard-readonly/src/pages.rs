@@ -478,8 +478,19 @@ pub async fn nodes(viewer: Viewer, State(ctx): State<Ctx>) -> Html<String> {
                 })
                 .collect::<Vec<_>>()
                 .join("<br>");
+            let unreadable = node
+                .unreadable
+                .as_ref()
+                .map(|u| {
+                    format!(
+                        "<br><span class=\"error\">its last frame could not be read ({}): {}</span>",
+                        time(Some(u.at_ms)),
+                        esc(&u.reason)
+                    )
+                })
+                .unwrap_or_default();
             vec![
-                esc(&node.node),
+                format!("{}{unreadable}", esc(&node.node)),
                 esc(&word(&node.role)),
                 esc(&node.address),
                 time(Some(node.last_seen_ms)),

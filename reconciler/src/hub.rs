@@ -641,6 +641,13 @@ impl Hub {
                 Err(e) => {
                     self.unreadable.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node = %node, "unreadable frame from agent: {e}");
+                    // Shown with the node (`/nodes`) until a report is read again.
+                    if let Some(a) = self.lock().agents.get_mut(&role).filter(|a| a.conn == conn) {
+                        a.info.unreadable = Some(sdp_dashboard::docs::Unreadable {
+                            at_ms: now_ms(),
+                            reason: e,
+                        });
+                    }
                 }
             }
         }
@@ -693,6 +700,7 @@ impl Hub {
                     images: hello.images.clone(),
                     connected_ms: now,
                     last_seen_ms: now,
+                    unreadable: None,
                 },
                 conn,
                 tx,
@@ -738,6 +746,7 @@ impl Hub {
                     match state.agents.get_mut(&role) {
                         Some(a) if a.conn == conn => {
                             a.reported_at = now_ms();
+                            a.info.unreadable = None;
                             !std::mem::replace(&mut a.reported, true)
                         }
                         _ => false,

@@ -940,8 +940,15 @@ async fn a_deflated_bomb_is_cut_at_its_cap_and_the_agent_reports_on() {
     barrier(&s, &mut ws, "after the bomb").await;
     let networks = json(s.url("/api/v1/actual")).await["micro"]["networks"].clone();
     assert_ne!(networks, serde_json::json!(["sandbox-bomb"]));
-    // It shows, besides the log: an unreadable frame is counted.
+    // It shows, besides the log: an unreadable frame is counted, and the node says why until a report is read.
     assert_eq!(metric(&s, "sdp_agent_frames_unreadable_total").await, 1);
+    let reason = json(s.url("/api/v1/nodes")).await[0]["node"]["unreadable"]["reason"].clone();
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("inflates to more than")),
+        "{reason}"
+    );
+    let (_, _, page) = server::get(s.url("/nodes")).await;
+    assert!(page.contains("its last frame could not be read"), "{page}");
     // The connection serves on: its next report is read.
     let report = ActualState {
         networks: vec!["sandbox-after".into()],
@@ -952,6 +959,8 @@ async fn a_deflated_bomb_is_cut_at_its_cap_and_the_agent_reports_on() {
         json(s.url("/api/v1/actual")).await["micro"]["networks"] == serde_json::json!(["sandbox-after"])
     })
     .await;
+    let node = json(s.url("/api/v1/nodes")).await[0]["node"].clone();
+    assert!(node.get("unreadable").is_none(), "{node}");
 }
 
 #[tokio::test]
