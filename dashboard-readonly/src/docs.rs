@@ -373,6 +373,10 @@ pub struct ActualDoc<Ports = Vec<PortDoc>> {
     pub sandboxes: Vec<Arc<sdp_manifest::Sandbox>>,
     /// The roles whose agent is connected now; a role without one reports nothing.
     pub connected: Vec<Role>,
+    /// When each connected agent's last report came (unix milliseconds), for those that reported since they
+    /// connected: a leaving port is given back once its VM reported after it left and publishes it no more.
+    #[serde(default)]
+    pub reported_ms: BTreeMap<Role, u64>,
     /// The micro agent's last report, as the planner reads it.
     pub micro: Arc<ActualState>,
     /// The gateway agent's last report.

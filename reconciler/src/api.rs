@@ -607,6 +607,10 @@ pub fn actual_doc(api: &Api) -> ActualDoc<docs::Ports> {
             .into_iter()
             .filter(|r| c.hub.address(*r).is_some())
             .collect(),
+        reported_ms: [Role::Micro, Role::Gateway]
+            .into_iter()
+            .filter_map(|r| Some((r, c.hub.reported_at(r)?)))
+            .collect(),
         micro: actual.micro.clone(),
         gateway: actual.gateway.clone(),
         leaving_ports: docs::leaving(&allocations),

@@ -72,6 +72,24 @@ pub struct Seen {
     pub containers: BTreeSet<(String, String)>,
 }
 
+impl Seen {
+    /// What `Allocations::settled` reads of `report`, which came at `at` (unix milliseconds).
+    pub fn of(report: &sdp_protocol::ActualState, at: u64) -> Seen {
+        Seen {
+            at,
+            ports: report.containers.iter().flat_map(|c| c.ports.iter().copied()).collect(),
+            containers: report
+                .containers
+                .iter()
+                .filter_map(|c| {
+                    let key = (c.labels.get(labels::SANDBOX)?, c.labels.get(labels::SERVICE)?);
+                    Some((key.0.to_string(), key.1.to_string()))
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Allocations {
     /// The ports that started leaving since `before` (compile stamps them with the start of its second) stamped
     /// with `now_ms`, the moment they were given up.

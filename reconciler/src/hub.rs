@@ -13,7 +13,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sdp_protocol::{
     Action, ActionRequest, ActualState, AgentFrame, Ask, BranchHead, Hello, ListBranches, LogLine, PROTOCOL_VERSION,
-    Progress, ReconcilerFrame, Request, Role, labels,
+    Progress, ReconcilerFrame, Request, Role,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -412,19 +412,16 @@ impl Hub {
     pub fn last_report(&self, role: Role) -> Option<crate::desired::Seen> {
         let state = self.lock();
         let agent = state.agents.get(&role).filter(|a| a.reported)?;
-        let report = state.actual.of(role);
-        Some(crate::desired::Seen {
-            at: agent.reported_at,
-            ports: report.containers.iter().flat_map(|c| c.ports.iter().copied()).collect(),
-            containers: report
-                .containers
-                .iter()
-                .filter_map(|c| {
-                    let key = (c.labels.get(labels::SANDBOX)?, c.labels.get(labels::SERVICE)?);
-                    Some((key.0.to_string(), key.1.to_string()))
-                })
-                .collect(),
-        })
+        Some(crate::desired::Seen::of(state.actual.of(role), agent.reported_at))
+    }
+
+    /// When the agent of `role` last reported (unix milliseconds), if it has reported since it connected.
+    pub fn reported_at(&self, role: Role) -> Option<u64> {
+        self.lock()
+            .agents
+            .get(&role)
+            .filter(|a| a.reported)
+            .map(|a| a.reported_at)
     }
 
     /// Sends an action to the agent of `role` and waits for its result, at most `deadline`.

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use sdp_dashboard::docs::ActualDoc;
 use sdp_manifest::{Environment, Sandbox};
+use sdp_protocol::Role;
 
-use crate::desired::{Allocations, Clock, Desired, Mode, Settings, compile_again, note_changes};
+use crate::desired::{Allocations, Clock, Desired, Mode, Seen, Settings, compile_again, note_changes};
 use crate::plan::{Actual, Step, plan};
 
 /// What the reconciler compiles and plans with besides the config repo's files.
@@ -30,10 +31,19 @@ pub struct Inputs {
 /// stand-in agents read it.
 impl From<ActualDoc> for Inputs {
     fn from(doc: ActualDoc) -> Inputs {
+        // The reconciler gives back the leaving ports that are free on their VM before it compiles, as here.
+        let mut allocations = crate::api::docs::allocations(&doc.ports, &doc.leaving_ports);
+        let seen = |role: Role| {
+            let report = if role == Role::Micro { &doc.micro } else { &doc.gateway };
+            Some(Seen::of(report, *doc.reported_ms.get(&role)?))
+        };
+        if let Some(settled) = allocations.settled(seen) {
+            allocations = settled;
+        }
         Inputs {
             current: doc.sandboxes,
             actual: Actual::shared(doc.micro, doc.gateway),
-            allocations: Arc::new(crate::api::docs::allocations(&doc.ports, &doc.leaving_ports)),
+            allocations: Arc::new(allocations),
             settings: Settings::from(&doc.settings),
             clock: Clock {
                 now: doc.now,
@@ -158,5 +168,66 @@ pub fn preview(sandboxes: &[Arc<Sandbox>], environments: &[Environment], inputs:
         sandboxes: out,
         ports_added: list(&desired.allocations, &inputs.allocations),
         ports_removed: list(&inputs.allocations, &desired.allocations),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use sdp_dashboard::docs::{ActualDoc, PortDoc};
+    use sdp_protocol::{ActualState, Container, ContainerState, Role, labels};
+
+    use super::Inputs;
+    use crate::desired::Settings;
+
+    /// A reconciler's answer with port 9001 leaving since `since`, and the micro agent's report (none when
+    /// `reported` is `None`), with `container` when it publishes the port.
+    fn doc(since: u64, reported: Option<u64>, container: bool) -> ActualDoc {
+        let mut micro = ActualState::default();
+        if container {
+            micro.containers.push(Arc::new(Container {
+                name: "sandbox-old-account".into(),
+                id: "c0ffee".into(),
+                labels: [(labels::SANDBOX, "old"), (labels::SERVICE, "account")].into(),
+                state: ContainerState::Running,
+                ports: vec![9001],
+                restart_count: 0,
+                exit_code: None,
+                probe: None,
+            }));
+        }
+        ActualDoc {
+            config_commit: "c0ffee".into(),
+            sandboxes: vec![],
+            connected: vec![Role::Micro],
+            reported_ms: reported.map(|at| (Role::Micro, at)).into_iter().collect(),
+            micro: Arc::new(micro),
+            gateway: Arc::default(),
+            ports: vec![],
+            leaving_ports: vec![PortDoc {
+                sandbox: "old".into(),
+                service: "account".into(),
+                port: 9001,
+                since: Some(since),
+            }],
+            settings: (&Settings::default()).into(),
+            now: 0,
+            last_activity: BTreeMap::new(),
+            branches: BTreeMap::new(),
+            skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn sdp_plan_gives_back_a_leaving_port_when_the_reconciler_would() {
+        let leaving = |doc: ActualDoc| Inputs::from(doc).allocations.leaving.len();
+        // Its VM reported after it left, and nothing there publishes it: free, as the reconciler finds it.
+        assert_eq!(leaving(doc(1_000, Some(2_000), false)), 0);
+        // Not yet: no report since it connected, a report from before the port left, the container still there.
+        assert_eq!(leaving(doc(1_000, None, false)), 1);
+        assert_eq!(leaving(doc(1_000, Some(500), false)), 1);
+        assert_eq!(leaving(doc(1_000, Some(2_000), true)), 1);
     }
 }

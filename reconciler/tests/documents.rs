@@ -265,6 +265,11 @@ async fn what_the_api_serves_sdp_get_reads_whole() {
     // What `sdp plan` compiles and plans with: both agents' reports, the ports given, the settings, the specs.
     let actual: ActualDoc = round_trip(&s, "/api/v1/actual").await;
     assert_eq!(actual.connected, [Role::Micro, Role::Gateway]);
+    // Both reported on these connections: `sdp plan` gives back a leaving port when the reconciler would.
+    assert_eq!(
+        actual.reported_ms.keys().copied().collect::<Vec<_>>(),
+        [Role::Micro, Role::Gateway]
+    );
     assert_eq!(actual.micro.containers[0].name, "sandbox-qa-login-error-account");
     assert_eq!(actual.micro.heads[0].repo, "account");
     assert!(actual.gateway.routes.contains_key(SANDBOX), "{actual:?}");
