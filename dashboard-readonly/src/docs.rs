@@ -323,8 +323,9 @@ pub struct Agent {
     /// Unix milliseconds.
     pub connected_ms: u64,
     pub last_seen_ms: u64,
-    /// Why its last frame could not be read, when no report was read after it: what the reconciler knows of the
-    /// node may be older than the node (a report over the size limit, a newer agent's field it does not know).
+    /// Why the last frame it sent that could not be read was not, while no report was read after it. When that
+    /// frame was a report (over the size limit, or with a field of a newer agent), what the reconciler knows of the
+    /// node is older than the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<Unreadable>,
 }

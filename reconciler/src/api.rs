@@ -598,7 +598,7 @@ fn streamed_json<T: serde::Serialize + Send + 'static>(doc: T) -> Response {
 pub fn actual_doc(api: &Api) -> ActualDoc<docs::Ports> {
     let c = &api.controller;
     let allocations = c.allocations();
-    let actual = c.hub.actual();
+    let (actual, reported_ms) = c.hub.actual_and_reported();
     let clock = c.clock();
     ActualDoc {
         config_commit: c.world().snapshot.commit.clone(),
@@ -607,10 +607,7 @@ pub fn actual_doc(api: &Api) -> ActualDoc<docs::Ports> {
             .into_iter()
             .filter(|r| c.hub.address(*r).is_some())
             .collect(),
-        reported_ms: [Role::Micro, Role::Gateway]
-            .into_iter()
-            .filter_map(|r| Some((r, c.hub.reported_at(r)?)))
-            .collect(),
+        reported_ms,
         micro: actual.micro.clone(),
         gateway: actual.gateway.clone(),
         leaving_ports: docs::leaving(&allocations),

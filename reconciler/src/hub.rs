@@ -155,9 +155,24 @@ const PIECE_WITHIN: Duration = Duration::from_secs(30);
 const ERROR_CHARS: usize = 300;
 
 fn said(e: serde_json::Error) -> String {
-    let mut said = e.to_string();
+    cut(&e.to_string())
+}
+
+/// `text` in at most `ERROR_CHARS` characters, passwords in URLs taken out (it is logged, and shown with its node).
+/// Scrubbed before it is cut, and a URL the cut goes through goes whole: a cut must not leave a password without
+/// the `@` that marks it.
+fn cut(text: &str) -> String {
+    let head = text
+        .char_indices()
+        .nth(4 * ERROR_CHARS)
+        .map_or(text, |(i, _)| &text[..i]);
+    let mut said = sdp_protocol::scrub(head);
     if let Some((cut, _)) = said.char_indices().nth(ERROR_CHARS) {
         said.truncate(cut);
+        let last_word = said.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        if said[last_word..].contains("://") {
+            said.truncate(last_word);
+        }
         said.push_str("...");
     }
     said
@@ -178,7 +193,9 @@ async fn read_text(text: axum::extract::ws::Utf8Bytes, previous: Arc<ActualState
 
 /// The frame a reader on the blocking pool read, or why it has none.
 async fn read_on_the_pool(reader: tokio::task::JoinHandle<Result<AgentFrame, String>>) -> Result<AgentFrame, String> {
-    reader.await.unwrap_or_else(|e| Err(format!("reading it failed: {e}")))
+    reader
+        .await
+        .unwrap_or_else(|e| Err(cut(&format!("reading it failed: {e}"))))
 }
 
 /// A deflated frame being read as its pieces come (`sdp_protocol::pieces`): on the blocking pool, in its turn
@@ -398,6 +415,19 @@ impl Hub {
     /// What every agent reported last, and whether each role was ready when it was read: one read, so that a role
     /// found ready has its first report of the connection in what is returned (a pass that planned from a report
     /// read before the first one was stored, then found the role ready, redeployed what ran).
+    /// Both reports, with when each agent that reported on its connection did: read together, so that a report
+    /// is never paired with the time of another.
+    pub fn actual_and_reported(&self) -> (Arc<Actual>, BTreeMap<Role, u64>) {
+        let state = self.lock();
+        let reported = state
+            .agents
+            .iter()
+            .filter(|(_, a)| a.reported)
+            .map(|(role, a)| (*role, a.reported_at))
+            .collect();
+        (state.actual.clone(), reported)
+    }
+
     pub fn actual_and_readiness(&self) -> (Arc<Actual>, impl Fn(Role) -> Readiness + use<>) {
         let state = self.lock();
         let (micro, gateway) = (readiness(&state, Role::Micro), readiness(&state, Role::Gateway));
@@ -858,4 +888,21 @@ async fn refuse(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, 
     let frame = ReconcilerFrame::Refused { reason };
     let _ = sink.send(Message::Text(sdp_protocol::encode(&frame).into())).await;
     let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ERROR_CHARS, cut};
+
+    #[test]
+    fn an_error_is_cut_short_and_shows_no_password() {
+        let said = cut("cannot fetch https://bob:hunter2@bitbucket.example/config.git: refused");
+        assert!(!said.contains("hunter2"), "{said}");
+        assert!(said.contains("bitbucket.example"), "{said}");
+        // A URL the cut goes through, its `@` beyond it: the URL goes whole.
+        let long = format!("{} https://bob:{}@host", "x".repeat(ERROR_CHARS - 20), "s".repeat(5000));
+        let said = cut(&long);
+        assert!(said.chars().count() <= ERROR_CHARS + 3, "{}", said.len());
+        assert!(!said.contains("bob") && !said.contains("sss"), "{said}");
+    }
 }
