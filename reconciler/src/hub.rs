@@ -412,9 +412,6 @@ impl Hub {
         self.lock().agents.get(&role).map(|a| a.info.address.clone())
     }
 
-    /// What every agent reported last, and whether each role was ready when it was read: one read, so that a role
-    /// found ready has its first report of the connection in what is returned (a pass that planned from a report
-    /// read before the first one was stored, then found the role ready, redeployed what ran).
     /// Both reports, with when each agent that reported on its connection did: read together, so that a report
     /// is never paired with the time of another.
     pub fn actual_and_reported(&self) -> (Arc<Actual>, BTreeMap<Role, u64>) {
@@ -428,6 +425,9 @@ impl Hub {
         (state.actual.clone(), reported)
     }
 
+    /// What every agent reported last, and whether each role was ready when it was read: one read, so that a role
+    /// found ready has its first report of the connection in what is returned (a pass that planned from a report
+    /// read before the first one was stored, then found the role ready, redeployed what ran).
     pub fn actual_and_readiness(&self) -> (Arc<Actual>, impl Fn(Role) -> Readiness + use<>) {
         let state = self.lock();
         let (micro, gateway) = (readiness(&state, Role::Micro), readiness(&state, Role::Gateway));
@@ -443,15 +443,6 @@ impl Hub {
         let state = self.lock();
         let agent = state.agents.get(&role).filter(|a| a.reported)?;
         Some(crate::desired::Seen::of(state.actual.of(role), agent.reported_at))
-    }
-
-    /// When the agent of `role` last reported (unix milliseconds), if it has reported since it connected.
-    pub fn reported_at(&self, role: Role) -> Option<u64> {
-        self.lock()
-            .agents
-            .get(&role)
-            .filter(|a| a.reported)
-            .map(|a| a.reported_at)
     }
 
     /// Sends an action to the agent of `role` and waits for its result, at most `deadline`.
