@@ -310,6 +310,9 @@ fn route_maps<'de, D: serde::Deserializer<'de>>(
             // The last report's entries read so far, in its order; the map is made at the first that is not.
             let mut same = before.iter();
             let mut matched = 0;
+            let first = |n: usize| -> BTreeMap<String, Routes> {
+                before.iter().take(n).map(|(k, v)| (k.clone(), v.clone())).collect()
+            };
             let mut read: Option<BTreeMap<String, Routes>> = None;
             while let Some((sandbox, routes)) = map.next_entry::<Text<'de>, Routes>()? {
                 match &mut read {
@@ -323,11 +326,7 @@ fn route_maps<'de, D: serde::Deserializer<'de>>(
                         matched += 1
                     }
                     None => {
-                        let mut made: BTreeMap<String, Routes> = before
-                            .iter()
-                            .take(matched)
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect();
+                        let mut made = first(matched);
                         made.insert(sandbox.0.into_owned(), routes);
                         read = Some(made);
                     }
@@ -336,11 +335,7 @@ fn route_maps<'de, D: serde::Deserializer<'de>>(
             Ok(match read {
                 Some(read) => RouteMaps::from(read),
                 None if matched == before.len() => before,
-                None => before
-                    .iter()
-                    .take(matched)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                None => RouteMaps::from(first(matched)),
             })
         }
     }
